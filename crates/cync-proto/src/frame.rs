@@ -173,7 +173,8 @@ impl Frame {
         if end != FLAG {
             return Err(FrameError::NoEnd(end));
         }
-        let head = bytes.get(..9).ok_or(FrameError::TooShort(n))?;
+        let head: &[u8; 9] =
+            bytes.get(..9).and_then(|h| h.try_into().ok()).ok_or(FrameError::TooShort(n))?;
         let declared = u16::from_le_bytes([head[7], head[8]]);
         let payload = bytes.get(9..n - 2).ok_or(FrameError::TooShort(n))?;
         if usize::from(declared) != payload.len() {

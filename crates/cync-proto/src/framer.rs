@@ -142,9 +142,9 @@ impl Framer {
         }
         self.consume_pending();
         let avail_len = self.buf.len().saturating_sub(self.start);
-        let header = self.buf.get(self.start..)?.get(..crate::HEADER_LEN)?;
-        let kind = header[0];
-        let size = crate::HEADER_LEN + usize::from(u16::from_be_bytes([header[3], header[4]]));
+        let header = self.buf.get(self.start..)?.first_chunk::<{ crate::HEADER_LEN }>()?;
+        let [kind, _, _, hi, lo] = *header;
+        let size = crate::HEADER_LEN + usize::from(u16::from_be_bytes([hi, lo]));
         if size > self.max_packet {
             let error = FramerError::Oversize { kind, size, max: self.max_packet };
             match self.policy {

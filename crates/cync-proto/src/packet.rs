@@ -408,10 +408,10 @@ impl Packet {
         if declared != bytes.len() {
             return Err(DecodeError::LengthMismatch { declared, actual: bytes.len() });
         }
-        if header[1..3] != [0, 0] {
-            return Err(DecodeError::Reserved([header[1], header[2]]));
+        let [kind, r1, r2, _, _] = *header;
+        if [r1, r2] != [0, 0] {
+            return Err(DecodeError::Reserved([r1, r2]));
         }
-        let kind = header[0];
         let Some(ty) = PacketType::from_byte(kind) else {
             return Ok(Self::Unknown(Unknown { kind, payload: payload.to_vec() }));
         };
@@ -420,9 +420,6 @@ impl Packet {
             name: ty.name(),
             expected,
             actual: payload.len(),
-        };
-        let exact = |n: usize, expected: &'static str| -> Result<&[u8], DecodeError> {
-            if payload.len() == n { Ok(payload) } else { Err(size(expected)) }
         };
         // Id-carrying types: `[5:9]` and `[9:12]` are payload[0..4] and payload[4..7].
         let ids = || -> Result<(ConnId, MsgId, &[u8]), DecodeError> {
@@ -437,27 +434,24 @@ impl Packet {
                 if ty == PacketType::Hello { Self::Hello(hello) } else { Self::AppHello(hello) }
             }
             PacketType::HelloAck | PacketType::AppHelloAck => {
-                let p = exact(2, "2")?;
-                let ack = HelloAck([p[0], p[1]]);
+                let ack = HelloAck(*fixed(payload).ok_or_else(|| size("2"))?);
                 if ty == PacketType::HelloAck { Self::HelloAck(ack) } else { Self::AppHelloAck(ack) }
             }
-            PacketType::TimeRequest => Self::TimeRequest(exact(1, "1")?[0]),
+            PacketType::TimeRequest => {
+                let [code] = *fixed(payload).ok_or_else(|| size("1"))?;
+                Self::TimeRequest(code)
+            }
             PacketType::TimeReply => {
-                let p = exact(11, "11")?;
-                let time = LocalTime::decode(&p[1..]).ok_or_else(|| size("11"))?;
-                Self::TimeReply(TimeReply { marker: p[0], time })
+                let (&marker, rest) = payload.split_first().ok_or_else(|| size("11"))?;
+                let time = LocalTime::decode(rest).ok_or_else(|| size("11"))?;
+                Self::TimeReply(TimeReply { marker, time })
             }
-            PacketType::Heartbeat => {
-                exact(0, "0")?;
-                Self::Heartbeat
-            }
-            PacketType::HeartbeatAck => {
-                exact(0, "0")?;
-                Self::HeartbeatAck
+            PacketType::Heartbeat | PacketType::HeartbeatAck => {
+                let [] = *fixed(payload).ok_or_else(|| size("0"))?;
+                if ty == PacketType::Heartbeat { Self::Heartbeat } else { Self::HeartbeatAck }
             }
             PacketType::InfoAck | PacketType::ReportAck => {
-                let p = exact(3, "3")?;
-                let ack = Ack3([p[0], p[1], p[2]]);
+                let ack = Ack3(*fixed(payload).ok_or_else(|| size("3"))?);
                 if ty == PacketType::InfoAck { Self::InfoAck(ack) } else { Self::ReportAck(ack) }
             }
             PacketType::Info => {
@@ -477,7 +471,7 @@ impl Packet {
                 Self::AnnounceReply(AnnounceReply { conn_id, msg_id, body: rest.to_vec() })
             }
             PacketType::Announce | PacketType::DataAck => {
-                exact(7, "7")?;
+                let _: &[u8; 7] = fixed(payload).ok_or_else(|| size("7"))?;
                 let (conn_id, msg_id, _) = ids()?;
                 if ty == PacketType::Announce {
                     Self::Announce(Announce { conn_id, msg_id })
@@ -486,18 +480,16 @@ impl Packet {
                 }
             }
             PacketType::Notice => {
-                let p = exact(7, "7")?;
-                let (conn_id, _, _) = ids()?;
-                Self::Notice(Notice { conn_id, msg: [p[4], p[5]], code: p[6] })
+                let [a, b, c, d, m0, m1, code] = *fixed(payload).ok_or_else(|| size("7"))?;
+                Self::Notice(Notice { conn_id: ConnId([a, b, c, d]), msg: [m0, m1], code })
             }
             PacketType::AppAnnounceAck => {
-                let p = exact(8, "8")?;
-                let (conn_id, _, _) = ids()?;
+                let [a, b, c, d, m0, m1, code, tail] = *fixed(payload).ok_or_else(|| size("8"))?;
                 Self::AppAnnounceAck(AppAnnounceAck {
-                    conn_id,
-                    msg: [p[4], p[5]],
-                    code: p[6],
-                    tail: p[7],
+                    conn_id: ConnId([a, b, c, d]),
+                    msg: [m0, m1],
+                    code,
+                    tail,
                 })
             }
         })
@@ -730,6 +722,11 @@ impl Packet {
         self.encode(&mut out);
         out
     }
+}
+
+/// The payload as a fixed-size array, if it has exactly that size.
+fn fixed<const N: usize>(payload: &[u8]) -> Option<&[u8; N]> {
+    payload.try_into().ok()
 }
 
 impl Hello {

@@ -60,7 +60,7 @@ impl DeviceStatus {
         if frame.dir != Direction::Report || frame.opcode != 0xdb || frame.payload.len() != 19 {
             return None;
         }
-        let p = frame.payload.get(..19)?;
+        let p: &[u8; 19] = frame.payload.as_slice().try_into().ok()?;
         Some(Self {
             id: MeshId(u16::from_le_bytes([p[5], p[6]])),
             online: p[10] != 0,
@@ -165,8 +165,7 @@ impl MeshPage {
         if frame.dir != Direction::Response || frame.opcode != 0x52 {
             return None;
         }
-        let header = frame.payload.get(..6)?;
-        let body = frame.payload.get(6..)?;
+        let (header, body) = frame.payload.split_first_chunk::<6>()?;
         let records = body
             .chunks_exact(MeshRecord::LEN)
             .filter_map(|chunk| chunk.try_into().ok().map(MeshRecord))

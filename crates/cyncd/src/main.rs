@@ -1,1 +1,43 @@
-fn main() {}
+//! `cyncd`: a local controller for GE Cync devices, replacing the Cync cloud on the home network.
+//!
+//! This binary is the command line: the lab tools `decode` and `encode` for working with the
+//! wire protocol. Each subcommand lives in its own module.
+#![forbid(unsafe_code)]
+
+mod decode;
+mod encode;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// cyncd: local control for GE Cync Wi-Fi and Bluetooth-mesh devices.
+///
+/// Cync Wi-Fi devices connect over TLS to port 23779 (once their DNS names point here) and speak
+/// a small binary protocol. cyncd answers them as the cloud would.
+#[derive(Debug, Parser)]
+#[command(name = "cyncd", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Decode(decode::Args),
+    Encode(encode::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Decode(args) => decode::run(&args),
+        Command::Encode(args) => encode::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("cyncd: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! `cyncd decode`: captured traffic to JSON Lines, one object per packet.
+//!
+//! Each record of a capture (one TCP read) is framed on its own, since captures carry no
+//! connection tag. Every packet becomes one line; bytes left at the end of a record that are not
+//! a whole packet become `{record, trailing}`. A per-type summary goes to stderr. The exit status
+//! is 0 whenever the input could be read, whatever it contained.
+
+use anyhow::Context;
+use cync_proto::capture::{self, Direction};
+use cync_proto::{Body, Framer, OversizePolicy, Packet, PacketType};
+use serde_json::{Map, Value, json};
+use std::collections::BTreeMap;
+use std::io::{BufWriter, Read, Write};
+
+/// Decode captured Cync traffic into JSON Lines.
+///
+/// Reads the capture format (a header line `<UTC timestamp> <DEV→CLOUD|CLOUD→DEV>[ [INJECTED]]
+/// (<n> bytes)`, a line of hex bytes, a blank line) and writes one JSON object per packet with
+/// `record`, `ts`, `dir` ("dev" or "srv"), `type`, `name`, `len`, `conn_id`, `msg_id`,
+/// `checksum_ok` (0x73/0x83), `statuses`, `raw` (hex re-encoded from the decoded packet) or
+/// `error`. A summary per packet type goes to stderr.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Capture file to read; `-` or nothing reads standard input.
+    #[arg(value_name = "FILE|-")]
+    file: Option<String>,
+    /// Decode one packet given as hex (spaces optional) instead of a file.
+    #[arg(long, value_name = "BYTES", conflicts_with = "file")]
+    hex: Option<String>,
+    /// Largest packet accepted, in bytes; a longer header is reported and skipped.
+    #[arg(long, default_value_t = cync_proto::DEFAULT_MAX_PACKET, value_name = "BYTES")]
+    max_packet: usize,
+}
+
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    let mut summary = Summary::default();
+    if let Some(hex) = &args.hex {
+        let bytes = capture::parse_hex(hex).context("--hex: expected hex byte pairs")?;
+        let record = capture::Record {
+            index: 0,
+            ts: String::new(),
+            dir: Direction::Device,
+            injected: false,
+            declared: None,
+            bytes,
+        };
+        decode_record(&record, args.max_packet, &mut out, &mut summary)?;
+    } else {
+        let text = read_input(args.file.as_deref())?;
+        for record in capture::parse(&text) {
+            match record {
+                Ok(record) => decode_record(&record, args.max_packet, &mut out, &mut summary)?,
+                Err(e) => {
+                    summary.bad_records += 1;
+                    let line = json!({"record": e.index, "line": e.line, "error": e.reason});
+                    writeln!(out, "{line}")?;
+                }
+            }
+        }
+    }
+    out.flush()?;
+    summary.print();
+    Ok(())
+}
+
+fn read_input(file: Option<&str>) -> anyhow::Result<String> {
+    let mut text = String::new();
+    match file {
+        None | Some("-") => {
+            std::io::stdin().read_to_string(&mut text).context("reading standard input")?;
+        }
+        Some(path) => {
+            let bytes = std::fs::read(path).with_context(|| format!("reading {path}"))?;
+            text = String::from_utf8_lossy(&bytes).into_owned();
+        }
+    }
+    Ok(text)
+}
+
+fn decode_record(
+    record: &capture::Record,
+    max_packet: usize,
+    out: &mut impl Write,
+    summary: &mut Summary,
+) -> anyhow::Result<()> {
+    summary.records += 1;
+    if record.declared.is_some_and(|n| n != record.bytes.len()) {
+        summary.size_mismatches += 1;
+    }
+    let mut framer = Framer::new(max_packet).with_policy(OversizePolicy::Resync);
+    let mut input = record.bytes.as_slice();
+    loop {
+        let taken = framer.push(input);
+        input = input.get(taken..).unwrap_or_default();
+        while let Some(next) = framer.next_packet() {
+            let line = match next {
+                Ok(bytes) => packet_json(record, bytes, summary),
+                Err(e) => {
+                    summary.errors += 1;
+                    json!({"record": record.index, "ts": record.ts, "dir": record.dir.tag(), "error": e.to_string()})
+                }
+            };
+            writeln!(out, "{line}")?;
+        }
+        if input.is_empty() || taken == 0 {
+            break;
+        }
+    }
+    let trailing = framer.remainder();
+    if !trailing.is_empty() {
+        summary.trailing += 1;
+        writeln!(out, "{}", json!({"record": record.index, "trailing": hex(trailing)}))?;
+    }
+    Ok(())
+}
+
+fn packet_json(record: &capture::Record, bytes: &[u8], summary: &mut Summary) -> Value {
+    let mut obj = Map::new();
+    obj.insert("record".into(), json!(record.index));
+    obj.insert("ts".into(), json!(record.ts));
+    obj.insert("dir".into(), json!(record.dir.tag()));
+    if record.injected {
+        obj.insert("injected".into(), json!(true));
+    }
+    let kind = bytes.first().copied().unwrap_or_default();
+    obj.insert("type".into(), json!(kind));
+    obj.insert("len".into(), json!(bytes.len()));
+    let name = PacketType::from_byte(kind).map_or("unknown", PacketType::name);
+    let entry = summary.types.entry((kind, name, record.dir.tag())).or_default();
+    entry.packets += 1;
+    let packet = match Packet::decode(bytes) {
+        Ok(packet) => packet,
+        Err(e) => {
+            entry.errors += 1;
+            summary.errors += 1;
+            obj.insert("name".into(), json!(name));
+            obj.insert("error".into(), json!(e.to_string()));
+            obj.insert("raw".into(), json!(hex(bytes)));
+            return Value::Object(obj);
+        }
+    };
+    obj.insert("name".into(), json!(packet.name()));
+    if let Some(id) = packet.conn_id() {
+        obj.insert("conn_id".into(), json!(id.to_string()));
+    }
+    if let Some(msg) = packet.msg_id() {
+        obj.insert("msg_id".into(), json!(msg.to_string()));
+    }
+    match packet.body() {
+        Some(Body::Frame(frame)) => {
+            let ok = frame.checksum_ok();
+            if !ok {
+                entry.bad_checksums += 1;
+            }
+            obj.insert("checksum_ok".into(), json!(ok));
+            obj.insert(
+                "frame".into(),
+                json!({
+                    "seq": frame.seq,
+                    "dir": format!("{:02x}", frame.dir.byte()),
+                    "op": format!("{:02x}", frame.opcode),
+                    "len": frame.payload.len(),
+                    "bound": !frame.is_unbound(),
+                    "stuffed": frame.stuffed,
+                }),
+            );
+        }
+        Some(Body::Malformed(m)) => {
+            entry.errors += 1;
+            summary.errors += 1;
+            obj.insert("checksum_ok".into(), json!(false));
+            let mut reason = format!("inner frame at byte 12: {}", m.error);
+            if m.valid_at_13 {
+                reason.push_str(" (a valid frame starts at byte 13: 5-byte id layout)");
+            }
+            obj.insert("error".into(), json!(reason));
+        }
+        None => {}
+    }
+    let summary_text = packet.summary();
+    if !summary_text.is_empty() {
+        obj.insert("detail".into(), json!(summary_text));
+    }
+    let statuses = packet.statuses();
+    if !statuses.is_empty() {
+        let list: Vec<Value> = statuses
+            .iter()
+            .map(|s| {
+                json!({
+                    "device_id": s.id.0,
+                    "on": s.on,
+                    "brightness": s.brightness,
+                    "temperature": s.temperature,
+                    "r": s.rgb[0],
+                    "g": s.rgb[1],
+                    "b": s.rgb[2],
+                    "online": s.online,
+                })
+            })
+            .collect();
+        obj.insert("statuses".into(), Value::Array(list));
+    }
+    if let Some(fw) = packet.firmware() {
+        let kind = match fw.kind {
+            cync_proto::FirmwareKind::Device => "device",
+            cync_proto::FirmwareKind::Network => "network",
+        };
+        obj.insert("firmware".into(), json!({"kind": kind, "version": fw.version()}));
+    }
+    obj.insert("raw".into(), json!(hex(&packet.to_bytes())));
+    Value::Object(obj)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+#[derive(Debug, Default)]
+struct Summary {
+    records: usize,
+    bad_records: usize,
+    size_mismatches: usize,
+    trailing: usize,
+    errors: usize,
+    types: BTreeMap<(u8, &'static str, &'static str), TypeCount>,
+}
+
+#[derive(Debug, Default)]
+struct TypeCount {
+    packets: usize,
+    errors: usize,
+    bad_checksums: usize,
+}
+
+impl Summary {
+    fn print(&self) {
+        let packets: usize = self.types.values().map(|t| t.packets).sum();
+        eprintln!(
+            "{} records, {packets} packets, {} errors, {} records with trailing bytes, {} unreadable records, {} size mismatches",
+            self.records, self.errors, self.trailing, self.bad_records, self.size_mismatches
+        );
+        eprintln!("{:<6} {:<18} {:<4} {:>8} {:>7} {:>13}", "type", "name", "dir", "packets", "errors", "bad_checksum");
+        for ((kind, name, dir), c) in &self.types {
+            eprintln!(
+                "0x{kind:02x}   {name:<18} {dir:<4} {:>8} {:>7} {:>13}",
+                c.packets, c.errors, c.bad_checksums
+            );
+        }
+    }
+}
