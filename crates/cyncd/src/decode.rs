@@ -27,6 +27,9 @@ pub struct Args {
     /// Decode one packet given as hex (spaces optional) instead of a file.
     #[arg(long, value_name = "BYTES", conflicts_with = "file")]
     hex: Option<String>,
+    /// With --hex: who sent the packet, `dev` (device to server) or `srv`.
+    #[arg(long, default_value = "dev", value_parser = ["dev", "srv"], requires = "hex")]
+    dir: String,
     /// Largest packet accepted, in bytes; a longer header is reported and skipped.
     #[arg(long, default_value_t = cync_proto::DEFAULT_MAX_PACKET, value_name = "BYTES")]
     max_packet: usize,
@@ -41,7 +44,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         let record = capture::Record {
             index: 0,
             ts: String::new(),
-            dir: Direction::Device,
+            dir: if args.dir == "srv" { Direction::Server } else { Direction::Device },
             injected: false,
             declared: None,
             bytes,
@@ -119,7 +122,9 @@ fn decode_record(
 fn packet_json(record: &capture::Record, bytes: &[u8], summary: &mut Summary) -> Value {
     let mut obj = Map::new();
     obj.insert("record".into(), json!(record.index));
-    obj.insert("ts".into(), json!(record.ts));
+    if !record.ts.is_empty() {
+        obj.insert("ts".into(), json!(record.ts));
+    }
     obj.insert("dir".into(), json!(record.dir.tag()));
     if record.injected {
         obj.insert("injected".into(), json!(true));
@@ -201,6 +206,17 @@ fn packet_json(record: &capture::Record, bytes: &[u8], summary: &mut Summary) ->
             })
             .collect();
         obj.insert("statuses".into(), Value::Array(list));
+    }
+    if let Packet::TimeReply(reply) = &packet {
+        let t = reply.time;
+        let offset = t.offset_minutes();
+        let sign = if offset < 0 { '-' } else { '+' };
+        let local = format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}{sign}{:02}:{:02}",
+            t.year, t.month, t.day, t.hour, t.minute, t.second,
+            offset.abs() / 60, offset.abs() % 60
+        );
+        obj.insert("time".into(), json!({"local": local, "weekday": t.weekday}));
     }
     if let Some(fw) = packet.firmware() {
         let kind = match fw.kind {
