@@ -14,7 +14,10 @@ fn records() -> Vec<Vec<u8>> {
         PathBuf::from,
     );
     let text = std::fs::read_to_string(dir.join("capture-a.txt")).expect("capture-a.txt");
-    capture::parse(&text).into_iter().map(|r| r.unwrap().bytes).collect()
+    capture::parse(&text)
+        .into_iter()
+        .map(|r| r.unwrap().bytes)
+        .collect()
 }
 
 fn packets(records: &[Vec<u8>]) -> Vec<Vec<u8>> {

@@ -60,18 +60,33 @@ pub struct RecordError {
 /// Reads every record of a capture file, in order.
 pub fn parse(text: &str) -> Vec<Result<Record, RecordError>> {
     let mut out = Vec::new();
-    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty());
     while let Some((n, header)) = lines.next() {
         let index = out.len();
-        let error = |reason: String| RecordError { index, line: n + 1, reason };
+        let error = |reason: String| RecordError {
+            index,
+            line: n + 1,
+            reason,
+        };
         let record = match parse_header(header) {
-            None => Err(error(format!("not a record header: {:?}", truncate(header)))),
+            None => Err(error(format!(
+                "not a record header: {:?}",
+                truncate(header)
+            ))),
             Some((ts, dir, injected, declared)) => match lines.next() {
                 None => Err(error("header without a line of bytes".into())),
                 Some((_, hex)) => match parse_hex(hex) {
-                    Some(bytes) => {
-                        Ok(Record { index, ts: ts.to_string(), dir, injected, declared, bytes })
-                    }
+                    Some(bytes) => Ok(Record {
+                        index,
+                        ts: ts.to_string(),
+                        dir,
+                        injected,
+                        declared,
+                        bytes,
+                    }),
                     None => Err(error(format!("bad hex line: {:?}", truncate(hex)))),
                 },
             },
@@ -129,10 +144,19 @@ mod tests {
         let records = parse(text);
         assert_eq!(records.len(), 4);
         let first = records[0].as_ref().unwrap();
-        assert_eq!((first.dir, first.injected, first.declared), (Direction::Device, false, Some(5)));
+        assert_eq!(
+            (first.dir, first.injected, first.declared),
+            (Direction::Device, false, Some(5))
+        );
         assert_eq!(first.bytes, [0xd3, 0, 0, 0, 0]);
         assert!(records[1].as_ref().unwrap_err().reason.contains("bad hex"));
-        assert!(records[2].as_ref().unwrap_err().reason.contains("not a record header"));
+        assert!(
+            records[2]
+                .as_ref()
+                .unwrap_err()
+                .reason
+                .contains("not a record header")
+        );
         assert_eq!(records[3].as_ref().unwrap().dir, Direction::Server);
     }
 }

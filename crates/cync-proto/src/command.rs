@@ -168,7 +168,11 @@ impl Action {
     /// Checks ranges.
     pub fn validate(&self) -> Result<(), CommandError> {
         let check = |what, value: u8| {
-            if value <= 100 { Ok(()) } else { Err(CommandError::OutOfRange { what, value }) }
+            if value <= 100 {
+                Ok(())
+            } else {
+                Err(CommandError::OutOfRange { what, value })
+            }
         };
         match *self {
             Self::Brightness(v) => check("brightness", v),
@@ -211,9 +215,7 @@ impl Action {
                 let [a, b] = e.code();
                 (0xe2, vec![7, 1, a, b])
             }
-            Self::SwitchMode(m) => {
-                (0x8e, vec![1, if m == SwitchMode::Smart { 2 } else { 1 }])
-            }
+            Self::SwitchMode(m) => (0x8e, vec![1, if m == SwitchMode::Smart { 2 } else { 1 }]),
         }
     }
 }
@@ -248,12 +250,25 @@ pub fn command(
 /// The mesh-info request (`f8 52`, payload `00 00 ff ff 00 00` = all devices); the device
 /// answers with `f9 52` pages.
 pub fn mesh_info_request(conn: ConnId, msg: MsgId, seq: Seq) -> Packet {
-    data(conn, msg, Frame::new(seq.0, Direction::Request, 0x52, vec![0, 0, 0xff, 0xff, 0, 0]))
+    data(
+        conn,
+        msg,
+        Frame::new(
+            seq.0,
+            Direction::Request,
+            0x52,
+            vec![0, 0, 0xff, 0xff, 0, 0],
+        ),
+    )
 }
 
 /// The mesh status ACK (`f8 af`, payload `af 01`), sent after a mesh-info answer.
 pub fn mesh_status_ack(conn: ConnId, msg: MsgId, seq: Seq) -> Packet {
-    data(conn, msg, Frame::new(seq.0, Direction::Request, 0xaf, vec![0xaf, 0x01]))
+    data(
+        conn,
+        msg,
+        Frame::new(seq.0, Direction::Request, 0xaf, vec![0xaf, 0x01]),
+    )
 }
 
 /// The 0xA3 "want to control" announce.
@@ -262,7 +277,11 @@ pub fn announce(conn_id: ConnId, msg_id: MsgId) -> Packet {
 }
 
 fn data(conn_id: ConnId, msg_id: MsgId, frame: Frame) -> Packet {
-    Packet::Data(Data { conn_id, msg_id, body: Body::Frame(frame) })
+    Packet::Data(Data {
+        conn_id,
+        msg_id,
+        body: Body::Frame(frame),
+    })
 }
 
 #[cfg(test)]
@@ -270,7 +289,9 @@ mod tests {
     use super::*;
 
     fn hex(s: &str) -> Vec<u8> {
-        s.split_whitespace().map(|p| u8::from_str_radix(p, 16).unwrap()).collect()
+        s.split_whitespace()
+            .map(|p| u8::from_str_radix(p, 16).unwrap())
+            .collect()
     }
 
     fn id(s: &str) -> ConnId {
@@ -292,7 +313,13 @@ mod tests {
     #[test]
     fn power_on_from_cloud_trace() {
         check(
-            command(id("2de4b5d2"), msg("153700"), Seq(0x21), Target::Device(5), Action::Power(true)),
+            command(
+                id("2de4b5d2"),
+                msg("153700"),
+                Seq(0x21),
+                Target::Device(5),
+                Action::Power(true),
+            ),
             "73 00 00 00 1f 2d e4 b5 d2 15 37 00 7e 21 00 00 00 f8 d0 0d 00 21 00 00 00 00 05 00 d0 11 02 01 00 00 e7 7e",
         );
     }
@@ -300,7 +327,13 @@ mod tests {
     #[test]
     fn power_off_from_cloud_trace() {
         check(
-            command(id("2de4b5d2"), msg("153a00"), Seq(0x22), Target::Device(5), Action::Power(false)),
+            command(
+                id("2de4b5d2"),
+                msg("153a00"),
+                Seq(0x22),
+                Target::Device(5),
+                Action::Power(false),
+            ),
             "73 00 00 00 1f 2d e4 b5 d2 15 3a 00 7e 22 00 00 00 f8 d0 0d 00 22 00 00 00 00 05 00 d0 11 02 00 00 00 e7 7e",
         );
     }
@@ -308,7 +341,13 @@ mod tests {
     #[test]
     fn brightness() {
         check(
-            command(id("37962469"), msg("604800"), Seq(0x17), Target::Device(7), Action::Brightness(39)),
+            command(
+                id("37962469"),
+                msg("604800"),
+                Seq(0x17),
+                Target::Device(7),
+                Action::Brightness(39),
+            ),
             "73 00 00 00 22 37 96 24 69 60 48 00 7e 17 00 00 00 f8 f0 10 00 17 00 00 00 00 07 00 f0 11 02 01 27 ff ff ff ff 45 7e",
         );
     }
@@ -316,12 +355,26 @@ mod tests {
     #[test]
     fn color_temp_and_rgb_frames() {
         let conn = id("37962469");
-        let p = command(conn, msg("000000"), Seq(0x36), Target::Device(7), Action::ColorTemp(0x48)).unwrap();
+        let p = command(
+            conn,
+            msg("000000"),
+            Seq(0x36),
+            Target::Device(7),
+            Action::ColorTemp(0x48),
+        )
+        .unwrap();
         assert_eq!(
             p.frame().unwrap().to_bytes(),
             hex("7e 36 00 00 00 f8 f0 10 00 36 00 00 00 00 07 00 f0 11 02 01 ff 48 00 00 00 88 7e")
         );
-        let p = command(conn, msg("000000"), Seq(0x2b), Target::Device(7), Action::Rgb([0, 0xfb, 0xff])).unwrap();
+        let p = command(
+            conn,
+            msg("000000"),
+            Seq(0x2b),
+            Target::Device(7),
+            Action::Rgb([0, 0xfb, 0xff]),
+        )
+        .unwrap();
         assert_eq!(
             p.frame().unwrap().to_bytes(),
             hex("7e 2b 00 00 00 f8 f0 10 00 2b 00 00 00 00 07 00 f0 11 02 01 ff fe 00 fb ff 2d 7e")
@@ -331,7 +384,13 @@ mod tests {
     #[test]
     fn effect_candle() {
         check(
-            command(id("2de4b5d2"), msg("b30500"), Seq(0x14), Target::Device(0x0a), Action::Effect(Effect::Candle)),
+            command(
+                id("2de4b5d2"),
+                msg("b30500"),
+                Seq(0x14),
+                Target::Device(0x0a),
+                Action::Effect(Effect::Candle),
+            ),
             "73 00 00 00 20 2d e4 b5 d2 b3 05 00 7e 14 00 00 00 f8 e2 0e 00 14 00 00 00 00 0a 00 e2 11 02 07 01 01 f1 fd 7e",
         );
     }
@@ -339,7 +398,13 @@ mod tests {
     #[test]
     fn switch_mode_traditional() {
         check(
-            command(id("1bdcda3e"), msg("001300"), Seq(0x0d), Target::Device(0xa0), Action::SwitchMode(SwitchMode::Traditional)),
+            command(
+                id("1bdcda3e"),
+                msg("001300"),
+                Seq(0x0d),
+                Target::Device(0xa0),
+                Action::SwitchMode(SwitchMode::Traditional),
+            ),
             "73 00 00 00 1e 1b dc da 3e 00 13 00 7e 0d 01 00 00 f8 8e 0c 00 0e 01 00 00 00 a0 00 f7 11 02 01 01 55 7e",
         );
     }
@@ -347,7 +412,13 @@ mod tests {
     #[test]
     fn group_power() {
         check(
-            command(id("37962469"), msg("000000"), Seq(5), Target::Group(0x8001), Action::Power(true)),
+            command(
+                id("37962469"),
+                msg("000000"),
+                Seq(5),
+                Target::Group(0x8001),
+                Action::Power(true),
+            ),
             "73 00 00 00 1f 37 96 24 69 00 00 00 7e 05 00 00 00 f8 d0 0d 00 05 00 00 00 00 01 80 d0 11 02 01 00 00 47 7e",
         );
     }
@@ -356,7 +427,9 @@ mod tests {
     fn mesh_request_and_ack() {
         assert_eq!(
             mesh_info_request(id("2de4b5d2"), msg("152c00"), MESH_REQUEST_SEQ).to_bytes(),
-            hex("73 00 00 00 18 2d e4 b5 d2 15 2c 00 7e 1f 00 00 00 f8 52 06 00 00 00 ff ff 00 00 56 7e")
+            hex(
+                "73 00 00 00 18 2d e4 b5 d2 15 2c 00 7e 1f 00 00 00 f8 52 06 00 00 00 ff ff 00 00 56 7e"
+            )
         );
         assert_eq!(
             mesh_status_ack(id("2de4b5d2"), msg("152d00"), MESH_ACK_SEQ).to_bytes(),
@@ -371,15 +444,41 @@ mod tests {
     #[test]
     fn fan_speed_is_brightness_on_the_wire() {
         let conn = id("37962469");
-        let fan = command(conn, msg("000100"), Seq(3), Target::Device(9), Action::FanSpeed(75)).unwrap();
-        let dim = command(conn, msg("000100"), Seq(3), Target::Device(9), Action::Brightness(75)).unwrap();
+        let fan = command(
+            conn,
+            msg("000100"),
+            Seq(3),
+            Target::Device(9),
+            Action::FanSpeed(75),
+        )
+        .unwrap();
+        let dim = command(
+            conn,
+            msg("000100"),
+            Seq(3),
+            Target::Device(9),
+            Action::Brightness(75),
+        )
+        .unwrap();
         assert_eq!(fan, dim);
     }
 
     #[test]
     fn out_of_range_is_rejected() {
-        let r = command(id("37962469"), msg("000000"), Seq(1), Target::Device(1), Action::Brightness(101));
-        assert_eq!(r, Err(CommandError::OutOfRange { what: "brightness", value: 101 }));
+        let r = command(
+            id("37962469"),
+            msg("000000"),
+            Seq(1),
+            Target::Device(1),
+            Action::Brightness(101),
+        );
+        assert_eq!(
+            r,
+            Err(CommandError::OutOfRange {
+                what: "brightness",
+                value: 101
+            })
+        );
     }
 
     #[test]
@@ -397,7 +496,10 @@ mod tests {
         .chain(Effect::ALL.map(Action::Effect))
         {
             let p = command(conn, msg("000100"), Seq(9), Target::Device(300), action).unwrap();
-            assert_eq!(Action::from_frame(p.frame().unwrap()), Some((Target::Device(300), action)));
+            assert_eq!(
+                Action::from_frame(p.frame().unwrap()),
+                Some((Target::Device(300), action))
+            );
         }
     }
 
@@ -406,7 +508,10 @@ mod tests {
         for e in Effect::ALL {
             assert_eq!(Effect::from_name(e.name()), Some(e));
         }
-        assert_eq!(Effect::from_name("Happy Holidays"), Some(Effect::HappyHolidays));
+        assert_eq!(
+            Effect::from_name("Happy Holidays"),
+            Some(Effect::HappyHolidays)
+        );
         assert_eq!(Effect::from_name("disco"), None);
     }
 }

@@ -152,7 +152,9 @@ impl Frame {
     pub fn decode(bytes: &[u8]) -> Result<Self, FrameError> {
         match Self::decode_plain(bytes) {
             Err(FrameError::LengthMismatch { declared, actual })
-                if bytes.windows(2).any(|w| w == [ESCAPE, 0x5d] || w == [ESCAPE, 0x5e]) =>
+                if bytes
+                    .windows(2)
+                    .any(|w| w == [ESCAPE, 0x5d] || w == [ESCAPE, 0x5e]) =>
             {
                 Self::decode_stuffed(bytes).ok_or(FrameError::LengthMismatch { declared, actual })
             }
@@ -173,12 +175,17 @@ impl Frame {
         if end != FLAG {
             return Err(FrameError::NoEnd(end));
         }
-        let head: &[u8; 9] =
-            bytes.get(..9).and_then(|h| h.try_into().ok()).ok_or(FrameError::TooShort(n))?;
+        let head: &[u8; 9] = bytes
+            .get(..9)
+            .and_then(|h| h.try_into().ok())
+            .ok_or(FrameError::TooShort(n))?;
         let declared = u16::from_le_bytes([head[7], head[8]]);
         let payload = bytes.get(9..n - 2).ok_or(FrameError::TooShort(n))?;
         if usize::from(declared) != payload.len() {
-            return Err(FrameError::LengthMismatch { declared, actual: payload.len() });
+            return Err(FrameError::LengthMismatch {
+                declared,
+                actual: payload.len(),
+            });
         }
         Ok(Self {
             start,
@@ -215,7 +222,9 @@ impl Frame {
         let [lo, hi] = self.len_field().to_le_bytes();
         self.payload
             .iter()
-            .fold(self.opcode.wrapping_add(lo).wrapping_add(hi), |acc, b| acc.wrapping_add(*b))
+            .fold(self.opcode.wrapping_add(lo).wrapping_add(hi), |acc, b| {
+                acc.wrapping_add(*b)
+            })
     }
 
     /// Whether the checksum received matches the bytes.
@@ -236,7 +245,11 @@ impl Frame {
 
     /// Encoded size in bytes.
     pub fn encoded_len(&self) -> usize {
-        if self.stuffed { self.to_bytes().len() } else { MIN_FRAME + self.payload.len() }
+        if self.stuffed {
+            self.to_bytes().len()
+        } else {
+            MIN_FRAME + self.payload.len()
+        }
     }
 
     /// Appends the wire bytes.
@@ -283,9 +296,9 @@ impl Body {
             Err(error) => Self::Malformed(Malformed {
                 bytes: bytes.to_vec(),
                 error,
-                valid_at_13: bytes.get(1..).is_some_and(|rest| {
-                    Frame::decode(rest).is_ok_and(|f| f.checksum_ok())
-                }),
+                valid_at_13: bytes
+                    .get(1..)
+                    .is_some_and(|rest| Frame::decode(rest).is_ok_and(|f| f.checksum_ok())),
             }),
         }
     }
@@ -320,13 +333,17 @@ mod tests {
     use super::*;
 
     fn hex(s: &str) -> Vec<u8> {
-        s.split_whitespace().map(|p| u8::from_str_radix(p, 16).unwrap()).collect()
+        s.split_whitespace()
+            .map(|p| u8::from_str_radix(p, 16).unwrap())
+            .collect()
     }
 
     #[test]
     fn status_report_frame_from_capture_a() {
         // Capture A 08:23:56.914362, device 38 e8 cf 46, packet bytes [12..].
-        let bytes = hex("7e 1f 00 00 00 fa db 13 00 87 25 11 ee 00 ee 00 db 11 02 01 01 0a 0a ff ff ff 00 00 88 7e");
+        let bytes = hex(
+            "7e 1f 00 00 00 fa db 13 00 87 25 11 ee 00 ee 00 db 11 02 01 01 0a 0a ff ff ff 00 00 88 7e",
+        );
         let frame = Frame::decode(&bytes).unwrap();
         assert_eq!(frame.seq, 0x1f);
         assert_eq!(frame.dir, Direction::Report);
@@ -350,7 +367,9 @@ mod tests {
     #[test]
     fn stuffed_sample_from_cloud_trace() {
         // The 2024-03-16 relay: `7d 5d` stands for 0x7D (the report counter).
-        let bytes = hex("7e 25 00 00 00 fa db 13 00 7d 5d 22 11 07 00 07 00 db 11 02 01 01 64 fe f8 00 00 00 00 f6 7e");
+        let bytes = hex(
+            "7e 25 00 00 00 fa db 13 00 7d 5d 22 11 07 00 07 00 db 11 02 01 01 64 fe f8 00 00 00 00 f6 7e",
+        );
         let frame = Frame::decode(&bytes).unwrap();
         assert!(frame.stuffed);
         assert!(frame.checksum_ok());
@@ -371,7 +390,9 @@ mod tests {
     fn injected_frame_is_malformed_but_valid_one_byte_later() {
         // Capture B 08:58:12.350746, packet bytes [12..]: the proxy's extra 00 at byte 12.
         let bytes = hex("00 7e 10 01 00 00 f8 8e 0c 00 10 01 00 00 00 50 00 f7 11 02 01 01 07 7e");
-        let Body::Malformed(m) = Body::decode(&bytes) else { panic!("should be malformed") };
+        let Body::Malformed(m) = Body::decode(&bytes) else {
+            panic!("should be malformed")
+        };
         assert!(matches!(m.error, FrameError::LengthMismatch { .. }));
         assert!(m.valid_at_13);
     }

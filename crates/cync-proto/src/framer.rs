@@ -101,7 +101,9 @@ impl Framer {
 
     /// The buffered bytes that do not (yet) form a whole packet.
     pub fn remainder(&self) -> &[u8] {
-        self.buf.get(self.start + self.pending_consume..).unwrap_or_default()
+        self.buf
+            .get(self.start + self.pending_consume..)
+            .unwrap_or_default()
     }
 
     /// Whether the framer has failed under [`OversizePolicy::Close`].
@@ -129,7 +131,8 @@ impl Framer {
         self.compact();
         let room = self.max_packet - (self.buf.len() - self.start);
         let n = room.min(rest.len());
-        self.buf.extend_from_slice(rest.get(..n).unwrap_or_default());
+        self.buf
+            .extend_from_slice(rest.get(..n).unwrap_or_default());
         taken + n
     }
 
@@ -142,11 +145,18 @@ impl Framer {
         }
         self.consume_pending();
         let avail_len = self.buf.len().saturating_sub(self.start);
-        let header = self.buf.get(self.start..)?.first_chunk::<{ crate::HEADER_LEN }>()?;
+        let header = self
+            .buf
+            .get(self.start..)?
+            .first_chunk::<{ crate::HEADER_LEN }>()?;
         let [kind, _, _, hi, lo] = *header;
         let size = crate::HEADER_LEN + usize::from(u16::from_be_bytes([hi, lo]));
         if size > self.max_packet {
-            let error = FramerError::Oversize { kind, size, max: self.max_packet };
+            let error = FramerError::Oversize {
+                kind,
+                size,
+                max: self.max_packet,
+            };
             match self.policy {
                 OversizePolicy::Close => {
                     self.failed = Some(error);
@@ -216,7 +226,10 @@ mod tests {
         let mut read = INFO_PING.to_vec();
         read.extend_from_slice(&HB);
         assert_eq!(framer.push(&read), read.len());
-        assert_eq!(drain(&mut framer), vec![Ok(INFO_PING.to_vec()), Ok(HB.to_vec())]);
+        assert_eq!(
+            drain(&mut framer),
+            vec![Ok(INFO_PING.to_vec()), Ok(HB.to_vec())]
+        );
         assert_eq!(framer.buffered(), 0);
     }
 
@@ -247,8 +260,15 @@ mod tests {
     fn oversize_closes_by_default() {
         let mut framer = Framer::new(64);
         framer.push(&[0x43, 0, 0, 0x10, 0x00, 1, 2, 3]);
-        let err = FramerError::Oversize { kind: 0x43, size: 5 + 4096, max: 64 };
-        assert_eq!(framer.next_packet().map(|r| r.map(<[u8]>::to_vec)), Some(Err(err)));
+        let err = FramerError::Oversize {
+            kind: 0x43,
+            size: 5 + 4096,
+            max: 64,
+        };
+        assert_eq!(
+            framer.next_packet().map(|r| r.map(<[u8]>::to_vec)),
+            Some(Err(err))
+        );
         assert_eq!(framer.failed(), Some(err));
         assert_eq!(framer.push(&HB), 0);
         assert_eq!(framer.buffered(), 0);

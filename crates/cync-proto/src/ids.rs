@@ -148,9 +148,18 @@ mod tests {
 
     #[test]
     fn hex_parsing() {
-        assert_eq!(ConnId::from_hex("2de4b5d2"), Some(ConnId([0x2d, 0xe4, 0xb5, 0xd2])));
-        assert_eq!(ConnId::from_hex("2d e4 b5 d2"), Some(ConnId([0x2d, 0xe4, 0xb5, 0xd2])));
-        assert_eq!(ConnId::from_hex("0x2de4b5d2"), Some(ConnId([0x2d, 0xe4, 0xb5, 0xd2])));
+        assert_eq!(
+            ConnId::from_hex("2de4b5d2"),
+            Some(ConnId([0x2d, 0xe4, 0xb5, 0xd2]))
+        );
+        assert_eq!(
+            ConnId::from_hex("2d e4 b5 d2"),
+            Some(ConnId([0x2d, 0xe4, 0xb5, 0xd2]))
+        );
+        assert_eq!(
+            ConnId::from_hex("0x2de4b5d2"),
+            Some(ConnId([0x2d, 0xe4, 0xb5, 0xd2]))
+        );
         assert_eq!(ConnId::from_hex("2de4b5"), None);
         assert_eq!(ConnId::from_hex("2de4b5zz"), None);
         assert_eq!(MsgId::from_hex("153700"), Some(MsgId([0x15, 0x37, 0])));

@@ -30,11 +30,11 @@ mod status;
 
 pub use command::{Action, CommandError, Effect, SwitchMode, Target};
 pub use frame::{Body, Direction, Frame, FrameError, Malformed};
-pub use framer::{Framer, FramerError, OversizePolicy, DEFAULT_MAX_PACKET};
+pub use framer::{DEFAULT_MAX_PACKET, Framer, FramerError, OversizePolicy};
 pub use ids::{AuthCode, ConnId, MeshId, MsgId, Seq};
 pub use packet::{
-    Ack3, Announce, AnnounceReply, AppAnnounceAck, DataAck, DecodeError, Hello, HelloAck, Info,
-    InfoBody, Notice, Packet, PacketType, Report, TimeReply, Tlv, Unknown, Data, HEADER_LEN,
+    Ack3, Announce, AnnounceReply, AppAnnounceAck, Data, DataAck, DecodeError, HEADER_LEN, Hello,
+    HelloAck, Info, InfoBody, Notice, Packet, PacketType, Report, TimeReply, Tlv, Unknown,
 };
 pub use reply::LocalTime;
 pub use status::{ColorMode, DeviceStatus, Firmware, FirmwareKind, MeshPage, MeshRecord, Record};

@@ -406,14 +406,20 @@ impl Packet {
         };
         let declared = HEADER_LEN + usize::from(u16::from_be_bytes([header[3], header[4]]));
         if declared != bytes.len() {
-            return Err(DecodeError::LengthMismatch { declared, actual: bytes.len() });
+            return Err(DecodeError::LengthMismatch {
+                declared,
+                actual: bytes.len(),
+            });
         }
         let [kind, r1, r2, _, _] = *header;
         if [r1, r2] != [0, 0] {
             return Err(DecodeError::Reserved([r1, r2]));
         }
         let Some(ty) = PacketType::from_byte(kind) else {
-            return Ok(Self::Unknown(Unknown { kind, payload: payload.to_vec() }));
+            return Ok(Self::Unknown(Unknown {
+                kind,
+                payload: payload.to_vec(),
+            }));
         };
         let size = |expected: &'static str| DecodeError::BadSize {
             kind,
@@ -423,7 +429,11 @@ impl Packet {
         };
         // Id-carrying types: `[5:9]` and `[9:12]` are payload[0..4] and payload[4..7].
         let ids = || -> Result<(ConnId, MsgId, &[u8]), DecodeError> {
-            match (ConnId::read(payload, 0), MsgId::read(payload, 4), payload.get(7..)) {
+            match (
+                ConnId::read(payload, 0),
+                MsgId::read(payload, 4),
+                payload.get(7..),
+            ) {
                 (Some(c), Some(m), Some(rest)) => Ok((c, m, rest)),
                 _ => Err(size("at least 7")),
             }
@@ -431,11 +441,19 @@ impl Packet {
         Ok(match ty {
             PacketType::Hello | PacketType::AppHello => {
                 let hello = Hello::decode(payload).ok_or_else(|| size("at least 7"))??;
-                if ty == PacketType::Hello { Self::Hello(hello) } else { Self::AppHello(hello) }
+                if ty == PacketType::Hello {
+                    Self::Hello(hello)
+                } else {
+                    Self::AppHello(hello)
+                }
             }
             PacketType::HelloAck | PacketType::AppHelloAck => {
                 let ack = HelloAck(*fixed(payload).ok_or_else(|| size("2"))?);
-                if ty == PacketType::HelloAck { Self::HelloAck(ack) } else { Self::AppHelloAck(ack) }
+                if ty == PacketType::HelloAck {
+                    Self::HelloAck(ack)
+                } else {
+                    Self::AppHelloAck(ack)
+                }
             }
             PacketType::TimeRequest => {
                 let [code] = *fixed(payload).ok_or_else(|| size("1"))?;
@@ -448,27 +466,51 @@ impl Packet {
             }
             PacketType::Heartbeat | PacketType::HeartbeatAck => {
                 let [] = *fixed(payload).ok_or_else(|| size("0"))?;
-                if ty == PacketType::Heartbeat { Self::Heartbeat } else { Self::HeartbeatAck }
+                if ty == PacketType::Heartbeat {
+                    Self::Heartbeat
+                } else {
+                    Self::HeartbeatAck
+                }
             }
             PacketType::InfoAck | PacketType::ReportAck => {
                 let ack = Ack3(*fixed(payload).ok_or_else(|| size("3"))?);
-                if ty == PacketType::InfoAck { Self::InfoAck(ack) } else { Self::ReportAck(ack) }
+                if ty == PacketType::InfoAck {
+                    Self::InfoAck(ack)
+                } else {
+                    Self::ReportAck(ack)
+                }
             }
             PacketType::Info => {
                 let (conn_id, msg_id, rest) = ids()?;
-                Self::Info(Info { conn_id, msg_id, body: InfoBody::decode(rest) })
+                Self::Info(Info {
+                    conn_id,
+                    msg_id,
+                    body: InfoBody::decode(rest),
+                })
             }
             PacketType::Report => {
                 let (conn_id, msg_id, rest) = ids()?;
-                Self::Report(Report { conn_id, msg_id, body: Body::decode(rest) })
+                Self::Report(Report {
+                    conn_id,
+                    msg_id,
+                    body: Body::decode(rest),
+                })
             }
             PacketType::Data => {
                 let (conn_id, msg_id, rest) = ids()?;
-                Self::Data(Data { conn_id, msg_id, body: Body::decode(rest) })
+                Self::Data(Data {
+                    conn_id,
+                    msg_id,
+                    body: Body::decode(rest),
+                })
             }
             PacketType::AnnounceReply => {
                 let (conn_id, msg_id, rest) = ids()?;
-                Self::AnnounceReply(AnnounceReply { conn_id, msg_id, body: rest.to_vec() })
+                Self::AnnounceReply(AnnounceReply {
+                    conn_id,
+                    msg_id,
+                    body: rest.to_vec(),
+                })
             }
             PacketType::Announce | PacketType::DataAck => {
                 let _: &[u8; 7] = fixed(payload).ok_or_else(|| size("7"))?;
@@ -481,7 +523,11 @@ impl Packet {
             }
             PacketType::Notice => {
                 let [a, b, c, d, m0, m1, code] = *fixed(payload).ok_or_else(|| size("7"))?;
-                Self::Notice(Notice { conn_id: ConnId([a, b, c, d]), msg: [m0, m1], code })
+                Self::Notice(Notice {
+                    conn_id: ConnId([a, b, c, d]),
+                    msg: [m0, m1],
+                    code,
+                })
             }
             PacketType::AppAnnounceAck => {
                 let [a, b, c, d, m0, m1, code, tail] = *fixed(payload).ok_or_else(|| size("8"))?;
@@ -585,12 +631,16 @@ impl Packet {
     /// the records of an `f9 52` mesh-info page.
     pub fn statuses(&self) -> Vec<DeviceStatus> {
         match self {
-            Self::Info(Info { body: InfoBody::Records(records), .. }) => {
-                records.iter().map(Record::status).collect()
-            }
-            Self::Report(r) => {
-                r.body.frame().and_then(DeviceStatus::from_report).into_iter().collect()
-            }
+            Self::Info(Info {
+                body: InfoBody::Records(records),
+                ..
+            }) => records.iter().map(Record::status).collect(),
+            Self::Report(r) => r
+                .body
+                .frame()
+                .and_then(DeviceStatus::from_report)
+                .into_iter()
+                .collect(),
             Self::Data(d) => d
                 .body
                 .frame()
@@ -686,8 +736,16 @@ impl Packet {
                 ids(out, &i.conn_id, &i.msg_id);
                 i.body.encode(out);
             }
-            Self::Report(Report { conn_id, msg_id, body })
-            | Self::Data(Data { conn_id, msg_id, body }) => {
+            Self::Report(Report {
+                conn_id,
+                msg_id,
+                body,
+            })
+            | Self::Data(Data {
+                conn_id,
+                msg_id,
+                body,
+            }) => {
                 ids(out, conn_id, msg_id);
                 body.encode(out);
             }
@@ -737,10 +795,18 @@ impl Hello {
         let len = usize::from(u16::from_be_bytes(rest.get(4..6)?.try_into().ok()?));
         let after = rest.get(6..)?;
         let Some(auth) = after.get(..len) else {
-            return Some(Err(DecodeError::AuthLength { declared: len, available: after.len() }));
+            return Some(Err(DecodeError::AuthLength {
+                declared: len,
+                available: after.len(),
+            }));
         };
         let trailer = after.get(len..).unwrap_or_default().to_vec();
-        Some(Ok(Self { marker, conn_id, auth: AuthCode::new(auth.to_vec()), trailer }))
+        Some(Ok(Self {
+            marker,
+            conn_id,
+            auth: AuthCode::new(auth.to_vec()),
+            trailer,
+        }))
     }
 }
 
@@ -793,7 +859,11 @@ impl Tlv {
         while !body.is_empty() {
             let (&[tag, kind, len], rest) = body.split_first_chunk::<3>()?;
             let value = rest.get(..usize::from(len))?;
-            items.push(Self { tag, kind, value: value.to_vec() });
+            items.push(Self {
+                tag,
+                kind,
+                value: value.to_vec(),
+            });
             body = rest.get(usize::from(len)..)?;
         }
         Some(items)
@@ -801,7 +871,9 @@ impl Tlv {
 
     /// The value as text, when it is printable ASCII (the `c7` timestamp item).
     pub fn text(&self) -> Option<&str> {
-        std::str::from_utf8(&self.value).ok().filter(|s| s.bytes().all(|b| (0x20..0x7f).contains(&b)))
+        std::str::from_utf8(&self.value)
+            .ok()
+            .filter(|s| s.bytes().all(|b| (0x20..0x7f).contains(&b)))
     }
 }
 
@@ -810,7 +882,9 @@ mod tests {
     use super::*;
 
     fn hex(s: &str) -> Vec<u8> {
-        s.split_whitespace().map(|p| u8::from_str_radix(p, 16).unwrap()).collect()
+        s.split_whitespace()
+            .map(|p| u8::from_str_radix(p, 16).unwrap())
+            .collect()
     }
 
     #[track_caller]
@@ -824,7 +898,9 @@ mod tests {
 
     #[test]
     fn hello() {
-        let p = roundtrip("23 00 00 00 1a 03 38 e8 cf 46 00 10 31 65 30 37 64 38 63 65 30 61 36 31 37 61 33 37 00 00 3c");
+        let p = roundtrip(
+            "23 00 00 00 1a 03 38 e8 cf 46 00 10 31 65 30 37 64 38 63 65 30 61 36 31 37 61 33 37 00 00 3c",
+        );
         let Packet::Hello(h) = &p else { panic!() };
         assert_eq!(h.conn_id.to_string(), "38e8cf46");
         assert_eq!(h.trailer, [0, 0, 0x3c]);
@@ -833,12 +909,21 @@ mod tests {
 
     #[test]
     fn fixed_packets() {
-        assert_eq!(roundtrip("28 00 00 00 02 00 00"), Packet::HelloAck(HelloAck([0, 0])));
+        assert_eq!(
+            roundtrip("28 00 00 00 02 00 00"),
+            Packet::HelloAck(HelloAck([0, 0]))
+        );
         assert_eq!(roundtrip("c3 00 00 00 01 0c"), Packet::TimeRequest(0x0c));
         assert_eq!(roundtrip("d3 00 00 00 00"), Packet::Heartbeat);
         assert_eq!(roundtrip("d8 00 00 00 00"), Packet::HeartbeatAck);
-        assert_eq!(roundtrip("48 00 00 00 03 01 01 00"), Packet::InfoAck(Ack3([1, 1, 0])));
-        assert_eq!(roundtrip("88 00 00 00 03 1f 83 00"), Packet::ReportAck(Ack3([0x1f, 0x83, 0])));
+        assert_eq!(
+            roundtrip("48 00 00 00 03 01 01 00"),
+            Packet::InfoAck(Ack3([1, 1, 0]))
+        );
+        assert_eq!(
+            roundtrip("88 00 00 00 03 1f 83 00"),
+            Packet::ReportAck(Ack3([0x1f, 0x83, 0]))
+        );
         roundtrip("c8 00 00 00 0b 0d 07 e9 0b 06 05 02 14 2d fd a8");
         roundtrip("a3 00 00 00 07 2d e4 b5 d2 15 2b 00");
         roundtrip("7b 00 00 00 07 2d e4 b5 d2 15 37 00");
@@ -851,11 +936,27 @@ mod tests {
     #[test]
     fn info_classes() {
         let p = roundtrip("43 00 00 00 07 3d 54 86 1c 01 01 06");
-        assert!(matches!(p, Packet::Info(Info { body: InfoBody::Ping, .. })));
-        let p = roundtrip("43 00 00 00 1e 32 5d 53 17 01 01 06 c6 20 02 00 ab c5 20 02 00 04 c4 20 02 00 01 c3 20 02 00 05 c2 90 00");
-        let Packet::Info(Info { body: InfoBody::Tlv(items), .. }) = &p else { panic!() };
+        assert!(matches!(
+            p,
+            Packet::Info(Info {
+                body: InfoBody::Ping,
+                ..
+            })
+        ));
+        let p = roundtrip(
+            "43 00 00 00 1e 32 5d 53 17 01 01 06 c6 20 02 00 ab c5 20 02 00 04 c4 20 02 00 01 c3 20 02 00 05 c2 90 00",
+        );
+        let Packet::Info(Info {
+            body: InfoBody::Tlv(items),
+            ..
+        }) = &p
+        else {
+            panic!()
+        };
         assert_eq!(items.len(), 5);
-        let p = roundtrip("43 00 00 00 1a 38 e8 cf 46 01 01 06 05 00 10 ee 01 0a 0a ff ff ff 01 00 ee 00 00 00 00 00 00");
+        let p = roundtrip(
+            "43 00 00 00 1a 38 e8 cf 46 01 01 06 05 00 10 ee 01 0a 0a ff ff ff 01 00 ee 00 00 00 00 00 00",
+        );
         assert_eq!(p.statuses().len(), 1);
         assert_eq!(p.statuses()[0].id.0, 0xee);
     }
@@ -863,7 +964,9 @@ mod tests {
     #[test]
     fn report_with_7e_in_the_id() {
         // Capture A 08:24:01.017043: searching for the first 0x7E would get this wrong.
-        let p = roundtrip("83 00 00 00 26 60 b1 7e f1 00 0c 00 7e 1f 00 00 00 fa db 14 00 0c 2e 00 1a 00 ff ff ea 11 02 1a a1 01 0b 01 00 00 00 00 00 06 7e");
+        let p = roundtrip(
+            "83 00 00 00 26 60 b1 7e f1 00 0c 00 7e 1f 00 00 00 fa db 14 00 0c 2e 00 1a 00 ff ff ea 11 02 1a a1 01 0b 01 00 00 00 00 00 06 7e",
+        );
         assert!(p.frame().unwrap().checksum_ok());
         assert_eq!(p.conn_id().unwrap().to_string(), "60b17ef1");
         assert!(p.statuses().is_empty());
@@ -871,23 +974,40 @@ mod tests {
 
     #[test]
     fn firmware_report() {
-        let p = roundtrip("83 00 00 00 32 32 5d 53 17 00 02 00 00 00 00 00 00 fa 00 20 00 00 00 00 00 00 00 00 ea 00 00 00 86 01 01 31 31 31 35 38 00 00 00 00 00 00 00 00 00 00 00 00 00 92 7e");
+        let p = roundtrip(
+            "83 00 00 00 32 32 5d 53 17 00 02 00 00 00 00 00 00 fa 00 20 00 00 00 00 00 00 00 00 ea 00 00 00 86 01 01 31 31 31 35 38 00 00 00 00 00 00 00 00 00 00 00 00 00 92 7e",
+        );
         assert!(p.frame().unwrap().checksum_ok());
         assert_eq!(p.firmware().unwrap().version(), "1.1.158");
     }
 
     #[test]
     fn decode_errors() {
-        assert_eq!(Packet::decode(&[0xd3, 0, 0]), Err(DecodeError::Truncated(3)));
+        assert_eq!(
+            Packet::decode(&[0xd3, 0, 0]),
+            Err(DecodeError::Truncated(3))
+        );
         assert_eq!(
             Packet::decode(&[0xd3, 0, 0, 0, 1]),
-            Err(DecodeError::LengthMismatch { declared: 6, actual: 5 })
+            Err(DecodeError::LengthMismatch {
+                declared: 6,
+                actual: 5
+            })
         );
-        assert_eq!(Packet::decode(&[0xd3, 1, 0, 0, 0]), Err(DecodeError::Reserved([1, 0])));
-        assert!(matches!(Packet::decode(&[0xd3, 0, 0, 0, 1, 0]), Err(DecodeError::BadSize { .. })));
+        assert_eq!(
+            Packet::decode(&[0xd3, 1, 0, 0, 0]),
+            Err(DecodeError::Reserved([1, 0]))
+        );
+        assert!(matches!(
+            Packet::decode(&[0xd3, 0, 0, 0, 1, 0]),
+            Err(DecodeError::BadSize { .. })
+        ));
         assert!(matches!(
             Packet::decode(&hex("23 00 00 00 08 03 01 02 03 04 00 10 41")),
-            Err(DecodeError::AuthLength { declared: 16, available: 1 })
+            Err(DecodeError::AuthLength {
+                declared: 16,
+                available: 1
+            })
         ));
     }
 

@@ -89,7 +89,14 @@ impl LocalTime {
 
     pub(crate) fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.year.to_be_bytes());
-        out.extend_from_slice(&[self.month, self.day, self.weekday, self.hour, self.minute, self.second]);
+        out.extend_from_slice(&[
+            self.month,
+            self.day,
+            self.weekday,
+            self.hour,
+            self.minute,
+            self.second,
+        ]);
         out.extend_from_slice(&self.offset_hhmm.to_be_bytes());
     }
 }
@@ -106,7 +113,11 @@ fn civil_from_days(days: i64) -> (i64, u8, u8) {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, u8::try_from(month).unwrap_or(1), u8::try_from(day).unwrap_or(1))
+    (
+        year,
+        u8::try_from(month).unwrap_or(1),
+        u8::try_from(day).unwrap_or(1),
+    )
 }
 
 /// `28 00 00 00 02 00 00`.
@@ -116,7 +127,10 @@ pub fn hello_ack() -> Packet {
 
 /// `c8 00 00 00 0b 0d` + the local time.
 pub fn time_reply(time: LocalTime) -> Packet {
-    Packet::TimeReply(TimeReply { marker: TIME_REPLY_MARKER, time })
+    Packet::TimeReply(TimeReply {
+        marker: TIME_REPLY_MARKER,
+        time,
+    })
 }
 
 /// `d8 00 00 00 00`.
@@ -159,14 +173,19 @@ mod tests {
     use super::*;
 
     fn hex(s: &str) -> Vec<u8> {
-        s.split_whitespace().map(|p| u8::from_str_radix(p, 16).unwrap()).collect()
+        s.split_whitespace()
+            .map(|p| u8::from_str_radix(p, 16).unwrap())
+            .collect()
     }
 
     #[test]
     fn time_reply_matches_capture_a() {
         // 2025-11-06T08:20:45 UTC at −06:00.
         let t = LocalTime::from_unix(1_762_417_245, -360);
-        assert_eq!(time_reply(t).to_bytes(), hex("c8 00 00 00 0b 0d 07 e9 0b 06 05 02 14 2d fd a8"));
+        assert_eq!(
+            time_reply(t).to_bytes(),
+            hex("c8 00 00 00 0b 0d 07 e9 0b 06 05 02 14 2d fd a8")
+        );
         assert_eq!(t.offset_minutes(), -360);
     }
 
@@ -174,13 +193,19 @@ mod tests {
     fn time_reply_matches_cloud_trace() {
         // 2024-03-11 (Monday) 01:14:28 at −05:00 = 06:14:28 UTC.
         let t = LocalTime::from_unix(1_710_137_668, -300);
-        assert_eq!(time_reply(t).to_bytes(), hex("c8 00 00 00 0b 0d 07 e8 03 0b 02 01 0e 1c fe 0c"));
+        assert_eq!(
+            time_reply(t).to_bytes(),
+            hex("c8 00 00 00 0b 0d 07 e8 03 0b 02 01 0e 1c fe 0c")
+        );
     }
 
     #[test]
     fn half_hour_offsets_and_epoch_edges() {
         let t = LocalTime::from_unix(0, 330);
-        assert_eq!((t.year, t.month, t.day, t.hour, t.minute, t.offset_hhmm), (1970, 1, 1, 5, 30, 530));
+        assert_eq!(
+            (t.year, t.month, t.day, t.hour, t.minute, t.offset_hhmm),
+            (1970, 1, 1, 5, 30, 530)
+        );
         assert_eq!(t.offset_minutes(), 330);
         let t = LocalTime::from_unix(951_782_400, 0); // 2000-02-29
         assert_eq!((t.year, t.month, t.day, t.weekday), (2000, 2, 29, 3));
@@ -190,9 +215,15 @@ mod tests {
     fn acks_echo_the_right_bytes() {
         let msg = MsgId([0x01, 0x01, 0x06]);
         assert_eq!(info_ack(msg).to_bytes(), hex("48 00 00 00 03 01 01 00"));
-        assert_eq!(report_ack(MsgId([0x1f, 0x83, 0])).to_bytes(), hex("88 00 00 00 03 1f 83 00"));
+        assert_eq!(
+            report_ack(MsgId([0x1f, 0x83, 0])).to_bytes(),
+            hex("88 00 00 00 03 1f 83 00")
+        );
         let conn = ConnId([0x2d, 0xe4, 0xb5, 0xd2]);
-        assert_eq!(data_ack(conn, MsgId([0, 2, 0])).to_bytes(), hex("7b 00 00 00 07 2d e4 b5 d2 00 02 00"));
+        assert_eq!(
+            data_ack(conn, MsgId([0, 2, 0])).to_bytes(),
+            hex("7b 00 00 00 07 2d e4 b5 d2 00 02 00")
+        );
         assert_eq!(hello_ack().to_bytes(), hex("28 00 00 00 02 00 00"));
         assert_eq!(heartbeat_ack().to_bytes(), hex("d8 00 00 00 00"));
     }
@@ -202,7 +233,10 @@ mod tests {
         let now = LocalTime::from_unix(0, 0);
         let ask = |s: &str| answer(&Packet::decode(&hex(s)).unwrap(), now).map(|p| p.to_bytes());
         assert_eq!(ask("d3 00 00 00 00"), Some(hex("d8 00 00 00 00")));
-        assert_eq!(ask("43 00 00 00 07 3d 54 86 1c 01 01 06"), Some(hex("48 00 00 00 03 01 01 00")));
+        assert_eq!(
+            ask("43 00 00 00 07 3d 54 86 1c 01 01 06"),
+            Some(hex("48 00 00 00 03 01 01 00"))
+        );
         assert_eq!(ask("7b 00 00 00 07 2d e4 b5 d2 15 37 00"), None);
         assert_eq!(ask("c3 00 00 00 01 0c").map(|b| b.len()), Some(16));
     }

@@ -170,7 +170,11 @@ impl MeshPage {
             .chunks_exact(MeshRecord::LEN)
             .filter_map(|chunk| chunk.try_into().ok().map(MeshRecord))
             .collect();
-        Some(Self { count: header[0], total: header[4], records })
+        Some(Self {
+            count: header[0],
+            total: header[4],
+            records,
+        })
     }
 }
 
@@ -222,7 +226,12 @@ impl Firmware {
     pub fn version(&self) -> String {
         match self.raw.as_bytes() {
             [a, b, c @ ..] if c.len() == 3 => {
-                format!("{}.{}.{}", char::from(*a), char::from(*b), String::from_utf8_lossy(c))
+                format!(
+                    "{}.{}.{}",
+                    char::from(*a),
+                    char::from(*b),
+                    String::from_utf8_lossy(c)
+                )
             }
             _ => self.raw.clone(),
         }
@@ -234,7 +243,9 @@ mod tests {
     use super::*;
 
     fn hex(s: &str) -> Vec<u8> {
-        s.split_whitespace().map(|p| u8::from_str_radix(p, 16).unwrap()).collect()
+        s.split_whitespace()
+            .map(|p| u8::from_str_radix(p, 16).unwrap())
+            .collect()
     }
 
     #[test]
@@ -252,31 +263,40 @@ mod tests {
 
     #[test]
     fn record_status() {
-        let r: [u8; 19] = hex("05 00 10 ee 01 0a 0a ff ff ff 01 00 ee 00 00 00 00 00 00").try_into().unwrap();
+        let r: [u8; 19] = hex("05 00 10 ee 01 0a 0a ff ff ff 01 00 ee 00 00 00 00 00 00")
+            .try_into()
+            .unwrap();
         let record = Record(r);
         assert_eq!(record.index(), 5);
         assert_eq!(record.reporter(), MeshId(0xee));
         let s = record.status();
-        assert_eq!((s.id, s.on, s.brightness, s.temperature, s.rgb, s.online), (MeshId(0xee), true, 10, 10, [0xff; 3], true));
+        assert_eq!(
+            (s.id, s.on, s.brightness, s.temperature, s.rgb, s.online),
+            (MeshId(0xee), true, 10, 10, [0xff; 3], true)
+        );
     }
 
     #[test]
     fn firmware_versions() {
-        let fw = Firmware { kind: FirmwareKind::Device, raw: "11158".into() };
+        let fw = Firmware {
+            kind: FirmwareKind::Device,
+            raw: "11158".into(),
+        };
         assert_eq!(fw.version(), "1.1.158");
-        let fw = Firmware { kind: FirmwareKind::Network, raw: "0".into() };
+        let fw = Firmware {
+            kind: FirmwareKind::Network,
+            raw: "0".into(),
+        };
         assert_eq!(fw.version(), "0");
     }
 
     #[test]
     fn mesh_page_from_cloud_trace() {
-        let frame = Frame::decode(&hex(
-            "7e 1f 00 00 00 f9 52 66 00 04 00 00 00 04 00 \
+        let frame = Frame::decode(&hex("7e 1f 00 00 00 f9 52 66 00 04 00 00 00 04 00 \
              05 00 44 01 00 00 44 01 00 00 00 00 64 00 00 00 00 00 00 00 00 00 00 00 \
              07 00 00 01 00 00 00 01 01 00 00 00 64 00 00 00 64 00 00 00 00 00 00 00 \
              03 00 00 01 00 00 00 01 00 00 00 00 00 00 00 00 32 00 00 00 00 00 00 00 \
-             02 00 00 01 00 00 00 01 00 00 00 00 00 00 00 00 32 00 00 00 00 00 00 00 f2 7e",
-        ))
+             02 00 00 01 00 00 00 01 00 00 00 00 00 00 00 00 32 00 00 00 00 00 00 00 f2 7e"))
         .unwrap();
         assert!(frame.checksum_ok());
         let page = MeshPage::from_frame(&frame).unwrap();

@@ -2,7 +2,12 @@
 //! `CYNC_CAPTURES` to read them from elsewhere): counts per type, zero decode errors apart from
 //! the proxy's documented malformed injections, byte-exact re-encoding, valid checksums, the
 //! statuses the captures carry, and the cloud's answers rebuilt by our reply builders.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 use cync_proto::capture::{self, Direction, Record};
 use cync_proto::{Body, Framer, InfoBody, LocalTime, Packet, reply};
@@ -24,7 +29,10 @@ fn captures_dir() -> PathBuf {
 
 fn load(name: &str) -> Vec<Record> {
     let text = std::fs::read_to_string(captures_dir().join(name)).unwrap();
-    capture::parse(&text).into_iter().map(|r| r.unwrap()).collect()
+    capture::parse(&text)
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect()
 }
 
 /// A decoded packet with the record it came from.
@@ -43,7 +51,12 @@ fn decode_all(records: &[Record]) -> (Vec<Seen>, Vec<(usize, Vec<u8>)>) {
     let mut seen = Vec::new();
     let mut trailing = Vec::new();
     for record in records {
-        assert_eq!(record.declared, Some(record.bytes.len()), "record {}", record.index);
+        assert_eq!(
+            record.declared,
+            Some(record.bytes.len()),
+            "record {}",
+            record.index
+        );
         let mut framer = Framer::default();
         assert_eq!(framer.push(&record.bytes), record.bytes.len());
         let mut rebuilt = Vec::new();
@@ -51,7 +64,12 @@ fn decode_all(records: &[Record]) -> (Vec<Seen>, Vec<(usize, Vec<u8>)>) {
             let bytes = next.unwrap().to_vec();
             let packet = Packet::decode(&bytes);
             if let Ok(p) = &packet {
-                assert_eq!(p.to_bytes(), bytes, "record {} re-encodes differently", record.index);
+                assert_eq!(
+                    p.to_bytes(),
+                    bytes,
+                    "record {} re-encodes differently",
+                    record.index
+                );
                 rebuilt.extend(p.to_bytes());
             } else {
                 rebuilt.extend(&bytes);
@@ -83,7 +101,8 @@ fn counts(seen: &[Seen]) -> BTreeMap<(u8, &'static str), usize> {
 }
 
 fn frame_ok(p: &Packet) -> Option<bool> {
-    p.body().map(|b| matches!(b, Body::Frame(f) if f.checksum_ok()))
+    p.body()
+        .map(|b| matches!(b, Body::Frame(f) if f.checksum_ok()))
 }
 
 #[test]
@@ -116,8 +135,14 @@ fn capture_a_conforms() {
 
     // 0x83 kinds: 71 status (fa db 19), 24 fa db 20, 6 firmware.
     let reports: Vec<_> = packets.iter().filter_map(|p| p.frame()).collect();
-    let status = reports.iter().filter(|f| f.opcode == 0xdb && f.payload.len() == 19).count();
-    let db20 = reports.iter().filter(|f| f.opcode == 0xdb && f.payload.len() == 20).count();
+    let status = reports
+        .iter()
+        .filter(|f| f.opcode == 0xdb && f.payload.len() == 19)
+        .count();
+    let db20 = reports
+        .iter()
+        .filter(|f| f.opcode == 0xdb && f.payload.len() == 20)
+        .count();
     let firmware = packets.iter().filter(|p| p.firmware().is_some()).count();
     assert_eq!((status, db20, firmware), (71, 24, 6));
 
@@ -134,11 +159,17 @@ fn capture_a_conforms() {
             *classes.entry(class).or_default() += 1;
         }
     }
-    assert_eq!(classes, [("ping", 270), ("records", 101), ("tlv", 10)].into());
+    assert_eq!(
+        classes,
+        [("ping", 270), ("records", 101), ("tlv", 10)].into()
+    );
 
     // The mesh devices in the status records.
-    let ids: BTreeSet<u16> =
-        packets.iter().flat_map(|p| p.statuses()).map(|s| s.id.0).collect();
+    let ids: BTreeSet<u16> = packets
+        .iter()
+        .flat_map(|p| p.statuses())
+        .map(|s| s.id.0)
+        .collect();
     assert_eq!(ids, [0x2c, 0x4b, 0x50, 0x7c, 0xac, 0xc0, 0xee].into());
 
     // 25 distinct hello ids, and every [5:9] of a 0x43/0x83 is one of them.
@@ -149,7 +180,10 @@ fn capture_a_conforms() {
         .collect();
     assert_eq!(hellos.len(), 25);
     assert!(hellos.contains("60b17ef1"));
-    for p in packets.iter().filter(|p| matches!(p, Packet::Info(_) | Packet::Report(_))) {
+    for p in packets
+        .iter()
+        .filter(|p| matches!(p, Packet::Info(_) | Packet::Report(_)))
+    {
         assert!(hellos.contains(&p.conn_id().unwrap().to_string()));
     }
 }
@@ -159,11 +193,22 @@ fn capture_a_statuses_match_the_protocol_example() {
     // §10.2: device 38 e8 cf 46, mesh id 0xEE, on, brightness 10, temperature 10.
     let records = load("capture-a.txt");
     let (seen, _) = decode_all(&records);
-    let s = seen.iter().find(|s| s.ts == "2025-11-06T08:23:56.914362").unwrap();
+    let s = seen
+        .iter()
+        .find(|s| s.ts == "2025-11-06T08:23:56.914362")
+        .unwrap();
     let p = s.packet.as_ref().unwrap();
     let status = p.statuses();
     assert_eq!(status.len(), 1);
-    assert_eq!((status[0].id.0, status[0].on, status[0].brightness, status[0].temperature), (0xee, true, 10, 10));
+    assert_eq!(
+        (
+            status[0].id.0,
+            status[0].on,
+            status[0].brightness,
+            status[0].temperature
+        ),
+        (0xee, true, 10, 10)
+    );
     let firmware: Vec<String> = seen
         .iter()
         .filter_map(|s| s.packet.as_ref().ok()?.firmware())
@@ -194,7 +239,10 @@ fn capture_b_conforms_apart_from_documented_injections() {
     // Outer decoding never fails; only the injected 0x73s have a malformed inner frame.
     let mut malformed = 0;
     for s in &seen {
-        let p = s.packet.as_ref().unwrap_or_else(|e| panic!("record {}: {e}", s.record));
+        let p = s
+            .packet
+            .as_ref()
+            .unwrap_or_else(|e| panic!("record {}: {e}", s.record));
         match p.body() {
             Some(Body::Malformed(m)) => {
                 assert!(s.injected, "record {} malformed but not injected", s.record);
@@ -215,8 +263,11 @@ fn capture_b_conforms_apart_from_documented_injections() {
         assert!(records[*index].injected);
     }
     // Every device 0x7B echoes [5:12] of an injected 0x73.
-    let injected: BTreeSet<Vec<u8>> =
-        seen.iter().filter(|s| s.injected).map(|s| s.bytes[5..12].to_vec()).collect();
+    let injected: BTreeSet<Vec<u8>> = seen
+        .iter()
+        .filter(|s| s.injected)
+        .map(|s| s.bytes[5..12].to_vec())
+        .collect();
     for s in seen.iter().filter(|s| s.bytes[0] == 0x7b) {
         assert!(injected.contains(&s.bytes[5..12]));
     }
@@ -237,7 +288,8 @@ fn reply_builders_reproduce_the_clouds_answers() {
                 (Direction::Device, Packet::DataAck(_) | Packet::AnnounceReply(_)) => {}
                 (Direction::Device, _) => {
                     let now = LocalTime::from_unix(0, 0);
-                    let answer = reply::answer(p, now).expect("every device packet here is answered");
+                    let answer =
+                        reply::answer(p, now).expect("every device packet here is answered");
                     *ours.entry(answer.to_bytes()).or_default() += 1;
                 }
                 (Direction::Server, Packet::TimeReply(t)) => cloud_c8.push((s.ts.clone(), *t)),

@@ -1,7 +1,12 @@
 //! Property tests: typed packets survive encode → decode unchanged, built commands read back
 //! as the action they were built from, local times round-trip, and arbitrary bytes never panic
 //! the framer or the decoder (nor break byte-exact re-encoding of whatever does decode).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 use cync_proto::command::{self, Action, Effect, SwitchMode, Target};
 use cync_proto::{
@@ -33,16 +38,18 @@ fn frame() -> impl Strategy<Value = Frame> {
         bytes(200),
         any::<u8>(),
     )
-        .prop_map(|(start, seq, flags, dir, opcode, payload, checksum)| Frame {
-            start,
-            seq,
-            flags,
-            dir: Direction::from_byte(dir),
-            opcode,
-            payload,
-            checksum,
-            stuffed: false,
-        })
+        .prop_map(
+            |(start, seq, flags, dir, opcode, payload, checksum)| Frame {
+                start,
+                seq,
+                flags,
+                dir: Direction::from_byte(dir),
+                opcode,
+                payload,
+                checksum,
+                stuffed: false,
+            },
+        )
 }
 
 fn info_body() -> impl Strategy<Value = InfoBody> {
@@ -52,8 +59,11 @@ fn info_body() -> impl Strategy<Value = InfoBody> {
         r[1..].copy_from_slice(&rest);
         Record(r)
     });
-    let tlv = (0xc0u8..=0xff, any::<u8>(), bytes(60))
-        .prop_map(|(tag, kind, value)| Tlv { tag, kind, value });
+    let tlv = (0xc0u8..=0xff, any::<u8>(), bytes(60)).prop_map(|(tag, kind, value)| Tlv {
+        tag,
+        kind,
+        value,
+    });
     prop_oneof![
         Just(InfoBody::Ping),
         prop::collection::vec(record, 1..8).prop_map(|mut records| {
@@ -66,39 +76,79 @@ fn info_body() -> impl Strategy<Value = InfoBody> {
 }
 
 fn local_time() -> impl Strategy<Value = LocalTime> {
-    (any::<i64>().prop_map(|s| s % 10_000_000_000), -720i16..=840).prop_map(|(s, o)| {
-        LocalTime::from_unix(s.abs(), o)
-    })
+    (any::<i64>().prop_map(|s| s % 10_000_000_000), -720i16..=840)
+        .prop_map(|(s, o)| LocalTime::from_unix(s.abs(), o))
 }
 
 fn packet() -> impl Strategy<Value = Packet> {
     let known: Vec<u8> = PacketType::ALL.iter().map(|t| t.byte()).collect();
     prop_oneof![
         (any::<u8>(), conn(), bytes(40), bytes(30)).prop_map(|(marker, conn_id, auth, trailer)| {
-            Packet::Hello(Hello { marker, conn_id, auth: AuthCode::new(auth), trailer })
+            Packet::Hello(Hello {
+                marker,
+                conn_id,
+                auth: AuthCode::new(auth),
+                trailer,
+            })
         }),
         (any::<u8>(), conn(), bytes(40), bytes(30)).prop_map(|(marker, conn_id, auth, trailer)| {
-            Packet::AppHello(Hello { marker, conn_id, auth: AuthCode::new(auth), trailer })
+            Packet::AppHello(Hello {
+                marker,
+                conn_id,
+                auth: AuthCode::new(auth),
+                trailer,
+            })
         }),
         any::<[u8; 2]>().prop_map(|b| Packet::HelloAck(HelloAck(b))),
         any::<[u8; 2]>().prop_map(|b| Packet::AppHelloAck(HelloAck(b))),
         any::<u8>().prop_map(Packet::TimeRequest),
-        (any::<u8>(), local_time()).prop_map(|(marker, time)| Packet::TimeReply(TimeReply { marker, time })),
+        (any::<u8>(), local_time())
+            .prop_map(|(marker, time)| Packet::TimeReply(TimeReply { marker, time })),
         Just(Packet::Heartbeat),
         Just(Packet::HeartbeatAck),
-        (conn(), msg(), info_body()).prop_map(|(conn_id, msg_id, body)| Packet::Info(Info { conn_id, msg_id, body })),
+        (conn(), msg(), info_body()).prop_map(|(conn_id, msg_id, body)| Packet::Info(Info {
+            conn_id,
+            msg_id,
+            body
+        })),
         any::<[u8; 3]>().prop_map(|b| Packet::InfoAck(Ack3(b))),
         any::<[u8; 3]>().prop_map(|b| Packet::ReportAck(Ack3(b))),
-        (conn(), msg(), frame()).prop_map(|(conn_id, msg_id, f)| Packet::Report(Report { conn_id, msg_id, body: Body::Frame(f) })),
-        (conn(), msg(), frame()).prop_map(|(conn_id, msg_id, f)| Packet::Data(Data { conn_id, msg_id, body: Body::Frame(f) })),
-        (conn(), msg()).prop_map(|(conn_id, msg_id)| Packet::Announce(Announce { conn_id, msg_id })),
-        (conn(), msg(), bytes(1100)).prop_map(|(conn_id, msg_id, body)| Packet::AnnounceReply(AnnounceReply { conn_id, msg_id, body })),
+        (conn(), msg(), frame()).prop_map(|(conn_id, msg_id, f)| Packet::Report(Report {
+            conn_id,
+            msg_id,
+            body: Body::Frame(f)
+        })),
+        (conn(), msg(), frame()).prop_map(|(conn_id, msg_id, f)| Packet::Data(Data {
+            conn_id,
+            msg_id,
+            body: Body::Frame(f)
+        })),
+        (conn(), msg())
+            .prop_map(|(conn_id, msg_id)| Packet::Announce(Announce { conn_id, msg_id })),
+        (conn(), msg(), bytes(1100)).prop_map(|(conn_id, msg_id, body)| Packet::AnnounceReply(
+            AnnounceReply {
+                conn_id,
+                msg_id,
+                body
+            }
+        )),
         (conn(), msg()).prop_map(|(conn_id, msg_id)| Packet::DataAck(DataAck { conn_id, msg_id })),
-        (conn(), any::<[u8; 2]>(), any::<u8>()).prop_map(|(conn_id, msg, code)| Packet::Notice(Notice { conn_id, msg, code })),
-        (conn(), any::<[u8; 2]>(), any::<u8>(), any::<u8>()).prop_map(|(conn_id, msg, code, tail)| {
-            Packet::AppAnnounceAck(AppAnnounceAck { conn_id, msg, code, tail })
-        }),
-        (any::<u8>().prop_filter("unknown type", move |k| !known.contains(k)), bytes(100))
+        (conn(), any::<[u8; 2]>(), any::<u8>())
+            .prop_map(|(conn_id, msg, code)| Packet::Notice(Notice { conn_id, msg, code })),
+        (conn(), any::<[u8; 2]>(), any::<u8>(), any::<u8>()).prop_map(
+            |(conn_id, msg, code, tail)| {
+                Packet::AppAnnounceAck(AppAnnounceAck {
+                    conn_id,
+                    msg,
+                    code,
+                    tail,
+                })
+            }
+        ),
+        (
+            any::<u8>().prop_filter("unknown type", move |k| !known.contains(k)),
+            bytes(100)
+        )
             .prop_map(|(kind, payload)| Packet::Unknown(Unknown { kind, payload })),
     ]
 }
@@ -110,7 +160,8 @@ fn action() -> impl Strategy<Value = Action> {
         (0u8..=100).prop_map(Action::ColorTemp),
         any::<[u8; 3]>().prop_map(Action::Rgb),
         prop::sample::select(Effect::ALL.to_vec()).prop_map(Action::Effect),
-        prop_oneof![Just(SwitchMode::Smart), Just(SwitchMode::Traditional)].prop_map(Action::SwitchMode),
+        prop_oneof![Just(SwitchMode::Smart), Just(SwitchMode::Traditional)]
+            .prop_map(Action::SwitchMode),
     ]
 }
 

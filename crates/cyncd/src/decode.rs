@@ -44,7 +44,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         let record = capture::Record {
             index: 0,
             ts: String::new(),
-            dir: if args.dir == "srv" { Direction::Server } else { Direction::Device },
+            dir: if args.dir == "srv" {
+                Direction::Server
+            } else {
+                Direction::Device
+            },
             injected: false,
             declared: None,
             bytes,
@@ -72,7 +76,9 @@ fn read_input(file: Option<&str>) -> anyhow::Result<String> {
     let mut text = String::new();
     match file {
         None | Some("-") => {
-            std::io::stdin().read_to_string(&mut text).context("reading standard input")?;
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("reading standard input")?;
         }
         Some(path) => {
             let bytes = std::fs::read(path).with_context(|| format!("reading {path}"))?;
@@ -114,7 +120,11 @@ fn decode_record(
     let trailing = framer.remainder();
     if !trailing.is_empty() {
         summary.trailing += 1;
-        writeln!(out, "{}", json!({"record": record.index, "trailing": hex(trailing)}))?;
+        writeln!(
+            out,
+            "{}",
+            json!({"record": record.index, "trailing": hex(trailing)})
+        )?;
     }
     Ok(())
 }
@@ -133,7 +143,10 @@ fn packet_json(record: &capture::Record, bytes: &[u8], summary: &mut Summary) ->
     obj.insert("type".into(), json!(kind));
     obj.insert("len".into(), json!(bytes.len()));
     let name = PacketType::from_byte(kind).map_or("unknown", PacketType::name);
-    let entry = summary.types.entry((kind, name, record.dir.tag())).or_default();
+    let entry = summary
+        .types
+        .entry((kind, name, record.dir.tag()))
+        .or_default();
     entry.packets += 1;
     let packet = match Packet::decode(bytes) {
         Ok(packet) => packet,
@@ -213,8 +226,14 @@ fn packet_json(record: &capture::Record, bytes: &[u8], summary: &mut Summary) ->
         let sign = if offset < 0 { '-' } else { '+' };
         let local = format!(
             "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}{sign}{:02}:{:02}",
-            t.year, t.month, t.day, t.hour, t.minute, t.second,
-            offset.abs() / 60, offset.abs() % 60
+            t.year,
+            t.month,
+            t.day,
+            t.hour,
+            t.minute,
+            t.second,
+            offset.abs() / 60,
+            offset.abs() % 60
         );
         obj.insert("time".into(), json!({"local": local, "weekday": t.weekday}));
     }
@@ -223,7 +242,10 @@ fn packet_json(record: &capture::Record, bytes: &[u8], summary: &mut Summary) ->
             cync_proto::FirmwareKind::Device => "device",
             cync_proto::FirmwareKind::Network => "network",
         };
-        obj.insert("firmware".into(), json!({"kind": kind, "version": fw.version()}));
+        obj.insert(
+            "firmware".into(),
+            json!({"kind": kind, "version": fw.version()}),
+        );
     }
     obj.insert("raw".into(), json!(hex(&packet.to_bytes())));
     Value::Object(obj)
@@ -231,10 +253,12 @@ fn packet_json(record: &capture::Record, bytes: &[u8], summary: &mut Summary) ->
 
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 #[derive(Debug, Default)]
@@ -261,7 +285,10 @@ impl Summary {
             "{} records, {packets} packets, {} errors, {} records with trailing bytes, {} unreadable records, {} size mismatches",
             self.records, self.errors, self.trailing, self.bad_records, self.size_mismatches
         );
-        eprintln!("{:<6} {:<18} {:<4} {:>8} {:>7} {:>13}", "type", "name", "dir", "packets", "errors", "bad_checksum");
+        eprintln!(
+            "{:<6} {:<18} {:<4} {:>8} {:>7} {:>13}",
+            "type", "name", "dir", "packets", "errors", "bad_checksum"
+        );
         for ((kind, name, dir), c) in &self.types {
             eprintln!(
                 "0x{kind:02x}   {name:<18} {dir:<4} {:>8} {:>7} {:>13}",

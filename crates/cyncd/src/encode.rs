@@ -64,7 +64,11 @@ enum What {
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let packet = build(args)?;
-    let text: Vec<String> = packet.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    let text: Vec<String> = packet
+        .to_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     println!("{}", text.join(" "));
     Ok(())
 }
@@ -100,8 +104,14 @@ fn build(args: &Args) -> anyhow::Result<cync_proto::Packet> {
             SwitchMode::Traditional
         }),
     };
-    let id = args.target.context("--target is required for this command")?;
-    let target = if args.group { Target::Group(id) } else { Target::Device(id) };
+    let id = args
+        .target
+        .context("--target is required for this command")?;
+    let target = if args.group {
+        Target::Group(id)
+    } else {
+        Target::Device(id)
+    };
     let seq = Seq(args.seq.unwrap_or(1));
     Ok(command::command(conn, msg, seq, target, action)?)
 }

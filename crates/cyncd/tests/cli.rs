@@ -1,5 +1,10 @@
 //! The `cyncd decode` and `cyncd encode` command lines, run as a user runs them.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 use serde_json::Value;
 use std::io::Write;
@@ -7,7 +12,10 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
 fn cyncd(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cyncd")).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_cyncd"))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn cyncd_stdin(args: &[&str], input: &str) -> Output {
@@ -18,7 +26,12 @@ fn cyncd_stdin(args: &[&str], input: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
     child.wait_with_output().unwrap()
 }
 
@@ -30,34 +43,94 @@ fn captures() -> PathBuf {
 }
 
 fn lines(out: &Output) -> Vec<Value> {
-    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 fn hex_bytes(s: &str) -> Vec<u8> {
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
 }
 
 #[test]
 fn encode_reproduces_the_clouds_commands() {
     let cases: &[(&[&str], &str)] = &[
         (
-            &["power", "on", "--conn-id", "2de4b5d2", "--msg-id", "153700", "--seq", "0x21", "--target", "5"],
+            &[
+                "power",
+                "on",
+                "--conn-id",
+                "2de4b5d2",
+                "--msg-id",
+                "153700",
+                "--seq",
+                "0x21",
+                "--target",
+                "5",
+            ],
             "73 00 00 00 1f 2d e4 b5 d2 15 37 00 7e 21 00 00 00 f8 d0 0d 00 21 00 00 00 00 05 00 d0 11 02 01 00 00 e7 7e",
         ),
         (
-            &["brightness", "39", "--conn-id", "37962469", "--msg-id", "604800", "--seq", "0x17", "--target", "7"],
+            &[
+                "brightness",
+                "39",
+                "--conn-id",
+                "37962469",
+                "--msg-id",
+                "604800",
+                "--seq",
+                "0x17",
+                "--target",
+                "7",
+            ],
             "73 00 00 00 22 37 96 24 69 60 48 00 7e 17 00 00 00 f8 f0 10 00 17 00 00 00 00 07 00 f0 11 02 01 27 ff ff ff ff 45 7e",
         ),
         (
-            &["effect", "candle", "--conn-id", "2de4b5d2", "--msg-id", "b30500", "--seq", "0x14", "--target", "10"],
+            &[
+                "effect",
+                "candle",
+                "--conn-id",
+                "2de4b5d2",
+                "--msg-id",
+                "b30500",
+                "--seq",
+                "0x14",
+                "--target",
+                "10",
+            ],
             "73 00 00 00 20 2d e4 b5 d2 b3 05 00 7e 14 00 00 00 f8 e2 0e 00 14 00 00 00 00 0a 00 e2 11 02 07 01 01 f1 fd 7e",
         ),
         (
-            &["switch-mode", "traditional", "--conn-id", "1bdcda3e", "--msg-id", "001300", "--seq", "0x0d", "--target", "0xa0"],
+            &[
+                "switch-mode",
+                "traditional",
+                "--conn-id",
+                "1bdcda3e",
+                "--msg-id",
+                "001300",
+                "--seq",
+                "0x0d",
+                "--target",
+                "0xa0",
+            ],
             "73 00 00 00 1e 1b dc da 3e 00 13 00 7e 0d 01 00 00 f8 8e 0c 00 0e 01 00 00 00 a0 00 f7 11 02 01 01 55 7e",
         ),
         (
-            &["power", "on", "--group", "--conn-id", "37962469", "--seq", "5", "--target", "0x8001"],
+            &[
+                "power",
+                "on",
+                "--group",
+                "--conn-id",
+                "37962469",
+                "--seq",
+                "5",
+                "--target",
+                "0x8001",
+            ],
             "73 00 00 00 1f 37 96 24 69 00 00 00 7e 05 00 00 00 f8 d0 0d 00 05 00 00 00 00 01 80 d0 11 02 01 00 00 47 7e",
         ),
         (
@@ -73,20 +146,52 @@ fn encode_reproduces_the_clouds_commands() {
         let mut full = vec!["encode"];
         full.extend_from_slice(args);
         let out = cyncd(&full);
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), *expected, "{args:?}");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            *expected,
+            "{args:?}"
+        );
     }
 }
 
 #[test]
 fn encode_rejects_bad_input_with_a_reason() {
-    let out = cyncd(&["encode", "brightness", "101", "--conn-id", "2de4b5d2", "--target", "5"]);
+    let out = cyncd(&[
+        "encode",
+        "brightness",
+        "101",
+        "--conn-id",
+        "2de4b5d2",
+        "--target",
+        "5",
+    ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("brightness must be 0-100"));
-    let out = cyncd(&["encode", "power", "on", "--conn-id", "2de4b5", "--target", "5"]);
+    let out = cyncd(&[
+        "encode",
+        "power",
+        "on",
+        "--conn-id",
+        "2de4b5",
+        "--target",
+        "5",
+    ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("8 hex digits"));
-    let out = cyncd(&["encode", "effect", "disco", "--conn-id", "2de4b5d2", "--target", "5"]);
+    let out = cyncd(&[
+        "encode",
+        "effect",
+        "disco",
+        "--conn-id",
+        "2de4b5d2",
+        "--target",
+        "5",
+    ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("candle"));
     let out = cyncd(&["encode", "power", "on", "--conn-id", "2de4b5d2"]);
@@ -96,15 +201,18 @@ fn encode_rejects_bad_input_with_a_reason() {
 
 #[test]
 fn decode_reencodes_every_captured_byte() {
-    for (name, packets, errors, trailing) in
-        [("capture-a.txt", 2380, 0, 0), ("capture-b-part1.txt", 3400, 346, 25)]
-    {
+    for (name, packets, errors, trailing) in [
+        ("capture-a.txt", 2380, 0, 0),
+        ("capture-b-part1.txt", 3400, 346, 25),
+    ] {
         let path = captures().join(name);
         let out = cyncd(&["decode", path.to_str().unwrap()]);
         assert!(out.status.success());
         let text = std::fs::read_to_string(&path).unwrap();
-        let records: Vec<_> =
-            cync_proto::capture::parse(&text).into_iter().map(|r| r.unwrap()).collect();
+        let records: Vec<_> = cync_proto::capture::parse(&text)
+            .into_iter()
+            .map(|r| r.unwrap())
+            .collect();
         let mut rebuilt = vec![Vec::new(); records.len()];
         let (mut n_packets, mut n_errors, mut n_trailing) = (0, 0, 0);
         for line in lines(&out) {
@@ -124,7 +232,11 @@ fn decode_reencodes_every_captured_byte() {
             assert_eq!(u64::from(raw[0]), line["type"].as_u64().unwrap());
             rebuilt[record].extend(raw);
         }
-        assert_eq!((n_packets, n_errors, n_trailing), (packets, errors, trailing), "{name}");
+        assert_eq!(
+            (n_packets, n_errors, n_trailing),
+            (packets, errors, trailing),
+            "{name}"
+        );
         for (record, bytes) in records.iter().zip(&rebuilt) {
             assert_eq!(&record.bytes, bytes, "{name} record {}", record.index);
         }
@@ -144,7 +256,10 @@ fn decode_fields_match_the_protocol() {
     assert_eq!(hello["dir"], "dev");
     assert!(hello.get("msg_id").is_none());
     // The report of §10.2 and its ACK.
-    let report = all.iter().find(|l| l["ts"] == "2025-11-06T08:23:56.914362" && l["type"] == 0x83).unwrap();
+    let report = all
+        .iter()
+        .find(|l| l["ts"] == "2025-11-06T08:23:56.914362" && l["type"] == 0x83)
+        .unwrap();
     assert_eq!(report["conn_id"], "38e8cf46");
     assert_eq!(report["msg_id"], "000900");
     assert_eq!(report["checksum_ok"], true);
@@ -152,7 +267,10 @@ fn decode_fields_match_the_protocol() {
         report["statuses"],
         serde_json::json!([{"device_id": 238, "on": true, "brightness": 10, "temperature": 10, "r": 255, "g": 255, "b": 255, "online": true}])
     );
-    let ack = all.iter().find(|l| l["ts"] == "2025-11-06T08:23:56.958109" && l["type"] == 0x88).unwrap();
+    let ack = all
+        .iter()
+        .find(|l| l["ts"] == "2025-11-06T08:23:56.958109" && l["type"] == 0x88)
+        .unwrap();
     assert_eq!(ack["dir"], "srv");
     assert!(ack.get("checksum_ok").is_none());
 }
@@ -162,7 +280,14 @@ fn decode_hex_and_odd_input() {
     let out = cyncd(&["decode", "--hex", "7b 00 00 00 07 2d e4 b5 d2 15 37 00"]);
     assert!(out.status.success());
     let l = &lines(&out)[0];
-    assert_eq!((l["name"].as_str(), l["conn_id"].as_str(), l["msg_id"].as_str()), (Some("data_ack"), Some("2de4b5d2"), Some("153700")));
+    assert_eq!(
+        (
+            l["name"].as_str(),
+            l["conn_id"].as_str(),
+            l["msg_id"].as_str()
+        ),
+        (Some("data_ack"), Some("2de4b5d2"), Some("153700"))
+    );
 
     // Garbage never stops the run: unreadable records, oversize headers and trailing bytes
     // are reported and the exit status is still 0.
@@ -173,7 +298,12 @@ fn decode_hex_and_odd_input() {
     let out = cyncd_stdin(&["decode", "-"], input);
     assert!(out.status.success());
     let all = lines(&out);
-    assert!(all[0]["error"].as_str().unwrap().contains("not a record header"));
+    assert!(
+        all[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("not a record header")
+    );
     assert!(all[1]["error"].as_str().unwrap().contains("reserved"));
     assert!(all[2]["error"].as_str().unwrap().contains("limit"));
     assert_eq!(all[3]["name"], "heartbeat");
