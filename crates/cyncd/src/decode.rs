@@ -35,6 +35,7 @@ pub struct Args {
     max_packet: usize,
 }
 
+/// Runs the subcommand.
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());

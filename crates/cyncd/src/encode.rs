@@ -62,6 +62,7 @@ enum What {
     Announce,
 }
 
+/// Runs the subcommand.
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let packet = build(args)?;
     let text: Vec<String> = packet

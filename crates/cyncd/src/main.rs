@@ -4,9 +4,7 @@
 //! wire protocol. Each subcommand lives in its own module.
 #![forbid(unsafe_code)]
 
-mod decode;
-mod encode;
-
+use cyncd::{decode, encode};
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 

@@ -1,0 +1,1 @@
+//! TLS for device connections (being written).
