@@ -26,6 +26,7 @@ mod framer;
 mod ids;
 mod packet;
 pub mod reply;
+pub mod session;
 mod status;
 
 pub use command::{Action, CommandError, Effect, SwitchMode, Target};

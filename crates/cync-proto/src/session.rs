@@ -1,0 +1,695 @@
+//! The per-connection session state machine, sans I/O.
+//!
+//! One [`Session`] per device connection. The owner feeds it the bytes it reads
+//! ([`Session::receive`]) and fires its timers ([`Session::on_timeout`] at
+//! [`Session::next_deadline`]); the session frames and decodes, answers as the cloud does, and
+//! hands back what to write ([`Session::take_transmit`]), what happened ([`Session::poll_event`])
+//! and when it must close ([`Session::close_reason`]). Time is passed in as a [`Duration`] since
+//! any fixed origin, so tests drive it deterministically.
+//!
+//! Lifecycle (PROTOCOL.md §7):
+//! 1. Device `0x23` → `0x28`. The hello's id names the connection.
+//! 2. Every device packet gets its answer at once, in arrival order: `0xC3`→`0xC8` (local time
+//!    passed in), `0xD3`→`0xD8`, `0x43`→`0x48`, `0x83`→`0x88`, and a device `0x73`→`0x7B`
+//!    echoing `[5:12]` (the cloud relays such an ACK; sending it is harmless and tells the device
+//!    its result arrived).
+//! 3. `announce_delay` after the hello: `0xA3`; `mesh_delay` later: the mesh-info request
+//!    `f8 52` (retried up to [`MESH_REQUEST_TRIES`] times). `f9 52` pages are collected until the
+//!    announced total is reached, then answered with the mesh status ACK `f8 af`.
+//! 4. A connection silent for `heartbeat × silence_multiple` is closed (devices send `0xD3`
+//!    about every 20 s, and any other packet resets their idle timer too).
+//!
+//! Outgoing data-channel packets use the device's own id at `[5:9]` and a per-connection u16 BE
+//! counter + `00` as message id, so every device `0x7B` can be matched to what it acknowledges.
+
+use crate::command::{self, MESH_ACK_SEQ, MESH_REQUEST_SEQ};
+use crate::frame::{Body, Direction};
+use crate::framer::{Framer, FramerError};
+use crate::ids::{ConnId, MsgId, Seq};
+use crate::packet::{DecodeError, InfoBody, Packet};
+use crate::reply::{self, LocalTime};
+use crate::status::{DeviceStatus, Firmware, MeshPage};
+use std::collections::VecDeque;
+use std::time::Duration;
+
+/// How many times the mesh-info request is sent before giving up.
+pub const MESH_REQUEST_TRIES: u8 = 3;
+/// Events kept for the owner before the oldest are dropped (the owner drains after every read,
+/// so this only bounds a misbehaving owner).
+pub const MAX_EVENTS: usize = 1024;
+/// Largest number of mesh records collected over the pages of one mesh-info answer.
+pub const MAX_MESH_RECORDS: usize = 512;
+
+/// Session timing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// Largest packet accepted (see [`Framer`]).
+    pub max_packet: usize,
+    /// Delay from the hello to the 0xA3.
+    pub announce_delay: Duration,
+    /// Delay from the 0xA3 to the mesh-info request, and between its retries.
+    pub mesh_delay: Duration,
+    /// The device's heartbeat cadence.
+    pub heartbeat: Duration,
+    /// Close after this many heartbeat periods without a packet.
+    pub silence_multiple: u32,
+    /// Ask the bridge for its mesh (0xA3 + `f8 52`); off for a passive session.
+    pub discover_mesh: bool,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            max_packet: crate::DEFAULT_MAX_PACKET,
+            announce_delay: Duration::from_millis(500),
+            mesh_delay: Duration::from_millis(1500),
+            heartbeat: Duration::from_secs(20),
+            silence_multiple: 3,
+            discover_mesh: true,
+        }
+    }
+}
+
+/// Where a status came from, which decides how much the registry trusts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// The device's own 0x83 report, or its own (index 05) 0x43 record.
+    Own,
+    /// Another mesh node's 0x43 record about this device.
+    Relayed,
+    /// A mesh-info page.
+    MeshInfo,
+}
+
+/// Something the owner should know about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The hello arrived: the connection is the device `conn_id`.
+    Hello(ConnId),
+    /// A phone-app connection (0x13), which cyncd does not serve.
+    AppConnection(ConnId),
+    /// A device status.
+    Status(DeviceStatus, Source),
+    /// A firmware version report.
+    Firmware(Firmware),
+    /// The bridge's mesh, complete: every device it reaches, and the bridge's own device type.
+    MeshLearned {
+        /// The responding device's Cync type code (first record).
+        device_type: Option<u8>,
+        /// The devices in the mesh, bridge first.
+        devices: Vec<DeviceStatus>,
+    },
+    /// The device acknowledged one of our 0x73 (its 0x7B echoed `[5:12]`).
+    DataAck(MsgId),
+    /// The device's `f9` result for a request: its seq, opcode and result byte.
+    CommandResult {
+        /// `frame[1]` of the request.
+        seq: Seq,
+        /// The request's opcode.
+        opcode: u8,
+        /// The result byte (`00` = done in every sample).
+        code: u8,
+    },
+    /// The device answered the 0xA3.
+    AnnounceReplied,
+    /// Bytes that did not decode.
+    DecodeError(DecodeError),
+    /// An inner frame with a bad checksum (the packet is still answered).
+    BadChecksum(u8),
+}
+
+/// Why the session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Nothing arrived for `heartbeat × silence_multiple`.
+    Silent,
+    /// A header declared an oversize packet; the stream cannot be trusted after it.
+    Framing(FramerError),
+    /// A phone app, not a device.
+    AppConnection,
+}
+
+impl CloseReason {
+    /// A short stable label for logs and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Silent => "silent",
+            Self::Framing(_) => "oversize",
+            Self::AppConnection => "app_connection",
+        }
+    }
+}
+
+/// One packet handled: what arrived and what was answered.
+#[derive(Debug)]
+pub struct Step {
+    /// The decoded packet, or why it did not decode.
+    pub packet: Result<Packet, DecodeError>,
+    /// Its raw bytes (for logs).
+    pub bytes: Vec<u8>,
+    /// The packets sent in answer (already in the transmit buffer).
+    pub sent: Vec<Packet>,
+}
+
+/// The per-connection state machine. See the module documentation.
+#[derive(Debug)]
+pub struct Session {
+    config: SessionConfig,
+    framer: Framer,
+    conn_id: Option<ConnId>,
+    transmit: Vec<u8>,
+    events: VecDeque<Event>,
+    dropped_events: u64,
+    last_rx: Duration,
+    /// Next msg-id counter for packets we originate.
+    next_msg: u16,
+    announce_at: Option<Duration>,
+    mesh_at: Option<Duration>,
+    mesh_tries: u8,
+    mesh_pages: Vec<DeviceStatus>,
+    mesh_type: Option<u8>,
+    mesh_done: bool,
+    closed: Option<CloseReason>,
+}
+
+impl Session {
+    /// A new session on a connection accepted at `now`. `first_msg` seeds the message-id counter
+    /// (a random value avoids reusing ids across reconnects).
+    pub fn new(config: SessionConfig, now: Duration, first_msg: u16) -> Self {
+        Self {
+            framer: Framer::new(config.max_packet),
+            config,
+            conn_id: None,
+            transmit: Vec::new(),
+            events: VecDeque::new(),
+            dropped_events: 0,
+            last_rx: now,
+            next_msg: first_msg,
+            announce_at: None,
+            mesh_at: None,
+            mesh_tries: 0,
+            mesh_pages: Vec::new(),
+            mesh_type: None,
+            mesh_done: false,
+            closed: None,
+        }
+    }
+
+    /// The device id from the hello, once known.
+    pub fn conn_id(&self) -> Option<ConnId> {
+        self.conn_id
+    }
+
+    /// Why the session must close, once it must.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.closed
+    }
+
+    /// Events dropped because the owner did not drain them.
+    pub fn dropped_events(&self) -> u64 {
+        self.dropped_events
+    }
+
+    /// Feeds bytes read from the connection. Every whole packet is handled in order and
+    /// reported in `steps`; its answers go to the transmit buffer.
+    pub fn receive(
+        &mut self,
+        mut data: &[u8],
+        now: Duration,
+        local: LocalTime,
+        steps: &mut Vec<Step>,
+    ) {
+        if self.closed.is_some() {
+            return;
+        }
+        self.last_rx = now;
+        loop {
+            let taken = self.framer.push(data);
+            data = data.get(taken..).unwrap_or_default();
+            while let Some(next) = self.framer.next_packet() {
+                match next {
+                    Ok(bytes) => {
+                        let bytes = bytes.to_vec();
+                        let step = self.handle(bytes, now, local);
+                        steps.push(step);
+                    }
+                    Err(error) => {
+                        self.closed = Some(CloseReason::Framing(error));
+                        return;
+                    }
+                }
+                if self.closed.is_some() {
+                    return;
+                }
+            }
+            if data.is_empty() || taken == 0 {
+                return;
+            }
+        }
+    }
+
+    /// The next time [`Session::on_timeout`] must be called.
+    pub fn next_deadline(&self) -> Option<Duration> {
+        if self.closed.is_some() {
+            return None;
+        }
+        let silence = self.last_rx + self.config.heartbeat * self.config.silence_multiple;
+        [Some(silence), self.announce_at, self.mesh_at]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Fires due timers: the 0xA3, the mesh-info request, and the silence check. Returns the
+    /// packets it queued for sending.
+    pub fn on_timeout(&mut self, now: Duration) -> Vec<Packet> {
+        let mut sent = Vec::new();
+        if self.closed.is_some() {
+            return sent;
+        }
+        if now >= self.last_rx + self.config.heartbeat * self.config.silence_multiple {
+            self.closed = Some(CloseReason::Silent);
+            return sent;
+        }
+        let Some(conn) = self.conn_id else {
+            return sent;
+        };
+        if self.announce_at.is_some_and(|t| now >= t) {
+            self.announce_at = None;
+            let msg = self.next_msg_id();
+            sent.push(command::announce(conn, msg));
+            self.mesh_at = Some(now + self.config.mesh_delay);
+        }
+        if self.mesh_at.is_some_and(|t| now >= t) {
+            self.mesh_tries += 1;
+            self.mesh_at =
+                (self.mesh_tries < MESH_REQUEST_TRIES).then(|| now + self.config.mesh_delay * 4);
+            self.mesh_pages.clear();
+            let msg = self.next_msg_id();
+            sent.push(command::mesh_info_request(conn, msg, MESH_REQUEST_SEQ));
+        }
+        for p in &sent {
+            p.encode(&mut self.transmit);
+        }
+        sent
+    }
+
+    /// Queues a packet we originate (a command) and returns the message id it was given.
+    /// `build` receives the connection id and a fresh message id. `None` before the hello.
+    pub fn send_with<F>(&mut self, build: F) -> Option<(MsgId, Packet)>
+    where
+        F: FnOnce(ConnId, MsgId) -> Packet,
+    {
+        let conn = self.conn_id?;
+        let msg = self.next_msg_id();
+        let packet = build(conn, msg);
+        packet.encode(&mut self.transmit);
+        Some((msg, packet))
+    }
+
+    /// Takes the bytes to write, in order; empty when there is nothing to send.
+    pub fn take_transmit(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.transmit)
+    }
+
+    /// The next event, oldest first.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    fn next_msg_id(&mut self) -> MsgId {
+        let msg = MsgId::from_counter(self.next_msg);
+        self.next_msg = self.next_msg.wrapping_add(1);
+        msg
+    }
+
+    fn event(&mut self, event: Event) {
+        if self.events.len() >= MAX_EVENTS {
+            // Policy: drop the oldest; the count is exposed for metrics.
+            self.events.pop_front();
+            self.dropped_events += 1;
+        }
+        self.events.push_back(event);
+    }
+
+    fn handle(&mut self, bytes: Vec<u8>, now: Duration, local: LocalTime) -> Step {
+        let packet = Packet::decode(&bytes);
+        let mut sent = Vec::new();
+        match &packet {
+            Ok(p) => {
+                self.observe(p, now);
+                if self.closed.is_none() {
+                    if let Some(answer) = reply::answer(p, local) {
+                        answer.encode(&mut self.transmit);
+                        sent.push(answer);
+                    }
+                    if let Some(ack) = self.mesh_ack(p) {
+                        ack.encode(&mut self.transmit);
+                        sent.push(ack);
+                    }
+                }
+            }
+            Err(e) => self.event(Event::DecodeError(e.clone())),
+        }
+        Step {
+            packet,
+            bytes,
+            sent,
+        }
+    }
+
+    /// Updates state and raises events for one decoded packet.
+    fn observe(&mut self, p: &Packet, now: Duration) {
+        if let Some(Body::Frame(f)) = p.body() {
+            if !f.checksum_ok() {
+                self.event(Event::BadChecksum(p.kind()));
+            }
+        }
+        match p {
+            Packet::Hello(h) => {
+                let first = self.conn_id.is_none();
+                self.conn_id = Some(h.conn_id);
+                self.event(Event::Hello(h.conn_id));
+                if first && self.config.discover_mesh {
+                    self.announce_at = Some(now + self.config.announce_delay);
+                }
+            }
+            Packet::AppHello(h) => {
+                self.event(Event::AppConnection(h.conn_id));
+                self.closed = Some(CloseReason::AppConnection);
+            }
+            Packet::Report(_) => {
+                for s in p.statuses() {
+                    self.event(Event::Status(s, Source::Own));
+                }
+                if let Some(fw) = p.firmware() {
+                    self.event(Event::Firmware(fw));
+                }
+            }
+            Packet::Info(info) => {
+                if let InfoBody::Records(records) = &info.body {
+                    for r in records {
+                        let source = if r.index() == 5 {
+                            Source::Own
+                        } else {
+                            Source::Relayed
+                        };
+                        self.event(Event::Status(r.status(), source));
+                    }
+                }
+            }
+            Packet::Data(d) => {
+                let Some(frame) = d.body.frame() else { return };
+                if frame.dir != Direction::Response {
+                    return;
+                }
+                if frame.opcode == 0x52 {
+                    self.collect_mesh(MeshPage::from_frame(frame));
+                } else if let [code] = frame.payload.as_slice() {
+                    self.event(Event::CommandResult {
+                        seq: Seq(frame.seq),
+                        opcode: frame.opcode,
+                        code: *code,
+                    });
+                }
+            }
+            Packet::DataAck(ack) => self.event(Event::DataAck(ack.msg_id)),
+            Packet::AnnounceReply(_) => self.event(Event::AnnounceReplied),
+            _ => {}
+        }
+    }
+
+    fn collect_mesh(&mut self, page: Option<MeshPage>) {
+        // A 1-byte `f9 52` result (some firmware sends one first) is not a page.
+        let Some(page) = page else { return };
+        if self.mesh_type.is_none() {
+            self.mesh_type = page.records.first().map(|r| r.device_type());
+        }
+        for r in &page.records {
+            if self.mesh_pages.len() < MAX_MESH_RECORDS {
+                self.mesh_pages.push(r.status());
+            }
+            self.event(Event::Status(r.status(), Source::MeshInfo));
+        }
+        if self.mesh_pages.len() >= usize::from(page.total) || page.records.is_empty() {
+            self.mesh_done = true;
+            self.mesh_at = None;
+            let devices = std::mem::take(&mut self.mesh_pages);
+            let device_type = self.mesh_type.take();
+            self.event(Event::MeshLearned {
+                device_type,
+                devices,
+            });
+        }
+    }
+
+    /// The mesh status ACK, owed right after the page that completed a mesh-info answer.
+    fn mesh_ack(&mut self, p: &Packet) -> Option<Packet> {
+        let Packet::Data(d) = p else { return None };
+        let frame = d.body.frame()?;
+        if frame.dir != Direction::Response || frame.opcode != 0x52 || !self.mesh_done {
+            return None;
+        }
+        self.mesh_done = false;
+        let conn = self.conn_id?;
+        let msg = self.next_msg_id();
+        Some(command::mesh_status_ack(conn, msg, MESH_ACK_SEQ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(s: &str) -> Vec<u8> {
+        s.split_whitespace()
+            .map(|p| u8::from_str_radix(p, 16).unwrap())
+            .collect()
+    }
+
+    const HELLO: &str = "23 00 00 00 1a 03 32 5d 53 17 00 10 30 30 30 30 30 30 30 30 30 30 30 30 30 30 30 30 00 00 3c";
+    const MS: Duration = Duration::from_millis(1);
+
+    fn local() -> LocalTime {
+        LocalTime::from_unix(1_762_417_245, -360)
+    }
+
+    fn feed(s: &mut Session, bytes: &[u8], now: Duration) -> Vec<Step> {
+        let mut steps = Vec::new();
+        s.receive(bytes, now, local(), &mut steps);
+        steps
+    }
+
+    fn events(s: &mut Session) -> Vec<Event> {
+        std::iter::from_fn(|| s.poll_event()).collect()
+    }
+
+    #[test]
+    fn handshake_of_capture_a_is_answered_like_the_cloud() {
+        let mut s = Session::new(SessionConfig::default(), Duration::ZERO, 0x1000);
+        feed(&mut s, &hex(HELLO), Duration::ZERO);
+        assert_eq!(s.take_transmit(), hex("28 00 00 00 02 00 00"));
+        // §10.1: a 0x43 TLV and a 0x83 network-firmware report in one read.
+        let read = hex(
+            "43 00 00 00 1e 32 5d 53 17 01 01 06 c6 20 02 00 ab c5 20 02 00 04 c4 20 02 00 01 c3 20 02 00 05 c2 90 00 \
+                        83 00 00 00 32 32 5d 53 17 00 01 00 00 00 00 00 00 fa 00 20 00 00 00 00 00 00 00 00 ea 00 00 00 86 01 00 30 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 c1 7e",
+        );
+        let steps = feed(&mut s, &read, 84 * MS);
+        assert_eq!(steps.len(), 2);
+        assert_eq!(
+            s.take_transmit(),
+            hex("48 00 00 00 03 01 01 00 88 00 00 00 03 00 01 00")
+        );
+        feed(&mut s, &hex("c3 00 00 00 01 0c"), 170 * MS);
+        assert_eq!(
+            s.take_transmit(),
+            hex("c8 00 00 00 0b 0d 07 e9 0b 06 05 02 14 2d fd a8")
+        );
+        feed(&mut s, &hex("d3 00 00 00 00"), 300 * MS);
+        assert_eq!(s.take_transmit(), hex("d8 00 00 00 00"));
+        let ev = events(&mut s);
+        assert_eq!(ev[0], Event::Hello(ConnId([0x32, 0x5d, 0x53, 0x17])));
+        assert!(matches!(&ev[1], Event::Firmware(f) if f.raw == "0"));
+    }
+
+    #[test]
+    fn announce_then_mesh_request_then_ack() {
+        let mut s = Session::new(SessionConfig::default(), Duration::ZERO, 0x152b);
+        feed(&mut s, &hex(HELLO), Duration::ZERO);
+        s.take_transmit();
+        assert_eq!(s.next_deadline(), Some(500 * MS));
+        assert!(s.on_timeout(499 * MS).is_empty());
+        s.on_timeout(500 * MS);
+        assert_eq!(
+            s.take_transmit(),
+            hex("a3 00 00 00 07 32 5d 53 17 15 2b 00")
+        );
+        assert_eq!(s.next_deadline(), Some(2000 * MS));
+        s.on_timeout(2000 * MS);
+        assert_eq!(
+            s.take_transmit(),
+            hex(
+                "73 00 00 00 18 32 5d 53 17 15 2c 00 7e 1f 00 00 00 f8 52 06 00 00 00 ff ff 00 00 56 7e"
+            )
+        );
+        // The cloud-trace answer (4 devices in one page) and its 0x7B in one read.
+        let answer = hex(
+            "73 00 00 00 78 32 5d 53 17 00 00 00 7e 1f 00 00 00 f9 52 66 00 04 00 00 00 04 00 \
+             05 00 44 01 00 00 44 01 00 00 00 00 64 00 00 00 00 00 00 00 00 00 00 00 \
+             07 00 00 01 00 00 00 01 01 00 00 00 64 00 00 00 64 00 00 00 00 00 00 00 \
+             03 00 00 01 00 00 00 01 00 00 00 00 00 00 00 00 32 00 00 00 00 00 00 00 \
+             02 00 00 01 00 00 00 01 00 00 00 00 00 00 00 00 32 00 00 00 00 00 00 00 f2 7e \
+             7b 00 00 00 07 32 5d 53 17 15 2c 00",
+        );
+        events(&mut s);
+        feed(&mut s, &answer, 2050 * MS);
+        assert_eq!(
+            s.take_transmit(),
+            hex("7b 00 00 00 07 32 5d 53 17 00 00 00 \
+                 73 00 00 00 14 32 5d 53 17 15 2d 00 7e 1e 00 00 00 f8 af 02 00 af 01 61 7e")
+        );
+        let ev = events(&mut s);
+        let learned = ev.iter().find_map(|e| match e {
+            Event::MeshLearned {
+                device_type,
+                devices,
+            } => Some((*device_type, devices.len())),
+            _ => None,
+        });
+        assert_eq!(learned, Some((Some(0x44), 4)));
+        assert!(ev.contains(&Event::DataAck(MsgId([0x15, 0x2c, 0]))));
+        // No more mesh requests once learned; only the silence deadline remains.
+        assert_eq!(s.next_deadline(), Some(2050 * MS + Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn mesh_request_is_retried_then_abandoned() {
+        let mut s = Session::new(SessionConfig::default(), Duration::ZERO, 0);
+        feed(&mut s, &hex(HELLO), Duration::ZERO);
+        let mut requests = 0;
+        let mut now = Duration::ZERO;
+        while let Some(t) = s.next_deadline() {
+            now = t;
+            requests += s
+                .on_timeout(now)
+                .iter()
+                .filter(|p| matches!(p, Packet::Data(_)))
+                .count();
+            // Keep the device talking so silence does not end the test early.
+            if now < Duration::from_secs(30) {
+                feed(&mut s, &hex("d3 00 00 00 00"), now);
+            }
+        }
+        assert_eq!(requests, usize::from(MESH_REQUEST_TRIES));
+        assert_eq!(s.close_reason(), Some(CloseReason::Silent));
+        assert!(now >= Duration::from_secs(60));
+    }
+
+    #[test]
+    fn silence_closes_after_three_heartbeats() {
+        let config = SessionConfig {
+            discover_mesh: false,
+            ..SessionConfig::default()
+        };
+        let mut s = Session::new(config, Duration::ZERO, 0);
+        feed(&mut s, &hex(HELLO), Duration::ZERO);
+        feed(&mut s, &hex("d3 00 00 00 00"), Duration::from_secs(20));
+        assert_eq!(s.next_deadline(), Some(Duration::from_secs(80)));
+        s.on_timeout(Duration::from_secs(79));
+        assert_eq!(s.close_reason(), None);
+        s.on_timeout(Duration::from_secs(80));
+        assert_eq!(s.close_reason(), Some(CloseReason::Silent));
+    }
+
+    #[test]
+    fn statuses_carry_their_source() {
+        let mut s = Session::new(SessionConfig::default(), Duration::ZERO, 0);
+        let read = hex(
+            "83 00 00 00 25 38 e8 cf 46 00 09 00 7e 1f 00 00 00 fa db 13 00 87 25 11 ee 00 ee 00 db 11 02 01 01 0a 0a ff ff ff 00 00 88 7e \
+                        43 00 00 00 2d 38 e8 cf 46 01 01 06 05 00 10 ee 01 0a 0a ff ff ff 01 00 ee 00 00 00 00 00 00 \
+                        06 00 10 50 01 18 0a 00 00 00 01 14 ee 00 00 00 00 00 00",
+        );
+        feed(&mut s, &read, Duration::ZERO);
+        assert_eq!(
+            s.take_transmit(),
+            hex("88 00 00 00 03 00 09 00 48 00 00 00 03 01 01 00")
+        );
+        let sources: Vec<(u16, Source)> = events(&mut s)
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Status(st, src) => Some((st.id.0, src)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            sources,
+            [
+                (0xee, Source::Own),
+                (0xee, Source::Own),
+                (0x50, Source::Relayed)
+            ]
+        );
+    }
+
+    #[test]
+    fn oversize_header_closes_and_garbage_is_reported() {
+        let mut s = Session::new(SessionConfig::default(), Duration::ZERO, 0);
+        let steps = feed(&mut s, &hex("d3 01 00 00 00"), Duration::ZERO);
+        assert!(steps[0].packet.is_err());
+        assert!(s.take_transmit().is_empty());
+        assert!(matches!(events(&mut s)[..], [Event::DecodeError(_)]));
+        feed(&mut s, &hex("43 00 00 ff ff 00"), Duration::ZERO);
+        assert!(matches!(s.close_reason(), Some(CloseReason::Framing(_))));
+        assert_eq!(s.next_deadline(), None);
+    }
+
+    #[test]
+    fn app_connections_are_closed_without_answer() {
+        let mut s = Session::new(SessionConfig::default(), Duration::ZERO, 0);
+        feed(
+            &mut s,
+            &hex(
+                "13 00 00 00 1a 03 2d e4 b5 d2 00 10 30 30 30 30 30 30 30 30 30 30 30 30 30 30 30 30 00 00 3c",
+            ),
+            Duration::ZERO,
+        );
+        assert_eq!(s.close_reason(), Some(CloseReason::AppConnection));
+        assert!(s.take_transmit().is_empty());
+    }
+
+    #[test]
+    fn command_results_and_commands_sent() {
+        let mut s = Session::new(SessionConfig::default(), Duration::ZERO, 0x1537);
+        assert!(s.send_with(|c, m| command::announce(c, m)).is_none());
+        feed(&mut s, &hex(HELLO), Duration::ZERO);
+        s.take_transmit();
+        let (msg, _) = s
+            .send_with(|c, m| {
+                command::command(
+                    c,
+                    m,
+                    Seq(0x21),
+                    command::Target::Device(5),
+                    command::Action::Power(true),
+                )
+                .unwrap()
+            })
+            .unwrap();
+        assert_eq!(msg, MsgId([0x15, 0x37, 0]));
+        assert_eq!(s.take_transmit()[9..12], [0x15, 0x37, 0]);
+        feed(
+            &mut s,
+            &hex("73 00 00 00 13 32 5d 53 17 00 02 00 7e 21 00 00 00 f9 d0 01 00 00 d1 7e"),
+            MS,
+        );
+        assert!(events(&mut s).contains(&Event::CommandResult {
+            seq: Seq(0x21),
+            opcode: 0xd0,
+            code: 0
+        }));
+        assert_eq!(
+            s.take_transmit(),
+            hex("7b 00 00 00 07 32 5d 53 17 00 02 00")
+        );
+    }
+}
