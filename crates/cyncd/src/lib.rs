@@ -1,9 +1,18 @@
 //! The cyncd daemon and its command line: everything above the pure protocol crate.
 //!
+//! - [`serve`]: the controller (device server + HTTP API), built from [`config`], [`tls`],
+//!   [`server`] (accept loop and connection tasks), [`registry`], [`metrics`], [`http`] and
+//!   [`logging`].
 //! - [`decode`] and [`encode`]: the lab tools over the wire format.
-//! - [`tls`]: the TLS acceptor real devices can use, and the per-install certificate.
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod decode;
 pub mod encode;
+pub mod http;
+pub mod logging;
+pub mod metrics;
+pub mod registry;
+pub mod serve;
+pub mod server;
 pub mod tls;

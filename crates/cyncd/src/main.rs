@@ -1,11 +1,11 @@
 //! `cyncd`: a local controller for GE Cync devices, replacing the Cync cloud on the home network.
 //!
-//! This binary is the command line: the lab tools `decode` and `encode` for working with the
-//! wire protocol. Each subcommand lives in its own module.
+//! This binary is the command line: `serve` runs the controller; `decode` and `encode` are lab
+//! tools for the wire protocol. Each subcommand lives in its own module of the library.
 #![forbid(unsafe_code)]
 
-use cyncd::{decode, encode};
 use clap::{Parser, Subcommand};
+use cyncd::{decode, encode, serve};
 use std::process::ExitCode;
 
 /// cyncd: local control for GE Cync Wi-Fi and Bluetooth-mesh devices.
@@ -21,6 +21,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    Serve(serve::Args),
     Decode(decode::Args),
     Encode(encode::Args),
 }
@@ -28,6 +29,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Serve(args) => serve::run(&args),
         Command::Decode(args) => decode::run(&args),
         Command::Encode(args) => encode::run(&args),
     };

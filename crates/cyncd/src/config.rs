@@ -1,0 +1,354 @@
+//! Configuration: an optional TOML file, every key also a command-line flag (flags win), and
+//! defaults that need no file at all.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The effective configuration of `cyncd serve`.
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where devices connect (TLS, or plain with `plain`).
+    pub listen: SocketAddr,
+    /// HTTP API, metrics and web page.
+    pub http: SocketAddr,
+    /// Certificate, key and other state.
+    pub state_dir: PathBuf,
+    /// Serve devices without TLS (lab tests and packet crafting).
+    pub plain: bool,
+    /// The user's own certificate (PEM); with `key`.
+    pub cert: Option<PathBuf>,
+    /// The user's own private key (PEM); with `cert`.
+    pub key: Option<PathBuf>,
+    /// Most device connections at once; further ones are refused.
+    pub max_connections: usize,
+    /// Largest packet accepted from a device, in bytes.
+    pub max_packet: usize,
+    /// The devices' heartbeat cadence, in seconds.
+    pub heartbeat_secs: u64,
+    /// Close a connection silent for this many heartbeats.
+    pub silence_multiple: u32,
+    /// Close a connection whose writes stall this long, in seconds.
+    pub write_timeout_secs: u64,
+    /// Give up a TLS handshake after this long, in seconds.
+    pub handshake_timeout_secs: u64,
+    /// Ask each bridge for its mesh after it connects.
+    pub discover_mesh: bool,
+    /// The UTC offset sent to devices in 0xC8, e.g. `-06:00`; the system's when unset.
+    pub utc_offset: Option<String>,
+    /// `pretty` or `json`.
+    pub log_format: LogFormat,
+    /// A tracing filter, e.g. `info` or `cyncd=debug`.
+    pub log_level: String,
+    /// Homes, with their bridges, device names and groups.
+    pub homes: Vec<Home>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// One home: the bridges (by connection id) that belong to it, and what its devices are.
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Home {
+    /// Name, unique among homes.
+    pub name: String,
+    /// Connection ids (8 hex digits) of this home's Wi-Fi devices.
+    #[serde(default)]
+    pub bridges: Vec<String>,
+    /// Named devices.
+    #[serde(default)]
+    pub devices: Vec<DeviceConfig>,
+    /// Groups.
+    #[serde(default)]
+    pub groups: Vec<GroupConfig>,
+}
+
+/// A device's name and type.
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    /// Mesh id.
+    pub id: u16,
+    /// Name shown to people.
+    pub name: String,
+    /// Cync device type code.
+    #[serde(default, rename = "type")]
+    pub kind: Option<u8>,
+}
+
+/// A group of devices commanded together.
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupConfig {
+    /// Group id.
+    pub id: u16,
+    /// Name.
+    pub name: String,
+    /// Member mesh ids.
+    #[serde(default)]
+    pub members: Vec<u16>,
+}
+
+/// The home used when the config names none for a bridge.
+pub const DEFAULT_HOME: &str = "default";
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 23779)),
+            http: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            state_dir: default_state_dir(),
+            plain: false,
+            cert: None,
+            key: None,
+            max_connections: 20_000,
+            max_packet: cync_proto::DEFAULT_MAX_PACKET,
+            heartbeat_secs: 20,
+            silence_multiple: 3,
+            write_timeout_secs: 10,
+            handshake_timeout_secs: 10,
+            discover_mesh: true,
+            utc_offset: None,
+            log_format: LogFormat::Pretty,
+            log_level: "info".into(),
+            homes: Vec::new(),
+        }
+    }
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for cyncd.
+    #[error("{path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why, with line and column.
+        source: toml::de::Error,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads a TOML file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.into(),
+            source,
+        })
+    }
+
+    /// Checks ranges and consistency.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.max_connections == 0 {
+            return bad("max_connections must be at least 1".into());
+        }
+        if !(64..=65_540).contains(&self.max_packet) {
+            return bad(format!(
+                "max_packet must be 64..=65540, got {}",
+                self.max_packet
+            ));
+        }
+        if self.heartbeat_secs == 0 || self.silence_multiple == 0 {
+            return bad("heartbeat_secs and silence_multiple must be at least 1".into());
+        }
+        if self.cert.is_some() != self.key.is_some() {
+            return bad("cert and key must be given together".into());
+        }
+        if let Some(offset) = &self.utc_offset {
+            if parse_offset(offset).is_none() {
+                return bad(format!(
+                    "utc_offset must look like -06:00 or +05:30, got {offset:?}"
+                ));
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        let mut bridges = std::collections::HashSet::new();
+        for home in &self.homes {
+            if !names.insert(home.name.as_str()) {
+                return bad(format!("home {:?} is named twice", home.name));
+            }
+            for b in &home.bridges {
+                if cync_proto::ConnId::from_hex(b).is_none() {
+                    return bad(format!(
+                        "home {:?}: bridge {b:?} is not 8 hex digits",
+                        home.name
+                    ));
+                }
+                if !bridges.insert(b.to_ascii_lowercase()) {
+                    return bad(format!("bridge {b} belongs to two homes"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The home a bridge belongs to.
+    pub fn home_of(&self, conn: cync_proto::ConnId) -> &str {
+        self.homes
+            .iter()
+            .find(|h| {
+                h.bridges
+                    .iter()
+                    .any(|b| cync_proto::ConnId::from_hex(b) == Some(conn))
+            })
+            .map_or(DEFAULT_HOME, |h| h.name.as_str())
+    }
+
+    /// The configured name and type of a device.
+    pub fn device(&self, home: &str, id: u16) -> Option<&DeviceConfig> {
+        self.homes
+            .iter()
+            .find(|h| h.name == home)?
+            .devices
+            .iter()
+            .find(|d| d.id == id)
+    }
+
+    /// Heartbeat cadence.
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_secs)
+    }
+
+    /// The UTC offset in minutes, from the config or the system.
+    pub fn offset_minutes(&self) -> i16 {
+        self.utc_offset
+            .as_deref()
+            .and_then(parse_offset)
+            .unwrap_or_else(|| {
+                let secs = chrono::Local::now().offset().local_minus_utc();
+                i16::try_from(secs / 60).unwrap_or(0)
+            })
+    }
+}
+
+/// `-06:00` → −360.
+pub fn parse_offset(text: &str) -> Option<i16> {
+    let (sign, rest) = match text.as_bytes().first()? {
+        b'-' => (-1, text.get(1..)?),
+        b'+' => (1, text.get(1..)?),
+        _ => (1, text),
+    };
+    let (h, m) = rest.split_once(':').unwrap_or((rest, "0"));
+    let (h, m): (i16, i16) = (h.parse().ok()?, m.parse().ok()?);
+    (h <= 14 && m < 60).then_some(sign * (h * 60 + m))
+}
+
+fn default_state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_STATE_HOME") {
+        return PathBuf::from(dir).join("cyncd");
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        return PathBuf::from(home).join(".local/state/cyncd");
+    }
+    PathBuf::from("cyncd-state")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_file_parses() {
+        let text = r#"
+            listen = "0.0.0.0:24000"
+            plain = true
+            utc_offset = "-06:00"
+            log_format = "json"
+            [[homes]]
+            name = "cabin"
+            bridges = ["325d5317"]
+            devices = [{ id = 5, name = "Porch", type = 68 }]
+            groups = [{ id = 32769, name = "Outside", members = [5] }]
+        "#;
+        let config: Config = toml::from_str(text).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.listen.port(), 24000);
+        assert_eq!(config.offset_minutes(), -360);
+        assert_eq!(
+            config.home_of(cync_proto::ConnId([0x32, 0x5d, 0x53, 0x17])),
+            "cabin"
+        );
+        assert_eq!(
+            config.home_of(cync_proto::ConnId([1, 2, 3, 4])),
+            DEFAULT_HOME
+        );
+        assert_eq!(config.device("cabin", 5).unwrap().name, "Porch");
+    }
+
+    #[test]
+    fn typos_and_bad_values_are_explained() {
+        let err = toml::from_str::<Config>("lisen = \"x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("lisen"), "{err}");
+        let mut config = Config {
+            max_connections: 0,
+            ..Config::default()
+        };
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("max_connections")
+        );
+        config.max_connections = 1;
+        config.utc_offset = Some("six".into());
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("utc_offset")
+        );
+        config.utc_offset = None;
+        config.homes = vec![Home {
+            name: "a".into(),
+            bridges: vec!["xyz".into()],
+            devices: vec![],
+            groups: vec![],
+        }];
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("8 hex digits")
+        );
+    }
+
+    #[test]
+    fn offsets() {
+        assert_eq!(parse_offset("-06:00"), Some(-360));
+        assert_eq!(parse_offset("+05:30"), Some(330));
+        assert_eq!(parse_offset("0"), Some(0));
+        assert_eq!(parse_offset("+25:00"), None);
+    }
+}

@@ -1,0 +1,167 @@
+//! Prometheus metrics. The registry is created by the caller and passed in; every label value
+//! comes from a fixed set (packet type names, error reasons), so cardinality is bounded.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type Labels1 = [(&'static str, &'static str); 1];
+type Labels2 = [(&'static str, &'static str); 2];
+
+/// Every metric cyncd exports.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    /// `tcp_comm_packet_recv_total{type, outcome}`: outcome `ok`, `decode_error`, `bad_checksum`.
+    pub packet_recv: Family<Labels2, Counter>,
+    /// `tcp_comm_packet_sent_total{type}`.
+    pub packet_sent: Family<Labels1, Counter>,
+    /// `tcp_comm_packet_latency_seconds{type}`: device packet read → our reply written.
+    pub packet_latency: Family<Labels1, Histogram, fn() -> Histogram>,
+    /// `tcp_comm_packet_retransmit_total`.
+    pub retransmits: Counter,
+    /// `tcp_comm_decode_errors_total{reason}`.
+    pub decode_errors: Family<Labels1, Counter>,
+    /// `cyncd_connections_open`.
+    pub connections_open: Gauge,
+    /// `cyncd_connections_accepted_total`.
+    pub connections_accepted: Counter,
+    /// `cyncd_connections_refused_total`: over the connection cap.
+    pub connections_refused: Counter,
+    /// `cyncd_connections_closed_total{reason}`.
+    pub connections_closed: Family<Labels1, Counter>,
+    /// `cyncd_tls_handshakes_total`: completed handshakes.
+    pub handshakes: Counter,
+    /// `cyncd_tls_failures_total{reason}`.
+    pub tls_failures: Family<Labels1, Counter>,
+    /// `cyncd_hellos_total`.
+    pub hellos: Counter,
+    /// `cyncd_events_dropped_total`: session events dropped by a full queue.
+    pub events_dropped: Counter,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs … ~1.6 s.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn new(registry: &mut Registry) -> Self {
+        let m = Self {
+            packet_recv: Family::default(),
+            packet_sent: Family::default(),
+            packet_latency: Family::new_with_constructor(latency_histogram),
+            retransmits: Counter::default(),
+            decode_errors: Family::default(),
+            connections_open: Gauge::default(),
+            connections_accepted: Counter::default(),
+            connections_refused: Counter::default(),
+            connections_closed: Family::default(),
+            handshakes: Counter::default(),
+            tls_failures: Family::default(),
+            hellos: Counter::default(),
+            events_dropped: Counter::default(),
+        };
+        let tcp = registry.sub_registry_with_prefix("tcp_comm");
+        tcp.register(
+            "packet_recv",
+            "Packets received from devices",
+            m.packet_recv.clone(),
+        );
+        tcp.register(
+            "packet_sent",
+            "Packets sent to devices",
+            m.packet_sent.clone(),
+        );
+        tcp.register(
+            "packet_latency_seconds",
+            "Device packet read to our reply written",
+            m.packet_latency.clone(),
+        );
+        tcp.register(
+            "packet_retransmit",
+            "Packets sent again",
+            m.retransmits.clone(),
+        );
+        tcp.register(
+            "decode_errors",
+            "Bytes from devices that did not decode",
+            m.decode_errors.clone(),
+        );
+        let own = registry.sub_registry_with_prefix("cyncd");
+        own.register(
+            "connections_open",
+            "Device connections open",
+            m.connections_open.clone(),
+        );
+        own.register(
+            "connections_accepted",
+            "Device connections accepted",
+            m.connections_accepted.clone(),
+        );
+        own.register(
+            "connections_refused",
+            "Connections refused over the cap",
+            m.connections_refused.clone(),
+        );
+        own.register(
+            "connections_closed",
+            "Connections closed, by reason",
+            m.connections_closed.clone(),
+        );
+        own.register(
+            "tls_handshakes",
+            "Completed TLS handshakes",
+            m.handshakes.clone(),
+        );
+        own.register(
+            "tls_failures",
+            "Failed TLS handshakes, by reason",
+            m.tls_failures.clone(),
+        );
+        own.register("hellos", "Device hellos", m.hellos.clone());
+        own.register(
+            "events_dropped",
+            "Session events dropped",
+            m.events_dropped.clone(),
+        );
+        m
+    }
+
+    /// Counts a received packet.
+    pub fn recv(&self, kind: &'static str, outcome: &'static str) {
+        self.packet_recv
+            .get_or_create(&[("type", kind), ("outcome", outcome)])
+            .inc();
+    }
+
+    /// Counts a sent packet.
+    pub fn sent(&self, kind: &'static str) {
+        self.packet_sent.get_or_create(&[("type", kind)]).inc();
+    }
+
+    /// Counts a decode error.
+    pub fn decode_error(&self, reason: &'static str) {
+        self.decode_errors
+            .get_or_create(&[("reason", reason)])
+            .inc();
+    }
+
+    /// Counts a closed connection.
+    pub fn closed(&self, reason: &'static str) {
+        self.connections_closed
+            .get_or_create(&[("reason", reason)])
+            .inc();
+    }
+}
+
+/// Renders the registry as Prometheus text.
+pub fn render(registry: &Registry) -> String {
+    let mut out = String::new();
+    if prometheus_client::encoding::text::encode(&mut out, registry).is_err() {
+        out.clear();
+    }
+    out
+}

@@ -1,0 +1,575 @@
+//! The device registry: what cyncd knows about every mesh device and every connection.
+//!
+//! Devices are keyed by (home, mesh id), so two homes with the same mesh ids never overwrite
+//! each other. Connections are keyed by their connection id; a device that reconnects with the
+//! same id replaces its old session (the old one is cancelled).
+//!
+//! Status convergence: a device's own report (its 0x83 or its index-05 0x43 record) always
+//! applies; a report relayed by another node or read from a mesh-info page applies only when no
+//! own report arrived within [`OWN_REPORT_HOLD`], so a stale relayed copy cannot flip a fresh
+//! state back. A device is marked offline only after [`OFFLINE_AFTER`] consecutive offline
+//! reports.
+//!
+//! The registry sits behind one mutex with short critical sections; it is touched on status
+//! events, hellos and disconnects, never per heartbeat (per-connection counters are atomics).
+//!
+//! Bounds: at most [`MAX_DEVICES`] devices and `max_connections` connections. A status for a
+//! new device beyond the bound is dropped and counted ([`Registry::rejected_devices`]).
+
+use cync_proto::session::Source;
+use cync_proto::{ConnId, DeviceStatus};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// How long a device's own report outranks relayed copies.
+pub const OWN_REPORT_HOLD: Duration = Duration::from_secs(5);
+/// Consecutive offline reports before a device is shown offline.
+pub const OFFLINE_AFTER: u8 = 3;
+/// Most devices tracked over all homes.
+pub const MAX_DEVICES: usize = 65_536;
+/// Most bridges remembered per device.
+const MAX_BRIDGES_PER_DEVICE: usize = 16;
+
+/// Shared registry handle.
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    inner: Arc<Shared>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    state: Mutex<State>,
+    changed: Notify,
+    rejected_devices: AtomicU64,
+    generation: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    devices: BTreeMap<(String, u16), Device>,
+    connections: HashMap<ConnId, Connection>,
+}
+
+/// One mesh device.
+#[derive(Debug, Clone)]
+pub struct Device {
+    /// Last applied status.
+    pub status: DeviceStatus,
+    /// Shown online.
+    pub online: bool,
+    offline_reports: u8,
+    last_own: Option<Instant>,
+    /// Wall-clock time of the last report.
+    pub last_seen: SystemTime,
+    /// Cync device type, when a mesh-info page told it.
+    pub device_type: Option<u8>,
+    /// Firmware version, when its bridge reported one.
+    pub firmware: Option<String>,
+    /// Connection ids of the bridges that report it.
+    pub bridges: BTreeSet<ConnId>,
+}
+
+/// Per-connection counters, updated without a lock.
+#[derive(Debug, Default)]
+pub struct ConnStats {
+    /// Packets received.
+    pub packets_in: AtomicU64,
+    /// Packets sent.
+    pub packets_out: AtomicU64,
+    /// Decode errors.
+    pub errors: AtomicU64,
+    /// Unix milliseconds of the last packet received.
+    pub last_packet_ms: AtomicU64,
+}
+
+/// One device connection (after its hello).
+#[derive(Debug, Clone)]
+pub struct Connection {
+    /// The remote address.
+    pub peer: SocketAddr,
+    /// The home it belongs to.
+    pub home: String,
+    /// When it connected.
+    pub since: SystemTime,
+    /// Its counters.
+    pub stats: Arc<ConnStats>,
+    /// Firmware versions reported on it.
+    pub firmware: BTreeMap<&'static str, String>,
+    /// Mesh devices it reported in its mesh-info answer.
+    pub mesh: Vec<u16>,
+    generation: u64,
+    cancel: CancellationToken,
+}
+
+/// A device as the HTTP API shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DeviceView {
+    /// `home:mesh_id`.
+    pub id: String,
+    /// Home.
+    pub home: String,
+    /// Mesh id.
+    pub mesh_id: u16,
+    /// Name from the config, or `device <id>`.
+    pub name: String,
+    /// Cync type code.
+    #[serde(rename = "type")]
+    pub kind: Option<u8>,
+    /// Online.
+    pub online: bool,
+    /// On.
+    pub on: bool,
+    /// 0–100.
+    pub brightness: u8,
+    /// 0–100, or null in RGB/effect mode.
+    pub color_temp: Option<u8>,
+    /// `[r, g, b]` in RGB mode, else null.
+    pub rgb: Option<[u8; 3]>,
+    /// Bridges that report it.
+    pub bridges: Vec<String>,
+    /// RFC 3339 time of the last report.
+    pub last_seen: String,
+    /// Firmware, when known.
+    pub firmware: Option<String>,
+}
+
+/// A connection as the HTTP API shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ConnectionView {
+    /// Connection id.
+    pub conn_id: String,
+    /// Remote address.
+    pub peer: String,
+    /// Home.
+    pub home: String,
+    /// RFC 3339 connect time.
+    pub since: String,
+    /// RFC 3339 time of the last packet.
+    pub last_packet: Option<String>,
+    /// Packets received.
+    pub packets_in: u64,
+    /// Packets sent.
+    pub packets_out: u64,
+    /// Decode errors.
+    pub errors: u64,
+    /// Firmware by kind (`device`, `network`).
+    pub firmware: BTreeMap<&'static str, String>,
+    /// Mesh ids learned from this bridge.
+    pub mesh: Vec<u16>,
+}
+
+/// A registered connection: drop it (or call [`Registration::release`]) when the session ends.
+#[derive(Debug)]
+pub struct Registration {
+    registry: Registry,
+    conn: ConnId,
+    generation: u64,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the maps half-updated in a way that
+        // matters more than losing all state, so keep serving.
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Waits until the registry changes (for tests and live views).
+    pub async fn changed(&self) {
+        self.inner.changed.notified().await;
+    }
+
+    /// Statuses dropped because the device table was full.
+    pub fn rejected_devices(&self) -> u64 {
+        self.inner.rejected_devices.load(Ordering::Relaxed)
+    }
+
+    /// Registers a connection after its hello, cancelling an older session with the same id.
+    pub fn register(
+        &self,
+        conn: ConnId,
+        peer: SocketAddr,
+        home: &str,
+        stats: Arc<ConnStats>,
+        cancel: CancellationToken,
+    ) -> Registration {
+        let generation = self.inner.generation.fetch_add(1, Ordering::Relaxed);
+        let entry = Connection {
+            peer,
+            home: home.to_string(),
+            since: SystemTime::now(),
+            stats,
+            firmware: BTreeMap::new(),
+            mesh: Vec::new(),
+            generation,
+            cancel,
+        };
+        if let Some(old) = self.lock().connections.insert(conn, entry) {
+            old.cancel.cancel();
+        }
+        self.inner.changed.notify_waiters();
+        Registration {
+            registry: self.clone(),
+            conn,
+            generation,
+        }
+    }
+
+    /// Applies a status reported by bridge `conn` of `home`.
+    pub fn apply(
+        &self,
+        home: &str,
+        conn: ConnId,
+        status: DeviceStatus,
+        source: Source,
+        now: Instant,
+    ) {
+        let mut state = self.lock();
+        let key = (home.to_string(), status.id.0);
+        let len = state.devices.len();
+        let device = match state.devices.entry(key) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                if len >= MAX_DEVICES {
+                    self.inner.rejected_devices.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                e.insert(Device {
+                    status,
+                    online: status.online,
+                    offline_reports: 0,
+                    last_own: None,
+                    last_seen: SystemTime::now(),
+                    device_type: None,
+                    firmware: None,
+                    bridges: BTreeSet::new(),
+                })
+            }
+        };
+        if device.bridges.len() < MAX_BRIDGES_PER_DEVICE {
+            device.bridges.insert(conn);
+        }
+        device.last_seen = SystemTime::now();
+        let fresh_own = device
+            .last_own
+            .is_some_and(|t| now.duration_since(t) < OWN_REPORT_HOLD);
+        if source != Source::Own && fresh_own {
+            return;
+        }
+        if source == Source::Own {
+            device.last_own = Some(now);
+        }
+        if status.online {
+            device.offline_reports = 0;
+            device.online = true;
+        } else {
+            device.offline_reports = device.offline_reports.saturating_add(1);
+            if device.offline_reports >= OFFLINE_AFTER {
+                device.online = false;
+            }
+        }
+        device.status = DeviceStatus {
+            online: device.online,
+            ..status
+        };
+        drop(state);
+        self.inner.changed.notify_waiters();
+    }
+
+    /// Records a bridge's mesh (from its mesh-info answer) and its own device type.
+    pub fn learn_mesh(&self, conn: ConnId, home: &str, device_type: Option<u8>, mesh: &[u16]) {
+        let mut state = self.lock();
+        if let Some(c) = state.connections.get_mut(&conn) {
+            c.mesh = mesh
+                .iter()
+                .copied()
+                .take(cync_proto::session::MAX_MESH_RECORDS)
+                .collect();
+        }
+        if let (Some(kind), Some(first)) = (device_type, mesh.first()) {
+            if let Some(d) = state.devices.get_mut(&(home.to_string(), *first)) {
+                d.device_type = Some(kind);
+            }
+        }
+        drop(state);
+        self.inner.changed.notify_waiters();
+    }
+
+    /// Records a firmware version reported on a connection.
+    pub fn firmware(&self, conn: ConnId, kind: &'static str, version: String) {
+        if let Some(c) = self.lock().connections.get_mut(&conn) {
+            c.firmware.insert(kind, version);
+        }
+        self.inner.changed.notify_waiters();
+    }
+
+    /// Every device, sorted by home and mesh id, with names from `config`.
+    pub fn devices(&self, config: &crate::config::Config) -> Vec<DeviceView> {
+        let state = self.lock();
+        state
+            .devices
+            .iter()
+            .map(|((home, id), d)| view(config, &state, home, *id, d))
+            .collect()
+    }
+
+    /// One device by `home:mesh_id`, or by a bare mesh id when only one home has it.
+    pub fn device(&self, config: &crate::config::Config, id: &str) -> Result<DeviceView, Lookup> {
+        let state = self.lock();
+        let found: Vec<_> = match id.split_once(':') {
+            Some((home, mesh)) => {
+                let mesh: u16 = mesh.parse().map_err(|_| Lookup::BadId)?;
+                state
+                    .devices
+                    .get_key_value(&(home.to_string(), mesh))
+                    .into_iter()
+                    .collect()
+            }
+            None => {
+                let mesh: u16 = id.parse().map_err(|_| Lookup::BadId)?;
+                state
+                    .devices
+                    .iter()
+                    .filter(|((_, m), _)| *m == mesh)
+                    .collect()
+            }
+        };
+        match found.as_slice() {
+            [((home, mesh), d)] => Ok(view(config, &state, home, *mesh, d)),
+            [] => Err(Lookup::NotFound),
+            _ => Err(Lookup::Ambiguous),
+        }
+    }
+
+    /// Every connection, sorted by id.
+    pub fn connections(&self) -> Vec<ConnectionView> {
+        let state = self.lock();
+        let mut out: Vec<ConnectionView> = state
+            .connections
+            .iter()
+            .map(|(id, c)| {
+                let last = c.stats.last_packet_ms.load(Ordering::Relaxed);
+                ConnectionView {
+                    conn_id: id.to_string(),
+                    peer: c.peer.to_string(),
+                    home: c.home.clone(),
+                    since: rfc3339(c.since),
+                    last_packet: (last > 0)
+                        .then(|| rfc3339(SystemTime::UNIX_EPOCH + Duration::from_millis(last))),
+                    packets_in: c.stats.packets_in.load(Ordering::Relaxed),
+                    packets_out: c.stats.packets_out.load(Ordering::Relaxed),
+                    errors: c.stats.errors.load(Ordering::Relaxed),
+                    firmware: c.firmware.clone(),
+                    mesh: c.mesh.clone(),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.conn_id.cmp(&b.conn_id));
+        out
+    }
+
+    /// Number of registered connections.
+    pub fn connection_count(&self) -> usize {
+        self.lock().connections.len()
+    }
+
+    /// Cancels every session (shutdown).
+    pub fn cancel_all(&self) {
+        for c in self.lock().connections.values() {
+            c.cancel.cancel();
+        }
+    }
+}
+
+/// Why a device lookup failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// Not `home:mesh` or a number.
+    BadId,
+    /// No such device.
+    NotFound,
+    /// A bare mesh id that several homes have.
+    Ambiguous,
+}
+
+impl Registration {
+    /// The connection id.
+    pub fn conn(&self) -> ConnId {
+        self.conn
+    }
+
+    /// Ends the registration (also done on drop).
+    pub fn release(self) {}
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut state = self.registry.lock();
+        // Only remove our own entry: a newer session with the same id may have replaced it.
+        if state
+            .connections
+            .get(&self.conn)
+            .is_some_and(|c| c.generation == self.generation)
+        {
+            state.connections.remove(&self.conn);
+        }
+        drop(state);
+        self.registry.inner.changed.notify_waiters();
+    }
+}
+
+fn view(
+    config: &crate::config::Config,
+    state: &State,
+    home: &str,
+    id: u16,
+    d: &Device,
+) -> DeviceView {
+    let configured = config.device(home, id);
+    let s = d.status;
+    let (color_temp, rgb) = match s.mode() {
+        cync_proto::ColorMode::White(t) => (Some(t), None),
+        cync_proto::ColorMode::Rgb => (None, Some(s.rgb)),
+        _ => (None, None),
+    };
+    // A device's firmware is known when its own bridge (mesh list starts with it) reported one.
+    let firmware = d
+        .bridges
+        .iter()
+        .filter_map(|b| state.connections.get(b))
+        .find(|c| c.mesh.first() == Some(&id))
+        .and_then(|c| c.firmware.get("device").cloned());
+    DeviceView {
+        id: format!("{home}:{id}"),
+        home: home.to_string(),
+        mesh_id: id,
+        name: configured.map_or_else(|| format!("device {id}"), |c| c.name.clone()),
+        kind: configured.and_then(|c| c.kind).or(d.device_type),
+        online: d.online,
+        on: s.on,
+        // Devices report a stale brightness while off; show 0 then.
+        brightness: if s.on { s.brightness } else { 0 },
+        color_temp,
+        rgb,
+        bridges: d.bridges.iter().map(ConnId::to_string).collect(),
+        last_seen: rfc3339(d.last_seen),
+        firmware: firmware.or_else(|| d.firmware.clone()),
+    }
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cync_proto::MeshId;
+
+    fn status(id: u16, on: bool, brightness: u8, online: bool) -> DeviceStatus {
+        DeviceStatus {
+            id: MeshId(id),
+            online,
+            on,
+            brightness,
+            temperature: 50,
+            rgb: [0; 3],
+        }
+    }
+
+    const A: ConnId = ConnId([1, 1, 1, 1]);
+    const B: ConnId = ConnId([2, 2, 2, 2]);
+
+    #[tokio::test(start_paused = true)]
+    async fn homes_do_not_overwrite_each_other() {
+        let r = Registry::new();
+        let now = Instant::now();
+        r.apply("a", A, status(5, true, 10, true), Source::Own, now);
+        r.apply("b", B, status(5, false, 0, true), Source::Own, now);
+        let config = crate::config::Config::default();
+        let all = r.devices(&config);
+        assert_eq!(all.len(), 2);
+        assert!(all[0].on && !all[1].on);
+        assert_eq!(r.device(&config, "a:5").unwrap().home, "a");
+        assert_eq!(r.device(&config, "5"), Err(Lookup::Ambiguous));
+        assert_eq!(r.device(&config, "x"), Err(Lookup::BadId));
+        assert_eq!(r.device(&config, "a:6"), Err(Lookup::NotFound));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn relayed_copies_do_not_flap_a_fresh_own_report() {
+        let r = Registry::new();
+        let config = crate::config::Config::default();
+        let t0 = Instant::now();
+        r.apply("h", A, status(7, true, 80, true), Source::Own, t0);
+        // Another bridge relays the state from before the change.
+        r.apply(
+            "h",
+            B,
+            status(7, false, 0, true),
+            Source::Relayed,
+            t0 + Duration::from_millis(300),
+        );
+        assert!(r.device(&config, "7").unwrap().on);
+        assert_eq!(r.device(&config, "7").unwrap().bridges.len(), 2);
+        // Long after, relayed news counts again (the change may have come over BLE).
+        r.apply(
+            "h",
+            B,
+            status(7, false, 0, true),
+            Source::Relayed,
+            t0 + OWN_REPORT_HOLD,
+        );
+        assert!(!r.device(&config, "7").unwrap().on);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn offline_needs_three_reports() {
+        let r = Registry::new();
+        let config = crate::config::Config::default();
+        let t = Instant::now();
+        r.apply("h", A, status(3, true, 1, true), Source::Relayed, t);
+        for n in 1..=3 {
+            r.apply("h", A, status(3, true, 1, false), Source::Relayed, t);
+            assert_eq!(r.device(&config, "3").unwrap().online, n < 3, "after {n}");
+        }
+        r.apply("h", A, status(3, true, 1, true), Source::Relayed, t);
+        assert!(r.device(&config, "3").unwrap().online);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reconnect_replaces_the_old_session() {
+        let r = Registry::new();
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let old = CancellationToken::new();
+        let first = r.register(A, peer, "h", Arc::default(), old.clone());
+        let new = CancellationToken::new();
+        let second = r.register(
+            A,
+            "127.0.0.1:2".parse().unwrap(),
+            "h",
+            Arc::default(),
+            new.clone(),
+        );
+        assert!(old.is_cancelled() && !new.is_cancelled());
+        // The old session ending must not remove the new one.
+        drop(first);
+        assert_eq!(r.connections()[0].peer, "127.0.0.1:2");
+        drop(second);
+        assert_eq!(r.connection_count(), 0);
+    }
+}

@@ -1,0 +1,253 @@
+//! `cyncd serve`: the controller. Loads the configuration, prepares TLS, starts the device
+//! server and the HTTP API, and shuts both down on SIGINT/SIGTERM.
+
+use crate::config::{Config, LogFormat};
+use crate::http::Api;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::server::Context;
+use anyhow::Context as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+/// How long shutdown waits for connections to close.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
+
+/// Run the controller: accept Cync devices over TLS and serve the HTTP API.
+///
+/// With no options at all it generates its certificate in the state directory, listens for
+/// devices on 0.0.0.0:23779 and serves HTTP on 127.0.0.1:8080. Every option can also be set in
+/// the TOML file given with --config; options given here win.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Args {
+    /// TOML configuration file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address for device connections [default: 0.0.0.0:23779].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Address for the HTTP API and metrics [default: 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
+    /// Directory for the certificate and other state [default: $XDG_STATE_HOME/cyncd].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Serve devices over plain TCP, without TLS (lab tests, packet crafting).
+    #[arg(long)]
+    pub plain: bool,
+    /// Your own certificate (PEM) instead of the generated one; needs --key.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Your own private key (PEM); needs --cert.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Most device connections at once [default: 20000].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// The devices' heartbeat cadence in seconds [default: 20].
+    #[arg(long, value_name = "SECS")]
+    pub heartbeat_secs: Option<u64>,
+    /// Close a connection silent for this many heartbeats [default: 3].
+    #[arg(long, value_name = "N")]
+    pub silence_multiple: Option<u32>,
+    /// UTC offset sent to devices, e.g. -06:00 [default: the system's].
+    #[arg(long, value_name = "OFFSET", allow_hyphen_values = true)]
+    pub utc_offset: Option<String>,
+    /// Log format.
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Log level or filter, e.g. info, debug, cyncd=debug [default: info].
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
+}
+
+impl Args {
+    /// The effective configuration: defaults, then the file, then flags.
+    pub fn config(&self) -> anyhow::Result<Config> {
+        let mut c = match &self.config {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        };
+        if let Some(v) = self.listen {
+            c.listen = v;
+        }
+        if let Some(v) = self.http {
+            c.http = v;
+        }
+        if let Some(v) = &self.state_dir {
+            c.state_dir = v.clone();
+        }
+        c.plain |= self.plain;
+        if self.cert.is_some() {
+            c.cert = self.cert.clone();
+            c.key = self.key.clone();
+        }
+        if let Some(v) = self.max_connections {
+            c.max_connections = v;
+        }
+        if let Some(v) = self.heartbeat_secs {
+            c.heartbeat_secs = v;
+        }
+        if let Some(v) = self.silence_multiple {
+            c.silence_multiple = v;
+        }
+        if let Some(v) = &self.utc_offset {
+            c.utc_offset = Some(v.clone());
+        }
+        if let Some(v) = self.log_format {
+            c.log_format = v;
+        }
+        if let Some(v) = &self.log_level {
+            c.log_level = v.clone();
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+/// A running controller.
+#[derive(Debug)]
+pub struct Running {
+    /// Where devices connect.
+    pub devices: SocketAddr,
+    /// Where the HTTP API is.
+    pub http: SocketAddr,
+    /// Shared state.
+    pub ctx: Arc<Context>,
+    /// Cancel to shut down.
+    pub cancel: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Running {
+    /// Stops accepting, closes every session and waits up to [`SHUTDOWN_GRACE`].
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        self.ctx.registry.cancel_all();
+        self.tracker.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!("shutdown: some connections did not close in time");
+        }
+    }
+}
+
+/// Starts the device server and the HTTP API (the caller has set up logging).
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let tls = if config.plain {
+        None
+    } else {
+        let files = crate::tls::ensure_certificate(
+            &config.state_dir,
+            config.cert.as_deref(),
+            config.key.as_deref(),
+        )?;
+        if files.generated {
+            info!(cert = %files.cert.display(), "generated a new self-signed certificate");
+        }
+        Some((crate::tls::acceptor(&files)?, files))
+    };
+    let devices = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening for devices on {}", config.listen))?;
+    let http = TcpListener::bind(config.http)
+        .await
+        .with_context(|| format!("serving HTTP on {}", config.http))?;
+    let mut prom = prometheus_client::registry::Registry::default();
+    let metrics = Metrics::new(&mut prom);
+    let cert_path = tls.as_ref().map(|(_, f)| f.cert.clone());
+    let ctx = Arc::new(Context {
+        config,
+        registry: Registry::new(),
+        metrics,
+        tls: tls.map(|(a, _)| a),
+    });
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let running = Running {
+        devices: devices.local_addr()?,
+        http: http.local_addr()?,
+        ctx: ctx.clone(),
+        cancel: cancel.clone(),
+        tracker: tracker.clone(),
+    };
+    info!(config = %serde_json::to_string(&ctx.config).unwrap_or_default(), "effective configuration");
+    match &cert_path {
+        Some(cert) => {
+            info!(addr = %running.devices, cert = %cert.display(), "listening for devices (TLS)")
+        }
+        None => info!(addr = %running.devices, "listening for devices (plain TCP, no TLS)"),
+    }
+    tracker.spawn(crate::server::serve(
+        devices,
+        ctx.clone(),
+        cancel.clone(),
+        tracker.clone(),
+    ));
+    let api = Api {
+        ctx,
+        metrics: Arc::new(prom),
+    };
+    let shutdown = cancel.clone();
+    tracker.spawn(async move {
+        let served = axum::serve(http, crate::http::router(api))
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            warn!(error = %e, "HTTP server stopped");
+        }
+    });
+    Ok(running)
+}
+
+/// Runs `cyncd serve` until SIGINT or SIGTERM.
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let config = args.config()?;
+    crate::logging::init(config.log_format, &config.log_level)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let plain = config.plain;
+        let running = start(config).await?;
+        println!(
+            "cyncd: devices on {} ({}), HTTP on http://{} (/api/devices, /api/connections, /metrics)",
+            running.devices,
+            if plain { "plain TCP" } else { "TLS" },
+            running.http
+        );
+        wait_for_signal().await;
+        info!("shutting down");
+        running.shutdown().await;
+        anyhow::Ok(())
+    })
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

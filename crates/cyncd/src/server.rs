@@ -1,0 +1,424 @@
+//! The device server: the accept loop and one task per connection.
+//!
+//! Each connection task owns its socket and a sans-IO [`Session`]: bytes read go into the
+//! session, the answers it queues are written in one write per read (coalesced, in arrival
+//! order), and its events update the registry. Nothing the task waits on is another
+//! connection: the registry is touched only on status events, with short critical sections.
+//!
+//! Bounds: at most `max_connections` connections (a semaphore; one over the cap is accepted and
+//! closed at once, and counted); one read buffer of `max_packet` bytes and the session's framer
+//! per connection; a write that stalls for `write_timeout_secs` closes the connection (the
+//! device stopped reading).
+
+use crate::config::Config;
+use crate::logging::{corr_id, redacted_hex};
+use crate::metrics::Metrics;
+use crate::registry::{ConnStats, Registration, Registry};
+use cync_proto::session::{CloseReason, Event, Session, SessionConfig, Step};
+use cync_proto::{DecodeError, LocalTime, Packet};
+use openssl::ssl::SslAcceptor;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+/// What every connection task shares.
+pub struct Context {
+    /// Effective configuration.
+    pub config: Config,
+    /// Device registry.
+    pub registry: Registry,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// TLS acceptor; `None` serves plain TCP.
+    pub tls: Option<SslAcceptor>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("config", &self.config)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Accepts device connections until `cancel` fires, then waits for the connection tasks on
+/// `tracker`.
+pub async fn serve(
+    listener: TcpListener,
+    ctx: Arc<Context>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let limit = Arc::new(Semaphore::new(ctx.config.max_connections));
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = cancel.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            ctx.metrics.connections_refused.inc();
+            debug!(%peer, "connection refused: at the connection cap");
+            drop(tcp);
+            continue;
+        };
+        ctx.metrics.connections_accepted.inc();
+        let _ = tcp.set_nodelay(true);
+        let ctx = ctx.clone();
+        let cancel = cancel.child_token();
+        tracker.spawn(async move {
+            ctx.metrics.connections_open.inc();
+            let reason = accept_and_run(tcp, peer, &ctx, cancel).await;
+            ctx.metrics.connections_open.dec();
+            ctx.metrics.closed(reason);
+            drop(permit);
+        });
+    }
+}
+
+async fn accept_and_run(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    ctx: &Arc<Context>,
+    cancel: CancellationToken,
+) -> &'static str {
+    let Some(acceptor) = &ctx.tls else {
+        return run_connection(tcp, peer, ctx, cancel).await;
+    };
+    let limit = Duration::from_secs(ctx.config.handshake_timeout_secs);
+    let handshake = tokio::select! {
+        _ = cancel.cancelled() => return "shutdown",
+        r = tokio::time::timeout(limit, crate::tls::accept(acceptor, tcp)) => r,
+    };
+    match handshake {
+        Ok(Ok(stream)) => {
+            ctx.metrics.handshakes.inc();
+            run_connection(stream, peer, ctx, cancel).await
+        }
+        Ok(Err(e)) => {
+            let reason = crate::tls::failure_reason(&e);
+            ctx.metrics
+                .tls_failures
+                .get_or_create(&[("reason", reason)])
+                .inc();
+            debug!(%peer, reason, error = %e, "TLS handshake failed");
+            "tls_failure"
+        }
+        Err(_) => {
+            ctx.metrics
+                .tls_failures
+                .get_or_create(&[("reason", "timeout")])
+                .inc();
+            debug!(%peer, "TLS handshake timed out");
+            "tls_failure"
+        }
+    }
+}
+
+/// Runs one device connection to its end and returns why it ended (a metric label).
+pub async fn run_connection<S>(
+    mut stream: S,
+    peer: SocketAddr,
+    ctx: &Arc<Context>,
+    cancel: CancellationToken,
+) -> &'static str
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let span = info_span!("conn", %peer, conn_id = tracing::field::Empty);
+    async move {
+        let mut conn = Conn::new(peer, ctx.clone(), cancel.clone());
+        let reason = conn.run(&mut stream).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+        info!(reason, conn_id = conn.id_text(), "disconnected");
+        reason
+    }
+    .instrument(span)
+    .await
+}
+
+struct Conn {
+    peer: SocketAddr,
+    ctx: Arc<Context>,
+    cancel: CancellationToken,
+    session: Session,
+    start: Instant,
+    stats: Arc<ConnStats>,
+    registration: Option<Registration>,
+    home: String,
+    dropped_reported: u64,
+}
+
+impl Conn {
+    fn new(peer: SocketAddr, ctx: Arc<Context>, cancel: CancellationToken) -> Self {
+        let c = &ctx.config;
+        let config = SessionConfig {
+            max_packet: c.max_packet,
+            heartbeat: c.heartbeat(),
+            silence_multiple: c.silence_multiple,
+            discover_mesh: c.discover_mesh,
+            ..SessionConfig::default()
+        };
+        let start = Instant::now();
+        Self {
+            peer,
+            session: Session::new(config, Duration::ZERO, fastrand::u16(..)),
+            ctx,
+            cancel,
+            start,
+            stats: Arc::default(),
+            registration: None,
+            home: crate::config::DEFAULT_HOME.to_string(),
+            dropped_reported: 0,
+        }
+    }
+
+    fn id_text(&self) -> String {
+        self.session
+            .conn_id()
+            .map(|c| c.to_string())
+            .unwrap_or_default()
+    }
+
+    fn local_time(&self) -> LocalTime {
+        let unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        LocalTime::from_unix(
+            i64::try_from(unix).unwrap_or(0),
+            self.ctx.config.offset_minutes(),
+        )
+    }
+
+    async fn run<S: AsyncRead + AsyncWrite + Unpin>(&mut self, stream: &mut S) -> &'static str {
+        let mut buf = vec![0u8; self.ctx.config.max_packet];
+        let mut steps = Vec::new();
+        loop {
+            let deadline = self.session.next_deadline().map(|d| self.start + d);
+            let sleep = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = self.cancel.cancelled() => return "replaced_or_shutdown",
+                read = stream.read(&mut buf) => {
+                    let n = match read {
+                        Ok(0) => return "peer_closed",
+                        Ok(n) => n,
+                        Err(e) => {
+                            debug!(error = %e, "read failed");
+                            return "read_error";
+                        }
+                    };
+                    let read_at = Instant::now();
+                    let now = read_at.duration_since(self.start);
+                    let local = self.local_time();
+                    steps.clear();
+                    self.session.receive(buf.get(..n).unwrap_or_default(), now, local, &mut steps);
+                    for step in &steps {
+                        self.log_step(step);
+                    }
+                    if let Err(reason) = self.flush(stream).await {
+                        return reason;
+                    }
+                    let elapsed = read_at.elapsed().as_secs_f64();
+                    for step in steps.iter().filter(|s| !s.sent.is_empty()) {
+                        let kind = step.packet.as_ref().map_or("unknown", Packet::name);
+                        self.ctx.metrics.packet_latency.get_or_create(&[("type", kind)]).observe(elapsed);
+                    }
+                    self.drain_events();
+                }
+                () = sleep => {
+                    let now = Instant::now().duration_since(self.start);
+                    for p in self.session.on_timeout(now) {
+                        self.log_out(&p, &corr_id());
+                    }
+                    if let Err(reason) = self.flush(stream).await {
+                        return reason;
+                    }
+                }
+            }
+            if let Some(reason) = self.session.close_reason() {
+                if let CloseReason::Framing(e) = reason {
+                    self.ctx.metrics.decode_error("oversize");
+                    warn!(error = %e, "closing: oversize packet header");
+                }
+                return reason.label();
+            }
+        }
+    }
+
+    async fn flush<S: AsyncWrite + Unpin>(&mut self, stream: &mut S) -> Result<(), &'static str> {
+        let out = self.session.take_transmit();
+        if out.is_empty() {
+            return Ok(());
+        }
+        let limit = Duration::from_secs(self.ctx.config.write_timeout_secs);
+        match tokio::time::timeout(limit, stream.write_all(&out)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                debug!(error = %e, "write failed");
+                Err("write_error")
+            }
+            Err(_) => {
+                warn!("closing: the device stopped reading");
+                Err("write_stalled")
+            }
+        }
+    }
+
+    fn log_step(&self, step: &Step) {
+        let corr = corr_id();
+        self.stats.packets_in.fetch_add(1, Ordering::Relaxed);
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        self.stats
+            .last_packet_ms
+            .store(u64::try_from(ms).unwrap_or(0), Ordering::Relaxed);
+        match &step.packet {
+            Ok(p) => {
+                let bad = p.frame().is_some_and(|f| !f.checksum_ok())
+                    || matches!(p.body(), Some(cync_proto::Body::Malformed(_)));
+                self.ctx
+                    .metrics
+                    .recv(p.name(), if bad { "bad_checksum" } else { "ok" });
+                debug!(
+                    corr_id = %corr,
+                    dir = "in",
+                    r#type = p.kind(),
+                    name = p.name(),
+                    msg_id = p.msg_id().map(|m| m.to_string()),
+                    seq = p.frame().map(|f| f.seq),
+                    detail = %p.summary(),
+                    hex = %redacted_hex(&step.bytes),
+                    "packet"
+                );
+            }
+            Err(e) => {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                let kind = step.bytes.first().copied().unwrap_or_default();
+                let name = cync_proto::PacketType::from_byte(kind).map_or("unknown", |t| t.name());
+                self.ctx.metrics.recv(name, "decode_error");
+                self.ctx.metrics.decode_error(error_label(e));
+                warn!(corr_id = %corr, dir = "in", r#type = kind, error = %e, hex = %redacted_hex(&step.bytes), "undecodable packet");
+            }
+        }
+        for p in &step.sent {
+            self.log_out(p, &corr);
+        }
+    }
+
+    fn log_out(&self, p: &Packet, corr: &str) {
+        self.stats.packets_out.fetch_add(1, Ordering::Relaxed);
+        self.ctx.metrics.sent(p.name());
+        debug!(
+            corr_id = %corr,
+            dir = "out",
+            r#type = p.kind(),
+            name = p.name(),
+            msg_id = p.msg_id().map(|m| m.to_string()),
+            seq = p.frame().map(|f| f.seq),
+            hex = %redacted_hex(&p.to_bytes()),
+            "packet"
+        );
+    }
+
+    fn drain_events(&mut self) {
+        while let Some(event) = self.session.poll_event() {
+            match event {
+                Event::Hello(conn) => {
+                    if self.registration.as_ref().is_some_and(|r| r.conn() == conn) {
+                        continue;
+                    }
+                    self.home = self.ctx.config.home_of(conn).to_string();
+                    tracing::Span::current().record("conn_id", tracing::field::display(conn));
+                    self.ctx.metrics.hellos.inc();
+                    info!(conn_id = %conn, home = %self.home, "hello");
+                    self.registration = Some(self.ctx.registry.register(
+                        conn,
+                        self.peer,
+                        &self.home,
+                        self.stats.clone(),
+                        self.cancel.clone(),
+                    ));
+                }
+                Event::AppConnection(conn) => {
+                    info!(conn_id = %conn, "phone-app connection: not served, closing");
+                }
+                Event::Status(status, source) => {
+                    if let Some(conn) = self.session.conn_id() {
+                        self.ctx
+                            .registry
+                            .apply(&self.home, conn, status, source, Instant::now());
+                    }
+                }
+                Event::Firmware(fw) => {
+                    if let Some(conn) = self.session.conn_id() {
+                        let kind = match fw.kind {
+                            cync_proto::FirmwareKind::Device => "device",
+                            cync_proto::FirmwareKind::Network => "network",
+                        };
+                        info!(kind, version = %fw.version(), "firmware");
+                        self.ctx.registry.firmware(conn, kind, fw.version());
+                    }
+                }
+                Event::MeshLearned {
+                    device_type,
+                    devices,
+                } => {
+                    if let Some(conn) = self.session.conn_id() {
+                        let ids: Vec<u16> = devices.iter().map(|d| d.id.0).collect();
+                        info!(devices = ?ids, device_type, "mesh learned");
+                        self.ctx
+                            .registry
+                            .learn_mesh(conn, &self.home, device_type, &ids);
+                    }
+                }
+                Event::DecodeError(_) => {}
+                Event::BadChecksum(kind) => {
+                    self.ctx.metrics.decode_error("bad_checksum");
+                    warn!(r#type = kind, "inner frame checksum mismatch");
+                }
+                Event::DataAck(_) | Event::CommandResult { .. } | Event::AnnounceReplied => {}
+            }
+        }
+        let dropped = self.session.dropped_events();
+        if dropped > self.dropped_reported {
+            self.ctx
+                .metrics
+                .events_dropped
+                .inc_by(dropped - self.dropped_reported);
+            self.dropped_reported = dropped;
+        }
+    }
+}
+
+/// A bounded metric label for a decode error.
+pub fn error_label(e: &DecodeError) -> &'static str {
+    match e {
+        DecodeError::Truncated(_) => "truncated",
+        DecodeError::LengthMismatch { .. } => "length_mismatch",
+        DecodeError::Reserved(_) => "reserved_bytes",
+        DecodeError::BadSize { .. } => "bad_size",
+        DecodeError::AuthLength { .. } => "auth_length",
+    }
+}
