@@ -352,12 +352,16 @@ fn stack_reason(stack: &ErrorStack) -> &'static str {
 }
 
 /// Generates the key and the self-signed certificate, as PEM.
+#[allow(
+    clippy::useless_conversion,
+    reason = "time_t is i64 here but 32 bits on some targets"
+)]
 fn generate() -> Result<(Vec<u8>, Vec<u8>), TlsError> {
     // A clock before 1970 gives a certificate valid 1970–1980; devices do not check validity.
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-    // `time_t` is 32 bits on some targets the daemon may run on (32-bit ARM), so convert checked.
+    // `time_t` is 32 bits on some targets the daemon may run on (32-bit ARM): convert checked.
     let time = |secs: i64| {
         let secs = secs.try_into().map_err(|_| TlsError::Clock)?;
         Asn1Time::from_unix(secs).map_err(TlsError::Generate)
