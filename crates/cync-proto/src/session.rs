@@ -660,7 +660,7 @@ mod tests {
     #[test]
     fn command_results_and_commands_sent() {
         let mut s = Session::new(SessionConfig::default(), Duration::ZERO, 0x1537);
-        assert!(s.send_with(|c, m| command::announce(c, m)).is_none());
+        assert!(s.send_with(command::announce).is_none());
         feed(&mut s, &hex(HELLO), Duration::ZERO);
         s.take_transmit();
         let (msg, _) = s

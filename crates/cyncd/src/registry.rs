@@ -24,7 +24,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
-use tokio::sync::Notify;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -38,15 +38,29 @@ pub const MAX_DEVICES: usize = 65_536;
 const MAX_BRIDGES_PER_DEVICE: usize = 16;
 
 /// Shared registry handle.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Registry {
     inner: Arc<Shared>,
 }
 
-#[derive(Debug, Default)]
+impl Default for Registry {
+    fn default() -> Self {
+        Self {
+            inner: Arc::new(Shared {
+                state: Mutex::default(),
+                changed: watch::Sender::new(0),
+                rejected_devices: AtomicU64::new(0),
+                generation: AtomicU64::new(0),
+            }),
+        }
+    }
+}
+
+#[derive(Debug)]
 struct Shared {
     state: Mutex<State>,
-    changed: Notify,
+    /// Bumped on every change; receivers never miss one.
+    changed: watch::Sender<u64>,
     rejected_devices: AtomicU64,
     generation: AtomicU64,
 }
@@ -188,9 +202,13 @@ impl Registry {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Waits until the registry changes (for tests and live views).
-    pub async fn changed(&self) {
-        self.inner.changed.notified().await;
+    /// A receiver that sees every later change (for tests and live views).
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.inner.changed.subscribe()
+    }
+
+    fn notify(&self) {
+        self.inner.changed.send_modify(|v| *v = v.wrapping_add(1));
     }
 
     /// Statuses dropped because the device table was full.
@@ -221,7 +239,7 @@ impl Registry {
         if let Some(old) = self.lock().connections.insert(conn, entry) {
             old.cancel.cancel();
         }
-        self.inner.changed.notify_waiters();
+        self.notify();
         Registration {
             registry: self.clone(),
             conn,
@@ -287,7 +305,7 @@ impl Registry {
             ..status
         };
         drop(state);
-        self.inner.changed.notify_waiters();
+        self.notify();
     }
 
     /// Records a bridge's mesh (from its mesh-info answer) and its own device type.
@@ -306,7 +324,7 @@ impl Registry {
             }
         }
         drop(state);
-        self.inner.changed.notify_waiters();
+        self.notify();
     }
 
     /// Records a firmware version reported on a connection.
@@ -314,7 +332,7 @@ impl Registry {
         if let Some(c) = self.lock().connections.get_mut(&conn) {
             c.firmware.insert(kind, version);
         }
-        self.inner.changed.notify_waiters();
+        self.notify();
     }
 
     /// Every device, sorted by home and mesh id, with names from `config`.
@@ -428,7 +446,7 @@ impl Drop for Registration {
             state.connections.remove(&self.conn);
         }
         drop(state);
-        self.registry.inner.changed.notify_waiters();
+        self.registry.notify();
     }
 }
 

@@ -1,0 +1,179 @@
+//! Shared helpers for the daemon's integration tests: an in-process server on 127.0.0.1:0, a
+//! TLS device client, a minimal HTTP GET, and the captures.
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use cyncd::config::Config;
+use cyncd::serve::Running;
+use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A fresh, empty directory under the system temp dir.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "cyncd-test-{name}-{}-{}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A config for tests: loopback, ephemeral ports, own state dir.
+pub fn config(name: &str) -> Config {
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        http: "127.0.0.1:0".parse().unwrap(),
+        state_dir: temp_dir(name),
+        utc_offset: Some("-06:00".into()),
+        ..Config::default()
+    }
+}
+
+pub async fn start(config: Config) -> Running {
+    cyncd::serve::start(config).await.unwrap()
+}
+
+/// Any device stream.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// Connects as a device: TLS (any certificate accepted, TLS 1.2, the devices' RSA suites)
+/// unless the server is plain.
+pub async fn connect(server: &Running) -> Box<dyn Stream> {
+    let tcp = TcpStream::connect(server.devices).await.unwrap();
+    if server.ctx.config.plain {
+        return Box::new(tcp);
+    }
+    let mut builder = SslConnector::builder(SslMethod::tls_client()).unwrap();
+    builder.set_verify(SslVerifyMode::NONE);
+    builder
+        .set_max_proto_version(Some(openssl::ssl::SslVersion::TLS1_2))
+        .unwrap();
+    builder
+        .set_cipher_list("AES256-SHA256:AES128-SHA256:AES256-SHA:AES128-SHA")
+        .unwrap();
+    let ssl = builder
+        .build()
+        .configure()
+        .unwrap()
+        .into_ssl("cm.gelighting.com")
+        .unwrap();
+    let mut stream = tokio_openssl::SslStream::new(ssl, tcp).unwrap();
+    Pin::new(&mut stream).connect().await.unwrap();
+    Box::new(stream)
+}
+
+/// Reads exactly `n` bytes, failing after 10 s (a hung server must not hang the test).
+pub async fn read_n(stream: &mut (impl AsyncRead + Unpin + ?Sized), n: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; n];
+    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut buf))
+        .await
+        .expect("timed out waiting for the server")
+        .unwrap();
+    buf
+}
+
+/// Reads whole packets until `want` packets that satisfy `keep` have arrived; others (our own
+/// announce and mesh request) are skipped.
+pub async fn read_packets(
+    stream: &mut (impl AsyncRead + Unpin + ?Sized),
+    want: usize,
+    keep: impl Fn(&[u8]) -> bool,
+) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    while out.len() < want {
+        let header = read_n(stream, 5).await;
+        let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
+        let mut packet = header;
+        packet.extend(read_n(stream, len).await);
+        if keep(&packet) {
+            out.push(packet);
+        }
+    }
+    out
+}
+
+/// Everything except the packets cyncd originates (0xA3 and 0x73 requests).
+pub fn answers(p: &[u8]) -> bool {
+    !matches!(p[0], 0xa3 | 0x73)
+}
+
+/// Waits for end of stream (the server closed), failing after `limit`.
+pub async fn expect_closed(stream: &mut (impl AsyncRead + Unpin + ?Sized), limit: Duration) {
+    let mut buf = [0u8; 256];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => panic!("connection still open"),
+            Ok(Ok(0) | Err(_)) => return,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+pub async fn write(stream: &mut (impl AsyncWrite + Unpin + ?Sized), bytes: &[u8]) {
+    stream.write_all(bytes).await.unwrap();
+    stream.flush().await.unwrap();
+}
+
+/// A plain HTTP/1.1 GET; returns (status, body).
+pub async fn get(server: &Running, path: &str) -> (u16, String) {
+    let mut tcp = TcpStream::connect(server.http).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, body.to_string())
+}
+
+pub fn hex(s: &str) -> Vec<u8> {
+    s.split_whitespace()
+        .map(|p| u8::from_str_radix(p, 16).unwrap())
+        .collect()
+}
+
+/// A hello for `id` with a dummy auth code.
+pub fn hello(id: [u8; 4]) -> Vec<u8> {
+    let mut p = vec![0x23, 0, 0, 0, 0x1a, 0x03];
+    p.extend(id);
+    p.extend([0, 0x10]);
+    p.extend([b'0'; 16]);
+    p.extend([0, 0, 0x3c]);
+    p
+}
+
+pub fn captures() -> PathBuf {
+    std::env::var_os("CYNC_CAPTURES").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/captures"),
+        PathBuf::from,
+    )
+}
+
+/// Polls `check` each time the registry changes, failing after 10 s.
+pub async fn until(server: &Running, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut changes = server.ctx.registry.watch();
+    while !check() {
+        match tokio::time::timeout_at(deadline, changes.changed()).await {
+            Ok(Ok(())) => {}
+            _ => panic!("condition not reached"),
+        }
+    }
+}
