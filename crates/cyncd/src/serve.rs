@@ -56,6 +56,18 @@ pub struct Args {
     /// Close a connection silent for this many heartbeats [default: 3].
     #[arg(long, value_name = "N")]
     pub silence_multiple: Option<u32>,
+    /// Largest packet accepted from a device, in bytes [default: 4096].
+    #[arg(long, value_name = "BYTES")]
+    pub max_packet: Option<usize>,
+    /// Close a connection whose writes stall this long, in seconds [default: 10].
+    #[arg(long, value_name = "SECS")]
+    pub write_timeout_secs: Option<u64>,
+    /// Give up a TLS handshake after this long, in seconds [default: 10].
+    #[arg(long, value_name = "SECS")]
+    pub handshake_timeout_secs: Option<u64>,
+    /// Do not ask bridges for their mesh (no 0xA3 or mesh-info request).
+    #[arg(long)]
+    pub no_discover_mesh: bool,
     /// UTC offset sent to devices, e.g. -06:00 [default: the system's].
     #[arg(long, value_name = "OFFSET", allow_hyphen_values = true)]
     pub utc_offset: Option<String>,
@@ -96,6 +108,18 @@ impl Args {
         }
         if let Some(v) = self.silence_multiple {
             c.silence_multiple = v;
+        }
+        if let Some(v) = self.max_packet {
+            c.max_packet = v;
+        }
+        if let Some(v) = self.write_timeout_secs {
+            c.write_timeout_secs = v;
+        }
+        if let Some(v) = self.handshake_timeout_secs {
+            c.handshake_timeout_secs = v;
+        }
+        if self.no_discover_mesh {
+            c.discover_mesh = false;
         }
         if let Some(v) = &self.utc_offset {
             c.utc_offset = Some(v.clone());
@@ -212,6 +236,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let config = args.config()?;
     crate::logging::init(config.log_format, &config.log_level)?;
+    raise_file_limit(config.max_connections);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -229,6 +254,20 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         running.shutdown().await;
         anyhow::Ok(())
     })
+}
+
+/// Each connection is a file descriptor: raise the soft limit towards the hard one so the
+/// connection cap, not the OS default of 1,024, is what limits devices.
+fn raise_file_limit(max_connections: usize) {
+    let want = u64::try_from(max_connections).unwrap_or(u64::MAX).saturating_add(256);
+    match rlimit::increase_nofile_limit(want) {
+        Ok(got) if got < want.saturating_sub(256) => warn!(
+            limit = got,
+            max_connections, "the open-file limit is below the connection cap; raise it (ulimit -n)"
+        ),
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "could not raise the open-file limit"),
+    }
 }
 
 async fn wait_for_signal() {
