@@ -4,6 +4,7 @@
 //!   [`server`] (accept loop and connection tasks), [`registry`], [`metrics`], [`http`] and
 //!   [`logging`].
 //! - [`decode`] and [`encode`]: the lab tools over the wire format.
+//! - [`sim`]: `cyncd sim` (a simulated fleet) and `cyncd demo`.
 #![forbid(unsafe_code)]
 
 pub mod config;
@@ -15,4 +16,5 @@ pub mod metrics;
 pub mod registry;
 pub mod serve;
 pub mod server;
+pub mod sim;
 pub mod tls;

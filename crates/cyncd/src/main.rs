@@ -5,7 +5,7 @@
 #![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};
-use cyncd::{decode, encode, serve};
+use cyncd::{decode, encode, serve, sim};
 use std::process::ExitCode;
 
 /// cyncd: local control for GE Cync Wi-Fi and Bluetooth-mesh devices.
@@ -22,6 +22,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Serve(serve::Args),
+    Sim(sim::Args),
+    Demo(sim::DemoArgs),
     Decode(decode::Args),
     Encode(encode::Args),
 }
@@ -30,6 +32,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve::run(&args),
+        Command::Sim(args) => sim::run(&args),
+        Command::Demo(args) => sim::demo(&args),
         Command::Decode(args) => decode::run(&args),
         Command::Encode(args) => encode::run(&args),
     };

@@ -259,11 +259,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 /// Each connection is a file descriptor: raise the soft limit towards the hard one so the
 /// connection cap, not the OS default of 1,024, is what limits devices.
 fn raise_file_limit(max_connections: usize) {
-    let want = u64::try_from(max_connections).unwrap_or(u64::MAX).saturating_add(256);
+    let want = u64::try_from(max_connections)
+        .unwrap_or(u64::MAX)
+        .saturating_add(256);
     match rlimit::increase_nofile_limit(want) {
         Ok(got) if got < want.saturating_sub(256) => warn!(
             limit = got,
-            max_connections, "the open-file limit is below the connection cap; raise it (ulimit -n)"
+            max_connections,
+            "the open-file limit is below the connection cap; raise it (ulimit -n)"
         ),
         Ok(_) => {}
         Err(e) => warn!(error = %e, "could not raise the open-file limit"),

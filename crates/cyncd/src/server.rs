@@ -289,7 +289,11 @@ impl Conn {
 
     fn log_step(&self, step: &Step) {
         // Correlation ids only cost something when packets are logged.
-        let corr = if tracing::enabled!(tracing::Level::DEBUG) { corr_id() } else { String::new() };
+        let corr = if tracing::enabled!(tracing::Level::DEBUG) {
+            corr_id()
+        } else {
+            String::new()
+        };
         self.stats.packets_in.fetch_add(1, Ordering::Relaxed);
         let ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)

@@ -1,0 +1,675 @@
+//! Running a fleet: one tokio task per simulated bridge (no thread per device), each with its
+//! own connection, reconnecting with backoff whenever the server closes it.
+
+use crate::bridge::{Bridge, BridgeSpec, Out, garbage};
+use crate::chaos::{Chaos, Fate, Fault};
+use crate::mesh::{Home, Kind, SimDevice};
+use cync_proto::{ConnId, Framer, Packet};
+use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode, SslVersion};
+use serde::Serialize;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{broadcast, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::debug;
+
+/// Most delayed messages a bridge holds; further ones are sent at once.
+pub const MAX_DELAYED: usize = 1024;
+/// Mesh ids per home (status records carry a 1-byte id).
+pub const MAX_DEVICES_PER_HOME: usize = 250;
+
+/// How to build and run a fleet.
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    /// The server's device address, `HOST:PORT`.
+    pub server: String,
+    /// Number of Wi-Fi bridges (connections).
+    pub bridges: usize,
+    /// Mesh devices per bridge (the bridge's own device included).
+    pub devices_per_bridge: usize,
+    /// Homes; `None` = as few as fit 250 devices each.
+    pub homes: Option<usize>,
+    /// Faults to inject.
+    pub chaos: Chaos,
+    /// Seed for every random choice (printed, so a run can be replayed).
+    pub seed: u64,
+    /// Plain TCP instead of TLS.
+    pub plain: bool,
+    /// Heartbeat period.
+    pub heartbeat: Duration,
+    /// Delay from the hello ACK to the device-firmware report.
+    pub firmware_delay: Duration,
+    /// First bridge id (bridge i gets `id_base + i`).
+    pub id_base: u32,
+    /// Ramp: at most this many connection attempts in flight at once.
+    pub max_connecting: usize,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        Self {
+            server: "127.0.0.1:23779".into(),
+            bridges: 2,
+            devices_per_bridge: 6,
+            homes: None,
+            chaos: Chaos::none(),
+            seed: 1,
+            plain: false,
+            heartbeat: Duration::from_secs(20),
+            firmware_delay: Duration::from_secs(2),
+            id_base: 0x5100_0000,
+            max_connecting: 200,
+        }
+    }
+}
+
+/// Counters over the whole fleet.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Successful connections (first and re-).
+    pub connects: AtomicU64,
+    /// Failed connection attempts.
+    pub connect_failures: AtomicU64,
+    /// Connections lost or closed.
+    pub disconnects: AtomicU64,
+    /// Bridges connected now.
+    pub connected: AtomicU64,
+    /// Packets received from the server.
+    pub packets_in: AtomicU64,
+    /// Writes of whole packets to the server.
+    pub packets_out: AtomicU64,
+    /// Commands received.
+    pub commands: AtomicU64,
+    /// Commands applied by a device.
+    pub applied: AtomicU64,
+    faults: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl Stats {
+    fn fault(&self, f: Fault) {
+        let mut faults = self
+            .faults
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *faults.entry(f.name()).or_default() += 1;
+    }
+}
+
+/// A summary for people.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Summary {
+    /// Seed of the run.
+    pub seed: u64,
+    /// Bridges.
+    pub bridges: usize,
+    /// Mesh devices.
+    pub devices: usize,
+    /// Bridges connected now.
+    pub connected: u64,
+    /// Successful connections.
+    pub connects: u64,
+    /// Failed attempts.
+    pub connect_failures: u64,
+    /// Connections lost.
+    pub disconnects: u64,
+    /// Packets received.
+    pub packets_in: u64,
+    /// Packets sent.
+    pub packets_out: u64,
+    /// Commands received.
+    pub commands: u64,
+    /// Commands applied.
+    pub applied: u64,
+    /// Faults injected, by kind.
+    pub faults: BTreeMap<&'static str, u64>,
+}
+
+/// A running fleet.
+#[derive(Debug)]
+pub struct Fleet {
+    /// The homes and their devices.
+    pub homes: Vec<Arc<Home>>,
+    /// Counters.
+    pub stats: Arc<Stats>,
+    config: FleetConfig,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+    storm: watch::Sender<u64>,
+}
+
+/// Why a fleet cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    /// Too many devices for the homes.
+    #[error(
+        "{0} devices per home exceed the {MAX_DEVICES_PER_HOME} a 1-byte mesh id allows: use more homes"
+    )]
+    TooManyDevices(usize),
+    /// Nothing to simulate.
+    #[error("a fleet needs at least one bridge and one device per bridge")]
+    Empty,
+    /// TLS set-up failed.
+    #[error("TLS: {0}")]
+    Tls(#[from] openssl::error::ErrorStack),
+}
+
+impl Fleet {
+    /// Builds the homes and bridges and starts every bridge.
+    pub fn start(config: FleetConfig) -> Result<Self, FleetError> {
+        let (homes, specs) = build(&config)?;
+        let connector = if config.plain {
+            None
+        } else {
+            Some(Arc::new(connector()?))
+        };
+        let stats = Arc::new(Stats::default());
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let (storm, _) = watch::channel(0u64);
+        let ramp = Arc::new(tokio::sync::Semaphore::new(config.max_connecting.max(1)));
+        for (i, spec) in specs.into_iter().enumerate() {
+            let ctx = BridgeCtx {
+                server: config.server.clone(),
+                chaos: config.chaos.clone(),
+                heartbeat: config.heartbeat,
+                firmware_delay: config.firmware_delay,
+                connector: connector.clone(),
+                stats: stats.clone(),
+                cancel: cancel.clone(),
+                storm: storm.subscribe(),
+                ramp: ramp.clone(),
+                rng: fastrand::Rng::with_seed(
+                    config.seed.wrapping_mul(0x9e37_79b9).wrapping_add(i as u64),
+                ),
+            };
+            tracker.spawn(run_bridge(Bridge::new(spec), ctx));
+        }
+        if let Some(every) = config.chaos.storm_every {
+            let storm = storm.clone();
+            let cancel = cancel.clone();
+            let stats = stats.clone();
+            tracker.spawn(async move {
+                let mut tick = tokio::time::interval_at(Instant::now() + every, every);
+                loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tick.tick() => {
+                            stats.fault(Fault::Storm);
+                            storm.send_modify(|n| *n += 1);
+                        }
+                    }
+                }
+            });
+        }
+        tracker.close();
+        Ok(Self {
+            homes,
+            stats,
+            config,
+            cancel,
+            tracker,
+            storm,
+        })
+    }
+
+    /// Every device, with its device-side truth.
+    pub fn devices(&self) -> Vec<SimDevice> {
+        self.homes
+            .iter()
+            .flat_map(|h| h.devices().values().cloned().collect::<Vec<_>>())
+            .collect()
+    }
+
+    /// One device by home and mesh id.
+    pub fn device(&self, home: &str, id: u16) -> Option<SimDevice> {
+        self.homes
+            .iter()
+            .find(|h| h.name == home)?
+            .devices()
+            .get(&id)
+            .cloned()
+    }
+
+    /// Makes every bridge drop its connection and reconnect, all at once.
+    pub fn storm(&self) {
+        self.stats.fault(Fault::Storm);
+        self.storm.send_modify(|n| *n += 1);
+    }
+
+    /// The counters now.
+    pub fn summary(&self) -> Summary {
+        let s = &self.stats;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Summary {
+            seed: self.config.seed,
+            bridges: self.config.bridges,
+            devices: self.homes.iter().map(|h| h.devices().len()).sum(),
+            connected: get(&s.connected),
+            connects: get(&s.connects),
+            connect_failures: get(&s.connect_failures),
+            disconnects: get(&s.disconnects),
+            packets_in: get(&s.packets_in),
+            packets_out: get(&s.packets_out),
+            commands: get(&s.commands),
+            applied: get(&s.applied),
+            faults: s
+                .faults
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
+        }
+    }
+
+    /// Stops every bridge and waits for them.
+    pub async fn stop(&self) {
+        self.cancel.cancel();
+        self.tracker.wait().await;
+    }
+}
+
+/// The TLS client real devices are: TLS 1.2, the RSA-key-exchange CBC suites, no certificate
+/// check.
+pub fn connector() -> Result<SslConnector, openssl::error::ErrorStack> {
+    let mut b = SslConnector::builder(SslMethod::tls_client())?;
+    b.set_verify(SslVerifyMode::NONE);
+    b.set_max_proto_version(Some(SslVersion::TLS1_2))?;
+    b.set_cipher_list("AES256-SHA256:AES128-SHA256:AES256-SHA:AES128-SHA")?;
+    Ok(b.build())
+}
+
+/// Lays out homes, devices and bridges: bridges are dealt to homes in turn; bridge k of a home
+/// owns mesh ids `k·M+1 …`, the first being the Wi-Fi device itself, and also reaches the first
+/// device of the next bridge of its home, so several bridges report one device. Kinds cycle
+/// through every kind.
+pub fn build(config: &FleetConfig) -> Result<(Vec<Arc<Home>>, Vec<BridgeSpec>), FleetError> {
+    let m = config.devices_per_bridge;
+    if config.bridges == 0 || m == 0 {
+        return Err(FleetError::Empty);
+    }
+    let homes = config
+        .homes
+        .unwrap_or_else(|| (config.bridges * m).div_ceil(MAX_DEVICES_PER_HOME))
+        .clamp(1, config.bridges);
+    let per_home = config.bridges.div_ceil(homes);
+    if per_home * m > MAX_DEVICES_PER_HOME {
+        return Err(FleetError::TooManyDevices(per_home * m));
+    }
+    let mut home_devices: Vec<Vec<SimDevice>> = vec![Vec::new(); homes];
+    let mut layout = Vec::new();
+    let mut kind = 0usize;
+    for b in 0..config.bridges {
+        let h = b % homes;
+        let k = b / homes;
+        let name = format!("home{h}");
+        let ids: Vec<u16> = (0..m)
+            .map(|j| u16::try_from(k * m + j + 1).unwrap_or(u16::MAX))
+            .collect();
+        for (j, id) in ids.iter().enumerate() {
+            // The Wi-Fi device of each bridge is a plug or a bulb; behind it, every kind.
+            let pick =
+                |list: &[Kind], i: usize| list.get(i % list.len()).copied().unwrap_or(Kind::Plug);
+            let kd = if j == 0 {
+                pick(&[Kind::Plug, Kind::Rgb, Kind::TunableWhite], b)
+            } else {
+                pick(&Kind::ALL, kind)
+            };
+            kind += 1;
+            if let Some(list) = home_devices.get_mut(h) {
+                list.push(SimDevice::new(*id, &name, kd));
+            }
+        }
+        layout.push((h, k, ids));
+    }
+    let home_arcs: Vec<Arc<Home>> = home_devices
+        .into_iter()
+        .enumerate()
+        .map(|(h, devices)| Home::new(&format!("home{h}"), devices))
+        .collect();
+    let bridges_in = |h: usize| config.bridges / homes + usize::from(h < config.bridges % homes);
+    let mut specs = Vec::new();
+    for (b, (h, k, ids)) in layout.into_iter().enumerate() {
+        let mut reach = ids.clone();
+        let next = (k + 1) % bridges_in(h).max(1);
+        if next != k {
+            reach.push(u16::try_from(next * m + 1).unwrap_or(u16::MAX));
+        }
+        let id = config
+            .id_base
+            .wrapping_add(u32::try_from(b).unwrap_or(u32::MAX));
+        let mut auth = [b'0'; 16];
+        for (slot, c) in auth
+            .iter_mut()
+            .zip(format!("{:016x}", u64::from(id).wrapping_mul(0x2545_f491_4f6c_dd1d)).bytes())
+        {
+            *slot = c;
+        }
+        let Some(home) = home_arcs.get(h).cloned() else {
+            continue;
+        };
+        specs.push(BridgeSpec {
+            conn_id: ConnId(id.to_be_bytes()),
+            auth,
+            home,
+            own: ids.first().copied().unwrap_or(1),
+            reach,
+            firmware: "11158".into(),
+        });
+    }
+    Ok((home_arcs, specs))
+}
+
+struct BridgeCtx {
+    server: String,
+    chaos: Chaos,
+    heartbeat: Duration,
+    firmware_delay: Duration,
+    connector: Option<Arc<SslConnector>>,
+    stats: Arc<Stats>,
+    cancel: CancellationToken,
+    storm: watch::Receiver<u64>,
+    ramp: Arc<tokio::sync::Semaphore>,
+    rng: fastrand::Rng,
+}
+
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+enum End {
+    Cancelled,
+    Lost,
+}
+
+async fn run_bridge(mut bridge: Bridge, mut ctx: BridgeCtx) {
+    let mut backoff = Duration::from_millis(100);
+    let mut changes = bridge.spec.home.subscribe();
+    loop {
+        let stream = {
+            let Ok(_permit) = ctx.ramp.acquire().await else {
+                return;
+            };
+            tokio::select! {
+                _ = ctx.cancel.cancelled() => return,
+                s = connect(&ctx) => s,
+            }
+        };
+        match stream {
+            Some(mut stream) => {
+                ctx.stats.connects.fetch_add(1, Ordering::Relaxed);
+                ctx.stats.connected.fetch_add(1, Ordering::Relaxed);
+                backoff = Duration::from_millis(100);
+                let end = session(&mut bridge, &mut ctx, &mut stream, &mut changes).await;
+                ctx.stats.connected.fetch_sub(1, Ordering::Relaxed);
+                let _ = tokio::time::timeout(Duration::from_millis(200), stream.shutdown()).await;
+                if let End::Cancelled = end {
+                    return;
+                }
+                ctx.stats.disconnects.fetch_add(1, Ordering::Relaxed);
+            }
+            None => {
+                ctx.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        // Exponential backoff with full jitter, 100 ms to 5 s.
+        let wait = Duration::from_millis(
+            ctx.rng
+                .u64(0..=u64::try_from(backoff.as_millis()).unwrap_or(5000)),
+        );
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+        tokio::select! {
+            _ = ctx.cancel.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+async fn connect(ctx: &BridgeCtx) -> Option<Box<dyn Stream>> {
+    let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(&ctx.server))
+        .await
+        .ok()?
+        .ok()?;
+    let _ = tcp.set_nodelay(true);
+    let Some(connector) = &ctx.connector else {
+        return Some(Box::new(tcp));
+    };
+    let ssl = connector
+        .configure()
+        .ok()?
+        .into_ssl("cm.gelighting.com")
+        .ok()?;
+    let mut tls = tokio_openssl::SslStream::new(ssl, tcp).ok()?;
+    tokio::time::timeout(Duration::from_secs(30), Pin::new(&mut tls).connect())
+        .await
+        .ok()?
+        .ok()?;
+    Some(Box::new(tls))
+}
+
+async fn send(stream: &mut Box<dyn Stream>, bytes: &[u8], ctx: &BridgeCtx) -> std::io::Result<()> {
+    if ctx.chaos.byte_at_a_time {
+        for b in bytes {
+            stream.write_all(std::slice::from_ref(b)).await?;
+            stream.flush().await?;
+        }
+    } else {
+        stream.write_all(bytes).await?;
+    }
+    ctx.stats.packets_out.fetch_add(1, Ordering::Relaxed);
+    stream.flush().await
+}
+
+async fn session(
+    bridge: &mut Bridge,
+    ctx: &mut BridgeCtx,
+    stream: &mut Box<dyn Stream>,
+    changes: &mut broadcast::Receiver<crate::mesh::Change>,
+) -> End {
+    let mut storm = ctx.storm.clone();
+    storm.mark_unchanged();
+    if send(stream, &bridge.hello(), ctx).await.is_err() {
+        return End::Lost;
+    }
+    let mut framer = Framer::default();
+    let mut buf = vec![0u8; 4096];
+    let mut delayed: BinaryHeap<Reverse<(Instant, u64, Vec<u8>)>> = BinaryHeap::new();
+    let mut order = 0u64;
+    let start = Instant::now();
+    // Heartbeats start at a random phase so a fleet does not beat in unison.
+    let phase = Duration::from_millis(
+        ctx.rng
+            .u64(0..=u64::try_from(ctx.heartbeat.as_millis()).unwrap_or(1000)),
+    );
+    let mut next_beat = start + phase;
+    let mut firmware_at: Option<Instant> = None;
+    let mut greeted = false;
+    let mut stalled_until: Option<Instant> = None;
+    loop {
+        let next_delayed = delayed.peek().map(|Reverse((t, _, _))| *t);
+        let wake = [Some(next_beat), firmware_at, next_delayed, stalled_until]
+            .into_iter()
+            .flatten()
+            .min();
+        let reading = stalled_until.is_none();
+        tokio::select! {
+            _ = ctx.cancel.cancelled() => return End::Cancelled,
+            _ = storm.changed() => return End::Lost,
+            () = async { match wake { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {
+                let now = Instant::now();
+                if stalled_until.is_some_and(|t| now >= t) {
+                    stalled_until = None;
+                }
+                if now >= next_beat {
+                    next_beat = now + ctx.heartbeat;
+                    if send(stream, &[0xd3, 0, 0, 0, 0], ctx).await.is_err() { return End::Lost; }
+                    if ctx.chaos.garbage_now(&mut ctx.rng) {
+                        ctx.stats.fault(Fault::Garbage);
+                        let junk = garbage(&mut ctx.rng);
+                        if send(stream, &junk, ctx).await.is_err() { return End::Lost; }
+                    }
+                }
+                if firmware_at.is_some_and(|t| now >= t) {
+                    firmware_at = None;
+                    let fw = bridge.firmware_report(true);
+                    if send(stream, &fw, ctx).await.is_err() { return End::Lost; }
+                }
+                while delayed.peek().is_some_and(|Reverse((t, _, _))| *t <= now) {
+                    if let Some(Reverse((_, _, bytes))) = delayed.pop() {
+                        if send(stream, &bytes, ctx).await.is_err() { return End::Lost; }
+                    }
+                }
+            }
+            change = changes.recv() => {
+                if let Ok(change) = change {
+                    if let Some(out) = bridge.on_change(change) {
+                        if emit(out, ctx, stream, &mut delayed, &mut order).await.is_err() { return End::Lost; }
+                    }
+                }
+            }
+            read = stream.read(&mut buf), if reading => {
+                let n = match read { Ok(0) | Err(_) => return End::Lost, Ok(n) => n };
+                let mut input = buf.get(..n).unwrap_or_default();
+                let mut packets = Vec::new();
+                while !input.is_empty() {
+                    let taken = framer.push(input);
+                    input = input.get(taken..).unwrap_or_default();
+                    while let Some(next) = framer.next_packet() {
+                        match next {
+                            Ok(p) => packets.push(p.to_vec()),
+                            Err(_) => return End::Lost,
+                        }
+                    }
+                    if taken == 0 { break; }
+                }
+                for bytes in packets {
+                    ctx.stats.packets_in.fetch_add(1, Ordering::Relaxed);
+                    let Ok(packet) = Packet::decode(&bytes) else { continue };
+                    if !greeted && matches!(packet, Packet::HelloAck(_)) {
+                        greeted = true;
+                        for msg in bridge.after_hello() {
+                            if send(stream, &msg, ctx).await.is_err() { return End::Lost; }
+                        }
+                        firmware_at = Some(Instant::now() + ctx.firmware_delay);
+                        continue;
+                    }
+                    let reaction = bridge.on_packet(&packet, &ctx.chaos, &mut ctx.rng);
+                    if let Some(fate) = reaction.fate {
+                        ctx.stats.commands.fetch_add(1, Ordering::Relaxed);
+                        match fate {
+                            Fate::Reset => {
+                                ctx.stats.fault(Fault::Reset);
+                                debug!(bridge = %bridge.spec.conn_id, "chaos: reset mid-command");
+                                return End::Lost;
+                            }
+                            Fate::Ignore => ctx.stats.fault(Fault::Ignored),
+                            Fate::Reject => ctx.stats.fault(Fault::Rejected),
+                            Fate::Apply => {}
+                        }
+                        if ctx.chaos.stall_now(&mut ctx.rng) {
+                            ctx.stats.fault(Fault::Stalled);
+                            stalled_until = Some(Instant::now() + ctx.chaos.stall_for);
+                        }
+                    }
+                    if reaction.applied {
+                        ctx.stats.applied.fetch_add(1, Ordering::Relaxed);
+                    }
+                    for out in reaction.out {
+                        if emit(out, ctx, stream, &mut delayed, &mut order).await.is_err() { return End::Lost; }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Sends (or schedules, or drops, or doubles) one message as chaos plans it.
+async fn emit(
+    out: Out,
+    ctx: &mut BridgeCtx,
+    stream: &mut Box<dyn Stream>,
+    delayed: &mut BinaryHeap<Reverse<(Instant, u64, Vec<u8>)>>,
+    order: &mut u64,
+) -> std::io::Result<()> {
+    let Some(message) = out.message else {
+        return send(stream, &out.bytes, ctx).await;
+    };
+    let plan = ctx.chaos.plan(message, &mut ctx.rng);
+    if !plan.send {
+        ctx.stats.fault(Fault::Dropped(message));
+        return Ok(());
+    }
+    if plan.copies > 1 {
+        ctx.stats.fault(Fault::Duplicated(message));
+    }
+    for _ in 0..plan.copies {
+        if plan.delay.is_zero() || delayed.len() >= MAX_DELAYED {
+            send(stream, &out.bytes, ctx).await?;
+        } else {
+            ctx.stats.fault(Fault::Delayed(message));
+            *order += 1;
+            delayed.push(Reverse((
+                Instant::now() + plan.delay,
+                *order,
+                out.bytes.clone(),
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_spreads_devices_and_overlaps_bridges() {
+        let config = FleetConfig {
+            bridges: 4,
+            devices_per_bridge: 3,
+            homes: Some(2),
+            ..FleetConfig::default()
+        };
+        let (homes, specs) = build(&config).unwrap();
+        assert_eq!(homes.len(), 2);
+        assert_eq!(homes[0].devices().len(), 6);
+        // Bridge 0 (home0, k=0) owns 1..=3 and reaches bridge 2's first device (4).
+        assert_eq!(specs[0].reach, [1, 2, 3, 4]);
+        assert_eq!(specs[2].reach, [4, 5, 6, 1]);
+        assert_eq!(specs[0].own, 1);
+        let ids: std::collections::HashSet<ConnId> = specs.iter().map(|s| s.conn_id).collect();
+        assert_eq!(ids.len(), 4);
+    }
+
+    #[test]
+    fn too_many_devices_per_home_is_refused() {
+        let config = FleetConfig {
+            bridges: 100,
+            devices_per_bridge: 10,
+            homes: Some(1),
+            ..FleetConfig::default()
+        };
+        assert!(matches!(
+            build(&config),
+            Err(FleetError::TooManyDevices(1000))
+        ));
+        let auto = FleetConfig {
+            bridges: 10_000,
+            devices_per_bridge: 2,
+            homes: None,
+            ..FleetConfig::default()
+        };
+        let (homes, specs) = build(&auto).unwrap();
+        assert_eq!(specs.len(), 10_000);
+        assert!(
+            homes
+                .iter()
+                .all(|h| h.devices().len() <= MAX_DEVICES_PER_HOME)
+        );
+    }
+}

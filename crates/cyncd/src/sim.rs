@@ -1,0 +1,188 @@
+//! `cyncd sim` and `cyncd demo`: a simulated fleet against a server, and a server with a small
+//! simulated home in one process.
+
+use anyhow::Context as _;
+use cync_sim::{Chaos, Fleet, FleetConfig};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Run a fleet of simulated Cync bridges and mesh devices against a server.
+///
+/// Each bridge is a TLS client (plain with --plain) that speaks as real devices do, reconnects
+/// with backoff, and answers commands; the devices record every command they apply. Stops after
+/// --duration or on Ctrl-C and prints a summary. The seed is printed so a run can be replayed.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// The server's device address.
+    #[arg(long, default_value = "127.0.0.1:23779", value_name = "HOST:PORT")]
+    server: String,
+    /// Number of Wi-Fi bridges (connections).
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    bridges: usize,
+    /// Mesh devices behind each bridge (its own device included).
+    #[arg(long, default_value_t = 6, value_name = "M")]
+    devices_per_bridge: usize,
+    /// Homes [default: as few as fit 250 devices each].
+    #[arg(long, value_name = "H")]
+    homes: Option<usize>,
+    /// Chaos: a profile (none, lossy-ack, lossy-result, lossy-report, dup, slow, reject, stall,
+    /// reset, storm, bytewise, garbage, mixed) or key=value pairs such as
+    /// drop_ack=0.2,delay_report=10-200.
+    #[arg(long, default_value = "none", value_name = "PROFILE")]
+    chaos: String,
+    /// Seed for every random choice [default: random, printed].
+    #[arg(long, value_name = "S")]
+    seed: Option<u64>,
+    /// Plain TCP instead of TLS.
+    #[arg(long)]
+    plain: bool,
+    /// Serve the device-side truth at http://ADDR/sim/devices.
+    #[arg(long, value_name = "ADDR")]
+    api: Option<SocketAddr>,
+    /// Stop after this many seconds [default: run until Ctrl-C].
+    #[arg(long, value_name = "SECS")]
+    duration: Option<f64>,
+    /// Heartbeat period in seconds.
+    #[arg(long, default_value_t = 20.0, value_name = "SECS")]
+    heartbeat: f64,
+    /// First bridge id, as 8 hex digits.
+    #[arg(long, default_value = "51000000", value_name = "HEX")]
+    id_base: String,
+}
+
+impl Args {
+    fn fleet_config(&self) -> anyhow::Result<FleetConfig> {
+        let chaos = Chaos::parse(&self.chaos).map_err(|e| anyhow::anyhow!("--chaos: {e}"))?;
+        let id_base = u32::from_str_radix(self.id_base.trim_start_matches("0x"), 16)
+            .context("--id-base: expected 8 hex digits")?;
+        anyhow::ensure!(self.heartbeat > 0.0, "--heartbeat must be positive");
+        Ok(FleetConfig {
+            server: self.server.clone(),
+            bridges: self.bridges,
+            devices_per_bridge: self.devices_per_bridge,
+            homes: self.homes,
+            chaos,
+            seed: self.seed.unwrap_or_else(|| fastrand::u64(..)),
+            plain: self.plain,
+            heartbeat: Duration::from_secs_f64(self.heartbeat),
+            id_base,
+            ..FleetConfig::default()
+        })
+    }
+}
+
+/// Runs `cyncd sim`.
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let config = args.fleet_config()?;
+    crate::logging::init(crate::config::LogFormat::Pretty, "warn")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        println!(
+            "cyncd sim: {} bridges × {} devices against {} ({}), chaos {:?}, seed {}",
+            config.bridges,
+            config.devices_per_bridge,
+            config.server,
+            if config.plain { "plain" } else { "TLS" },
+            args.chaos,
+            config.seed
+        );
+        let fleet = Arc::new(Fleet::start(config)?);
+        if let Some(addr) = args.api {
+            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("--api {addr}"))?;
+            println!("device truth at http://{}/sim/devices", listener.local_addr()?);
+            let router = cync_sim::api::router(fleet.clone());
+            tokio::spawn(async move { axum::serve(listener, router).await });
+        }
+        let stop = async {
+            match args.duration {
+                Some(secs) => tokio::time::sleep(Duration::from_secs_f64(secs.max(0.0))).await,
+                None => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        };
+        let mut ticker = tokio::time::interval(Duration::from_secs(10));
+        ticker.tick().await;
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                () = &mut stop => break,
+                _ = ticker.tick() => {
+                    let s = fleet.summary();
+                    println!("connected {}/{}, packets in {} out {}, commands {} applied {}", s.connected, s.bridges, s.packets_in, s.packets_out, s.commands, s.applied);
+                }
+            }
+        }
+        fleet.stop().await;
+        println!("{}", serde_json::to_string_pretty(&fleet.summary())?);
+        anyhow::Ok(())
+    })
+}
+
+/// Start the controller and a small simulated home in one process, to see cyncd work without
+/// hardware.
+///
+/// The home has 2 bridges and 12 mesh devices of every kind (plugs, dimmable, tunable-white
+/// and RGB bulbs, a fan controller, switches), connected over TLS.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// Address for the HTTP API, metrics and web page.
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    http: SocketAddr,
+    /// Address for device connections [default: a free port on 127.0.0.1].
+    #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
+    listen: SocketAddr,
+    /// Stop after this many seconds [default: run until Ctrl-C].
+    #[arg(long, value_name = "SECS")]
+    duration: Option<f64>,
+}
+
+/// Runs `cyncd demo`.
+pub fn demo(args: &DemoArgs) -> anyhow::Result<()> {
+    crate::logging::init(crate::config::LogFormat::Pretty, "info")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let state = std::env::temp_dir().join(format!("cyncd-demo-{}", std::process::id()));
+        let config = crate::config::Config {
+            listen: args.listen,
+            http: args.http,
+            state_dir: state.clone(),
+            ..crate::config::Config::default()
+        };
+        let running = crate::serve::start(config).await?;
+        let fleet = Fleet::start(FleetConfig {
+            server: running.devices.to_string(),
+            bridges: 2,
+            devices_per_bridge: 6,
+            homes: Some(1),
+            seed: fastrand::u64(..),
+            heartbeat: Duration::from_secs(20),
+            ..FleetConfig::default()
+        })?;
+        let http = running.http;
+        println!(
+            "cyncd demo: a simulated home of 2 bridges and 12 devices is connecting to {}",
+            running.devices
+        );
+        println!("  web page:    http://{http}/");
+        println!("  devices:     http://{http}/api/devices");
+        println!("  connections: http://{http}/api/connections");
+        println!("  metrics:     http://{http}/metrics");
+        println!("Ctrl-C to stop.");
+        match args.duration {
+            Some(secs) => tokio::time::sleep(Duration::from_secs_f64(secs.max(0.0))).await,
+            None => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+        fleet.stop().await;
+        running.shutdown().await;
+        let _ = std::fs::remove_dir_all(&state);
+        anyhow::Ok(())
+    })
+}
