@@ -1,7 +1,12 @@
 //! `cyncd serve` as a user runs it: it starts with no configuration, generates its private key,
 //! says where it listens, logs packets as JSON with correlation ids and the auth code redacted,
 //! and exits 0 promptly on SIGTERM.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -26,8 +31,22 @@ fn read_n(stream: &mut TcpStream, want: usize) -> Vec<u8> {
 fn serve_starts_logs_and_stops_on_sigterm() {
     let state = temp_dir("serve");
     let mut child = Command::new(env!("CARGO_BIN_EXE_cyncd"))
-        .args(["serve", "--plain", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
-        .args(["--log-format", "json", "--log-level", "debug", "--utc-offset", "-06:00"])
+        .args([
+            "serve",
+            "--plain",
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--log-format",
+            "json",
+            "--log-level",
+            "debug",
+            "--utc-offset",
+            "-06:00",
+        ])
         .arg("--state-dir")
         .arg(&state)
         .stdout(Stdio::piped())
@@ -41,7 +60,12 @@ fn serve_starts_logs_and_stops_on_sigterm() {
     let words: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(words[..3], ["cyncd:", "devices", "on"], "{line}");
     let devices = words[3].to_string();
-    let http = words.iter().find(|w| w.starts_with("http://")).unwrap().trim_start_matches("http://").to_string();
+    let http = words
+        .iter()
+        .find(|w| w.starts_with("http://"))
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_string();
 
     let mut dev = TcpStream::connect(&devices).unwrap();
     dev.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -54,13 +78,20 @@ fn serve_starts_logs_and_stops_on_sigterm() {
     assert_eq!(read_n(&mut dev, 5), [0xd8, 0, 0, 0, 0]);
 
     let mut api = TcpStream::connect(&http).unwrap();
-    api.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    api.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
     let mut response = String::new();
     api.read_to_string(&mut response).unwrap();
-    assert!(response.starts_with("HTTP/1.1 200") && response.ends_with("ok\n"), "{response}");
+    assert!(
+        response.starts_with("HTTP/1.1 200") && response.ends_with("ok\n"),
+        "{response}"
+    );
 
     let t0 = std::time::SystemTime::now();
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let exit = child.wait().unwrap();
     assert!(exit.success(), "{exit:?}");
@@ -70,26 +101,53 @@ fn serve_starts_logs_and_stops_on_sigterm() {
     let _ = dev.read_to_end(&mut rest);
 
     let mut logs = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut logs).unwrap();
-    assert!(!logs.contains("1e07d8cdf4f53c50") && !logs.contains("31653037643863646634663533633530"), "auth code leaked");
-    let events: Vec<serde_json::Value> = logs.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    assert!(
+        !logs.contains("1e07d8cdf4f53c50") && !logs.contains("31653037643863646634663533633530"),
+        "auth code leaked"
+    );
+    let events: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let hello_in = events
         .iter()
         .find(|e| e["message"] == "packet" && e["dir"] == "in" && e["name"] == "hello")
         .unwrap();
     assert_eq!(hello_in["level"], "DEBUG");
     assert_eq!(hello_in["corr_id"].as_str().unwrap().len(), 20);
-    assert!(hello_in["hex"].as_str().unwrap().contains("0010********************************00003c"));
+    assert!(
+        hello_in["hex"]
+            .as_str()
+            .unwrap()
+            .contains("0010********************************00003c")
+    );
     // The reply carries the same correlation id.
     let ack = events
         .iter()
         .find(|e| e["message"] == "packet" && e["dir"] == "out" && e["name"] == "hello_ack")
         .unwrap();
     assert_eq!(ack["corr_id"], hello_in["corr_id"]);
-    let hb = events.iter().find(|e| e["message"] == "packet" && e["name"] == "heartbeat").unwrap();
+    let hb = events
+        .iter()
+        .find(|e| e["message"] == "packet" && e["name"] == "heartbeat")
+        .unwrap();
     assert_eq!(hb["span"]["conn_id"], "325d5317");
-    assert!(events.iter().any(|e| e["message"] == "effective configuration"));
-    assert!(events.iter().any(|e| e["message"] == "hello" && e["level"] == "INFO"));
+    assert!(
+        events
+            .iter()
+            .any(|e| e["message"] == "effective configuration")
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["message"] == "hello" && e["level"] == "INFO")
+    );
     assert!(events.iter().any(|e| e["message"] == "disconnected"));
     let _ = std::fs::remove_dir_all(&state);
 }
@@ -99,19 +157,35 @@ fn serve_generates_a_private_key_once() {
     let state = temp_dir("key");
     for round in 0..2 {
         let mut child = Command::new(env!("CARGO_BIN_EXE_cyncd"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--log-level", "warn"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--http",
+                "127.0.0.1:0",
+                "--log-level",
+                "warn",
+            ])
             .arg("--state-dir")
             .arg(&state)
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
         assert!(line.contains("(TLS)"), "{line}");
-        let mode = std::fs::metadata(state.join("key.pem")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(state.join("key.pem"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600, "round {round}");
         let before = std::fs::read(state.join("key.pem")).unwrap();
-        Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
         assert!(child.wait().unwrap().success());
         assert_eq!(std::fs::read(state.join("key.pem")).unwrap(), before);
     }
@@ -124,11 +198,19 @@ fn serve_rejects_bad_configuration_clearly() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("cyncd.toml");
     std::fs::write(&file, "lisen = \"0.0.0.0:1\"\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_cyncd")).arg("serve").arg("--config").arg(&file).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cyncd"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("lisen") && err.contains("cyncd.toml"), "{err}");
-    let out = Command::new(env!("CARGO_BIN_EXE_cyncd")).args(["serve", "--cert", "/nonexistent"]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cyncd"))
+        .args(["serve", "--cert", "/nonexistent"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let _ = std::fs::remove_dir_all(&dir);
 }
