@@ -1,0 +1,1334 @@
+//! Reliable command delivery, sans I/O: per-device queues, attempts, retries, round-trip
+//! estimation and one outcome per command.
+//!
+//! The owner feeds in what happens — a command submitted, a packet written, a `0x7B`, an `f9`
+//! result, a status report, a connection lost, time passing — and takes out what to do:
+//! [`Output::Transmit`] (send this command on that connection) and [`Output::Done`] (the
+//! command's one outcome), plus [`Output::Trace`] events for the command's trace. Time is a
+//! [`Duration`] since any fixed origin.
+//!
+//! Rules:
+//! - One command per device (or group) in flight at a time, in submission order. A queued
+//!   command is replaced by a newer one for the same attribute (`superseded`); a full device
+//!   queue refuses the newcomer (`queue_full`).
+//! - An attempt waits one retransmit timeout (RTO) for anything to come back. A `0x7B` proves
+//!   the packet arrived; an `f9` result with code 0, or a status report showing the asked state,
+//!   means `applied`; a non-zero result means `rejected`.
+//! - Only when nothing at all came back is the command sent again: after a backoff with full
+//!   jitter (base 250 ms, cap 2 s), at most `max_retries` times, through the best other bridge
+//!   that reaches the device when there is one. A `0x7B` with no result by the time a result
+//!   was due means the device refused (`rejected`), as devices answer unknown commands with a
+//!   bare `0x7B`.
+//! - The RTO adapts per bridge (SRTT/RTTVAR as in RFC 6298), floor 250 ms, cap 3 s.
+//! - Every command ends by its deadline. Answers to earlier attempts count toward the command
+//!   while it lives, and are recognised as late (never as another command's) for
+//!   [`LATE_TTL`] after it ends.
+//!
+//! Bounds: `max_queue` commands per device queue, `max_active` commands in all (beyond:
+//! `queue_full`), and [`MAX_LATE`] remembered answers (oldest dropped first).
+
+use crate::command::{Action, Target};
+use crate::ids::{ConnId, MsgId, Seq};
+use crate::status::{ColorMode, DeviceStatus};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt;
+use std::time::Duration;
+
+/// How long the answers to a finished command are still recognised.
+pub const LATE_TTL: Duration = Duration::from_secs(30);
+/// Most (connection, message id) pairs remembered for late answers.
+pub const MAX_LATE: usize = 16_384;
+
+/// A command's id: time-sortable (Unix milliseconds in the high bits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CommandId(pub u64);
+
+impl fmt::Display for CommandId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl CommandId {
+    /// Parses 16 hex digits.
+    pub fn parse(text: &str) -> Option<Self> {
+        (text.len() == 16)
+            .then(|| u64::from_str_radix(text, 16).ok().map(Self))
+            .flatten()
+    }
+}
+
+/// How a command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Outcome {
+    /// The device did it.
+    Applied,
+    /// The device refused, or does not know the target.
+    Rejected,
+    /// Nothing came back from any attempt.
+    NoAck,
+    /// No bridge could carry it.
+    Failed,
+    /// A newer command for the same attribute replaced it while queued.
+    Superseded,
+    /// The device's queue (or the service) was full.
+    QueueFull,
+    /// The bridge stopped reading (its write queue is full).
+    Backpressure,
+}
+
+impl Outcome {
+    /// Every outcome.
+    pub const ALL: [Outcome; 7] = [
+        Self::Applied,
+        Self::Rejected,
+        Self::NoAck,
+        Self::Failed,
+        Self::Superseded,
+        Self::QueueFull,
+        Self::Backpressure,
+    ];
+
+    /// The snake-case name used in the API, logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Rejected => "rejected",
+            Self::NoAck => "no_ack",
+            Self::Failed => "failed",
+            Self::Superseded => "superseded",
+            Self::QueueFull => "queue_full",
+            Self::Backpressure => "backpressure",
+        }
+    }
+}
+
+/// Tuning.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DeliveryConfig {
+    /// Submit → outcome, at most.
+    pub deadline: Duration,
+    /// Retries after the first attempt.
+    pub max_retries: u8,
+    /// Backoff base.
+    pub backoff_base: Duration,
+    /// Backoff cap.
+    pub backoff_cap: Duration,
+    /// RTO floor.
+    pub rto_min: Duration,
+    /// RTO cap.
+    pub rto_max: Duration,
+    /// RTO before a bridge has a round-trip sample.
+    pub rto_initial: Duration,
+    /// Commands queued per device (or group).
+    pub max_queue: usize,
+    /// Commands alive at once.
+    pub max_active: usize,
+    /// Seed for the backoff jitter.
+    pub seed: u64,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            deadline: Duration::from_secs(5),
+            max_retries: 2,
+            backoff_base: Duration::from_millis(250),
+            backoff_cap: Duration::from_secs(2),
+            rto_min: Duration::from_millis(250),
+            rto_max: Duration::from_secs(3),
+            rto_initial: Duration::from_secs(1),
+            max_queue: 16,
+            max_active: 100_000,
+            seed: 0x5eed,
+        }
+    }
+}
+
+/// What a command asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// Its id.
+    pub id: CommandId,
+    /// The home of the target.
+    pub home: String,
+    /// Device or group.
+    pub target: Target,
+    /// What to do.
+    pub action: Action,
+    /// Bridges that reach the target, in the owner's order of preference.
+    pub bridges: Vec<ConnId>,
+}
+
+/// Something for the command's trace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TraceEvent {
+    /// Accepted.
+    Submitted,
+    /// Waiting behind another command for the same target.
+    Queued {
+        /// Commands ahead.
+        ahead: usize,
+    },
+    /// An attempt goes out on a bridge.
+    Attempt {
+        /// 1-based.
+        attempt: u8,
+        /// The bridge.
+        conn: ConnId,
+        /// Its RTO.
+        rto: Duration,
+    },
+    /// The packet was written.
+    Sent {
+        /// Attempt.
+        attempt: u8,
+        /// Outer message id.
+        msg: MsgId,
+        /// Inner seq.
+        seq: Seq,
+    },
+    /// The 0x7B arrived.
+    Ack {
+        /// For which attempt.
+        attempt: u8,
+        /// Round trip.
+        rtt: Duration,
+    },
+    /// The `f9` result arrived.
+    Result {
+        /// For which attempt.
+        attempt: u8,
+        /// Result byte.
+        code: u8,
+    },
+    /// A status report showing the asked state.
+    Confirmed,
+    /// Nothing came back in time; trying again.
+    Retry {
+        /// Next attempt number.
+        attempt: u8,
+        /// Backoff before it.
+        backoff: Duration,
+        /// Why.
+        reason: &'static str,
+    },
+    /// An answer that came after the command ended.
+    Late {
+        /// `ack` or `result`.
+        what: &'static str,
+    },
+    /// The outcome.
+    Done(Outcome),
+}
+
+/// What the owner must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Write this command on `conn`, then call [`Dispatcher::sent`] (or
+    /// [`Dispatcher::send_failed`]).
+    Transmit {
+        /// The bridge.
+        conn: ConnId,
+        /// The command.
+        command: CommandId,
+        /// Attempt number.
+        attempt: u8,
+        /// Target.
+        target: Target,
+        /// Action.
+        action: Action,
+    },
+    /// The command's one outcome.
+    Done {
+        /// The command.
+        command: CommandId,
+        /// Outcome.
+        outcome: Outcome,
+        /// Attempts made.
+        attempts: u8,
+        /// Submit → outcome.
+        latency: Duration,
+    },
+    /// A trace event.
+    Trace {
+        /// The command.
+        command: CommandId,
+        /// At.
+        at: Duration,
+        /// What.
+        event: TraceEvent,
+    },
+}
+
+/// Sizes of every internal structure (all zero but `late` and `bridges` once quiet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Sizes {
+    /// Commands alive.
+    pub active: usize,
+    /// Commands waiting in device queues.
+    pub queued: usize,
+    /// Attempts awaiting an answer.
+    pub in_flight: usize,
+    /// (connection, msg) and (connection, seq) routes of live attempts.
+    pub routes: usize,
+    /// Remembered answers of finished commands.
+    pub late: usize,
+}
+
+type Key = (String, Target);
+
+#[derive(Debug)]
+struct Command {
+    req: Request,
+    submitted: Duration,
+    deadline: Duration,
+    attempts: u8,
+    /// Bridges tried and silent.
+    silent: Vec<ConnId>,
+    state: State,
+    acked: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum State {
+    Queued,
+    /// Waiting for the owner to write it.
+    Sending {
+        conn: ConnId,
+    },
+    /// Written at `sent`, waiting for answers until `timer`.
+    Waiting {
+        conn: ConnId,
+        sent: Duration,
+        timer: Duration,
+        msg: MsgId,
+        seq: Seq,
+    },
+    /// Backing off until `at`.
+    Backoff {
+        at: Duration,
+    },
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Rtt {
+    srtt: Option<Duration>,
+    rttvar: Duration,
+    score: f64,
+}
+
+/// The delivery state machine. See the module documentation.
+#[derive(Debug)]
+pub struct Dispatcher {
+    config: DeliveryConfig,
+    commands: HashMap<CommandId, Command>,
+    queues: HashMap<Key, VecDeque<CommandId>>,
+    /// Live attempt routes: (conn, msg) and (conn, seq) → (command, attempt).
+    by_msg: HashMap<(ConnId, MsgId), (CommandId, u8)>,
+    by_seq: HashMap<(ConnId, u8), (CommandId, u8)>,
+    late: HashMap<(ConnId, MsgId), CommandId>,
+    late_order: VecDeque<(Duration, ConnId, MsgId)>,
+    bridges: HashMap<ConnId, Rtt>,
+    rng: u64,
+    out: VecDeque<Output>,
+}
+
+impl Dispatcher {
+    /// An empty dispatcher.
+    pub fn new(config: DeliveryConfig) -> Self {
+        Self {
+            rng: config.seed | 1,
+            config,
+            commands: HashMap::new(),
+            queues: HashMap::new(),
+            by_msg: HashMap::new(),
+            by_seq: HashMap::new(),
+            late: HashMap::new(),
+            late_order: VecDeque::new(),
+            bridges: HashMap::new(),
+            out: VecDeque::new(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &DeliveryConfig {
+        &self.config
+    }
+
+    /// The next thing to do, oldest first.
+    pub fn poll(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// Sizes of the internal structures.
+    pub fn sizes(&self) -> Sizes {
+        Sizes {
+            active: self.commands.len(),
+            queued: self
+                .queues
+                .values()
+                .map(|q| q.len().saturating_sub(1))
+                .sum(),
+            in_flight: self
+                .commands
+                .values()
+                .filter(|c| matches!(c.state, State::Sending { .. } | State::Waiting { .. }))
+                .count(),
+            routes: self.by_msg.len() + self.by_seq.len(),
+            late: self.late.len(),
+        }
+    }
+
+    /// The retransmit timeout of a bridge now.
+    pub fn rto(&self, conn: ConnId) -> Duration {
+        let c = &self.config;
+        match self
+            .bridges
+            .get(&conn)
+            .and_then(|r| r.srtt.map(|s| (s, r.rttvar)))
+        {
+            None => c.rto_initial,
+            Some((srtt, rttvar)) => {
+                (srtt + (rttvar * 4).max(Duration::from_millis(10))).clamp(c.rto_min, c.rto_max)
+            }
+        }
+    }
+
+    /// Submits a command.
+    pub fn submit(&mut self, req: Request, now: Duration) {
+        let id = req.id;
+        self.trace(id, now, TraceEvent::Submitted);
+        if self.commands.len() >= self.config.max_active {
+            self.done_now(id, now, now, 0, Outcome::QueueFull);
+            return;
+        }
+        let key: Key = (req.home.clone(), req.target);
+        let queue = self.queues.entry(key.clone()).or_default();
+        // Coalesce: a queued (not yet sent) command for the same attribute is superseded.
+        let wanted = attribute(&req.action);
+        let mut superseded = Vec::new();
+        for (i, other) in queue.iter().enumerate() {
+            let queued = self
+                .commands
+                .get(other)
+                .is_some_and(|c| c.state == State::Queued);
+            let same = self
+                .commands
+                .get(other)
+                .is_some_and(|c| attribute(&c.req.action) == wanted);
+            if i > 0 && queued && same {
+                superseded.push(*other);
+            }
+        }
+        queue.retain(|c| !superseded.contains(c));
+        let full = queue.len() >= self.config.max_queue;
+        if !full {
+            queue.push_back(id);
+        }
+        let ahead = queue.len().saturating_sub(1);
+        for old in superseded {
+            if let Some(c) = self.commands.remove(&old) {
+                self.done_now(old, c.submitted, now, c.attempts, Outcome::Superseded);
+            }
+        }
+        if full {
+            self.done_now(id, now, now, 0, Outcome::QueueFull);
+            return;
+        }
+        let deadline = now + self.config.deadline;
+        self.commands.insert(
+            id,
+            Command {
+                req,
+                submitted: now,
+                deadline,
+                attempts: 0,
+                silent: Vec::new(),
+                state: State::Queued,
+                acked: false,
+            },
+        );
+        if ahead > 0 {
+            self.trace(id, now, TraceEvent::Queued { ahead });
+        }
+        self.pump(&key, now);
+    }
+
+    /// The owner wrote attempt `attempt` of `command` as message `msg` with seq `seq`.
+    pub fn sent(&mut self, command: CommandId, attempt: u8, msg: MsgId, seq: Seq, now: Duration) {
+        let rto_for = |d: &Self, conn| d.rto(conn);
+        let Some(c) = self.commands.get(&command) else {
+            return;
+        };
+        let State::Sending { conn } = c.state else {
+            return;
+        };
+        if c.attempts != attempt {
+            return;
+        }
+        let rto = rto_for(self, conn);
+        if let Some(c) = self.commands.get_mut(&command) {
+            c.state = State::Waiting {
+                conn,
+                sent: now,
+                timer: (now + rto).min(c.deadline),
+                msg,
+                seq,
+            };
+        }
+        self.by_msg.insert((conn, msg), (command, attempt));
+        self.by_seq.insert((conn, seq.0), (command, attempt));
+        self.trace(command, now, TraceEvent::Sent { attempt, msg, seq });
+    }
+
+    /// The owner could not write the attempt: the bridge's write queue is full (or it is gone).
+    pub fn send_failed(&mut self, command: CommandId, attempt: u8, now: Duration) {
+        let Some(c) = self.commands.get_mut(&command) else {
+            return;
+        };
+        let State::Sending { conn } = c.state else {
+            return;
+        };
+        if c.attempts != attempt {
+            return;
+        }
+        c.silent.push(conn);
+        let others = c.req.bridges.iter().any(|b| !c.silent.contains(b));
+        if others && c.attempts <= self.config.max_retries {
+            c.state = State::Backoff { at: now };
+            self.trace(
+                command,
+                now,
+                TraceEvent::Retry {
+                    attempt: attempt + 1,
+                    backoff: Duration::ZERO,
+                    reason: "backpressure",
+                },
+            );
+            self.advance(now);
+        } else {
+            self.finish(command, now, Outcome::Backpressure);
+        }
+    }
+
+    /// A `0x7B` on `conn` echoing message `msg`.
+    pub fn ack(&mut self, conn: ConnId, msg: MsgId, now: Duration) {
+        let Some(&(command, attempt)) = self.by_msg.get(&(conn, msg)) else {
+            if let Some(&command) = self.late.get(&(conn, msg)) {
+                self.trace(command, now, TraceEvent::Late { what: "ack" });
+            }
+            return;
+        };
+        let Some(c) = self.commands.get_mut(&command) else {
+            return;
+        };
+        c.acked = true;
+        let sent = match c.state {
+            State::Waiting {
+                conn: live, sent, ..
+            } if live == conn && c.attempts == attempt => Some(sent),
+            _ => None,
+        };
+        let rtt = sent.map(|s| now.saturating_sub(s));
+        if let Some(rtt) = rtt {
+            self.sample(conn, rtt);
+            // The packet arrived: give the device a fresh RTO to answer with a result.
+            let rto = self.rto(conn);
+            if let Some(Command {
+                state: State::Waiting { timer, .. },
+                deadline,
+                ..
+            }) = self.commands.get_mut(&command)
+            {
+                *timer = (now + rto).min(*deadline);
+            }
+        }
+        self.trace(
+            command,
+            now,
+            TraceEvent::Ack {
+                attempt,
+                rtt: rtt.unwrap_or_default(),
+            },
+        );
+    }
+
+    /// An `f9` result on `conn` for seq `seq`.
+    pub fn result(&mut self, conn: ConnId, seq: Seq, code: u8, now: Duration) {
+        let Some(&(command, attempt)) = self.by_seq.get(&(conn, seq.0)) else {
+            return;
+        };
+        if !self.commands.contains_key(&command) {
+            return;
+        }
+        if let Some(Command {
+            state: State::Waiting {
+                sent, conn: live, ..
+            },
+            ..
+        }) = self.commands.get(&command)
+        {
+            if *live == conn {
+                let rtt = now.saturating_sub(*sent);
+                self.sample(conn, rtt);
+            }
+        }
+        self.trace(command, now, TraceEvent::Result { attempt, code });
+        self.score(conn, code == 0);
+        self.finish(
+            command,
+            now,
+            if code == 0 {
+                Outcome::Applied
+            } else {
+                Outcome::Rejected
+            },
+        );
+    }
+
+    /// A status report for a device of `home`, from any bridge.
+    pub fn status(&mut self, home: &str, status: &DeviceStatus, now: Duration) {
+        let key: Key = (home.to_string(), Target::Device(status.id.0));
+        let Some(&command) = self.queues.get(&key).and_then(|q| q.front()) else {
+            return;
+        };
+        let Some(c) = self.commands.get(&command) else {
+            return;
+        };
+        let State::Waiting { sent, conn, .. } = c.state else {
+            return;
+        };
+        if now < sent || !satisfies(&c.req.action, status) {
+            return;
+        }
+        self.trace(command, now, TraceEvent::Confirmed);
+        self.score(conn, true);
+        self.finish(command, now, Outcome::Applied);
+    }
+
+    /// A bridge's connection ended: its unanswered attempts are retried elsewhere now.
+    pub fn connection_lost(&mut self, conn: ConnId, now: Duration) {
+        let hit: Vec<CommandId> = self
+            .commands
+            .iter()
+            .filter(|(_, c)| match c.state {
+                State::Sending { conn: live } | State::Waiting { conn: live, .. } => live == conn,
+                _ => false,
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in hit {
+            self.silent_attempt(id, now, "connection_lost");
+        }
+        self.bridges.remove(&conn);
+        self.advance(now);
+    }
+
+    /// When [`Dispatcher::on_timeout`] must be called next.
+    pub fn next_deadline(&self) -> Option<Duration> {
+        let timers = self.commands.values().map(|c| match c.state {
+            State::Waiting { timer, .. } => timer.min(c.deadline),
+            State::Backoff { at } => at.min(c.deadline),
+            _ => c.deadline,
+        });
+        let late = self.late_order.front().map(|(t, _, _)| *t + LATE_TTL);
+        timers.chain(late).min()
+    }
+
+    /// Fires due timers.
+    pub fn on_timeout(&mut self, now: Duration) {
+        let due: Vec<CommandId> = self
+            .commands
+            .iter()
+            .filter(|(_, c)| match c.state {
+                State::Waiting { timer, .. } => now >= timer,
+                _ => now >= c.deadline,
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let Some(c) = self.commands.get(&id) else {
+                continue;
+            };
+            if now >= c.deadline {
+                let outcome = if c.acked {
+                    Outcome::Rejected
+                } else {
+                    Outcome::NoAck
+                };
+                self.finish(id, now, outcome);
+            } else if c.acked {
+                // The packet arrived but no result or confirming report followed: refused.
+                self.finish(id, now, Outcome::Rejected);
+            } else {
+                self.silent_attempt(id, now, "timeout");
+            }
+        }
+        while let Some((at, conn, msg)) = self.late_order.front().copied() {
+            if now < at + LATE_TTL {
+                break;
+            }
+            self.late_order.pop_front();
+            self.late.remove(&(conn, msg));
+        }
+        self.advance(now);
+    }
+
+    /// Nothing came back from the current attempt: back off and retry, or give up.
+    fn silent_attempt(&mut self, id: CommandId, now: Duration, reason: &'static str) {
+        let Some(c) = self.commands.get_mut(&id) else {
+            return;
+        };
+        if let State::Sending { conn } | State::Waiting { conn, .. } = c.state {
+            c.silent.push(conn);
+            let conn_score = conn;
+            self.score(conn_score, false);
+        }
+        let Some(c) = self.commands.get(&id) else {
+            return;
+        };
+        if c.attempts > self.config.max_retries {
+            self.finish(id, now, Outcome::NoAck);
+            return;
+        }
+        let (attempts, deadline) = (c.attempts, c.deadline);
+        let exp = self
+            .config
+            .backoff_base
+            .saturating_mul(1 << attempts.saturating_sub(1).min(8));
+        let ceiling = exp.min(self.config.backoff_cap);
+        let backoff =
+            Duration::from_micros(self.random(u64::try_from(ceiling.as_micros()).unwrap_or(0)));
+        let attempt = attempts + 1;
+        let at = (now + backoff).min(deadline);
+        let Some(c) = self.commands.get_mut(&id) else {
+            return;
+        };
+        c.state = State::Backoff { at };
+        self.trace(
+            id,
+            now,
+            TraceEvent::Retry {
+                attempt,
+                backoff,
+                reason,
+            },
+        );
+    }
+
+    /// Starts commands whose backoff ended and heads of idle queues.
+    fn advance(&mut self, now: Duration) {
+        let ready: Vec<CommandId> = self
+            .commands
+            .iter()
+            .filter(|(_, c)| matches!(c.state, State::Backoff { at } if now >= at))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ready {
+            self.attempt(id, now);
+        }
+    }
+
+    fn pump(&mut self, key: &Key, now: Duration) {
+        let Some(&head) = self.queues.get(key).and_then(|q| q.front()) else {
+            self.queues.remove(key);
+            return;
+        };
+        if self
+            .commands
+            .get(&head)
+            .is_some_and(|c| c.state == State::Queued)
+        {
+            self.attempt(head, now);
+        }
+    }
+
+    /// Sends the next attempt through the best bridge.
+    fn attempt(&mut self, id: CommandId, now: Duration) {
+        let Some(c) = self.commands.get(&id) else {
+            return;
+        };
+        let candidates: Vec<ConnId> = c.req.bridges.clone();
+        let silent = c.silent.clone();
+        // Prefer bridges not yet silent for this command, then the best recent results.
+        let best = candidates
+            .iter()
+            .enumerate()
+            .max_by(|(ia, a), (ib, b)| {
+                let rank = |conn: &ConnId, i: usize| {
+                    let fresh = !silent.contains(conn);
+                    let score = self.bridges.get(conn).map_or(0.5, |r| r.score);
+                    (fresh, score, std::cmp::Reverse(i))
+                };
+                rank(a, *ia)
+                    .partial_cmp(&rank(b, *ib))
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            })
+            .map(|(_, conn)| *conn);
+        let Some(conn) = best else {
+            self.finish(id, now, Outcome::Failed);
+            return;
+        };
+        let rto = self.rto(conn);
+        let Some(c) = self.commands.get_mut(&id) else {
+            return;
+        };
+        c.attempts += 1;
+        c.state = State::Sending { conn };
+        let (attempt, target, action) = (c.attempts, c.req.target, c.req.action);
+        self.trace(id, now, TraceEvent::Attempt { attempt, conn, rto });
+        self.out.push_back(Output::Transmit {
+            conn,
+            command: id,
+            attempt,
+            target,
+            action,
+        });
+    }
+
+    fn finish(&mut self, id: CommandId, now: Duration, outcome: Outcome) {
+        let Some(c) = self.commands.remove(&id) else {
+            return;
+        };
+        // Forget this command's live routes; remember its message ids for late answers.
+        let mine: Vec<(ConnId, MsgId)> = self
+            .by_msg
+            .iter()
+            .filter(|(_, (cmd, _))| *cmd == id)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in mine {
+            self.by_msg.remove(&key);
+            if self.late.len() >= MAX_LATE {
+                if let Some((_, conn, msg)) = self.late_order.pop_front() {
+                    self.late.remove(&(conn, msg));
+                }
+            }
+            if self.late.insert(key, id).is_none() {
+                self.late_order.push_back((now, key.0, key.1));
+            }
+        }
+        self.by_seq.retain(|_, (cmd, _)| *cmd != id);
+        let key: Key = (c.req.home.clone(), c.req.target);
+        if let Some(q) = self.queues.get_mut(&key) {
+            q.retain(|x| *x != id);
+        }
+        self.done_now(id, c.submitted, now, c.attempts, outcome);
+        self.pump(&key, now);
+    }
+
+    fn done_now(
+        &mut self,
+        command: CommandId,
+        submitted: Duration,
+        now: Duration,
+        attempts: u8,
+        outcome: Outcome,
+    ) {
+        self.trace(command, now, TraceEvent::Done(outcome));
+        self.out.push_back(Output::Done {
+            command,
+            outcome,
+            attempts,
+            latency: now.saturating_sub(submitted),
+        });
+    }
+
+    fn trace(&mut self, command: CommandId, at: Duration, event: TraceEvent) {
+        self.out.push_back(Output::Trace { command, at, event });
+    }
+
+    fn sample(&mut self, conn: ConnId, rtt: Duration) {
+        let r = self.bridges.entry(conn).or_insert(Rtt {
+            score: 0.5,
+            ..Rtt::default()
+        });
+        match r.srtt {
+            None => {
+                r.srtt = Some(rtt);
+                r.rttvar = rtt / 2;
+            }
+            Some(srtt) => {
+                let diff = srtt.abs_diff(rtt);
+                r.rttvar = r.rttvar * 3 / 4 + diff / 4;
+                r.srtt = Some(srtt * 7 / 8 + rtt / 8);
+            }
+        }
+    }
+
+    fn score(&mut self, conn: ConnId, good: bool) {
+        let r = self.bridges.entry(conn).or_insert(Rtt {
+            score: 0.5,
+            ..Rtt::default()
+        });
+        r.score = r.score * 0.8 + if good { 0.2 } else { 0.0 };
+    }
+
+    /// Uniform in 0..=max (xorshift; seeded, so runs replay).
+    fn random(&mut self, max: u64) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        if max == 0 { 0 } else { self.rng % (max + 1) }
+    }
+}
+
+/// Which attribute an action sets (for coalescing).
+fn attribute(action: &Action) -> &'static str {
+    match action {
+        Action::Power(_) => "on",
+        Action::Brightness(_) | Action::FanSpeed(_) => "brightness",
+        Action::ColorTemp(_) | Action::Rgb(_) | Action::Effect(_) => "color",
+        Action::SwitchMode(_) => "switch_mode",
+    }
+}
+
+/// Whether a reported status shows what the action asked for.
+pub fn satisfies(action: &Action, s: &DeviceStatus) -> bool {
+    match *action {
+        Action::Power(on) => s.on == on,
+        Action::Brightness(b) | Action::FanSpeed(b) => s.brightness == b && (b == 0 || s.on),
+        Action::ColorTemp(t) => s.mode() == ColorMode::White(t),
+        Action::Rgb(rgb) => s.mode() == ColorMode::Rgb && s.rgb == rgb,
+        Action::Effect(_) => s.mode() == ColorMode::Effect,
+        Action::SwitchMode(_) => false,
+    }
+}
+
+/// Groups the outputs of one call by kind, for tests.
+pub fn drain(
+    d: &mut Dispatcher,
+) -> (
+    Vec<Output>,
+    Vec<Output>,
+    BTreeMap<CommandId, Vec<TraceEvent>>,
+) {
+    let (mut tx, mut done, mut trace) = (
+        Vec::new(),
+        Vec::new(),
+        BTreeMap::<CommandId, Vec<TraceEvent>>::new(),
+    );
+    while let Some(o) = d.poll() {
+        match o {
+            Output::Transmit { .. } => tx.push(o),
+            Output::Done { .. } => done.push(o),
+            Output::Trace { command, event, .. } => trace.entry(command).or_default().push(event),
+        }
+    }
+    (tx, done, trace)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::MeshId;
+
+    const A: ConnId = ConnId([0xa; 4]);
+    const B: ConnId = ConnId([0xb; 4]);
+    const MS: Duration = Duration::from_millis(1);
+
+    fn req(id: u64, device: u16, action: Action, bridges: &[ConnId]) -> Request {
+        Request {
+            id: CommandId(id),
+            home: "h".into(),
+            target: Target::Device(device),
+            action,
+            bridges: bridges.to_vec(),
+        }
+    }
+
+    fn status(device: u16, on: bool, brightness: u8) -> DeviceStatus {
+        DeviceStatus {
+            id: MeshId(device),
+            online: true,
+            on,
+            brightness,
+            temperature: 20,
+            rgb: [0; 3],
+        }
+    }
+
+    /// The transmits and outcomes produced so far.
+    fn take(d: &mut Dispatcher) -> (Vec<(ConnId, CommandId, u8)>, Vec<(CommandId, Outcome, u8)>) {
+        let (tx, done, _) = drain(d);
+        let tx = tx
+            .into_iter()
+            .map(|o| match o {
+                Output::Transmit {
+                    conn,
+                    command,
+                    attempt,
+                    ..
+                } => (conn, command, attempt),
+                _ => unreachable!(),
+            })
+            .collect();
+        let done = done
+            .into_iter()
+            .map(|o| match o {
+                Output::Done {
+                    command,
+                    outcome,
+                    attempts,
+                    ..
+                } => (command, outcome, attempts),
+                _ => unreachable!(),
+            })
+            .collect();
+        (tx, done)
+    }
+
+    fn msg(n: u16) -> MsgId {
+        MsgId::from_counter(n)
+    }
+
+    /// Runs timers until `until`, in 1 ms steps where something is due.
+    fn run_until(d: &mut Dispatcher, until: Duration) {
+        while let Some(t) = d.next_deadline() {
+            if t > until {
+                break;
+            }
+            d.on_timeout(t);
+        }
+    }
+
+    #[test]
+    fn applied_by_result() {
+        let mut d = Dispatcher::new(DeliveryConfig::default());
+        d.submit(req(1, 5, Action::Power(true), &[A]), Duration::ZERO);
+        assert_eq!(take(&mut d).0, [(A, CommandId(1), 1)]);
+        d.sent(CommandId(1), 1, msg(1), Seq(0x21), MS);
+        d.ack(A, msg(1), 20 * MS);
+        d.result(A, Seq(0x21), 0, 30 * MS);
+        let (tx, done) = take(&mut d);
+        assert!(tx.is_empty());
+        assert_eq!(done, [(CommandId(1), Outcome::Applied, 1)]);
+        assert_eq!(
+            d.sizes(),
+            Sizes {
+                late: 1,
+                ..Sizes::default()
+            }
+        );
+    }
+
+    #[test]
+    fn applied_by_status_report_when_the_result_is_lost() {
+        let mut d = Dispatcher::new(DeliveryConfig::default());
+        d.submit(req(1, 5, Action::Brightness(40), &[A]), Duration::ZERO);
+        take(&mut d);
+        d.sent(CommandId(1), 1, msg(1), Seq(3), MS);
+        // A report of the old state does not count; the new one does.
+        d.status("h", &status(5, true, 10), 50 * MS);
+        assert!(take(&mut d).1.is_empty());
+        d.status("h", &status(5, true, 40), 60 * MS);
+        assert_eq!(take(&mut d).1, [(CommandId(1), Outcome::Applied, 1)]);
+    }
+
+    #[test]
+    fn a_bare_ack_means_rejected_and_a_failing_result_too() {
+        let mut d = Dispatcher::new(DeliveryConfig::default());
+        d.submit(req(1, 5, Action::Power(true), &[A]), Duration::ZERO);
+        d.submit(req(2, 6, Action::Power(true), &[A]), Duration::ZERO);
+        take(&mut d);
+        d.sent(CommandId(1), 1, msg(1), Seq(1), MS);
+        d.sent(CommandId(2), 1, msg(2), Seq(2), MS);
+        d.ack(A, msg(1), 10 * MS);
+        d.result(A, Seq(2), 1, 10 * MS);
+        run_until(&mut d, Duration::from_secs(10));
+        let (tx, mut done) = take(&mut d);
+        done.sort();
+        assert!(tx.is_empty(), "an acknowledged command is never resent");
+        assert_eq!(
+            done,
+            [
+                (CommandId(1), Outcome::Rejected, 1),
+                (CommandId(2), Outcome::Rejected, 1)
+            ]
+        );
+    }
+
+    #[test]
+    fn silence_is_retried_with_backoff_then_no_ack_within_the_deadline() {
+        let config = DeliveryConfig::default();
+        let mut d = Dispatcher::new(config);
+        d.submit(req(1, 5, Action::Power(true), &[A]), Duration::ZERO);
+        let mut sends = Vec::new();
+        let mut now = Duration::ZERO;
+        loop {
+            let (tx, done) = take(&mut d);
+            for (_, cmd, attempt) in tx {
+                sends.push(now);
+                d.sent(cmd, attempt, msg(u16::from(attempt)), Seq(attempt), now);
+            }
+            if let Some(&(_, outcome, attempts)) = done.first() {
+                assert_eq!((outcome, attempts), (Outcome::NoAck, 3));
+                break;
+            }
+            now = d.next_deadline().unwrap();
+            d.on_timeout(now);
+        }
+        assert_eq!(sends.len(), 3);
+        // Initial RTO 1 s, then backoffs of at most 250 ms and 500 ms.
+        assert!(sends[1] >= Duration::from_secs(1) && sends[1] <= Duration::from_millis(1250));
+        assert!(now <= config.deadline);
+        assert_eq!(d.sizes().active, 0);
+    }
+
+    #[test]
+    fn a_retry_goes_through_another_bridge_and_late_answers_still_count() {
+        let mut d = Dispatcher::new(DeliveryConfig::default());
+        d.submit(req(1, 5, Action::Power(false), &[A, B]), Duration::ZERO);
+        let (tx, _) = take(&mut d);
+        assert_eq!(tx[0].0, A);
+        d.sent(CommandId(1), 1, msg(7), Seq(9), Duration::ZERO);
+        run_until(&mut d, Duration::from_millis(1300));
+        let (tx, _) = take(&mut d);
+        assert_eq!(tx, [(B, CommandId(1), 2)]);
+        d.sent(
+            CommandId(1),
+            2,
+            msg(100),
+            Seq(4),
+            Duration::from_millis(1300),
+        );
+        // The first attempt's result arrives late: it still completes the command.
+        d.result(A, Seq(9), 0, Duration::from_millis(1400));
+        assert_eq!(take(&mut d).1, [(CommandId(1), Outcome::Applied, 2)]);
+        // Answers after the end are recognised as late, not as another command's.
+        d.submit(
+            req(2, 5, Action::Power(true), &[A]),
+            Duration::from_millis(1500),
+        );
+        take(&mut d);
+        d.sent(
+            CommandId(2),
+            1,
+            msg(8),
+            Seq(10),
+            Duration::from_millis(1500),
+        );
+        d.ack(B, msg(100), Duration::from_millis(1600));
+        let (_, _, trace) = drain(&mut d);
+        assert_eq!(trace[&CommandId(1)], [TraceEvent::Late { what: "ack" }]);
+        d.ack(A, msg(8), Duration::from_millis(1700));
+        let (_, _, trace) = drain(&mut d);
+        assert!(matches!(
+            trace[&CommandId(2)][..],
+            [TraceEvent::Ack { attempt: 1, .. }]
+        ));
+    }
+
+    #[test]
+    fn queued_commands_are_superseded_and_a_full_queue_refuses() {
+        let mut d = Dispatcher::new(DeliveryConfig {
+            max_queue: 3,
+            ..DeliveryConfig::default()
+        });
+        for i in 1..=3 {
+            d.submit(
+                req(i, 5, Action::Brightness(u8::try_from(i).unwrap()), &[A]),
+                Duration::ZERO,
+            );
+        }
+        // 1 is in flight, 2 was replaced by 3.
+        let (tx, done) = take(&mut d);
+        assert_eq!(tx, [(A, CommandId(1), 1)]);
+        assert_eq!(done, [(CommandId(2), Outcome::Superseded, 0)]);
+        d.submit(req(4, 5, Action::Power(true), &[A]), MS);
+        d.submit(req(5, 5, Action::ColorTemp(3), &[A]), MS);
+        assert_eq!(take(&mut d).1, [(CommandId(5), Outcome::QueueFull, 0)]);
+        // Completing 1 starts 3, then 4, in order.
+        d.sent(CommandId(1), 1, msg(1), Seq(1), MS);
+        d.result(A, Seq(1), 0, 2 * MS);
+        assert_eq!(take(&mut d).0, [(A, CommandId(3), 1)]);
+    }
+
+    #[test]
+    fn no_bridge_fails_and_a_full_writer_is_backpressure() {
+        let mut d = Dispatcher::new(DeliveryConfig::default());
+        d.submit(req(1, 5, Action::Power(true), &[]), Duration::ZERO);
+        assert_eq!(take(&mut d).1, [(CommandId(1), Outcome::Failed, 0)]);
+        d.submit(req(2, 5, Action::Power(true), &[A]), Duration::ZERO);
+        take(&mut d);
+        d.send_failed(CommandId(2), 1, MS);
+        assert_eq!(take(&mut d).1, [(CommandId(2), Outcome::Backpressure, 1)]);
+    }
+
+    #[test]
+    fn a_lost_connection_moves_the_command_to_another_bridge() {
+        let mut d = Dispatcher::new(DeliveryConfig::default());
+        d.submit(req(1, 5, Action::Power(true), &[A, B]), Duration::ZERO);
+        take(&mut d);
+        d.sent(CommandId(1), 1, msg(1), Seq(1), MS);
+        d.connection_lost(A, 10 * MS);
+        run_until(&mut d, Duration::from_millis(300));
+        let (tx, _) = take(&mut d);
+        assert_eq!(tx, [(B, CommandId(1), 2)]);
+    }
+
+    #[test]
+    fn rto_adapts_to_the_measured_round_trip() {
+        let mut d = Dispatcher::new(DeliveryConfig::default());
+        assert_eq!(d.rto(A), Duration::from_secs(1));
+        for i in 0..20u16 {
+            let t = Duration::from_secs(u64::from(i));
+            d.submit(req(u64::from(i), 5, Action::Power(i % 2 == 0), &[A]), t);
+            take(&mut d);
+            d.sent(CommandId(u64::from(i)), 1, msg(i), Seq(1), t);
+            d.ack(A, msg(i), t + 40 * MS);
+            d.result(A, Seq(1), 0, t + 40 * MS);
+        }
+        // 40 ms round trips: the RTO falls to its floor.
+        assert_eq!(d.rto(A), Duration::from_millis(250));
+        for i in 0..10u16 {
+            let t = Duration::from_secs(100 + u64::from(i));
+            d.submit(req(100 + u64::from(i), 5, Action::Power(true), &[A]), t);
+            take(&mut d);
+            d.sent(CommandId(100 + u64::from(i)), 1, msg(i), Seq(1), t);
+            d.result(A, Seq(1), 0, t + Duration::from_millis(900));
+        }
+        assert!(d.rto(A) > Duration::from_millis(900) && d.rto(A) <= Duration::from_secs(3));
+    }
+
+    /// A seeded xorshift for the random walk below.
+    struct Walk(u64);
+
+    impl Walk {
+        fn next(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+
+    /// The owner's side of the walk: writes transmits (sometimes failing), records outcomes.
+    struct Owner {
+        wire: Vec<(ConnId, MsgId, Seq)>,
+        counter: u16,
+        outcomes: BTreeMap<CommandId, (Outcome, Duration)>,
+    }
+
+    impl Owner {
+        fn pump(&mut self, d: &mut Dispatcher, walk: &mut Walk, now: Duration, seed: u64) {
+            while let Some(o) = d.poll() {
+                match o {
+                    Output::Transmit {
+                        conn,
+                        command,
+                        attempt,
+                        ..
+                    } => {
+                        if walk.next(8) == 0 {
+                            d.send_failed(command, attempt, now);
+                        } else {
+                            self.counter = self.counter.wrapping_add(1);
+                            let s = Seq(u8::try_from(self.counter % 256).unwrap());
+                            self.wire.push((conn, msg(self.counter), s));
+                            d.sent(command, attempt, msg(self.counter), s, now);
+                        }
+                    }
+                    Output::Done {
+                        command,
+                        outcome,
+                        latency,
+                        ..
+                    } => {
+                        let first = self.outcomes.insert(command, (outcome, latency)).is_none();
+                        assert!(first, "seed {seed}: two outcomes for {command}");
+                    }
+                    Output::Trace { .. } => {}
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_command_ends_exactly_once_by_its_deadline_whatever_happens() {
+        // Seeded random walks of submissions, answers, losses and disconnects; timers fire at
+        // their exact deadlines.
+        for seed in 0..300u64 {
+            let mut walk = Walk(seed.wrapping_mul(6_364_136_223_846_793_005) | 1);
+            let config = DeliveryConfig {
+                max_queue: 4,
+                seed,
+                ..DeliveryConfig::default()
+            };
+            let mut d = Dispatcher::new(config);
+            let mut owner = Owner {
+                wire: Vec::new(),
+                counter: 0,
+                outcomes: BTreeMap::new(),
+            };
+            let mut submitted = 0usize;
+            let mut now = Duration::ZERO;
+            for step in 0..400u64 {
+                let target = now + Duration::from_millis(walk.next(50));
+                while let Some(t) = d.next_deadline().filter(|t| *t <= target) {
+                    now = t;
+                    d.on_timeout(now);
+                    owner.pump(&mut d, &mut walk, now, seed);
+                }
+                now = target;
+                let pick = |walk: &mut Walk, wire: &[(ConnId, MsgId, Seq)]| {
+                    wire[usize::try_from(walk.next(wire.len() as u64)).unwrap()]
+                };
+                match walk.next(10) {
+                    0..=2 if step < 300 => {
+                        let action = if walk.next(2) == 0 {
+                            Action::Power(walk.next(2) == 0)
+                        } else {
+                            Action::Brightness(u8::try_from(walk.next(101)).unwrap())
+                        };
+                        let device = u16::try_from(walk.next(3)).unwrap();
+                        d.submit(req(step, device, action, &[A, B]), now);
+                        submitted += 1;
+                    }
+                    3 if !owner.wire.is_empty() => {
+                        let (c, m, _) = pick(&mut walk, &owner.wire);
+                        d.ack(c, m, now);
+                    }
+                    4 if !owner.wire.is_empty() => {
+                        let (c, _, s) = pick(&mut walk, &owner.wire);
+                        d.result(c, s, u8::from(walk.next(10) == 0), now);
+                    }
+                    5 => {
+                        let device = u16::try_from(walk.next(3)).unwrap();
+                        let on = walk.next(2) == 0;
+                        let b = u8::try_from(walk.next(101)).unwrap();
+                        d.status("h", &status(device, on, b), now);
+                    }
+                    6 if walk.next(20) == 0 => {
+                        d.connection_lost(if walk.next(2) == 0 { A } else { B }, now);
+                    }
+                    _ => {}
+                }
+                owner.pump(&mut d, &mut walk, now, seed);
+            }
+            while let Some(t) = d.next_deadline() {
+                now = t;
+                d.on_timeout(now);
+                owner.pump(&mut d, &mut walk, now, seed);
+            }
+            assert_eq!(
+                owner.outcomes.len(),
+                submitted,
+                "seed {seed}: every command ends"
+            );
+            for (outcome, latency) in owner.outcomes.values() {
+                assert!(
+                    *latency <= config.deadline,
+                    "seed {seed}: {outcome:?} after {latency:?}"
+                );
+            }
+            let sizes = d.sizes();
+            assert_eq!(
+                sizes,
+                Sizes::default(),
+                "seed {seed}: all drained, late answers expired"
+            );
+        }
+    }
+}
