@@ -950,7 +950,10 @@ mod tests {
     }
 
     /// The transmits and outcomes produced so far.
-    fn take(d: &mut Dispatcher) -> (Vec<(ConnId, CommandId, u8)>, Vec<(CommandId, Outcome, u8)>) {
+    type Sends = Vec<(ConnId, CommandId, u8)>;
+    type Ends = Vec<(CommandId, Outcome, u8)>;
+
+    fn take(d: &mut Dispatcher) -> (Sends, Ends) {
         let (tx, done, _) = drain(d);
         let tx = tx
             .into_iter()

@@ -21,6 +21,7 @@
 
 pub mod capture;
 pub mod command;
+pub mod dedup;
 pub mod delivery;
 mod frame;
 mod framer;

@@ -39,6 +39,14 @@ pub const MESH_REQUEST_TRIES: u8 = 3;
 pub const MAX_EVENTS: usize = 1024;
 /// Largest number of mesh records collected over the pages of one mesh-info answer.
 pub const MAX_MESH_RECORDS: usize = 512;
+/// Packets remembered for dropping repeats. A bridge sends about one packet per 20 s when idle
+/// and at most ~12 per 2 s in the busiest burst of capture A (0x43 pings), so 64 entries cover
+/// the whole window even then.
+pub const DEDUP_ENTRIES: usize = 64;
+/// How long a packet is remembered: repeats (a device resending, or the network duplicating)
+/// arrive within milliseconds; a report legitimately identical to an earlier one is at least
+/// a state change apart, and 0x83 reports carry a counter.
+pub const DEDUP_WINDOW: Duration = Duration::from_secs(5);
 
 /// Session timing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,6 +171,13 @@ pub struct Session {
     last_rx: Duration,
     /// Next msg-id counter for packets we originate.
     next_msg: u16,
+    /// Last inner seq used for a command.
+    last_seq: u8,
+    /// Recently seen 0x83/0x73 packets.
+    dedup: crate::dedup::Dedup,
+    /// The last 0x43 with records, and when.
+    last_info: Option<(u64, Duration)>,
+    idempotent_drops: u64,
     announce_at: Option<Duration>,
     mesh_at: Option<Duration>,
     mesh_tries: u8,
@@ -185,6 +200,10 @@ impl Session {
             dropped_events: 0,
             last_rx: now,
             next_msg: first_msg,
+            last_seq: 0,
+            dedup: crate::dedup::Dedup::new(DEDUP_ENTRIES, DEDUP_WINDOW),
+            last_info: None,
+            idempotent_drops: 0,
             announce_at: None,
             mesh_at: None,
             mesh_tries: 0,
@@ -307,6 +326,59 @@ impl Session {
         Some((msg, packet))
     }
 
+    /// Queues a control command for `target` with a fresh message id and seq. `None` before
+    /// the hello.
+    pub fn send_command(
+        &mut self,
+        target: command::Target,
+        action: command::Action,
+    ) -> Option<Result<(MsgId, Seq, Packet), command::CommandError>> {
+        let conn = self.conn_id?;
+        let seq = self.next_seq();
+        let msg = self.next_msg_id();
+        Some(
+            command::command(conn, msg, seq, target, action).map(|packet| {
+                packet.encode(&mut self.transmit);
+                (msg, seq, packet)
+            }),
+        )
+    }
+
+    /// Repeated packets acknowledged but not applied again.
+    pub fn idempotent_drops(&self) -> u64 {
+        self.idempotent_drops
+    }
+
+    /// The next command seq: incremented before use, wrapping, and never the mesh request's
+    /// or mesh ACK's fixed seq (so a command's result cannot be taken for theirs).
+    fn next_seq(&mut self) -> Seq {
+        loop {
+            self.last_seq = self.last_seq.wrapping_add(1);
+            if self.last_seq != MESH_REQUEST_SEQ.0 && self.last_seq != MESH_ACK_SEQ.0 {
+                return Seq(self.last_seq);
+            }
+        }
+    }
+
+    /// Whether these bytes repeat a packet just seen: 0x83/0x73 within the window (both carry
+    /// a counter, so a byte-identical copy is a duplicate); a 0x43 with records only when it
+    /// repeats the previous one (records carry no counter, and a device can legitimately go
+    /// back to an earlier state).
+    fn repeated(&mut self, p: &Packet, bytes: &[u8], now: Duration) -> bool {
+        match p {
+            Packet::Report(_) | Packet::Data(_) => !self.dedup.first_seen(bytes, now),
+            Packet::Info(i) if matches!(i.body, InfoBody::Records(_)) => {
+                let key = crate::dedup::fingerprint(bytes);
+                let repeat = self
+                    .last_info
+                    .is_some_and(|(k, at)| k == key && now < at + DEDUP_WINDOW);
+                self.last_info = Some((key, now));
+                repeat
+            }
+            _ => false,
+        }
+    }
+
     /// Takes the bytes to write, in order; empty when there is nothing to send.
     pub fn take_transmit(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.transmit)
@@ -337,7 +409,11 @@ impl Session {
         let mut sent = Vec::new();
         match &packet {
             Ok(p) => {
-                self.observe(p, now);
+                if self.repeated(p, &bytes, now) {
+                    self.idempotent_drops += 1;
+                } else {
+                    self.observe(p, now);
+                }
                 if self.closed.is_none() {
                     if let Some(answer) = reply::answer(p, local) {
                         answer.encode(&mut self.transmit);
@@ -691,5 +767,116 @@ mod tests {
             s.take_transmit(),
             hex("7b 00 00 00 07 32 5d 53 17 00 02 00")
         );
+    }
+}
+
+#[cfg(test)]
+mod dedup_tests {
+    use super::*;
+
+    fn hex(s: &str) -> Vec<u8> {
+        s.split_whitespace()
+            .map(|p| u8::from_str_radix(p, 16).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn repeated_reports_are_acknowledged_but_not_applied_twice() {
+        let mut s = Session::new(
+            SessionConfig {
+                discover_mesh: false,
+                ..SessionConfig::default()
+            },
+            Duration::ZERO,
+            0,
+        );
+        let report = hex(
+            "83 00 00 00 25 38 e8 cf 46 00 09 00 7e 1f 00 00 00 fa db 13 00 87 25 11 ee 00 ee 00 db 11 02 01 01 0a 0a ff ff ff 00 00 88 7e",
+        );
+        let mut steps = Vec::new();
+        let now = Duration::from_secs(1);
+        s.receive(
+            &[report.clone(), report.clone()].concat(),
+            now,
+            LocalTime::from_unix(0, 0),
+            &mut steps,
+        );
+        // Both answered…
+        assert_eq!(
+            s.take_transmit(),
+            hex("88 00 00 00 03 00 09 00 88 00 00 00 03 00 09 00")
+        );
+        // …one applied.
+        let statuses = std::iter::from_fn(|| s.poll_event())
+            .filter(|e| matches!(e, Event::Status(..)))
+            .count();
+        assert_eq!(statuses, 1);
+        assert_eq!(s.idempotent_drops(), 1);
+        // After the window the same bytes count again.
+        s.receive(
+            &report,
+            now + DEDUP_WINDOW,
+            LocalTime::from_unix(0, 0),
+            &mut steps,
+        );
+        assert!(std::iter::from_fn(|| s.poll_event()).any(|e| matches!(e, Event::Status(..))));
+    }
+
+    #[test]
+    fn a_device_going_back_to_an_earlier_state_is_not_a_repeat() {
+        let mut s = Session::new(
+            SessionConfig {
+                discover_mesh: false,
+                ..SessionConfig::default()
+            },
+            Duration::ZERO,
+            0,
+        );
+        let on = hex(
+            "43 00 00 00 1a 38 e8 cf 46 01 01 06 05 00 10 ee 01 0a 0a ff ff ff 01 00 ee 00 00 00 00 00 00",
+        );
+        let off = hex(
+            "43 00 00 00 1a 38 e8 cf 46 01 01 06 05 00 10 ee 00 0a 0a ff ff ff 01 00 ee 00 00 00 00 00 00",
+        );
+        let mut steps = Vec::new();
+        for (i, p) in [&on, &off, &on, &on].into_iter().enumerate() {
+            s.receive(
+                p,
+                Duration::from_millis(100 * i as u64),
+                LocalTime::from_unix(0, 0),
+                &mut steps,
+            );
+        }
+        let ons: Vec<bool> = std::iter::from_fn(|| s.poll_event())
+            .filter_map(|e| match e {
+                Event::Status(st, _) => Some(st.on),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ons, [true, false, true]);
+        assert_eq!(s.idempotent_drops(), 1);
+    }
+
+    #[test]
+    fn command_seqs_skip_the_mesh_seqs_and_wrap() {
+        let mut s = Session::new(SessionConfig::default(), Duration::ZERO, 0xfffe);
+        let mut steps = Vec::new();
+        s.receive(&hex("23 00 00 00 1a 03 32 5d 53 17 00 10 30 30 30 30 30 30 30 30 30 30 30 30 30 30 30 30 00 00 3c"), Duration::ZERO, LocalTime::from_unix(0, 0), &mut steps);
+        let mut seqs = Vec::new();
+        let mut msgs = Vec::new();
+        for _ in 0..300 {
+            let (msg, seq, _) = s
+                .send_command(command::Target::Device(5), command::Action::Power(true))
+                .unwrap()
+                .unwrap();
+            seqs.push(seq.0);
+            msgs.push(msg);
+        }
+        assert_eq!(seqs[0], 1);
+        assert!(!seqs.contains(&0x1e) && !seqs.contains(&0x1f));
+        assert!(seqs.contains(&0), "wraps 255 → 0");
+        // Message ids: u16 counter + 00, wrapping.
+        assert_eq!(msgs[0], MsgId([0xff, 0xfe, 0]));
+        assert_eq!(msgs[2], MsgId([0, 0, 0]));
     }
 }

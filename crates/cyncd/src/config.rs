@@ -42,6 +42,12 @@ pub struct Config {
     pub log_format: LogFormat,
     /// A tracing filter, e.g. `info` or `cyncd=debug`.
     pub log_level: String,
+    /// Command deadline (submit → outcome), in milliseconds.
+    pub command_deadline_ms: u64,
+    /// Retries after a first attempt that got nothing back.
+    pub command_retries: u8,
+    /// Commands queued per device.
+    pub command_queue: usize,
     /// Homes, with their bridges, device names and groups.
     pub homes: Vec<Home>,
 }
@@ -121,6 +127,9 @@ impl Default for Config {
             utc_offset: None,
             log_format: LogFormat::Pretty,
             log_level: "info".into(),
+            command_deadline_ms: 5000,
+            command_retries: 2,
+            command_queue: 16,
             homes: Vec::new(),
         }
     }
@@ -178,6 +187,12 @@ impl Config {
         if self.heartbeat_secs == 0 || self.silence_multiple == 0 {
             return bad("heartbeat_secs and silence_multiple must be at least 1".into());
         }
+        if !(100..=600_000).contains(&self.command_deadline_ms) {
+            return bad(format!(
+                "command_deadline_ms must be 100..=600000, got {}",
+                self.command_deadline_ms
+            ));
+        }
         if self.cert.is_some() != self.key.is_some() {
             return bad("cert and key must be given together".into());
         }
@@ -229,6 +244,17 @@ impl Config {
             .devices
             .iter()
             .find(|d| d.id == id)
+    }
+
+    /// The delivery settings.
+    pub fn delivery(&self) -> cync_proto::delivery::DeliveryConfig {
+        cync_proto::delivery::DeliveryConfig {
+            deadline: Duration::from_millis(self.command_deadline_ms),
+            max_retries: self.command_retries,
+            max_queue: self.command_queue.max(1),
+            seed: fastrand::u64(..),
+            ..cync_proto::delivery::DeliveryConfig::default()
+        }
     }
 
     /// Heartbeat cadence.

@@ -2,11 +2,12 @@
 //!
 //! - [`serve`]: the controller (device server + HTTP API), built from [`config`], [`tls`],
 //!   [`server`] (accept loop and connection tasks), [`registry`], [`metrics`], [`http`] and
-//!   [`logging`].
+//!   [`logging`]; [`commands`] delivers commands reliably.
 //! - [`decode`] and [`encode`]: the lab tools over the wire format.
 //! - [`sim`]: `cyncd sim` (a simulated fleet) and `cyncd demo`.
 #![forbid(unsafe_code)]
 
+pub mod commands;
 pub mod config;
 pub mod decode;
 pub mod encode;

@@ -19,8 +19,8 @@ pub struct Metrics {
     pub packet_sent: Family<Labels1, Counter>,
     /// `tcp_comm_packet_latency_seconds{type}`: device packet read → our reply written.
     pub packet_latency: Family<Labels1, Histogram, fn() -> Histogram>,
-    /// `tcp_comm_packet_retransmit_total`.
-    pub retransmits: Counter,
+    /// `tcp_comm_packet_retransmit_total{reason}`.
+    pub retransmits: Family<Labels1, Counter>,
     /// `tcp_comm_decode_errors_total{reason}`.
     pub decode_errors: Family<Labels1, Counter>,
     /// `cyncd_connections_open`.
@@ -39,6 +39,22 @@ pub struct Metrics {
     pub hellos: Counter,
     /// `cyncd_events_dropped_total`: session events dropped by a full queue.
     pub events_dropped: Counter,
+    /// `cync_commands_total{outcome}`.
+    pub commands: Family<Labels1, Counter>,
+    /// `cync_command_latency_seconds`: submit → outcome.
+    pub command_latency: Histogram,
+    /// `tcp_comm_ack_rtt_seconds`: command written → its 0x7B.
+    pub ack_rtt: Histogram,
+    /// `tcp_comm_ack_timeout_total`: commands that ended with nothing back.
+    pub ack_timeouts: Counter,
+    /// `tcp_comm_idempotent_drop_total`: repeated packets acknowledged, not applied.
+    pub idempotent_drops: Counter,
+    /// `tcp_comm_send_queue_size`: commands waiting behind another for the same device.
+    pub send_queue: Gauge,
+    /// `tcp_comm_queue_full_total`: write queues found full.
+    pub queue_full: Counter,
+    /// `cync_commands_in_flight`.
+    pub in_flight: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -53,7 +69,7 @@ impl Metrics {
             packet_recv: Family::default(),
             packet_sent: Family::default(),
             packet_latency: Family::new_with_constructor(latency_histogram),
-            retransmits: Counter::default(),
+            retransmits: Family::default(),
             decode_errors: Family::default(),
             connections_open: Gauge::default(),
             connections_accepted: Counter::default(),
@@ -63,6 +79,18 @@ impl Metrics {
             tls_failures: Family::default(),
             hellos: Counter::default(),
             events_dropped: Counter::default(),
+            commands: Family::default(),
+            // Placed around the round trips that matter: ~100 ms, 250 ms, 1.5 s and the 5 s
+            // deadline.
+            command_latency: Histogram::new([
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.5, 5.0, 10.0,
+            ]),
+            ack_rtt: Histogram::new(exponential_buckets(0.000_25, 2.0, 14)),
+            ack_timeouts: Counter::default(),
+            idempotent_drops: Counter::default(),
+            send_queue: Gauge::default(),
+            queue_full: Counter::default(),
+            in_flight: Gauge::default(),
         };
         let tcp = registry.sub_registry_with_prefix("tcp_comm");
         tcp.register(
@@ -90,6 +118,50 @@ impl Metrics {
             "Bytes from devices that did not decode",
             m.decode_errors.clone(),
         );
+        tcp.register(
+            "ack_rtt_seconds",
+            "Command written to its 0x7B",
+            m.ack_rtt.clone(),
+        );
+        tcp.register(
+            "ack_timeout",
+            "Commands that ended with nothing back",
+            m.ack_timeouts.clone(),
+        );
+        tcp.register(
+            "idempotent_drop",
+            "Repeated packets acknowledged but not applied",
+            m.idempotent_drops.clone(),
+        );
+        tcp.register(
+            "send_queue_size",
+            "Commands queued behind another for the same device",
+            m.send_queue.clone(),
+        );
+        tcp.register(
+            "queue_full",
+            "Write queues found full",
+            m.queue_full.clone(),
+        );
+        let cync = registry.sub_registry_with_prefix("cync");
+        cync.register("commands", "Commands by outcome", m.commands.clone());
+        cync.register(
+            "command_latency_seconds",
+            "Command submit to outcome",
+            m.command_latency.clone(),
+        );
+        cync.register(
+            "commands_in_flight",
+            "Commands awaiting an answer",
+            m.in_flight.clone(),
+        );
+        // Every bounded label value exists from the start, so dashboards see zeros.
+        for outcome in cync_proto::delivery::Outcome::ALL {
+            let _ = m.commands.get_or_create(&[("outcome", outcome.name())]);
+        }
+        for reason in ["timeout", "connection_lost", "backpressure"] {
+            let _ = m.retransmits.get_or_create(&[("reason", reason)]);
+        }
         let own = registry.sub_registry_with_prefix("cyncd");
         own.register(
             "connections_open",
@@ -147,6 +219,11 @@ impl Metrics {
         self.decode_errors
             .get_or_create(&[("reason", reason)])
             .inc();
+    }
+
+    /// Counts a retransmission.
+    pub fn retransmit(&self, reason: &'static str) {
+        self.retransmits.get_or_create(&[("reason", reason)]).inc();
     }
 
     /// Counts a closed connection.

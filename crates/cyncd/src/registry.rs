@@ -16,6 +16,7 @@
 //! Bounds: at most [`MAX_DEVICES`] devices and `max_connections` connections. A status for a
 //! new device beyond the bound is dropped and counted ([`Registry::rejected_devices`]).
 
+use crate::commands::ConnCommand;
 use cync_proto::session::Source;
 use cync_proto::{ConnId, DeviceStatus};
 use serde::Serialize;
@@ -24,7 +25,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -120,6 +121,7 @@ pub struct Connection {
     pub mesh: Vec<u16>,
     generation: u64,
     cancel: CancellationToken,
+    writer: Option<mpsc::Sender<ConnCommand>>,
 }
 
 /// A device as the HTTP API shows it.
@@ -224,6 +226,7 @@ impl Registry {
         home: &str,
         stats: Arc<ConnStats>,
         cancel: CancellationToken,
+        writer: Option<mpsc::Sender<ConnCommand>>,
     ) -> Registration {
         let generation = self.inner.generation.fetch_add(1, Ordering::Relaxed);
         let entry = Connection {
@@ -235,6 +238,7 @@ impl Registry {
             mesh: Vec::new(),
             generation,
             cancel,
+            writer,
         };
         if let Some(old) = self.lock().connections.insert(conn, entry) {
             old.cancel.cancel();
@@ -398,6 +402,82 @@ impl Registry {
             .collect();
         out.sort_by(|a, b| a.conn_id.cmp(&b.conn_id));
         out
+    }
+
+    /// The write queue of a connected bridge.
+    pub fn writer(&self, conn: ConnId) -> Option<mpsc::Sender<ConnCommand>> {
+        self.lock()
+            .connections
+            .get(&conn)
+            .and_then(|c| c.writer.clone())
+    }
+
+    /// Connected bridges that reach a device: the one whose own device it is first, then the
+    /// others in id order.
+    pub fn bridges_for(&self, home: &str, mesh: u16) -> Vec<ConnId> {
+        let state = self.lock();
+        let Some(device) = state.devices.get(&(home.to_string(), mesh)) else {
+            return Vec::new();
+        };
+        let mut out: Vec<ConnId> = device
+            .bridges
+            .iter()
+            .filter(|b| state.connections.get(b).is_some_and(|c| c.home == home))
+            .copied()
+            .collect();
+        out.sort_by_key(|b| {
+            state
+                .connections
+                .get(b)
+                .is_none_or(|c| c.mesh.first() != Some(&mesh))
+        });
+        out
+    }
+
+    /// Connected bridges of a home.
+    pub fn home_bridges(&self, home: &str) -> Vec<ConnId> {
+        let state = self.lock();
+        let mut out: Vec<ConnId> = state
+            .connections
+            .iter()
+            .filter(|(_, c)| c.home == home)
+            .map(|(id, _)| *id)
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// A device's last known status.
+    pub fn status(&self, home: &str, mesh: u16) -> Option<DeviceStatus> {
+        self.lock()
+            .devices
+            .get(&(home.to_string(), mesh))
+            .map(|d| d.status)
+    }
+
+    /// Resolves an API device id (`home:mesh` or a bare mesh id) to its home and mesh id.
+    pub fn resolve(&self, id: &str) -> Result<(String, u16), Lookup> {
+        let state = self.lock();
+        let found: Vec<&(String, u16)> = match id.split_once(':') {
+            Some((home, mesh)) => {
+                let mesh: u16 = mesh.parse().map_err(|_| Lookup::BadId)?;
+                state
+                    .devices
+                    .get_key_value(&(home.to_string(), mesh))
+                    .map(|(k, _)| k)
+                    .into_iter()
+                    .collect()
+            }
+            None => {
+                let mesh: u16 = id.parse().map_err(|_| Lookup::BadId)?;
+                state.devices.keys().filter(|(_, m)| *m == mesh).collect()
+            }
+        };
+        match found.as_slice() {
+            [key] => Ok((*key).clone()),
+            [] => Err(Lookup::NotFound),
+            _ => Err(Lookup::Ambiguous),
+        }
     }
 
     /// Number of registered connections.
@@ -574,7 +654,7 @@ mod tests {
         let r = Registry::new();
         let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let old = CancellationToken::new();
-        let first = r.register(A, peer, "h", Arc::default(), old.clone());
+        let first = r.register(A, peer, "h", Arc::default(), old.clone(), None);
         let new = CancellationToken::new();
         let second = r.register(
             A,
@@ -582,6 +662,7 @@ mod tests {
             "h",
             Arc::default(),
             new.clone(),
+            None,
         );
         assert!(old.is_cancelled() && !new.is_cancelled());
         // The old session ending must not remove the new one.

@@ -188,14 +188,23 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let mut prom = prometheus_client::registry::Registry::default();
     let metrics = Metrics::new(&mut prom);
     let cert_path = tls.as_ref().map(|(_, f)| f.cert.clone());
-    let ctx = Arc::new(Context {
-        config,
-        registry: Registry::new(),
-        metrics,
-        tls: tls.map(|(a, _)| a),
-    });
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let registry = Registry::new();
+    let commands = crate::commands::Commands::start(
+        config.delivery(),
+        registry.clone(),
+        metrics.clone(),
+        cancel.clone(),
+        &tracker,
+    );
+    let ctx = Arc::new(Context {
+        config,
+        registry,
+        metrics,
+        tls: tls.map(|(a, _)| a),
+        commands,
+    });
     let running = Running {
         devices: devices.local_addr()?,
         http: http.local_addr()?,

@@ -10,6 +10,7 @@
 //! per connection; a write that stalls for `write_timeout_secs` closes the connection (the
 //! device stopped reading).
 
+use crate::commands::{Commands, ConnCommand, ConnEvent, WRITE_QUEUE};
 use crate::config::Config;
 use crate::logging::{corr_id, redacted_hex};
 use crate::metrics::Metrics;
@@ -23,7 +24,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -39,6 +40,8 @@ pub struct Context {
     pub metrics: Metrics,
     /// TLS acceptor; `None` serves plain TCP.
     pub tls: Option<SslAcceptor>,
+    /// The command service.
+    pub commands: Commands,
 }
 
 impl std::fmt::Debug for Context {
@@ -146,6 +149,20 @@ where
         info!("connected");
         let mut conn = Conn::new(peer, ctx.clone(), cancel.clone());
         let reason = conn.run(&mut stream).await;
+        if let Some(id) = conn.session.conn_id() {
+            // Commands waiting on this bridge move elsewhere now, not at their timeout.
+            conn.ctx.commands.event(ConnEvent::Lost(id));
+        }
+        // Queued commands that were never written.
+        conn.queue.close();
+        while let Ok(ConnCommand::Send {
+            command, attempt, ..
+        }) = conn.queue.try_recv()
+        {
+            conn.ctx
+                .commands
+                .event(ConnEvent::SendFailed { command, attempt });
+        }
         let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
         info!(reason, conn_id = conn.id_text(), "disconnected");
         reason
@@ -164,6 +181,9 @@ struct Conn {
     registration: Option<Registration>,
     home: String,
     dropped_reported: u64,
+    drops_reported: u64,
+    writer: mpsc::Sender<ConnCommand>,
+    queue: mpsc::Receiver<ConnCommand>,
 }
 
 impl Conn {
@@ -177,6 +197,7 @@ impl Conn {
             ..SessionConfig::default()
         };
         let start = Instant::now();
+        let (writer, queue) = mpsc::channel(WRITE_QUEUE);
         Self {
             peer,
             session: Session::new(config, Duration::ZERO, fastrand::u16(..)),
@@ -187,6 +208,9 @@ impl Conn {
             registration: None,
             home: crate::config::DEFAULT_HOME.to_string(),
             dropped_reported: 0,
+            drops_reported: 0,
+            writer,
+            queue,
         }
     }
 
@@ -220,6 +244,20 @@ impl Conn {
             };
             tokio::select! {
                 _ = self.cancel.cancelled() => return "replaced_or_shutdown",
+                Some(command) = self.queue.recv() => {
+                    let sent = self.write_command(command);
+                    if let Err(reason) = self.flush(stream).await {
+                        for event in sent {
+                            if let ConnEvent::Sent { command, attempt, .. } = event {
+                                self.ctx.commands.event(ConnEvent::SendFailed { command, attempt });
+                            }
+                        }
+                        return reason;
+                    }
+                    for event in sent {
+                        self.ctx.commands.event(event);
+                    }
+                }
                 read = stream.read(&mut buf) => {
                     let n = match read {
                         Ok(0) => return "peer_closed",
@@ -266,6 +304,45 @@ impl Conn {
                 return reason.label();
             }
         }
+    }
+
+    /// Builds queued commands into the transmit buffer (this one and any others waiting, so
+    /// they go out in one write) and returns the `Sent` events to report once written.
+    fn write_command(&mut self, first: ConnCommand) -> Vec<ConnEvent> {
+        let mut events = Vec::new();
+        let mut next = Some(first);
+        while let Some(ConnCommand::Send {
+            command,
+            attempt,
+            target,
+            action,
+        }) = next
+        {
+            match self.session.send_command(target, action) {
+                Some(Ok((msg, seq, packet))) => {
+                    let corr = if tracing::enabled!(tracing::Level::DEBUG) {
+                        corr_id()
+                    } else {
+                        String::new()
+                    };
+                    self.log_out(&packet, &corr);
+                    let hex = redacted_hex(&packet.to_bytes());
+                    events.push(ConnEvent::Sent {
+                        command,
+                        attempt,
+                        msg,
+                        seq,
+                        hex,
+                    });
+                }
+                _ => self
+                    .ctx
+                    .commands
+                    .event(ConnEvent::SendFailed { command, attempt }),
+            }
+            next = self.queue.try_recv().ok();
+        }
+        events
     }
 
     async fn flush<S: AsyncWrite + Unpin>(&mut self, stream: &mut S) -> Result<(), &'static str> {
@@ -366,6 +443,7 @@ impl Conn {
                         &self.home,
                         self.stats.clone(),
                         self.cancel.clone(),
+                        Some(self.writer.clone()),
                     ));
                 }
                 Event::AppConnection(conn) => {
@@ -405,8 +483,28 @@ impl Conn {
                     self.ctx.metrics.decode_error("bad_checksum");
                     warn!(r#type = kind, "inner frame checksum mismatch");
                 }
-                Event::DataAck(_) | Event::CommandResult { .. } | Event::AnnounceReplied => {}
+                Event::DataAck(msg) => {
+                    if let Some(conn) = self.session.conn_id() {
+                        self.ctx.commands.event(ConnEvent::Ack { conn, msg });
+                    }
+                }
+                Event::CommandResult { seq, code, .. } => {
+                    if let Some(conn) = self.session.conn_id() {
+                        self.ctx
+                            .commands
+                            .event(ConnEvent::Result { conn, seq, code });
+                    }
+                }
+                Event::AnnounceReplied => {}
             }
+        }
+        let drops = self.session.idempotent_drops();
+        if drops > self.drops_reported {
+            self.ctx
+                .metrics
+                .idempotent_drops
+                .inc_by(drops - self.drops_reported);
+            self.drops_reported = drops;
         }
         let dropped = self.session.dropped_events();
         if dropped > self.dropped_reported {

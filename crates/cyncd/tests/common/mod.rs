@@ -177,3 +177,22 @@ pub async fn until(server: &Running, mut check: impl FnMut() -> bool) {
         }
     }
 }
+
+/// A plain HTTP/1.1 POST with a JSON body; returns (status, body).
+pub async fn post(server: &Running, path: &str, body: &str) -> (u16, String) {
+    let mut tcp = TcpStream::connect(server.http).await.unwrap();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), tcp.read_to_end(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, body.to_string())
+}

@@ -1,0 +1,530 @@
+//! The command service: the async shell around the sans-IO [`Dispatcher`].
+//!
+//! One task owns the dispatcher. Submissions arrive on a bounded channel (full: the command
+//! ends `queue_full` at once); events from connection tasks (written, 0x7B, result, status,
+//! connection lost) arrive on another bounded channel, sent with `try_send` so a busy service
+//! never blocks a connection's reader (a dropped event is counted, and the command it concerned
+//! falls back on its timers). Transmits go to each connection's bounded write queue; a full
+//! queue means the device stopped reading (`backpressure`).
+//!
+//! Every command's events are kept in a bounded ring for `GET /api/trace/{id}` and logged at
+//! info with its `command_id`, so one grep tells the whole story.
+
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use cync_proto::delivery::{
+    CommandId, DeliveryConfig, Dispatcher, Outcome, Output, Request, TraceEvent,
+};
+use cync_proto::{Action, ConnId, DeviceStatus, MsgId, Seq, Target};
+use serde::Serialize;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// Submissions waiting for the service.
+pub const SUBMIT_QUEUE: usize = 4096;
+/// Connection events waiting for the service.
+pub const EVENT_QUEUE: usize = 65_536;
+/// A connection's write queue (commands waiting to be written).
+pub const WRITE_QUEUE: usize = 64;
+/// Commands whose traces are kept (oldest dropped first).
+pub const TRACE_COMMANDS: usize = 10_000;
+/// Events kept per command trace.
+pub const TRACE_EVENTS: usize = 64;
+
+/// What the service asks a connection task to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnCommand {
+    /// Write this command.
+    Send {
+        /// The command.
+        command: CommandId,
+        /// Attempt number.
+        attempt: u8,
+        /// Target.
+        target: Target,
+        /// Action.
+        action: Action,
+    },
+}
+
+/// What a connection task tells the service.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ConnEvent {
+    /// A command was written as `msg`/`seq`.
+    Sent {
+        /// The command.
+        command: CommandId,
+        /// Attempt.
+        attempt: u8,
+        /// Outer message id.
+        msg: MsgId,
+        /// Inner seq.
+        seq: Seq,
+        /// The packet, hex.
+        hex: String,
+    },
+    /// A command could not be built or written.
+    SendFailed {
+        /// The command.
+        command: CommandId,
+        /// Attempt.
+        attempt: u8,
+    },
+    /// A 0x7B.
+    Ack {
+        /// The bridge.
+        conn: ConnId,
+        /// Echoed message id.
+        msg: MsgId,
+    },
+    /// An `f9` result.
+    Result {
+        /// The bridge.
+        conn: ConnId,
+        /// Seq.
+        seq: Seq,
+        /// Result byte.
+        code: u8,
+    },
+    /// A status report.
+    Status {
+        /// Home.
+        home: String,
+        /// The status.
+        status: DeviceStatus,
+    },
+    /// The connection ended.
+    Lost(ConnId),
+}
+
+/// A command's result as the API returns it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Completion {
+    /// The command id.
+    pub command_id: String,
+    /// `applied`, `rejected`, `no_ack`, `failed`, `superseded`, `queue_full`, `backpressure`.
+    pub outcome: &'static str,
+    /// Attempts made.
+    pub attempts: u8,
+    /// Submit → outcome.
+    pub latency_ms: f64,
+}
+
+/// One trace event.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TraceRecord {
+    /// Wall-clock time, RFC 3339.
+    pub at: String,
+    /// Event name.
+    pub event: &'static str,
+    /// Details, flattened into the event object.
+    #[serde(flatten)]
+    pub detail: serde_json::Map<String, serde_json::Value>,
+}
+
+enum Msg {
+    Submit {
+        req: Request,
+        reply: Option<oneshot::Sender<Completion>>,
+    },
+}
+
+/// Handle to the command service.
+#[derive(Debug, Clone)]
+pub struct Commands {
+    submit: mpsc::Sender<Msg>,
+    events: mpsc::Sender<ConnEvent>,
+    traces: Arc<Mutex<Traces>>,
+    counter: Arc<AtomicU64>,
+    dropped_events: Arc<AtomicU64>,
+    sizes: Arc<Mutex<cync_proto::delivery::Sizes>>,
+    done: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl std::fmt::Debug for Msg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Msg::Submit { req, .. } => write!(f, "Submit({})", req.id),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Traces {
+    map: HashMap<CommandId, Vec<TraceRecord>>,
+    order: VecDeque<CommandId>,
+}
+
+impl Commands {
+    /// Starts the service task.
+    pub fn start(
+        config: DeliveryConfig,
+        registry: Registry,
+        metrics: Metrics,
+        cancel: CancellationToken,
+        tracker: &tokio_util::task::TaskTracker,
+    ) -> Self {
+        let (submit, submit_rx) = mpsc::channel(SUBMIT_QUEUE);
+        let (events, events_rx) = mpsc::channel(EVENT_QUEUE);
+        let handle = Self {
+            submit,
+            events,
+            traces: Arc::default(),
+            counter: Arc::default(),
+            dropped_events: Arc::default(),
+            sizes: Arc::default(),
+            done: Arc::new(tokio::sync::watch::Sender::new(0)),
+        };
+        let service = Service {
+            dispatcher: Dispatcher::new(config),
+            registry,
+            metrics,
+            waiters: HashMap::new(),
+            start: Instant::now(),
+            traces: handle.traces.clone(),
+            sizes: handle.sizes.clone(),
+            last_hex: None,
+            done: handle.done.clone(),
+        };
+        tracker.spawn(service.run(submit_rx, events_rx, cancel));
+        handle
+    }
+
+    /// A new time-sortable command id: Unix milliseconds, then a counter.
+    pub fn new_id(&self) -> CommandId {
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let n = self.counter.fetch_add(1, Ordering::Relaxed) & 0xfffff;
+        CommandId((u64::try_from(ms).unwrap_or(0) << 20) | n)
+    }
+
+    /// Submits a command; the receiver yields its completion (`None` when nobody waits).
+    pub fn submit(
+        &self,
+        req: Request,
+        wait: bool,
+    ) -> Result<Option<oneshot::Receiver<Completion>>, Completion> {
+        let id = req.id;
+        let (tx, rx) = if wait {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        match self.submit.try_send(Msg::Submit { req, reply: tx }) {
+            Ok(()) => Ok(rx),
+            Err(_) => Err(Completion {
+                command_id: id.to_string(),
+                outcome: Outcome::QueueFull.name(),
+                attempts: 0,
+                latency_ms: 0.0,
+            }),
+        }
+    }
+
+    /// Reports a connection event without ever waiting (a full queue drops it and counts).
+    pub fn event(&self, event: ConnEvent) {
+        if self.events.try_send(event).is_err() {
+            self.dropped_events.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Events dropped on a full queue.
+    pub fn dropped_events(&self) -> u64 {
+        self.dropped_events.load(Ordering::Relaxed)
+    }
+
+    /// A command's trace, oldest event first.
+    pub fn trace(&self, id: CommandId) -> Option<Vec<TraceRecord>> {
+        self.traces
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .map
+            .get(&id)
+            .cloned()
+    }
+
+    /// A receiver that sees every later command outcome (for live views and tests).
+    pub fn watch_done(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.done.subscribe()
+    }
+
+    /// The dispatcher's structure sizes as of its last step.
+    pub fn sizes(&self) -> cync_proto::delivery::Sizes {
+        *self
+            .sizes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+struct Service {
+    dispatcher: Dispatcher,
+    registry: Registry,
+    metrics: Metrics,
+    waiters: HashMap<CommandId, oneshot::Sender<Completion>>,
+    start: Instant,
+    traces: Arc<Mutex<Traces>>,
+    sizes: Arc<Mutex<cync_proto::delivery::Sizes>>,
+    /// The hex of the packet just written, for the trace's `sent` event.
+    last_hex: Option<(CommandId, String)>,
+    done: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Service {
+    async fn run(
+        mut self,
+        mut submit: mpsc::Receiver<Msg>,
+        mut events: mpsc::Receiver<ConnEvent>,
+        cancel: CancellationToken,
+    ) {
+        loop {
+            let deadline = self.dispatcher.next_deadline().map(|d| self.start + d);
+            let sleep = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                msg = submit.recv() => {
+                    let Some(Msg::Submit { req, reply }) = msg else { break };
+                    if let Some(reply) = reply {
+                        self.waiters.insert(req.id, reply);
+                    }
+                    let now = self.now();
+                    self.dispatcher.submit(req, now);
+                }
+                event = events.recv() => {
+                    let Some(event) = event else { break };
+                    self.event(event);
+                    // Drain what else is waiting before acting: one pass per burst.
+                    while let Ok(event) = events.try_recv() {
+                        self.event(event);
+                        self.drive();
+                    }
+                }
+                () = sleep => {
+                    let now = self.now();
+                    self.dispatcher.on_timeout(now);
+                }
+            }
+            self.drive();
+        }
+        // Shutdown: whoever waits learns the command did not finish.
+        for (id, waiter) in self.waiters.drain() {
+            let _ = waiter.send(Completion {
+                command_id: id.to_string(),
+                outcome: Outcome::Failed.name(),
+                attempts: 0,
+                latency_ms: 0.0,
+            });
+        }
+    }
+
+    fn now(&self) -> Duration {
+        Instant::now().duration_since(self.start)
+    }
+
+    fn event(&mut self, event: ConnEvent) {
+        let now = self.now();
+        match event {
+            ConnEvent::Sent {
+                command,
+                attempt,
+                msg,
+                seq,
+                hex,
+            } => {
+                info!(command_id = %command, attempt, msg_id = %msg, seq = seq.0, hex = %hex, "command sent");
+                self.last_hex = Some((command, hex));
+                self.dispatcher.sent(command, attempt, msg, seq, now);
+            }
+            ConnEvent::SendFailed { command, attempt } => {
+                self.dispatcher.send_failed(command, attempt, now);
+            }
+            ConnEvent::Ack { conn, msg } => self.dispatcher.ack(conn, msg, now),
+            ConnEvent::Result { conn, seq, code } => self.dispatcher.result(conn, seq, code, now),
+            ConnEvent::Status { home, status } => self.dispatcher.status(&home, &status, now),
+            ConnEvent::Lost(conn) => self.dispatcher.connection_lost(conn, now),
+        }
+    }
+
+    /// Carries out everything the dispatcher asked for.
+    fn drive(&mut self) {
+        while let Some(out) = self.dispatcher.poll() {
+            match out {
+                Output::Transmit {
+                    conn,
+                    command,
+                    attempt,
+                    target,
+                    action,
+                } => {
+                    let sent = self.registry.writer(conn).map(|w| {
+                        w.try_send(ConnCommand::Send {
+                            command,
+                            attempt,
+                            target,
+                            action,
+                        })
+                    });
+                    match sent {
+                        Some(Ok(())) => {}
+                        Some(Err(mpsc::error::TrySendError::Full(_))) => {
+                            self.metrics.queue_full.inc();
+                            warn!(command_id = %command, conn_id = %conn, "write queue full: the bridge stopped reading");
+                            let now = self.now();
+                            self.dispatcher.send_failed(command, attempt, now);
+                        }
+                        _ => {
+                            let now = self.now();
+                            self.dispatcher.send_failed(command, attempt, now);
+                        }
+                    }
+                }
+                Output::Done {
+                    command,
+                    outcome,
+                    attempts,
+                    latency,
+                } => {
+                    self.metrics
+                        .commands
+                        .get_or_create(&[("outcome", outcome.name())])
+                        .inc();
+                    self.metrics.command_latency.observe(latency.as_secs_f64());
+                    if outcome == Outcome::NoAck {
+                        self.metrics.ack_timeouts.inc();
+                    }
+                    let completion = Completion {
+                        command_id: command.to_string(),
+                        outcome: outcome.name(),
+                        attempts,
+                        latency_ms: latency.as_secs_f64() * 1000.0,
+                    };
+                    info!(command_id = %command, outcome = outcome.name(), attempts, latency_ms = completion.latency_ms, "command done");
+                    if let Some(w) = self.waiters.remove(&command) {
+                        let _ = w.send(completion);
+                    }
+                    self.done.send_modify(|n| *n = n.wrapping_add(1));
+                }
+                Output::Trace { command, event, .. } => {
+                    if let TraceEvent::Ack { rtt, .. } = &event {
+                        self.metrics.ack_rtt.observe(rtt.as_secs_f64());
+                    }
+                    if let TraceEvent::Retry { reason, .. } = &event {
+                        self.metrics.retransmit(reason);
+                        info!(command_id = %command, reason, "command retry");
+                    }
+                    self.record(command, &event);
+                }
+            }
+        }
+        let sizes = self.dispatcher.sizes();
+        self.metrics
+            .in_flight
+            .set(i64::try_from(sizes.in_flight).unwrap_or(i64::MAX));
+        self.metrics
+            .send_queue
+            .set(i64::try_from(sizes.queued).unwrap_or(i64::MAX));
+        *self
+            .sizes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = sizes;
+    }
+
+    fn record(&mut self, command: CommandId, event: &TraceEvent) {
+        let (name, mut detail) = describe(event);
+        if name == "sent" {
+            if let Some((id, hex)) = self.last_hex.take() {
+                if id == command {
+                    detail.insert("hex".into(), serde_json::Value::String(hex));
+                }
+            }
+        }
+        let record = TraceRecord {
+            at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            event: name,
+            detail,
+        };
+        let mut traces = self
+            .traces
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !traces.map.contains_key(&command) {
+            if traces.order.len() >= TRACE_COMMANDS {
+                if let Some(old) = traces.order.pop_front() {
+                    traces.map.remove(&old);
+                }
+            }
+            traces.order.push_back(command);
+        }
+        let list = traces.map.entry(command).or_default();
+        if list.len() < TRACE_EVENTS {
+            list.push(record);
+        }
+    }
+}
+
+fn describe(event: &TraceEvent) -> (&'static str, serde_json::Map<String, serde_json::Value>) {
+    use serde_json::json;
+    let mut d = serde_json::Map::new();
+    let name = match event {
+        TraceEvent::Submitted => "submitted",
+        TraceEvent::Queued { ahead } => {
+            d.insert("ahead".into(), json!(ahead));
+            "queued"
+        }
+        TraceEvent::Attempt { attempt, conn, rto } => {
+            d.insert("attempt".into(), json!(attempt));
+            d.insert("bridge".into(), json!(conn.to_string()));
+            d.insert("rto_ms".into(), json!(rto.as_millis()));
+            "attempt"
+        }
+        TraceEvent::Sent { attempt, msg, seq } => {
+            d.insert("attempt".into(), json!(attempt));
+            d.insert("msg_id".into(), json!(msg.to_string()));
+            d.insert("seq".into(), json!(seq.0));
+            "sent"
+        }
+        TraceEvent::Ack { attempt, rtt } => {
+            d.insert("attempt".into(), json!(attempt));
+            d.insert("rtt_ms".into(), json!(rtt.as_secs_f64() * 1000.0));
+            "ack"
+        }
+        TraceEvent::Result { attempt, code } => {
+            d.insert("attempt".into(), json!(attempt));
+            d.insert("code".into(), json!(code));
+            "result"
+        }
+        TraceEvent::Confirmed => "status_report",
+        TraceEvent::Retry {
+            attempt,
+            backoff,
+            reason,
+        } => {
+            d.insert("attempt".into(), json!(attempt));
+            d.insert("backoff_ms".into(), json!(backoff.as_millis()));
+            d.insert("reason".into(), json!(reason));
+            "retry"
+        }
+        TraceEvent::Late { what } => {
+            d.insert("what".into(), json!(what));
+            "late"
+        }
+        TraceEvent::Done(outcome) => {
+            d.insert("outcome".into(), json!(outcome.name()));
+            "outcome"
+        }
+    };
+    (name, d)
+}
