@@ -15,8 +15,11 @@
 //!   the packet arrived; an `f9` result with code 0, or a status report showing the asked state,
 //!   means `applied`; a non-zero result means `rejected`.
 //! - Only when nothing at all came back is the command sent again: after a backoff with full
-//!   jitter (base 250 ms, cap 2 s), at most `max_retries` times, through the best other bridge
-//!   that reaches the device when there is one. A `0x7B` with no result by the time a result
+//!   jitter (base 250 ms, cap 2 s), at most `max_retries` times. A target keeps the bridge it
+//!   last used while that connection lives, so its commands stay in order on one TCP stream: a
+//!   slow bridge that catches up never applies an old command after a newer one went through
+//!   another bridge. A retry moves to another bridge that reaches the device (the one with the
+//!   best recent results) when the connection is lost or its write queue is full. A `0x7B` with no result by the time a result
 //!   was due means the device refused (`rejected`), as devices answer unknown commands with a
 //!   bare `0x7B`.
 //! - The RTO adapts per bridge (SRTT/RTTVAR as in RFC 6298), floor 250 ms, cap 3 s.
@@ -38,6 +41,10 @@ use std::time::Duration;
 pub const LATE_TTL: Duration = Duration::from_secs(30);
 /// Most (connection, message id) pairs remembered for late answers.
 pub const MAX_LATE: usize = 16_384;
+/// Most attempts of one command, whatever happens.
+pub const MAX_ATTEMPTS: u8 = 8;
+/// Most targets whose last bridge is remembered.
+pub const MAX_STICKY: usize = 65_536;
 
 /// A command's id: time-sortable (Unix milliseconds in the high bits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -284,10 +291,14 @@ struct Command {
     submitted: Duration,
     deadline: Duration,
     attempts: u8,
-    /// Bridges tried and silent.
-    silent: Vec<ConnId>,
+    /// Bridges whose connection was lost or whose write queue was full during this command.
+    gone: Vec<ConnId>,
     state: State,
     acked: bool,
+    /// Some attempt was written to a bridge.
+    written: bool,
+    /// Attempts whose connection was lost under them (they do not use up the retries).
+    lost: u8,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -330,6 +341,8 @@ pub struct Dispatcher {
     late: HashMap<(ConnId, MsgId), CommandId>,
     late_order: VecDeque<(Duration, ConnId, MsgId)>,
     bridges: HashMap<ConnId, Rtt>,
+    /// The bridge each target last used.
+    sticky: HashMap<Key, ConnId>,
     rng: u64,
     out: VecDeque<Output>,
 }
@@ -347,6 +360,7 @@ impl Dispatcher {
             late: HashMap::new(),
             late_order: VecDeque::new(),
             bridges: HashMap::new(),
+            sticky: HashMap::new(),
             out: VecDeque::new(),
         }
     }
@@ -444,9 +458,11 @@ impl Dispatcher {
                 submitted: now,
                 deadline,
                 attempts: 0,
-                silent: Vec::new(),
+                gone: Vec::new(),
                 state: State::Queued,
                 acked: false,
+                written: false,
+                lost: 0,
             },
         );
         if ahead > 0 {
@@ -468,11 +484,21 @@ impl Dispatcher {
             return;
         }
         let rto = rto_for(self, conn);
+        let max_retries = self.config.max_retries;
         if let Some(c) = self.commands.get_mut(&command) {
+            c.written = true;
+            // The last attempt waits for an answer until the deadline: there is nothing left
+            // to retry, and a slow device may still answer.
+            let last =
+                c.attempts.saturating_sub(c.lost) > max_retries || c.attempts >= MAX_ATTEMPTS;
             c.state = State::Waiting {
                 conn,
                 sent: now,
-                timer: (now + rto).min(c.deadline),
+                timer: if last {
+                    c.deadline
+                } else {
+                    (now + rto).min(c.deadline)
+                },
                 msg,
                 seq,
             };
@@ -493,8 +519,9 @@ impl Dispatcher {
         if c.attempts != attempt {
             return;
         }
-        c.silent.push(conn);
-        let others = c.req.bridges.iter().any(|b| !c.silent.contains(b));
+        c.gone.push(conn);
+        let others = c.req.bridges.iter().any(|b| !c.gone.contains(b));
+        self.sticky.retain(|_, b| *b != conn);
         if others && c.attempts <= self.config.max_retries {
             c.state = State::Backoff { at: now };
             self.trace(
@@ -607,6 +634,23 @@ impl Dispatcher {
         self.finish(command, now, Outcome::Applied);
     }
 
+    /// The owner found no connection for the attempt's bridge (it is reconnecting): back off
+    /// and try again, there or through another bridge.
+    pub fn unreachable(&mut self, command: CommandId, attempt: u8, now: Duration) {
+        let live = self
+            .commands
+            .get(&command)
+            .is_some_and(|c| c.attempts == attempt && matches!(c.state, State::Sending { .. }));
+        if live {
+            // Nothing was written: this try does not count against the retries.
+            if let Some(c) = self.commands.get_mut(&command) {
+                c.attempts = c.attempts.saturating_sub(1);
+            }
+            self.silent_attempt(command, now, "no_connection");
+            self.advance(now);
+        }
+    }
+
     /// A bridge's connection ended: its unanswered attempts are retried elsewhere now.
     pub fn connection_lost(&mut self, conn: ConnId, now: Duration) {
         let hit: Vec<CommandId> = self
@@ -622,6 +666,7 @@ impl Dispatcher {
             self.silent_attempt(id, now, "connection_lost");
         }
         self.bridges.remove(&conn);
+        self.sticky.retain(|_, b| *b != conn);
         self.advance(now);
     }
 
@@ -654,8 +699,10 @@ impl Dispatcher {
             if now >= c.deadline {
                 let outcome = if c.acked {
                     Outcome::Rejected
-                } else {
+                } else if c.written {
                     Outcome::NoAck
+                } else {
+                    Outcome::Failed
                 };
                 self.finish(id, now, outcome);
             } else if c.acked {
@@ -681,15 +728,26 @@ impl Dispatcher {
             return;
         };
         if let State::Sending { conn } | State::Waiting { conn, .. } = c.state {
-            c.silent.push(conn);
-            let conn_score = conn;
-            self.score(conn_score, false);
+            if reason == "connection_lost" {
+                c.gone.push(conn);
+                c.lost = c.lost.saturating_add(1);
+            }
+            self.score(conn, false);
         }
         let Some(c) = self.commands.get(&id) else {
             return;
         };
-        if c.attempts > self.config.max_retries {
-            self.finish(id, now, Outcome::NoAck);
+        // A connection lost under an attempt is the bridge's fault, not a sign the device did
+        // not hear: such attempts do not use up the retries (the deadline still bounds them).
+        let counted = c.attempts.saturating_sub(c.lost);
+        if counted > self.config.max_retries || c.attempts >= MAX_ATTEMPTS {
+            // Never written anywhere: no bridge could carry it.
+            let outcome = if c.written {
+                Outcome::NoAck
+            } else {
+                Outcome::Failed
+            };
+            self.finish(id, now, outcome);
             return;
         }
         let (attempts, deadline) = (c.attempts, c.deadline);
@@ -750,26 +808,54 @@ impl Dispatcher {
             return;
         };
         let candidates: Vec<ConnId> = c.req.bridges.clone();
-        let silent = c.silent.clone();
-        // Prefer bridges not yet silent for this command, then the best recent results.
-        let best = candidates
+        let gone = c.gone.clone();
+        let key: Key = (c.req.home.clone(), c.req.target);
+        // Keep a target on the bridge it last used while that connection lives: one TCP stream
+        // keeps its commands in order, so a slow bridge that catches up can never apply an old
+        // command after a newer one sent elsewhere.
+        let sticky = self
+            .sticky
+            .get(&key)
+            .copied()
+            .filter(|b| candidates.contains(b) && !gone.contains(b));
+        // Otherwise the best recent results among bridges still connected for this command
+        // (all of them again if every one was lost: they may have reconnected).
+        let usable: Vec<(usize, ConnId)> = {
+            let live: Vec<(usize, ConnId)> = candidates
+                .iter()
+                .copied()
+                .enumerate()
+                .filter(|(_, b)| !gone.contains(b))
+                .collect();
+            if live.is_empty() {
+                candidates.iter().copied().enumerate().collect()
+            } else {
+                live
+            }
+        };
+        let best = usable
             .iter()
-            .enumerate()
             .max_by(|(ia, a), (ib, b)| {
                 let rank = |conn: &ConnId, i: usize| {
-                    let fresh = !silent.contains(conn);
                     let score = self.bridges.get(conn).map_or(0.5, |r| r.score);
-                    (fresh, score, std::cmp::Reverse(i))
+                    (score, std::cmp::Reverse(i))
                 };
                 rank(a, *ia)
                     .partial_cmp(&rank(b, *ib))
                     .unwrap_or(std::cmp::Ordering::Equal)
             })
             .map(|(_, conn)| *conn);
-        let Some(conn) = best else {
+        let Some(conn) = sticky.or(best) else {
             self.finish(id, now, Outcome::Failed);
             return;
         };
+        if self.sticky.len() >= MAX_STICKY && !self.sticky.contains_key(&key) {
+            // Bound: forget an arbitrary target's bridge (it is chosen afresh next time).
+            if let Some(k) = self.sticky.keys().next().cloned() {
+                self.sticky.remove(&k);
+            }
+        }
+        self.sticky.insert(key, conn);
         let rto = self.rto(conn);
         let Some(c) = self.commands.get_mut(&id) else {
             return;
@@ -1080,42 +1166,56 @@ mod tests {
     }
 
     #[test]
-    fn a_retry_goes_through_another_bridge_and_late_answers_still_count() {
+    fn a_retry_stays_on_a_live_bridge_and_late_answers_still_count() {
         let mut d = Dispatcher::new(DeliveryConfig::default());
         d.submit(req(1, 5, Action::Power(false), &[A, B]), Duration::ZERO);
         let (tx, _) = take(&mut d);
         assert_eq!(tx[0].0, A);
         d.sent(CommandId(1), 1, msg(7), Seq(9), Duration::ZERO);
+        // Silence: the retry goes over the same connection (order is kept on one stream)…
         run_until(&mut d, Duration::from_millis(1300));
         let (tx, _) = take(&mut d);
-        assert_eq!(tx, [(B, CommandId(1), 2)]);
+        assert_eq!(tx, [(A, CommandId(1), 2)]);
         d.sent(
             CommandId(1),
             2,
-            msg(100),
-            Seq(4),
+            msg(8),
+            Seq(10),
             Duration::from_millis(1300),
         );
+        // …until that connection is lost: then another bridge that reaches the device.
+        d.connection_lost(A, Duration::from_millis(1310));
+        run_until(&mut d, Duration::from_millis(2000));
+        let (tx, _) = take(&mut d);
+        assert_eq!(tx, [(B, CommandId(1), 3)]);
+        d.sent(
+            CommandId(1),
+            3,
+            msg(100),
+            Seq(4),
+            Duration::from_millis(2000),
+        );
+        // The next command for the device keeps to B.
         // The first attempt's result arrives late: it still completes the command.
-        d.result(A, Seq(9), 0, Duration::from_millis(1400));
-        assert_eq!(take(&mut d).1, [(CommandId(1), Outcome::Applied, 2)]);
+        d.result(A, Seq(9), 0, Duration::from_millis(2100));
+        assert_eq!(take(&mut d).1, [(CommandId(1), Outcome::Applied, 3)]);
         // Answers after the end are recognised as late, not as another command's.
         d.submit(
-            req(2, 5, Action::Power(true), &[A]),
-            Duration::from_millis(1500),
+            req(2, 5, Action::Power(true), &[A, B]),
+            Duration::from_millis(2200),
         );
-        take(&mut d);
+        assert_eq!(take(&mut d).0, [(B, CommandId(2), 1)]);
         d.sent(
             CommandId(2),
             1,
             msg(8),
             Seq(10),
-            Duration::from_millis(1500),
+            Duration::from_millis(2200),
         );
-        d.ack(B, msg(100), Duration::from_millis(1600));
+        d.ack(A, msg(7), Duration::from_millis(2300));
         let (_, _, trace) = drain(&mut d);
         assert_eq!(trace[&CommandId(1)], [TraceEvent::Late { what: "ack" }]);
-        d.ack(A, msg(8), Duration::from_millis(1700));
+        d.ack(B, msg(8), Duration::from_millis(2400));
         let (_, _, trace) = drain(&mut d);
         assert!(matches!(
             trace[&CommandId(2)][..],

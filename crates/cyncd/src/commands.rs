@@ -69,6 +69,13 @@ pub enum ConnEvent {
         /// The packet, hex.
         hex: String,
     },
+    /// A command was not written: the connection ended first, or had not said hello.
+    Unsent {
+        /// The command.
+        command: CommandId,
+        /// Attempt.
+        attempt: u8,
+    },
     /// A command could not be built or written.
     SendFailed {
         /// The command.
@@ -306,6 +313,7 @@ impl Service {
                 event = events.recv() => {
                     let Some(event) = event else { break };
                     self.event(event);
+                    self.drive();
                     // Drain what else is waiting before acting: one pass per burst.
                     while let Ok(event) = events.try_recv() {
                         self.event(event);
@@ -351,6 +359,9 @@ impl Service {
             ConnEvent::SendFailed { command, attempt } => {
                 self.dispatcher.send_failed(command, attempt, now);
             }
+            ConnEvent::Unsent { command, attempt } => {
+                self.dispatcher.unreachable(command, attempt, now);
+            }
             ConnEvent::Ack { conn, msg } => self.dispatcher.ack(conn, msg, now),
             ConnEvent::Result { conn, seq, code } => self.dispatcher.result(conn, seq, code, now),
             ConnEvent::Status { home, status } => self.dispatcher.status(&home, &status, now),
@@ -360,6 +371,7 @@ impl Service {
 
     /// Carries out everything the dispatcher asked for.
     fn drive(&mut self) {
+        let mut finished = false;
         while let Some(out) = self.dispatcher.poll() {
             match out {
                 Output::Transmit {
@@ -386,8 +398,9 @@ impl Service {
                             self.dispatcher.send_failed(command, attempt, now);
                         }
                         _ => {
+                            // The bridge is between connections: retry after a backoff.
                             let now = self.now();
-                            self.dispatcher.send_failed(command, attempt, now);
+                            self.dispatcher.unreachable(command, attempt, now);
                         }
                     }
                 }
@@ -415,7 +428,7 @@ impl Service {
                     if let Some(w) = self.waiters.remove(&command) {
                         let _ = w.send(completion);
                     }
-                    self.done.send_modify(|n| *n = n.wrapping_add(1));
+                    finished = true;
                 }
                 Output::Trace { command, event, .. } => {
                     if let TraceEvent::Ack { rtt, .. } = &event {
@@ -440,6 +453,10 @@ impl Service {
             .sizes
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = sizes;
+        // Announced after the sizes are current, so a watcher sees them.
+        if finished {
+            self.done.send_modify(|n| *n = n.wrapping_add(1));
+        }
     }
 
     fn record(&mut self, command: CommandId, event: &TraceEvent) {

@@ -4,9 +4,11 @@
 //!   [`server`] (accept loop and connection tasks), [`registry`], [`metrics`], [`http`] and
 //!   [`logging`]; [`commands`] delivers commands reliably.
 //! - [`decode`] and [`encode`]: the lab tools over the wire format.
+//! - [`client`]: `cyncd set` and `cyncd toggle`, clients of a running server.
 //! - [`sim`]: `cyncd sim` (a simulated fleet) and `cyncd demo`.
 #![forbid(unsafe_code)]
 
+pub mod client;
 pub mod commands;
 pub mod config;
 pub mod decode;

@@ -5,7 +5,7 @@
 #![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};
-use cyncd::{decode, encode, serve, sim};
+use cyncd::{client, decode, encode, serve, sim};
 use std::process::ExitCode;
 
 /// cyncd: local control for GE Cync Wi-Fi and Bluetooth-mesh devices.
@@ -22,6 +22,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Serve(serve::Args),
+    Set(client::SetArgs),
+    Toggle(client::ToggleArgs),
     Sim(sim::Args),
     Demo(sim::DemoArgs),
     Decode(decode::Args),
@@ -32,6 +34,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve::run(&args),
+        Command::Set(args) => client::set(&args),
+        Command::Toggle(args) => client::toggle(&args),
         Command::Sim(args) => sim::run(&args),
         Command::Demo(args) => sim::demo(&args),
         Command::Decode(args) => decode::run(&args),

@@ -159,7 +159,12 @@ impl Metrics {
         for outcome in cync_proto::delivery::Outcome::ALL {
             let _ = m.commands.get_or_create(&[("outcome", outcome.name())]);
         }
-        for reason in ["timeout", "connection_lost", "backpressure"] {
+        for reason in [
+            "timeout",
+            "connection_lost",
+            "backpressure",
+            "no_connection",
+        ] {
             let _ = m.retransmits.get_or_create(&[("reason", reason)]);
         }
         let own = registry.sub_registry_with_prefix("cyncd");

@@ -412,24 +412,22 @@ impl Registry {
             .and_then(|c| c.writer.clone())
     }
 
-    /// Connected bridges that reach a device: the one whose own device it is first, then the
-    /// others in id order.
+    /// Bridges that reach a device: connected ones first, the one whose own device it is
+    /// first among them.
     pub fn bridges_for(&self, home: &str, mesh: u16) -> Vec<ConnId> {
         let state = self.lock();
         let Some(device) = state.devices.get(&(home.to_string(), mesh)) else {
             return Vec::new();
         };
-        let mut out: Vec<ConnId> = device
-            .bridges
-            .iter()
-            .filter(|b| state.connections.get(b).is_some_and(|c| c.home == home))
-            .copied()
-            .collect();
+        // Every bridge that reported it, connected or not: one that is reconnecting is waited
+        // for (within the command's deadline). Connected first, its own bridge first.
+        let mut out: Vec<ConnId> = device.bridges.iter().copied().collect();
         out.sort_by_key(|b| {
-            state
-                .connections
-                .get(b)
-                .is_none_or(|c| c.mesh.first() != Some(&mesh))
+            let live = state.connections.get(b).filter(|c| c.home == home);
+            (
+                live.is_none(),
+                live.is_none_or(|c| c.mesh.first() != Some(&mesh)),
+            )
         });
         out
     }

@@ -161,7 +161,7 @@ where
         {
             conn.ctx
                 .commands
-                .event(ConnEvent::SendFailed { command, attempt });
+                .event(ConnEvent::Unsent { command, attempt });
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
         info!(reason, conn_id = conn.id_text(), "disconnected");
@@ -249,7 +249,7 @@ impl Conn {
                     if let Err(reason) = self.flush(stream).await {
                         for event in sent {
                             if let ConnEvent::Sent { command, attempt, .. } = event {
-                                self.ctx.commands.event(ConnEvent::SendFailed { command, attempt });
+                                self.ctx.commands.event(ConnEvent::Unsent { command, attempt });
                             }
                         }
                         return reason;
@@ -338,7 +338,7 @@ impl Conn {
                 _ => self
                     .ctx
                     .commands
-                    .event(ConnEvent::SendFailed { command, attempt }),
+                    .event(ConnEvent::Unsent { command, attempt }),
             }
             next = self.queue.try_recv().ok();
         }
@@ -454,6 +454,10 @@ impl Conn {
                         self.ctx
                             .registry
                             .apply(&self.home, conn, status, source, Instant::now());
+                        self.ctx.commands.event(ConnEvent::Status {
+                            home: self.home.clone(),
+                            status,
+                        });
                     }
                 }
                 Event::Firmware(fw) => {
