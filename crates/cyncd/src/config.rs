@@ -274,6 +274,30 @@ impl Config {
     }
 }
 
+/// The UTC offset, recomputed at most once a minute (daylight-saving changes are picked up;
+/// reading the system zone on every packet is not).
+#[derive(Debug, Default)]
+pub struct OffsetCache {
+    minutes: std::sync::atomic::AtomicI32,
+    /// Unix second of the last lookup, plus one (0 = never).
+    checked: std::sync::atomic::AtomicU64,
+}
+
+impl OffsetCache {
+    /// The offset in minutes at `unix` seconds.
+    pub fn get(&self, config: &Config, unix: u64) -> i16 {
+        use std::sync::atomic::Ordering::Relaxed;
+        let checked = self.checked.load(Relaxed);
+        if checked == 0 || unix >= checked.saturating_add(59) {
+            let minutes = config.offset_minutes();
+            self.minutes.store(i32::from(minutes), Relaxed);
+            self.checked.store(unix.saturating_add(1), Relaxed);
+            return minutes;
+        }
+        i16::try_from(self.minutes.load(Relaxed)).unwrap_or(0)
+    }
+}
+
 /// `-06:00` → −360.
 pub fn parse_offset(text: &str) -> Option<i16> {
     let (sign, rest) = match text.as_bytes().first()? {

@@ -10,9 +10,26 @@ use prometheus_client::registry::Registry;
 type Labels1 = [(&'static str, &'static str); 1];
 type Labels2 = [(&'static str, &'static str); 2];
 
+/// The per-packet-type counters, resolved once so the hot path only touches atomics.
+#[derive(Debug, Clone)]
+pub struct TypeCounters {
+    /// `tcp_comm_packet_recv_total{type, outcome="ok"}`.
+    pub recv_ok: Counter,
+    /// `…{outcome="bad_checksum"}`.
+    pub recv_bad: Counter,
+    /// `…{outcome="decode_error"}`.
+    pub recv_error: Counter,
+    /// `tcp_comm_packet_sent_total{type}`.
+    pub sent: Counter,
+    /// `tcp_comm_packet_latency_seconds{type}`.
+    pub latency: Histogram,
+}
+
 /// Every metric cyncd exports.
 #[derive(Debug, Clone)]
 pub struct Metrics {
+    /// Counters by type byte (unknown types share the `unknown` ones).
+    by_type: std::sync::Arc<Vec<TypeCounters>>,
     /// `tcp_comm_packet_recv_total{type, outcome}`: outcome `ok`, `decode_error`, `bad_checksum`.
     pub packet_recv: Family<Labels2, Counter>,
     /// `tcp_comm_packet_sent_total{type}`.
@@ -65,10 +82,32 @@ fn latency_histogram() -> Histogram {
 impl Metrics {
     /// Creates the metrics and registers them in `registry`.
     pub fn new(registry: &mut Registry) -> Self {
+        let packet_recv: Family<Labels2, Counter> = Family::default();
+        let packet_sent: Family<Labels1, Counter> = Family::default();
+        let packet_latency: Family<Labels1, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        let by_type = (0..=255u8)
+            .map(|b| {
+                let name = cync_proto::PacketType::from_byte(b).map_or("unknown", |t| t.name());
+                let recv = |outcome| {
+                    packet_recv
+                        .get_or_create(&[("type", name), ("outcome", outcome)])
+                        .clone()
+                };
+                TypeCounters {
+                    recv_ok: recv("ok"),
+                    recv_bad: recv("bad_checksum"),
+                    recv_error: recv("decode_error"),
+                    sent: packet_sent.get_or_create(&[("type", name)]).clone(),
+                    latency: packet_latency.get_or_create(&[("type", name)]).clone(),
+                }
+            })
+            .collect();
         let m = Self {
-            packet_recv: Family::default(),
-            packet_sent: Family::default(),
-            packet_latency: Family::new_with_constructor(latency_histogram),
+            by_type: std::sync::Arc::new(by_type),
+            packet_recv,
+            packet_sent,
+            packet_latency,
             retransmits: Family::default(),
             decode_errors: Family::default(),
             connections_open: Gauge::default(),
@@ -205,6 +244,13 @@ impl Metrics {
             m.events_dropped.clone(),
         );
         m
+    }
+
+    /// The counters of a packet type.
+    pub fn of_type(&self, kind: u8) -> &TypeCounters {
+        // 256 entries, one per byte value: never out of range.
+        #[allow(clippy::indexing_slicing)]
+        &self.by_type[usize::from(kind)]
     }
 
     /// Counts a received packet.

@@ -204,6 +204,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         metrics,
         tls: tls.map(|(a, _)| a),
         commands,
+        offset: crate::config::OffsetCache::default(),
     });
     let running = Running {
         devices: devices.local_addr()?,

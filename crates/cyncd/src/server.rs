@@ -42,6 +42,8 @@ pub struct Context {
     pub tls: Option<SslAcceptor>,
     /// The command service.
     pub commands: Commands,
+    /// The UTC offset sent in 0xC8, looked up at most once a minute.
+    pub offset: crate::config::OffsetCache,
 }
 
 impl std::fmt::Debug for Context {
@@ -225,25 +227,35 @@ impl Conn {
         let unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        LocalTime::from_unix(
-            i64::try_from(unix).unwrap_or(0),
-            self.ctx.config.offset_minutes(),
-        )
+        let offset = self.ctx.offset.get(&self.ctx.config, unix);
+        LocalTime::from_unix(i64::try_from(unix).unwrap_or(0), offset)
     }
 
     async fn run<S: AsyncRead + AsyncWrite + Unpin>(&mut self, stream: &mut S) -> &'static str {
         let mut buf = vec![0u8; self.ctx.config.max_packet];
         let mut steps = Vec::new();
+        // One cancellation future and one timer for the whole connection: creating them anew
+        // on every packet costs a lock each.
+        let cancel = self.cancel.clone();
+        let cancelled = cancel.cancelled();
+        tokio::pin!(cancelled);
+        let sleep = tokio::time::sleep(Duration::from_secs(3600));
+        tokio::pin!(sleep);
+        let mut armed: Option<Instant> = None;
         loop {
-            let deadline = self.session.next_deadline().map(|d| self.start + d);
-            let sleep = async {
-                match deadline {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
+            // Re-arm only when the deadline comes earlier than the armed one. Every packet
+            // pushes the silence deadline later; the armed timer then fires early, finds
+            // nothing due, and is re-armed: once per silence period instead of per packet.
+            match (self.session.next_deadline().map(|d| self.start + d), armed) {
+                (Some(at), Some(current)) if at >= current => {}
+                (Some(at), _) => {
+                    sleep.as_mut().reset(at);
+                    armed = Some(at);
                 }
-            };
+                (None, _) => armed = None,
+            }
             tokio::select! {
-                _ = self.cancel.cancelled() => return "replaced_or_shutdown",
+                _ = &mut cancelled => return "replaced_or_shutdown",
                 Some(command) = self.queue.recv() => {
                     let sent = self.write_command(command);
                     if let Err(reason) = self.flush(stream).await {
@@ -280,12 +292,13 @@ impl Conn {
                     }
                     let elapsed = read_at.elapsed().as_secs_f64();
                     for step in steps.iter().filter(|s| !s.sent.is_empty()) {
-                        let kind = step.packet.as_ref().map_or("unknown", Packet::name);
-                        self.ctx.metrics.packet_latency.get_or_create(&[("type", kind)]).observe(elapsed);
+                        let kind = step.bytes.first().copied().unwrap_or_default();
+                        self.ctx.metrics.of_type(kind).latency.observe(elapsed);
                     }
                     self.drain_events();
                 }
-                () = sleep => {
+                () = &mut sleep, if armed.is_some() => {
+                    armed = None;
                     let now = Instant::now().duration_since(self.start);
                     for p in self.session.on_timeout(now) {
                         let corr = if tracing::enabled!(tracing::Level::DEBUG) { corr_id() } else { String::new() };
@@ -382,9 +395,12 @@ impl Conn {
             Ok(p) => {
                 let bad = p.frame().is_some_and(|f| !f.checksum_ok())
                     || matches!(p.body(), Some(cync_proto::Body::Malformed(_)));
-                self.ctx
-                    .metrics
-                    .recv(p.name(), if bad { "bad_checksum" } else { "ok" });
+                let counters = self.ctx.metrics.of_type(p.kind());
+                if bad {
+                    counters.recv_bad.inc();
+                } else {
+                    counters.recv_ok.inc();
+                }
                 debug!(
                     corr_id = %corr,
                     dir = "in",
@@ -400,8 +416,7 @@ impl Conn {
             Err(e) => {
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
                 let kind = step.bytes.first().copied().unwrap_or_default();
-                let name = cync_proto::PacketType::from_byte(kind).map_or("unknown", |t| t.name());
-                self.ctx.metrics.recv(name, "decode_error");
+                self.ctx.metrics.of_type(kind).recv_error.inc();
                 self.ctx.metrics.decode_error(error_label(e));
                 warn!(corr_id = %corr, dir = "in", r#type = kind, error = %e, hex = %redacted_hex(&step.bytes), "undecodable packet");
             }
@@ -413,7 +428,7 @@ impl Conn {
 
     fn log_out(&self, p: &Packet, corr: &str) {
         self.stats.packets_out.fetch_add(1, Ordering::Relaxed);
-        self.ctx.metrics.sent(p.name());
+        self.ctx.metrics.of_type(p.kind()).sent.inc();
         debug!(
             corr_id = %corr,
             dir = "out",
