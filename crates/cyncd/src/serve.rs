@@ -68,6 +68,12 @@ pub struct Args {
     /// Do not ask bridges for their mesh (no 0xA3 or mesh-info request).
     #[arg(long)]
     pub no_discover_mesh: bool,
+    /// Runtime threads [default: 1, one event loop; more spread TLS handshakes over cores].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Offer encrypt-then-MAC in TLS (costs CPU with OpenSSL 3; see the README).
+    #[arg(long)]
+    pub tls_encrypt_then_mac: bool,
     /// UTC offset sent to devices, e.g. -06:00 [default: the system's].
     #[arg(long, value_name = "OFFSET", allow_hyphen_values = true)]
     pub utc_offset: Option<String>,
@@ -109,6 +115,10 @@ impl Args {
         if let Some(v) = self.silence_multiple {
             c.silence_multiple = v;
         }
+        if let Some(v) = self.threads {
+            c.threads = v;
+        }
+        c.tls_encrypt_then_mac |= self.tls_encrypt_then_mac;
         if let Some(v) = self.max_packet {
             c.max_packet = v;
         }
@@ -177,7 +187,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         if files.generated {
             info!(cert = %files.cert.display(), "generated a new self-signed certificate");
         }
-        Some((crate::tls::acceptor(&files)?, files))
+        Some((
+            crate::tls::acceptor(&files, config.tls_encrypt_then_mac)?,
+            files,
+        ))
     };
     let devices = TcpListener::bind(config.listen)
         .await
@@ -247,9 +260,16 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let config = args.config()?;
     crate::logging::init(config.log_format, &config.log_level)?;
     raise_file_limit(config.max_connections);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = if config.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.threads)
+            .enable_all()
+            .build()?
+    };
     runtime.block_on(async move {
         let plain = config.plain;
         let running = start(config).await?;

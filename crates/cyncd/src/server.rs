@@ -28,7 +28,10 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, info, warn};
+
+/// Bytes read from a connection at a time.
+pub const READ_BUFFER: usize = 512;
 
 /// What every connection task shares.
 pub struct Context {
@@ -146,9 +149,11 @@ pub async fn run_connection<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let span = info_span!("conn", %peer, conn_id = tracing::field::Empty);
+    // A debug-level span: entering a span on every poll of every connection costs CPU, so at
+    // info level the lifecycle events carry `peer` and `conn_id` themselves.
+    let span = tracing::debug_span!("conn", %peer, conn_id = tracing::field::Empty);
     async move {
-        info!("connected");
+        info!(%peer, "connected");
         let mut conn = Conn::new(peer, ctx.clone(), cancel.clone());
         let reason = conn.run(&mut stream).await;
         if let Some(id) = conn.session.conn_id() {
@@ -166,7 +171,7 @@ where
                 .event(ConnEvent::Unsent { command, attempt });
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
-        info!(reason, conn_id = conn.id_text(), "disconnected");
+        info!(%peer, reason, conn_id = conn.id_text(), "disconnected");
         reason
     }
     .instrument(span)
@@ -232,7 +237,10 @@ impl Conn {
     }
 
     async fn run<S: AsyncRead + AsyncWrite + Unpin>(&mut self, stream: &mut S) -> &'static str {
-        let mut buf = vec![0u8; self.ctx.config.max_packet];
+        // A small read buffer: device packets are mostly 5–145 bytes, and a larger one (the
+        // 1,024-byte 0xAB) simply takes a few reads — the framer joins them. At 10,000
+        // connections every byte here is 10 kB of memory.
+        let mut buf = vec![0u8; READ_BUFFER];
         let mut steps = Vec::new();
         // One cancellation future and one timer for the whole connection: creating them anew
         // on every packet costs a lock each.
@@ -451,7 +459,7 @@ impl Conn {
                     self.home = self.ctx.config.home_of(conn).to_string();
                     tracing::Span::current().record("conn_id", tracing::field::display(conn));
                     self.ctx.metrics.hellos.inc();
-                    info!(conn_id = %conn, home = %self.home, "hello");
+                    info!(peer = %self.peer, conn_id = %conn, home = %self.home, "hello");
                     self.registration = Some(self.ctx.registry.register(
                         conn,
                         self.peer,
@@ -462,7 +470,7 @@ impl Conn {
                     ));
                 }
                 Event::AppConnection(conn) => {
-                    info!(conn_id = %conn, "phone-app connection: not served, closing");
+                    info!(peer = %self.peer, conn_id = %conn, "phone-app connection: not served, closing");
                 }
                 Event::Status(status, source) => {
                     if let Some(conn) = self.session.conn_id() {
@@ -481,7 +489,7 @@ impl Conn {
                             cync_proto::FirmwareKind::Device => "device",
                             cync_proto::FirmwareKind::Network => "network",
                         };
-                        info!(kind, version = %fw.version(), "firmware");
+                        info!(peer = %self.peer, conn_id = %conn, kind, version = %fw.version(), "firmware");
                         self.ctx.registry.firmware(conn, kind, fw.version());
                     }
                 }
@@ -491,7 +499,7 @@ impl Conn {
                 } => {
                     if let Some(conn) = self.session.conn_id() {
                         let ids: Vec<u16> = devices.iter().map(|d| d.id.0).collect();
-                        info!(devices = ?ids, device_type, "mesh learned");
+                        info!(peer = %self.peer, conn_id = %conn, devices = ?ids, device_type, "mesh learned");
                         self.ctx
                             .registry
                             .learn_mesh(conn, &self.home, device_type, &ids);

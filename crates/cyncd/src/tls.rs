@@ -226,7 +226,7 @@ pub fn ensure_certificate(
 /// TLS 1.2 and 1.3, the [`CIPHER_LIST`] in server preference order, security level 1 (so the SHA-1
 /// CBC suites stay available where a distribution raises the default). Fails with an error naming
 /// the file when a file is not valid PEM, and when the key does not match the certificate.
-pub fn acceptor(files: &TlsFiles) -> Result<SslAcceptor, TlsError> {
+pub fn acceptor(files: &TlsFiles, encrypt_then_mac: bool) -> Result<SslAcceptor, TlsError> {
     let cert_pem =
         fs::read(&files.cert).map_err(|source| file_error("read", &files.cert, source))?;
     let key_pem = fs::read(&files.key).map_err(|source| file_error("read", &files.key, source))?;
@@ -264,6 +264,15 @@ pub fn acceptor(files: &TlsFiles) -> Result<SslAcceptor, TlsError> {
         SslAcceptor::mozilla_intermediate(SslMethod::tls_server()).map_err(TlsError::Config)?;
     // mozilla_intermediate turns TLS 1.3 off; devices never offer it, other clients may.
     builder.clear_options(SslOptions::NO_TLSV1_3);
+    if !encrypt_then_mac {
+        // SSL_OP_NO_ENCRYPT_THEN_MAC (the crate names no constant for it). Devices offer
+        // encrypt-then-MAC, but with it OpenSSL 3 cannot use its stitched AES-CBC-HMAC code and
+        // copies MAC contexts for every record: measured at 8,000 devices, it cost a fifth of
+        // the server's CPU and 20 MiB. The devices do not check the server's certificate, so
+        // what TLS gives them is confidentiality against passive listeners, which
+        // MAC-then-encrypt (with OpenSSL's constant-time CBC checks) provides as well.
+        builder.set_options(SslOptions::from_bits_retain(1 << 19));
+    }
     builder
         .set_min_proto_version(Some(SslVersion::TLS1_2))
         .map_err(TlsError::Config)?;
@@ -274,6 +283,9 @@ pub fn acceptor(files: &TlsFiles) -> Result<SslAcceptor, TlsError> {
     // Devices are idle between 20-second heartbeats: free the ~34 KiB of record buffers of an
     // idle connection instead of keeping them for its lifetime.
     builder.set_mode(openssl::ssl::SslMode::RELEASE_BUFFERS);
+    // Read whole TLS records (and whatever follows) in one system call instead of a header
+    // read and a body read.
+    builder.set_read_ahead(true);
     builder.set_certificate(&leaf).map_err(TlsError::Config)?;
     for chain in certs {
         builder
@@ -521,7 +533,7 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, ["cert.pem", "key.pem"]);
-        acceptor(&files).unwrap();
+        acceptor(&files, false).unwrap();
     }
 
     #[test]
@@ -560,7 +572,7 @@ mod tests {
         let second = ensure_certificate(&tmp.0, None, None).unwrap();
         assert!(second.generated);
         assert_ne!(fs::read(&second.key).unwrap(), key);
-        acceptor(&second).unwrap();
+        acceptor(&second, false).unwrap();
     }
 
     #[test]
@@ -620,7 +632,7 @@ mod tests {
             }
         );
         assert!(!state.exists());
-        acceptor(&files).unwrap();
+        acceptor(&files, false).unwrap();
     }
 
     #[test]
@@ -669,7 +681,7 @@ mod tests {
                 key: good.key.clone(),
                 generated: false,
             };
-            let err = acceptor(&files).err().unwrap();
+            let err = acceptor(&files, false).err().unwrap();
             assert!(
                 matches!(
                     &err,
@@ -687,7 +699,7 @@ mod tests {
             key: garbage.clone(),
             generated: false,
         };
-        let err = acceptor(&files).err().unwrap();
+        let err = acceptor(&files, false).err().unwrap();
         assert!(
             matches!(
                 &err,
@@ -712,7 +724,7 @@ mod tests {
             key: b.key,
             generated: false,
         };
-        let err = acceptor(&files).err().unwrap();
+        let err = acceptor(&files, false).err().unwrap();
         assert!(matches!(err, TlsError::KeyMismatch { .. }), "{err:?}");
     }
 

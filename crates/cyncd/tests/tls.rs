@@ -56,7 +56,7 @@ fn server_acceptor(name: &str) -> (SslAcceptor, TempDir) {
     let dir = TempDir::new(name);
     let files: TlsFiles = tls::ensure_certificate(&dir.0, None, None).unwrap();
     assert!(files.generated);
-    (tls::acceptor(&files).unwrap(), dir)
+    (tls::acceptor(&files, false).unwrap(), dir)
 }
 
 fn captures_file() -> PathBuf {
