@@ -1224,6 +1224,36 @@ mod tests {
     }
 
     #[test]
+    fn message_ids_wrap_and_a_reused_id_belongs_to_the_new_command() {
+        let mut d = Dispatcher::new(DeliveryConfig::default());
+        // The connection's counter wraps from 0xffff to 0: both ids work.
+        for (i, counter) in [0xffffu16, 0x0000].into_iter().enumerate() {
+            let id = CommandId(i as u64);
+            d.submit(
+                req(i as u64, 5, Action::Power(i == 0), &[A]),
+                Duration::ZERO,
+            );
+            take(&mut d);
+            d.sent(id, 1, msg(counter), Seq(1), MS);
+            d.ack(A, msg(counter), 2 * MS);
+            d.result(A, Seq(1), 0, 3 * MS);
+            assert_eq!(take(&mut d).1, [(id, Outcome::Applied, 1)]);
+        }
+        // 65,536 packets later the first id comes round again, for a new command: its answers
+        // go to the new command, not to the finished one.
+        d.submit(req(9, 5, Action::Power(true), &[A]), 10 * MS);
+        take(&mut d);
+        d.sent(CommandId(9), 1, msg(0xffff), Seq(2), 10 * MS);
+        d.ack(A, msg(0xffff), 11 * MS);
+        let (_, _, trace) = drain(&mut d);
+        assert!(matches!(
+            trace[&CommandId(9)][..],
+            [TraceEvent::Sent { .. }, TraceEvent::Ack { attempt: 1, .. }]
+        ));
+        assert!(!trace.contains_key(&CommandId(0)));
+    }
+
+    #[test]
     fn queued_commands_are_superseded_and_a_full_queue_refuses() {
         let mut d = Dispatcher::new(DeliveryConfig {
             max_queue: 3,

@@ -11,7 +11,12 @@ use std::time::Duration;
 #[derive(Debug, Clone, clap::Args)]
 pub struct ApiArgs {
     /// The server's HTTP API.
-    #[arg(long, default_value = "http://127.0.0.1:8080", value_name = "URL")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "http://127.0.0.1:8080",
+        value_name = "URL"
+    )]
     api: String,
 }
 
@@ -27,7 +32,7 @@ pub struct SetArgs {
     #[command(subcommand)]
     state: SetState,
     /// The target is a group from the configuration.
-    #[arg(long)]
+    #[arg(long, global = true)]
     group: bool,
     #[command(flatten)]
     api: ApiArgs,

@@ -1,0 +1,104 @@
+//! `cyncd set` and `cyncd toggle` against a running server with a simulated home: the outcome
+//! printed, the exit status, and the device-side truth.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod common;
+
+use common::*;
+use cync_sim::{Fleet, FleetConfig};
+use std::time::Duration;
+
+async fn cyncd(args: Vec<String>) -> std::process::Output {
+    // The server runs on this test's runtime, so the client runs on a blocking thread.
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_cyncd"))
+            .args(args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_and_toggle_print_the_outcome_and_exit_accordingly() {
+    let server = start(config("cli-set")).await;
+    let fleet = Fleet::start(FleetConfig {
+        server: server.devices.to_string(),
+        bridges: 1,
+        devices_per_bridge: 4,
+        homes: Some(1),
+        seed: 8,
+        heartbeat: Duration::from_secs(10),
+        firmware_delay: Duration::from_millis(50),
+        id_base: 0x6100_0000,
+        ..FleetConfig::default()
+    })
+    .unwrap();
+    until(&server, || {
+        server.ctx.registry.devices(&server.ctx.config).len() == 4
+    })
+    .await;
+    let api = format!("http://{}", server.http);
+    let arg = |s: &str| {
+        s.split_whitespace()
+            .map(String::from)
+            .chain(["--api".into(), api.clone()])
+            .collect::<Vec<_>>()
+    };
+
+    // Device 3 is a tunable-white bulb.
+    let out = cyncd(arg("set default:3 brightness 40")).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.starts_with("applied: 1 attempt(s)"), "{text}");
+    assert_eq!(fleet.device("home0", 3).unwrap().brightness, 40);
+
+    let before = fleet.device("home0", 2).unwrap().on;
+    let out = cyncd(arg("toggle 2")).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fleet.device("home0", 2).unwrap().on, !before);
+
+    // A plug cannot do colours: the device refuses with a bare 0x7B.
+    let out = cyncd(arg("set default:1 rgb 255 0 0")).await;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("rejected"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/api/trace/"));
+
+    let out = cyncd(arg("set default:77 on")).await;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("HTTP 404"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cyncd(vec![
+        "set".into(),
+        "3".into(),
+        "on".into(),
+        "--api".into(),
+        "http://127.0.0.1:1".into(),
+    ])
+    .await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("connecting to"));
+    fleet.stop().await;
+    server.shutdown().await;
+}
