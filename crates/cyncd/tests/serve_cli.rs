@@ -214,3 +214,24 @@ fn serve_rejects_bad_configuration_clearly() {
     assert!(!out.status.success());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn demo_runs_a_simulated_home_and_stops() {
+    let out = Command::new(env!("CARGO_BIN_EXE_cyncd"))
+        .args(["demo", "--http", "127.0.0.1:0", "--duration", "3"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("12 devices") && text.contains("/api/devices") && text.contains("/metrics"),
+        "{text}"
+    );
+    // The simulated bridges said hello to the in-process server.
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert!(logs.matches("hello").count() >= 2, "{logs}");
+}
