@@ -20,6 +20,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 const SEEDS: u64 = 10;
+
+/// The profiles run one at a time: each already loads both cores with a server, a fleet and
+/// its commands, and deadlines are real time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const COMMANDS_PER_DEVICE: usize = 3;
 
 struct Run {
@@ -165,6 +169,7 @@ async fn suite(profile: &str, chaos: &str) -> (usize, usize) {
 }
 
 async fn suite_with(profile: &str, chaos: &str, storm: Option<Duration>) -> (usize, usize) {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let mut applied = 0;
     let mut total = 0;
     for seed in 1..=SEEDS {
