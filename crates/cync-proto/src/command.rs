@@ -288,11 +288,7 @@ fn data(conn_id: ConnId, msg_id: MsgId, frame: Frame) -> Packet {
 mod tests {
     use super::*;
 
-    fn hex(s: &str) -> Vec<u8> {
-        s.split_whitespace()
-            .map(|p| u8::from_str_radix(p, 16).unwrap())
-            .collect()
-    }
+    use crate::test_util::hex;
 
     fn id(s: &str) -> ConnId {
         ConnId::from_hex(s).unwrap()

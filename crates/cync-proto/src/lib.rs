@@ -88,3 +88,14 @@ fn roundtrip(bytes: &[u8]) {
         let _ = packet.summary();
     }
 }
+
+/// Helpers shared by the unit tests.
+#[cfg(test)]
+pub(crate) mod test_util {
+    /// Space-separated hex pairs to bytes.
+    pub fn hex(s: &str) -> Vec<u8> {
+        s.split_whitespace()
+            .map(|p| u8::from_str_radix(p, 16).unwrap())
+            .collect()
+    }
+}

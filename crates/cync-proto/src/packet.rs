@@ -881,11 +881,7 @@ impl Tlv {
 mod tests {
     use super::*;
 
-    fn hex(s: &str) -> Vec<u8> {
-        s.split_whitespace()
-            .map(|p| u8::from_str_radix(p, 16).unwrap())
-            .collect()
-    }
+    use crate::test_util::hex;
 
     #[track_caller]
     fn roundtrip(s: &str) -> Packet {

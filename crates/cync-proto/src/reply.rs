@@ -172,11 +172,7 @@ pub fn answer(packet: &Packet, now: LocalTime) -> Option<Packet> {
 mod tests {
     use super::*;
 
-    fn hex(s: &str) -> Vec<u8> {
-        s.split_whitespace()
-            .map(|p| u8::from_str_radix(p, 16).unwrap())
-            .collect()
-    }
+    use crate::test_util::hex;
 
     #[test]
     fn time_reply_matches_capture_a() {

@@ -537,11 +537,7 @@ impl Session {
 mod tests {
     use super::*;
 
-    fn hex(s: &str) -> Vec<u8> {
-        s.split_whitespace()
-            .map(|p| u8::from_str_radix(p, 16).unwrap())
-            .collect()
-    }
+    use crate::test_util::hex;
 
     const HELLO: &str = "23 00 00 00 1a 03 32 5d 53 17 00 10 30 30 30 30 30 30 30 30 30 30 30 30 30 30 30 30 00 00 3c";
     const MS: Duration = Duration::from_millis(1);
@@ -774,11 +770,7 @@ mod tests {
 mod dedup_tests {
     use super::*;
 
-    fn hex(s: &str) -> Vec<u8> {
-        s.split_whitespace()
-            .map(|p| u8::from_str_radix(p, 16).unwrap())
-            .collect()
-    }
+    use crate::test_util::hex;
 
     #[test]
     fn repeated_reports_are_acknowledged_but_not_applied_twice() {

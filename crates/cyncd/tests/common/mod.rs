@@ -129,11 +129,28 @@ pub async fn write(stream: &mut (impl AsyncWrite + Unpin + ?Sized), bytes: &[u8]
 
 /// A plain HTTP/1.1 GET; returns (status, body).
 pub async fn get(server: &Running, path: &str) -> (u16, String) {
+    http(
+        server,
+        &format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"),
+    )
+    .await
+}
+
+/// A plain HTTP/1.1 POST with a JSON body; returns (status, body).
+pub async fn post(server: &Running, path: &str, body: &str) -> (u16, String) {
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    http(server, &request).await
+}
+
+/// Sends one request and reads the whole answer (the server closes); returns (status, body).
+async fn http(server: &Running, request: &str) -> (u16, String) {
     let mut tcp = TcpStream::connect(server.http).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     tcp.write_all(request.as_bytes()).await.unwrap();
     let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut response))
+    tokio::time::timeout(Duration::from_secs(30), tcp.read_to_end(&mut response))
         .await
         .unwrap()
         .unwrap();
@@ -176,23 +193,4 @@ pub async fn until(server: &Running, mut check: impl FnMut() -> bool) {
             _ => panic!("condition not reached"),
         }
     }
-}
-
-/// A plain HTTP/1.1 POST with a JSON body; returns (status, body).
-pub async fn post(server: &Running, path: &str, body: &str) -> (u16, String) {
-    let mut tcp = TcpStream::connect(server.http).await.unwrap();
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    tcp.write_all(request.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), tcp.read_to_end(&mut response))
-        .await
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, body.to_string())
 }
