@@ -271,6 +271,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             .build()?
     };
     runtime.block_on(async move {
+        let mut signals = Signals::install()?;
         let plain = config.plain;
         let running = start(config).await?;
         println!(
@@ -279,7 +280,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             if plain { "plain TCP" } else { "TLS" },
             running.http
         );
-        wait_for_signal().await;
+        signals.recv().await;
         info!("shutting down");
         running.shutdown().await;
         anyhow::Ok(())
@@ -303,23 +304,36 @@ fn raise_file_limit(max_connections: usize) {
     }
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// SIGINT and SIGTERM, listened for from creation on: installed before the server says it is
+/// ready, so a signal sent right after that line is never lost to the default action.
+struct Signals {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+            })
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {},
+            _ = self.int.recv() => {},
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
