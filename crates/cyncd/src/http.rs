@@ -59,7 +59,7 @@ async fn metrics(State(api): State<Api>) -> Response {
 }
 
 async fn devices(State(api): State<Api>) -> Response {
-    Json(api.ctx.registry.devices(&api.ctx.config)).into_response()
+    off_loop(move || serde_json::to_vec(&api.ctx.registry.devices(&api.ctx.config))).await
 }
 
 async fn device(State(api): State<Api>, Path(id): Path<String>) -> Response {
@@ -78,7 +78,22 @@ async fn device(State(api): State<Api>, Path(id): Path<String>) -> Response {
 }
 
 async fn connections(State(api): State<Api>) -> Response {
-    Json(api.ctx.registry.connections()).into_response()
+    off_loop(move || serde_json::to_vec(&api.ctx.registry.connections())).await
+}
+
+/// Builds a (possibly large) JSON list on a blocking thread: at 10,000 connections the copy and
+/// serialisation take milliseconds, which the event loop serving devices must not spend.
+async fn off_loop<F>(build: F) -> Response
+where
+    F: FnOnce() -> serde_json::Result<Vec<u8>> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(build).await {
+        Ok(Ok(body)) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        _ => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "could not build the list",
+        ),
+    }
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
