@@ -313,19 +313,6 @@ impl Session {
         sent
     }
 
-    /// Queues a packet we originate (a command) and returns the message id it was given.
-    /// `build` receives the connection id and a fresh message id. `None` before the hello.
-    pub fn send_with<F>(&mut self, build: F) -> Option<(MsgId, Packet)>
-    where
-        F: FnOnce(ConnId, MsgId) -> Packet,
-    {
-        let conn = self.conn_id?;
-        let msg = self.next_msg_id();
-        let packet = build(conn, msg);
-        packet.encode(&mut self.transmit);
-        Some((msg, packet))
-    }
-
     /// Queues a control command for `target` with a fresh message id and seq. `None` before
     /// the hello.
     pub fn send_command(
@@ -732,30 +719,26 @@ mod tests {
     #[test]
     fn command_results_and_commands_sent() {
         let mut s = Session::new(SessionConfig::default(), Duration::ZERO, 0x1537);
-        assert!(s.send_with(command::announce).is_none());
+        let power = command::Action::Power(true);
+        assert!(
+            s.send_command(command::Target::Device(5), power).is_none(),
+            "not before the hello"
+        );
         feed(&mut s, &hex(HELLO), Duration::ZERO);
         s.take_transmit();
-        let (msg, _) = s
-            .send_with(|c, m| {
-                command::command(
-                    c,
-                    m,
-                    Seq(0x21),
-                    command::Target::Device(5),
-                    command::Action::Power(true),
-                )
-                .unwrap()
-            })
+        let (msg, seq, _) = s
+            .send_command(command::Target::Device(5), power)
+            .unwrap()
             .unwrap();
-        assert_eq!(msg, MsgId([0x15, 0x37, 0]));
+        assert_eq!((msg, seq), (MsgId([0x15, 0x37, 0]), Seq(1)));
         assert_eq!(s.take_transmit()[9..12], [0x15, 0x37, 0]);
         feed(
             &mut s,
-            &hex("73 00 00 00 13 32 5d 53 17 00 02 00 7e 21 00 00 00 f9 d0 01 00 00 d1 7e"),
+            &hex("73 00 00 00 13 32 5d 53 17 00 02 00 7e 01 00 00 00 f9 d0 01 00 00 d1 7e"),
             MS,
         );
         assert!(events(&mut s).contains(&Event::CommandResult {
-            seq: Seq(0x21),
+            seq: Seq(1),
             opcode: 0xd0,
             code: 0
         }));

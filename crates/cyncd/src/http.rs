@@ -65,15 +65,7 @@ async fn devices(State(api): State<Api>) -> Response {
 async fn device(State(api): State<Api>, Path(id): Path<String>) -> Response {
     match api.ctx.registry.device(&api.ctx.config, &id) {
         Ok(view) => Json(view).into_response(),
-        Err(Lookup::BadId) => error(
-            StatusCode::BAD_REQUEST,
-            "device id must be home:mesh_id or a mesh id",
-        ),
-        Err(Lookup::NotFound) => error(StatusCode::NOT_FOUND, "no such device"),
-        Err(Lookup::Ambiguous) => error(
-            StatusCode::CONFLICT,
-            "several homes have this mesh id: use home:mesh_id",
-        ),
+        Err(e) => lookup_error(e),
     }
 }
 
@@ -198,24 +190,10 @@ async fn device_state(
     axum::extract::Query(q): axum::extract::Query<WaitQuery>,
     body: axum::body::Bytes,
 ) -> Response {
-    let actions = match parse_body(&body) {
-        Ok(a) => a,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
-    };
-    let (home, mesh) = match api.ctx.registry.resolve(&id) {
-        Ok(k) => k,
-        Err(e) => return lookup_error(e),
-    };
-    let bridges = api.ctx.registry.bridges_for(&home, mesh);
-    run_commands(
-        &api,
-        &home,
-        cync_proto::Target::Device(mesh),
-        bridges,
-        actions,
-        q.wait,
-    )
-    .await
+    match parse_body(&body) {
+        Ok(actions) => command_device(&api, &id, |_| actions, q.wait).await,
+        Err(e) => error(StatusCode::BAD_REQUEST, &e),
+    }
 }
 
 async fn device_toggle(
@@ -223,23 +201,26 @@ async fn device_toggle(
     Path(id): Path<String>,
     axum::extract::Query(q): axum::extract::Query<WaitQuery>,
 ) -> Response {
-    let (home, mesh) = match api.ctx.registry.resolve(&id) {
+    // Resolved now, against the registry: the wire only ever carries absolute state.
+    let toggle = |on: bool| vec![("on", cync_proto::Action::Power(!on))];
+    command_device(&api, &id, toggle, q.wait).await
+}
+
+/// Resolves a device id and runs the actions `actions(currently on)` returns on it.
+async fn command_device(
+    api: &Api,
+    id: &str,
+    actions: impl FnOnce(bool) -> Vec<(&'static str, cync_proto::Action)>,
+    wait: bool,
+) -> Response {
+    let (home, mesh) = match api.ctx.registry.resolve(id) {
         Ok(k) => k,
         Err(e) => return lookup_error(e),
     };
-    // Resolved now, against the registry: the wire only ever carries absolute state.
     let on = api.ctx.registry.status(&home, mesh).is_some_and(|s| s.on);
     let bridges = api.ctx.registry.bridges_for(&home, mesh);
-    let actions = vec![("on", cync_proto::Action::Power(!on))];
-    run_commands(
-        &api,
-        &home,
-        cync_proto::Target::Device(mesh),
-        bridges,
-        actions,
-        q.wait,
-    )
-    .await
+    let target = cync_proto::Target::Device(mesh);
+    run_commands(api, &home, target, bridges, actions(on), wait).await
 }
 
 async fn group_state(

@@ -253,18 +253,6 @@ impl Metrics {
         &self.by_type[usize::from(kind)]
     }
 
-    /// Counts a received packet.
-    pub fn recv(&self, kind: &'static str, outcome: &'static str) {
-        self.packet_recv
-            .get_or_create(&[("type", kind), ("outcome", outcome)])
-            .inc();
-    }
-
-    /// Counts a sent packet.
-    pub fn sent(&self, kind: &'static str) {
-        self.packet_sent.get_or_create(&[("type", kind)]).inc();
-    }
-
     /// Counts a decode error.
     pub fn decode_error(&self, reason: &'static str) {
         self.decode_errors

@@ -351,30 +351,13 @@ impl Registry {
 
     /// One device by `home:mesh_id`, or by a bare mesh id when only one home has it.
     pub fn device(&self, config: &crate::config::Config, id: &str) -> Result<DeviceView, Lookup> {
+        let (home, mesh) = self.resolve(id)?;
         let state = self.lock();
-        let found: Vec<_> = match id.split_once(':') {
-            Some((home, mesh)) => {
-                let mesh: u16 = mesh.parse().map_err(|_| Lookup::BadId)?;
-                state
-                    .devices
-                    .get_key_value(&(home.to_string(), mesh))
-                    .into_iter()
-                    .collect()
-            }
-            None => {
-                let mesh: u16 = id.parse().map_err(|_| Lookup::BadId)?;
-                state
-                    .devices
-                    .iter()
-                    .filter(|((_, m), _)| *m == mesh)
-                    .collect()
-            }
-        };
-        match found.as_slice() {
-            [((home, mesh), d)] => Ok(view(config, &state, home, *mesh, d)),
-            [] => Err(Lookup::NotFound),
-            _ => Err(Lookup::Ambiguous),
-        }
+        let device = state
+            .devices
+            .get(&(home.clone(), mesh))
+            .ok_or(Lookup::NotFound)?;
+        Ok(view(config, &state, &home, mesh, device))
     }
 
     /// Every connection, sorted by id.
