@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod capture;
+pub mod catalog;
 pub mod command;
 pub mod dedup;
 pub mod delivery;

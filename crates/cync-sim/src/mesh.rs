@@ -44,10 +44,10 @@ impl Kind {
     /// The Cync device-type code the simulator reports in mesh-info records.
     pub fn type_code(self) -> u8 {
         match self {
-            Self::Plug => 68,         // 0x44, the plug of the cloud trace
-            Self::Dimmable => 55,     // dimmer
-            Self::TunableWhite => 13, // C-Life A19
-            Self::Rgb => 30,          // Full Color A19
+            Self::Plug => 68,        // 0x44, the plug of the cloud trace
+            Self::Dimmable => 55,    // dimmer
+            Self::TunableWhite => 5, // tunable-white bulb
+            Self::Rgb => 30,         // Full Color A19
             Self::Fan => 81,
             Self::Switch => 51, // switch paddle
         }

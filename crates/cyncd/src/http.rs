@@ -16,6 +16,7 @@
 //! Errors are JSON `{"error": "..."}` with 400 (bad id or body; nothing is sent), 404 (unknown)
 //! or 409 (ambiguous).
 
+use crate::control::{self, ControlError};
 use crate::registry::Lookup;
 use crate::server::Context;
 use axum::Json;
@@ -112,7 +113,7 @@ pub struct StateBody {
 
 impl StateBody {
     /// The actions, in the order they are sent, or why the body is not acceptable.
-    pub fn actions(&self) -> Result<Vec<(&'static str, cync_proto::Action)>, String> {
+    pub fn actions(&self) -> Result<Vec<control::Step>, String> {
         use cync_proto::Action;
         let mut out = Vec::new();
         let range = |name: &str, v: u8| {
@@ -191,7 +192,7 @@ async fn device_state(
     body: axum::body::Bytes,
 ) -> Response {
     match parse_body(&body) {
-        Ok(actions) => command_device(&api, &id, |_| actions, q.wait).await,
+        Ok(steps) => command_device(&api, &id, |_| steps, q.wait).await,
         Err(e) => error(StatusCode::BAD_REQUEST, &e),
     }
 }
@@ -206,21 +207,19 @@ async fn device_toggle(
     command_device(&api, &id, toggle, q.wait).await
 }
 
-/// Resolves a device id and runs the actions `actions(currently on)` returns on it.
+/// Resolves a device id and runs the steps `steps(currently on)` returns on it.
 async fn command_device(
     api: &Api,
     id: &str,
-    actions: impl FnOnce(bool) -> Vec<(&'static str, cync_proto::Action)>,
+    steps: impl FnOnce(bool) -> Vec<control::Step>,
     wait: bool,
 ) -> Response {
-    let (home, mesh) = match api.ctx.registry.resolve(id) {
-        Ok(k) => k,
-        Err(e) => return lookup_error(e),
+    let resolved = match control::device(&api.ctx, id) {
+        Ok(r) => r,
+        Err(e) => return control_error(&e),
     };
-    let on = api.ctx.registry.status(&home, mesh).is_some_and(|s| s.on);
-    let bridges = api.ctx.registry.bridges_for(&home, mesh);
-    let target = cync_proto::Target::Device(mesh);
-    run_commands(api, &home, target, bridges, actions(on), wait).await
+    let steps = steps(resolved.on);
+    run_commands(api, &resolved, steps, wait).await
 }
 
 async fn group_state(
@@ -229,125 +228,58 @@ async fn group_state(
     axum::extract::Query(q): axum::extract::Query<WaitQuery>,
     body: axum::body::Bytes,
 ) -> Response {
-    let actions = match parse_body(&body) {
+    let steps = match parse_body(&body) {
         Ok(a) => a,
         Err(e) => return error(StatusCode::BAD_REQUEST, &e),
     };
-    let config = &api.ctx.config;
-    let (home_filter, gid) = match id.split_once(':') {
-        Some((h, g)) => (Some(h), g),
-        None => (None, id.as_str()),
-    };
-    let Ok(gid) = gid.parse::<u16>() else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "group id must be home:group_id or a group id",
-        );
-    };
-    let homes: Vec<&str> = config
-        .homes
-        .iter()
-        .filter(|h| home_filter.is_none_or(|f| f == h.name))
-        .filter(|h| h.groups.iter().any(|g| g.id == gid))
-        .map(|h| h.name.as_str())
-        .collect();
-    let home = match homes.as_slice() {
-        [home] => (*home).to_string(),
-        [] => return error(StatusCode::NOT_FOUND, "no such group in the configuration"),
-        _ => {
-            return error(
-                StatusCode::CONFLICT,
-                "several homes have this group id: use home:group_id",
-            );
-        }
-    };
-    let bridges = api.ctx.registry.home_bridges(&home);
-    run_commands(
-        &api,
-        &home,
-        cync_proto::Target::Group(gid),
-        bridges,
-        actions,
-        q.wait,
-    )
-    .await
+    match control::group(&api.ctx, &id) {
+        Ok(resolved) => run_commands(&api, &resolved, steps, q.wait).await,
+        Err(e) => control_error(&e),
+    }
 }
 
-fn parse_body(body: &[u8]) -> Result<Vec<(&'static str, cync_proto::Action)>, String> {
+fn parse_body(body: &[u8]) -> Result<Vec<control::Step>, String> {
     let parsed: StateBody =
         serde_json::from_slice(body).map_err(|e| format!("invalid body: {e}"))?;
     parsed.actions()
 }
 
 fn lookup_error(e: Lookup) -> Response {
-    match e {
-        Lookup::BadId => error(
-            StatusCode::BAD_REQUEST,
-            "device id must be home:mesh_id or a mesh id",
-        ),
-        Lookup::NotFound => error(StatusCode::NOT_FOUND, "no such device"),
-        Lookup::Ambiguous => error(
-            StatusCode::CONFLICT,
-            "several homes have this mesh id: use home:mesh_id",
-        ),
-    }
+    control_error(&e.into())
+}
+
+fn control_error(e: &ControlError) -> Response {
+    let status = match e {
+        ControlError::BadDeviceId | ControlError::BadGroupId | ControlError::Unsupported(_) => {
+            StatusCode::BAD_REQUEST
+        }
+        ControlError::NoDevice | ControlError::NoGroup => StatusCode::NOT_FOUND,
+        ControlError::Ambiguous => StatusCode::CONFLICT,
+    };
+    error(status, &e.to_string())
 }
 
 async fn run_commands(
     api: &Api,
-    home: &str,
-    target: cync_proto::Target,
-    bridges: Vec<cync_proto::ConnId>,
-    actions: Vec<(&'static str, cync_proto::Action)>,
+    resolved: &control::Resolved,
+    steps: Vec<control::Step>,
     wait: bool,
 ) -> Response {
-    use crate::commands::Completion;
-    let mut pending = Vec::new();
-    let mut done: Vec<(&'static str, Completion)> = Vec::new();
-    for (attribute, action) in actions {
-        let id = api.ctx.commands.new_id();
-        let req = cync_proto::delivery::Request {
-            id,
-            home: home.to_string(),
-            target,
-            action,
-            bridges: bridges.clone(),
-        };
-        match api.ctx.commands.submit(req, wait) {
-            Ok(rx) => pending.push((attribute, id, rx)),
-            Err(c) => done.push((attribute, c)),
+    if let Err(e) = control::check(resolved, &steps) {
+        return control_error(&e);
+    }
+    let done = match control::submit(&api.ctx, resolved, steps, wait).await {
+        control::Submitted::Done(done) => done,
+        control::Submitted::Accepted(ids) => {
+            let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+            let first = ids.first().cloned().unwrap_or_default();
+            return (
+                StatusCode::ACCEPTED,
+                Json(serde_json::json!({ "command_id": first, "command_ids": ids })),
+            )
+                .into_response();
         }
-    }
-    if !wait {
-        let ids: Vec<String> = pending.iter().map(|(_, id, _)| id.to_string()).collect();
-        let first = ids.first().cloned().unwrap_or_default();
-        return (
-            StatusCode::ACCEPTED,
-            Json(serde_json::json!({ "command_id": first, "command_ids": ids })),
-        )
-            .into_response();
-    }
-    let limit = std::time::Duration::from_millis(
-        api.ctx.config.command_deadline_ms.saturating_mul(2) + 1000,
-    );
-    for (attribute, id, rx) in pending {
-        let completion = match rx {
-            Some(rx) => tokio::time::timeout(limit, rx)
-                .await
-                .ok()
-                .and_then(Result::ok),
-            None => None,
-        };
-        done.push((
-            attribute,
-            completion.unwrap_or(Completion {
-                command_id: id.to_string(),
-                outcome: "failed",
-                attempts: 0,
-                latency_ms: 0.0,
-            }),
-        ));
-    }
+    };
     // The answer describes the whole request: the first command's id, the worst outcome.
     let worst = done
         .iter()

@@ -2,7 +2,8 @@
 //!
 //! - [`serve`]: the controller (device server + HTTP API), built from [`config`], [`tls`],
 //!   [`server`] (accept loop and connection tasks), [`registry`], [`metrics`], [`http`] and
-//!   [`logging`]; [`commands`] delivers commands reliably.
+//!   [`logging`]; [`commands`] delivers commands reliably and [`control`] is the one way every
+//!   front end commands a device or group.
 //! - [`decode`] and [`encode`]: the lab tools over the wire format.
 //! - [`client`]: `cyncd set` and `cyncd toggle`, clients of a running server.
 //! - [`sim`]: `cyncd sim` (a simulated fleet) and `cyncd demo`.
@@ -11,6 +12,7 @@
 pub mod client;
 pub mod commands;
 pub mod config;
+pub mod control;
 pub mod decode;
 pub mod encode;
 pub mod http;

@@ -17,6 +17,7 @@
 //! new device beyond the bound is dropped and counted ([`Registry::rejected_devices`]).
 
 use crate::commands::ConnCommand;
+use cync_proto::catalog::DeviceType;
 use cync_proto::session::Source;
 use cync_proto::{ConnId, DeviceStatus};
 use serde::Serialize;
@@ -137,7 +138,15 @@ pub struct DeviceView {
     pub name: String,
     /// Cync type code.
     #[serde(rename = "type")]
-    pub kind: Option<u8>,
+    pub type_code: Option<u8>,
+    /// `light`, `plug`, `switch` or `fan` (from the device-type table; unknown types are lights).
+    pub kind: &'static str,
+    /// Model description from the device-type table.
+    pub model: &'static str,
+    /// What it can do: `on_off`, `brightness`, `color_temp`, `rgb`, `effects`, `fan_speed`.
+    pub capabilities: Vec<&'static str>,
+    /// Fan speed step (0 off, 1–4 low–max) for fan controllers, else null.
+    pub fan_speed: Option<u8>,
     /// Online.
     pub online: bool,
     /// On.
@@ -436,6 +445,14 @@ impl Registry {
             .map(|d| d.status)
     }
 
+    /// The device type its bridge reported, when one did.
+    pub fn device_type(&self, home: &str, mesh: u16) -> Option<u8> {
+        self.lock()
+            .devices
+            .get(&(home.to_string(), mesh))
+            .and_then(|d| d.device_type)
+    }
+
     /// Resolves an API device id (`home:mesh` or a bare mesh id) to its home and mesh id.
     pub fn resolve(&self, id: &str) -> Result<(String, u16), Lookup> {
         let state = self.lock();
@@ -532,12 +549,19 @@ fn view(
         .filter_map(|b| state.connections.get(b))
         .find(|c| c.mesh.first() == Some(&id))
         .and_then(|c| c.firmware.get("device").cloned());
+    let type_code = configured.and_then(|c| c.kind).or(d.device_type);
+    let device_type = DeviceType::of(type_code);
     DeviceView {
         id: format!("{home}:{id}"),
         home: home.to_string(),
         mesh_id: id,
         name: configured.map_or_else(|| format!("device {id}"), |c| c.name.clone()),
-        kind: configured.and_then(|c| c.kind).or(d.device_type),
+        type_code,
+        kind: device_type.kind.name(),
+        model: device_type.model,
+        capabilities: device_type.capabilities(),
+        fan_speed: (device_type.fan_speeds > 0)
+            .then(|| DeviceType::fan_step(if s.on { s.brightness } else { 0 })),
         online: d.online,
         on: s.on,
         // Devices report a stale brightness while off; show 0 then.

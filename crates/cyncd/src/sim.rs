@@ -154,16 +154,21 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<()> {
             state_dir: state.clone(),
             ..crate::config::Config::default()
         };
-        let running = crate::serve::start(config).await?;
-        let fleet = Fleet::start(FleetConfig {
-            server: running.devices.to_string(),
+        let mut fleet_config = FleetConfig {
             bridges: 2,
             devices_per_bridge: 6,
             homes: Some(1),
             seed: fastrand::u64(..),
             heartbeat: Duration::from_secs(20),
             ..FleetConfig::default()
-        })?;
+        };
+        let config = crate::config::Config {
+            homes: vec![demo_home(&fleet_config)?],
+            ..config
+        };
+        let running = crate::serve::start(config).await?;
+        fleet_config.server = running.devices.to_string();
+        let fleet = Fleet::start(fleet_config)?;
         let http = running.http;
         println!(
             "cyncd demo: a simulated home of 2 bridges and 12 devices is connecting to {}",
@@ -184,5 +189,44 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<()> {
         running.shutdown().await;
         let _ = std::fs::remove_dir_all(&state);
         anyhow::Ok(())
+    })
+}
+
+/// The configuration of a simulated home of one-home fleet: every device named and typed (the
+/// bridges report only their own type), and the whole home as one group.
+pub fn demo_home(fleet: &FleetConfig) -> anyhow::Result<crate::config::Home> {
+    use cync_sim::mesh::Kind;
+    let (homes, _) = cync_sim::fleet::build(fleet)?;
+    let Some(home) = homes.first() else {
+        anyhow::bail!("the simulated fleet has no home");
+    };
+    let devices: Vec<crate::config::DeviceConfig> = home
+        .devices()
+        .values()
+        .map(|d| {
+            let label = match d.kind {
+                Kind::Plug => "Plug",
+                Kind::Dimmable => "Dimmable bulb",
+                Kind::TunableWhite => "White bulb",
+                Kind::Rgb => "Colour bulb",
+                Kind::Fan => "Fan",
+                Kind::Switch => "Switch",
+            };
+            crate::config::DeviceConfig {
+                id: d.id,
+                name: format!("{label} {}", d.id),
+                kind: Some(d.kind.type_code()),
+            }
+        })
+        .collect();
+    Ok(crate::config::Home {
+        name: crate::config::DEFAULT_HOME.to_string(),
+        bridges: Vec::new(),
+        groups: vec![crate::config::GroupConfig {
+            id: cync_sim::mesh::ALL_GROUP,
+            name: "Whole home".into(),
+            members: devices.iter().map(|d| d.id).collect(),
+        }],
+        devices,
     })
 }

@@ -72,8 +72,23 @@ async fn set_and_toggle_print_the_outcome_and_exit_accordingly() {
     );
     assert_eq!(fleet.device("home0", 2).unwrap().on, !before);
 
-    // A plug cannot do colours: the device refuses with a bare 0x7B.
+    // Device 1 reported its type (a plug): cyncd refuses colours before sending anything.
+    let applied_before = fleet.device("home0", 1).unwrap().applied_commands.len();
     let out = cyncd(arg("set default:1 rgb 255 0 0")).await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("HTTP 400") && err.contains("cannot do rgb"),
+        "{err}"
+    );
+    assert_eq!(
+        fleet.device("home0", 1).unwrap().applied_commands.len(),
+        applied_before
+    );
+
+    // Device 2's type is unknown to cyncd (only a bridge's own record carries one), so the
+    // command goes out and the dimmable bulb itself refuses it with a bare 0x7B.
+    let out = cyncd(arg("set default:2 rgb 255 0 0")).await;
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stdout).starts_with("rejected"),

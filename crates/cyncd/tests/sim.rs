@@ -57,7 +57,7 @@ async fn a_fleet_connects_and_its_mesh_reaches_the_registry() {
         assert!(d.online);
         // Each bridge's own device (first mesh record) gets its type from the mesh info.
         if [1, 4, 7, 10].contains(&d.mesh_id) {
-            assert_eq!(d.kind, Some(truth.kind.type_code()), "{}", d.id);
+            assert_eq!(d.type_code, Some(truth.kind.type_code()), "{}", d.id);
         }
     }
     // Devices reached by two bridges list both.

@@ -1,0 +1,191 @@
+//! Controlling devices and groups, for every front end (HTTP, MQTT, the web page): resolve the
+//! target, check what it can do, submit one command per attribute to the command service and
+//! wait for the outcomes.
+
+use crate::commands::Completion;
+use crate::registry::Lookup;
+use crate::server::Context;
+use cync_proto::catalog::DeviceType;
+use cync_proto::delivery::{CommandId, Request};
+use cync_proto::{Action, ConnId, Target};
+
+/// One attribute's command: `on`, `brightness`, `color_temp`, `rgb`, `effect`, `fan_speed`.
+pub type Step = (&'static str, Action);
+
+/// Why a request was not sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    /// The id does not parse.
+    #[error("device id must be home:mesh_id or a mesh id")]
+    BadDeviceId,
+    /// The group id does not parse.
+    #[error("group id must be home:group_id or a group id")]
+    BadGroupId,
+    /// No such device.
+    #[error("no such device")]
+    NoDevice,
+    /// No such group in the configuration.
+    #[error("no such group in the configuration")]
+    NoGroup,
+    /// Several homes have the id.
+    #[error("several homes have this id: use home:id")]
+    Ambiguous,
+    /// The device cannot do what was asked (nothing was sent).
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl From<Lookup> for ControlError {
+    fn from(e: Lookup) -> Self {
+        match e {
+            Lookup::BadId => Self::BadDeviceId,
+            Lookup::NotFound => Self::NoDevice,
+            Lookup::Ambiguous => Self::Ambiguous,
+        }
+    }
+}
+
+/// A resolved target, ready to command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// Home.
+    pub home: String,
+    /// Device or group.
+    pub target: Target,
+    /// Bridges to send through, best first.
+    pub bridges: Vec<ConnId>,
+    /// The device's type (groups: the type table's unknown, which accepts everything).
+    pub device_type: DeviceType,
+    /// Whether the device is on now (groups: false).
+    pub on: bool,
+}
+
+/// Resolves an API device id (`home:mesh_id` or a bare mesh id).
+pub fn device(ctx: &Context, id: &str) -> Result<Resolved, ControlError> {
+    let (home, mesh) = ctx.registry.resolve(id)?;
+    Ok(device_in(ctx, &home, mesh))
+}
+
+/// A known device by home and mesh id.
+pub fn device_in(ctx: &Context, home: &str, mesh: u16) -> Resolved {
+    Resolved {
+        home: home.to_string(),
+        target: Target::Device(mesh),
+        bridges: ctx.registry.bridges_for(home, mesh),
+        device_type: type_of(ctx, home, mesh),
+        on: ctx.registry.status(home, mesh).is_some_and(|s| s.on),
+    }
+}
+
+/// The device type of a device: the configuration's `type` wins over the one its bridge reported.
+pub fn type_of(ctx: &Context, home: &str, mesh: u16) -> DeviceType {
+    let configured = ctx.config.device(home, mesh).and_then(|d| d.kind);
+    DeviceType::of(configured.or_else(|| ctx.registry.device_type(home, mesh)))
+}
+
+/// Resolves a group id (`home:group_id`, or a group id one home has) from the configuration.
+pub fn group(ctx: &Context, id: &str) -> Result<Resolved, ControlError> {
+    let (home_filter, gid) = match id.split_once(':') {
+        Some((h, g)) => (Some(h), g),
+        None => (None, id),
+    };
+    let gid: u16 = gid.parse().map_err(|_| ControlError::BadGroupId)?;
+    let homes: Vec<&str> = ctx
+        .config
+        .homes
+        .iter()
+        .filter(|h| home_filter.is_none_or(|f| f == h.name))
+        .filter(|h| h.groups.iter().any(|g| g.id == gid))
+        .map(|h| h.name.as_str())
+        .collect();
+    match homes.as_slice() {
+        [home] => Ok(group_in(ctx, home, gid)),
+        [] => Err(ControlError::NoGroup),
+        _ => Err(ControlError::Ambiguous),
+    }
+}
+
+/// A configured group by home and group id.
+pub fn group_in(ctx: &Context, home: &str, gid: u16) -> Resolved {
+    Resolved {
+        home: home.to_string(),
+        target: Target::Group(gid),
+        bridges: ctx.registry.home_bridges(home),
+        device_type: DeviceType::unknown(None),
+        on: false,
+    }
+}
+
+/// Checks every step against the device type; nothing is sent when one does not fit.
+pub fn check(resolved: &Resolved, steps: &[Step]) -> Result<(), ControlError> {
+    let t = &resolved.device_type;
+    let unsupported: Vec<&str> = steps
+        .iter()
+        .filter(|(_, action)| !t.supports(action))
+        .map(|(name, _)| *name)
+        .collect();
+    if unsupported.is_empty() {
+        return Ok(());
+    }
+    Err(ControlError::Unsupported(format!(
+        "a {} ({}) cannot do {}; it supports {}",
+        t.kind.name(),
+        t.model,
+        unsupported.join(", "),
+        t.capabilities().join(", ")
+    )))
+}
+
+/// What [`submit`] did.
+#[derive(Debug)]
+pub enum Submitted {
+    /// Every command ended (in step order).
+    Done(Vec<(&'static str, Completion)>),
+    /// Accepted without waiting: the command ids.
+    Accepted(Vec<CommandId>),
+}
+
+/// Submits one command per step and, with `wait`, waits for every outcome (bounded by twice the
+/// command deadline; a command that never reports counts as `failed`).
+pub async fn submit(ctx: &Context, resolved: &Resolved, steps: Vec<Step>, wait: bool) -> Submitted {
+    let mut pending = Vec::new();
+    let mut done: Vec<(&'static str, Completion)> = Vec::new();
+    for (attribute, action) in steps {
+        let id = ctx.commands.new_id();
+        let req = Request {
+            id,
+            home: resolved.home.clone(),
+            target: resolved.target,
+            action,
+            bridges: resolved.bridges.clone(),
+        };
+        match ctx.commands.submit(req, wait) {
+            Ok(rx) => pending.push((attribute, id, rx)),
+            Err(c) => done.push((attribute, c)),
+        }
+    }
+    if !wait {
+        return Submitted::Accepted(pending.into_iter().map(|(_, id, _)| id).collect());
+    }
+    let limit =
+        std::time::Duration::from_millis(ctx.config.command_deadline_ms.saturating_mul(2) + 1000);
+    for (attribute, id, rx) in pending {
+        let completion = match rx {
+            Some(rx) => tokio::time::timeout(limit, rx)
+                .await
+                .ok()
+                .and_then(Result::ok),
+            None => None,
+        };
+        done.push((
+            attribute,
+            completion.unwrap_or(Completion {
+                command_id: id.to_string(),
+                outcome: "failed",
+                attempts: 0,
+                latency_ms: 0.0,
+            }),
+        ));
+    }
+    Submitted::Done(done)
+}
