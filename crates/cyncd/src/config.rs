@@ -53,8 +53,57 @@ pub struct Config {
     pub command_retries: u8,
     /// Commands queued per device.
     pub command_queue: usize,
+    /// MQTT for Home Assistant; off until a broker URL is set.
+    pub mqtt: MqttConfig,
     /// Homes, with their bridges, device names and groups.
     pub homes: Vec<Home>,
+}
+
+/// The `[mqtt]` section.
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttConfig {
+    /// Broker URL: `mqtt://host[:port]` (1883) or `mqtts://host[:port]` (8883); user and
+    /// password may be given as `mqtt://user:password@host`. Unset: MQTT is off.
+    pub url: Option<String>,
+    /// User name.
+    pub username: Option<String>,
+    /// Password (prefer `password_file` or the `CYNCD_MQTT_PASSWORD` environment variable).
+    /// Never logged.
+    #[serde(serialize_with = "redacted")]
+    pub password: Option<String>,
+    /// A file whose first line is the password.
+    pub password_file: Option<PathBuf>,
+    /// A PEM CA certificate to trust for `mqtts://` (the system's roots otherwise).
+    pub ca_file: Option<PathBuf>,
+    /// MQTT client id.
+    pub client_id: String,
+    /// Topic prefix for states, availability and commands.
+    pub base_topic: String,
+    /// Home Assistant's discovery prefix.
+    pub discovery_prefix: String,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            username: None,
+            password: None,
+            password_file: None,
+            ca_file: None,
+            client_id: "cyncd".into(),
+            base_topic: "cync".into(),
+            discovery_prefix: "homeassistant".into(),
+        }
+    }
+}
+
+fn redacted<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(_) => s.serialize_some("<redacted>"),
+        None => s.serialize_none(),
+    }
 }
 
 /// Log output format.
@@ -137,6 +186,7 @@ impl Default for Config {
             command_deadline_ms: 5000,
             command_retries: 2,
             command_queue: 16,
+            mqtt: MqttConfig::default(),
             homes: Vec::new(),
         }
     }
@@ -212,6 +262,19 @@ impl Config {
                     "utc_offset must look like -06:00 or +05:30, got {offset:?}"
                 ));
             }
+        }
+        if let Some(url) = &self.mqtt.url {
+            crate::mqtt::Broker::parse(url).map_err(ConfigError::Invalid)?;
+        }
+        let topic_ok = |t: &str| !t.is_empty() && !t.contains(['+', '#']) && !t.ends_with('/');
+        if !topic_ok(&self.mqtt.base_topic) || !topic_ok(&self.mqtt.discovery_prefix) {
+            return bad(
+                "mqtt base_topic and discovery_prefix must be non-empty, without + # or a trailing /"
+                    .into(),
+            );
+        }
+        if self.mqtt.client_id.is_empty() || self.mqtt.client_id.len() > 64 {
+            return bad("mqtt client_id must be 1-64 characters".into());
         }
         let mut names = std::collections::HashSet::new();
         let mut bridges = std::collections::HashSet::new();

@@ -5,6 +5,7 @@
 //!   [`logging`]; [`commands`] delivers commands reliably and [`control`] is the one way every
 //!   front end commands a device or group.
 //! - [`decode`] and [`encode`]: the lab tools over the wire format.
+//! - [`mqtt`]: Home Assistant over MQTT (discovery, states, availability, commands).
 //! - [`client`]: `cyncd set` and `cyncd toggle`, clients of a running server.
 //! - [`sim`]: `cyncd sim` (a simulated fleet) and `cyncd demo`.
 #![forbid(unsafe_code)]
@@ -18,6 +19,7 @@ pub mod encode;
 pub mod http;
 pub mod logging;
 pub mod metrics;
+pub mod mqtt;
 pub mod registry;
 pub mod serve;
 pub mod server;

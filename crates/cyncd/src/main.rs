@@ -26,7 +26,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    Serve(serve::Args),
+    Serve(Box<serve::Args>),
     Set(client::SetArgs),
     Toggle(client::ToggleArgs),
     Sim(sim::Args),

@@ -159,6 +159,8 @@ pub struct DeviceView {
     pub rgb: Option<[u8; 3]>,
     /// Bridges that report it.
     pub bridges: Vec<String>,
+    /// Whether one of those bridges is connected now.
+    pub reachable: bool,
     /// RFC 3339 time of the last report.
     pub last_seen: String,
     /// Firmware, when known.
@@ -569,6 +571,7 @@ fn view(
         color_temp,
         rgb,
         bridges: d.bridges.iter().map(ConnId::to_string).collect(),
+        reachable: d.bridges.iter().any(|b| state.connections.contains_key(b)),
         last_seen: rfc3339(d.last_seen),
         firmware: firmware.or_else(|| d.firmware.clone()),
     }

@@ -77,6 +77,28 @@ pub struct Args {
     /// UTC offset sent to devices, e.g. -06:00 [default: the system's].
     #[arg(long, value_name = "OFFSET", allow_hyphen_values = true)]
     pub utc_offset: Option<String>,
+    /// MQTT broker for Home Assistant: mqtt://[user[:password]@]host[:port] or mqtts://…
+    /// [default: MQTT off].
+    #[arg(long, value_name = "URL")]
+    pub mqtt: Option<String>,
+    /// MQTT user name.
+    #[arg(long, value_name = "NAME")]
+    pub mqtt_username: Option<String>,
+    /// File whose first line is the MQTT password (or set CYNCD_MQTT_PASSWORD).
+    #[arg(long, value_name = "FILE")]
+    pub mqtt_password_file: Option<PathBuf>,
+    /// PEM CA certificate to trust for mqtts:// [default: the system's roots].
+    #[arg(long, value_name = "FILE")]
+    pub mqtt_ca_file: Option<PathBuf>,
+    /// MQTT client id [default: cyncd].
+    #[arg(long, value_name = "ID")]
+    pub mqtt_client_id: Option<String>,
+    /// Topic prefix for states and commands [default: cync].
+    #[arg(long, value_name = "TOPIC")]
+    pub mqtt_base_topic: Option<String>,
+    /// Home Assistant discovery prefix [default: homeassistant].
+    #[arg(long, value_name = "TOPIC")]
+    pub mqtt_discovery_prefix: Option<String>,
     /// Log format.
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
@@ -133,6 +155,27 @@ impl Args {
         }
         if let Some(v) = &self.utc_offset {
             c.utc_offset = Some(v.clone());
+        }
+        if let Some(v) = &self.mqtt {
+            c.mqtt.url = Some(v.clone());
+        }
+        if let Some(v) = &self.mqtt_username {
+            c.mqtt.username = Some(v.clone());
+        }
+        if let Some(v) = &self.mqtt_password_file {
+            c.mqtt.password_file = Some(v.clone());
+        }
+        if let Some(v) = &self.mqtt_ca_file {
+            c.mqtt.ca_file = Some(v.clone());
+        }
+        if let Some(v) = &self.mqtt_client_id {
+            c.mqtt.client_id = v.clone();
+        }
+        if let Some(v) = &self.mqtt_base_topic {
+            c.mqtt.base_topic = v.clone();
+        }
+        if let Some(v) = &self.mqtt_discovery_prefix {
+            c.mqtt.discovery_prefix = v.clone();
         }
         if let Some(v) = self.log_format {
             c.log_format = v;
@@ -200,6 +243,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .with_context(|| format!("serving HTTP on {}", config.http))?;
     let mut prom = prometheus_client::registry::Registry::default();
     let metrics = Metrics::new(&mut prom);
+    let mqtt_metrics = crate::mqtt::MqttMetrics::new(&mut prom);
     let cert_path = tls.as_ref().map(|(_, f)| f.cert.clone());
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -239,6 +283,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         cancel.clone(),
         tracker.clone(),
     ));
+    crate::mqtt::start(ctx.clone(), mqtt_metrics, cancel.clone(), &tracker)?;
     let api = Api {
         ctx,
         metrics: Arc::new(prom),

@@ -1,0 +1,1025 @@
+//! MQTT for Home Assistant: discovery, retained states, availability and commands.
+//!
+//! Off until a broker URL is configured. Two tasks:
+//!
+//! - the *link* polls rumqttc's event loop, reconnects with its own capped exponential backoff
+//!   (0.5 s doubling to 30 s, full jitter), reports "connected" through a `watch` (never lost,
+//!   never blocks) and forwards incoming messages through a bounded queue
+//!   ([`INCOMING_QUEUE`]; a full queue drops the message and counts it in
+//!   `cyncd_mqtt_dropped_total`);
+//! - the *bridge* turns registry changes into retained messages and commands into the command
+//!   service. On every (re)connect and on Home Assistant's birth message it re-publishes
+//!   everything; otherwise it publishes a topic only when its payload changed (it keeps a
+//!   64-bit hash per topic, one per entity topic, so the map is bounded by the device table).
+//!   Registry changes are coalesced: at most one scan per [`SCAN_INTERVAL`].
+//!
+//! Commands (`<base>/<entity>/set`) are checked against the device type and submitted with
+//! their outcome awaited; at most [`MAX_COMMANDS_IN_FLIGHT`] at once (more are refused, logged
+//! and counted as `busy`). An applied command's new state is published at once (and held over
+//! the registry for up to [`OVERLAY_HOLD`] until the device's own report agrees); any other
+//! outcome re-publishes the true state so Home Assistant does not show what did not happen.
+//!
+//! Entities that disappear from the configuration are removed (empty retained config): the
+//! configuration's entities are remembered in `mqtt-entities.json` in the state directory.
+
+pub mod ha;
+
+use crate::control::{self, Step};
+use crate::registry::DeviceView;
+use crate::server::Context;
+use cync_proto::catalog::DeviceType;
+use ha::{Shape, Topics};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS, Transport};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn};
+
+/// Incoming messages waiting for the bridge task.
+pub const INCOMING_QUEUE: usize = 256;
+/// Commands from MQTT awaiting their outcome at once.
+pub const MAX_COMMANDS_IN_FLIGHT: usize = 64;
+/// Shortest time between two registry scans.
+pub const SCAN_INTERVAL: Duration = Duration::from_millis(100);
+/// How long an applied command's state is shown over an older registry state.
+pub const OVERLAY_HOLD: Duration = Duration::from_secs(5);
+/// Most Wi-Fi bridges remembered after they disconnect (oldest forgotten first).
+pub const MAX_BRIDGES_REMEMBERED: usize = 4096;
+/// Requests queued towards rumqttc's event loop.
+const REQUEST_QUEUE: usize = 1024;
+/// First and last reconnect delays.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(30));
+/// How long shutdown waits for `offline` to reach the broker.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
+/// Environment variable with the broker password.
+pub const PASSWORD_ENV: &str = "CYNCD_MQTT_PASSWORD";
+
+/// A broker address parsed from its URL.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Broker {
+    /// Host name or address.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// `mqtts://`.
+    pub tls: bool,
+    /// User from the URL.
+    pub username: Option<String>,
+    /// Password from the URL.
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("tls", &self.tls)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl std::fmt::Display for Broker {
+    /// The URL without credentials, for logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = if self.tls { "mqtts" } else { "mqtt" };
+        if self.host.contains(':') {
+            write!(f, "{scheme}://[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{scheme}://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl Broker {
+    /// Parses `mqtt://[user[:password]@]host[:port]` or `mqtts://…` (IPv6 hosts in brackets).
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let bad = |why: &str| Err(format!("mqtt url {:?}: {why}", redact_url(url)));
+        let (tls, rest) = if let Some(r) = url.strip_prefix("mqtt://") {
+            (false, r)
+        } else if let Some(r) = url.strip_prefix("mqtts://") {
+            (true, r)
+        } else {
+            return bad("must start with mqtt:// or mqtts://");
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.contains('/') || rest.contains('?') {
+            return bad("must not have a path or query");
+        }
+        let (userinfo, hostport) = match rest.rsplit_once('@') {
+            Some((u, h)) => (Some(u), h),
+            None => (None, rest),
+        };
+        let (username, password) = match userinfo {
+            None => (None, None),
+            Some(u) => match u.split_once(':') {
+                Some((name, pass)) => (Some(name.to_string()), Some(pass.to_string())),
+                None => (Some(u.to_string()), None),
+            },
+        };
+        let default_port = if tls { 8883 } else { 1883 };
+        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+            let Some((host, after)) = v6.split_once(']') else {
+                return bad("unclosed [ in the host");
+            };
+            let port = match after.strip_prefix(':') {
+                Some(p) => p.parse().ok(),
+                None if after.is_empty() => Some(default_port),
+                None => None,
+            };
+            (host.to_string(), port)
+        } else {
+            match hostport.rsplit_once(':') {
+                Some((h, p)) => (h.to_string(), p.parse().ok()),
+                None => (hostport.to_string(), Some(default_port)),
+            }
+        };
+        let Some(port) = port.filter(|p| *p != 0) else {
+            return bad("the port must be 1-65535");
+        };
+        if host.is_empty() {
+            return bad("no host");
+        }
+        Ok(Self {
+            host,
+            port,
+            tls,
+            username: username.filter(|u| !u.is_empty()),
+            password,
+        })
+    }
+}
+
+/// The URL with any password replaced, for messages.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = url.get(s + 3..at).unwrap_or_default();
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!(
+                "{}{user}:<redacted>{}",
+                url.get(..s + 3).unwrap_or_default(),
+                url.get(at..).unwrap_or_default()
+            )
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// MQTT metrics.
+#[derive(Debug, Clone, Default)]
+pub struct MqttMetrics {
+    /// `cyncd_mqtt_connected`: 1 while connected to the broker.
+    pub connected: Gauge,
+    /// `cyncd_mqtt_connects_total`: successful connections (the first and every reconnect).
+    pub connects: Counter,
+    /// `cyncd_mqtt_connect_failures_total`.
+    pub connect_failures: Counter,
+    /// `cyncd_mqtt_published_total`.
+    pub published: Counter,
+    /// `cyncd_mqtt_dropped_total`: incoming messages dropped by a full queue.
+    pub dropped: Counter,
+    /// `cyncd_mqtt_commands_total{outcome}`: `applied`, `not_applied`, `invalid`, `busy`,
+    /// `unknown_entity`.
+    pub commands: Family<[(&'static str, &'static str); 1], Counter>,
+}
+
+impl MqttMetrics {
+    /// Creates and registers the metrics.
+    pub fn new(registry: &mut prometheus_client::registry::Registry) -> Self {
+        let m = Self::default();
+        let r = registry.sub_registry_with_prefix("cyncd_mqtt");
+        r.register(
+            "connected",
+            "1 while connected to the MQTT broker",
+            m.connected.clone(),
+        );
+        r.register(
+            "connects",
+            "Connections to the MQTT broker",
+            m.connects.clone(),
+        );
+        r.register(
+            "connect_failures",
+            "Failed MQTT connection attempts",
+            m.connect_failures.clone(),
+        );
+        r.register("published", "MQTT messages published", m.published.clone());
+        r.register(
+            "dropped",
+            "Incoming MQTT messages dropped by a full queue",
+            m.dropped.clone(),
+        );
+        r.register(
+            "commands",
+            "Commands received over MQTT, by outcome",
+            m.commands.clone(),
+        );
+        for outcome in [
+            "applied",
+            "not_applied",
+            "invalid",
+            "busy",
+            "unknown_entity",
+        ] {
+            let _ = m.commands.get_or_create(&[("outcome", outcome)]);
+        }
+        m
+    }
+
+    fn command(&self, outcome: &'static str) {
+        self.commands.get_or_create(&[("outcome", outcome)]).inc();
+    }
+}
+
+/// The broker password: the password file, else the environment, else the configuration,
+/// else the URL's.
+fn password(config: &crate::config::MqttConfig, broker: &Broker) -> anyhow::Result<Option<String>> {
+    if let Some(path) = &config.password_file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            anyhow::anyhow!("reading the MQTT password file {}: {e}", path.display())
+        })?;
+        return Ok(Some(text.lines().next().unwrap_or_default().to_string()));
+    }
+    if let Ok(p) = std::env::var(PASSWORD_ENV) {
+        return Ok(Some(p));
+    }
+    Ok(config.password.clone().or_else(|| broker.password.clone()))
+}
+
+fn options(ctx: &Context, broker: &Broker) -> anyhow::Result<MqttOptions> {
+    let config = &ctx.config.mqtt;
+    let mut o = MqttOptions::new(config.client_id.clone(), broker.host.clone(), broker.port);
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_clean_session(true);
+    o.set_max_packet_size(64 * 1024, 256 * 1024);
+    o.set_request_channel_capacity(REQUEST_QUEUE);
+    let topics = topics(ctx);
+    o.set_last_will(LastWill::new(
+        topics.availability(),
+        "offline",
+        QoS::AtLeastOnce,
+        true,
+    ));
+    let user = config.username.clone().or_else(|| broker.username.clone());
+    let pass = password(config, broker)?;
+    match (user, pass) {
+        (Some(u), p) => {
+            o.set_credentials(u, p.unwrap_or_default());
+        }
+        (None, Some(_)) => anyhow::bail!("an MQTT password needs a user name"),
+        (None, None) => {}
+    }
+    if broker.tls {
+        let mut b = native_tls::TlsConnector::builder();
+        if let Some(ca) = &config.ca_file {
+            let pem = std::fs::read(ca)
+                .map_err(|e| anyhow::anyhow!("reading the MQTT CA file {}: {e}", ca.display()))?;
+            let cert = native_tls::Certificate::from_pem(&pem)
+                .map_err(|e| anyhow::anyhow!("the MQTT CA file {}: {e}", ca.display()))?;
+            b.add_root_certificate(cert);
+        }
+        let connector = b.build()?;
+        o.set_transport(Transport::tls_with_config(
+            rumqttc::TlsConfiguration::NativeConnector(connector),
+        ));
+    }
+    Ok(o)
+}
+
+fn topics(ctx: &Context) -> Topics {
+    Topics {
+        base: ctx.config.mqtt.base_topic.clone(),
+        prefix: ctx.config.mqtt.discovery_prefix.clone(),
+    }
+}
+
+/// Starts MQTT when a broker is configured. Returns `None` when MQTT is off.
+pub fn start(
+    ctx: Arc<Context>,
+    metrics: MqttMetrics,
+    cancel: CancellationToken,
+    tracker: &TaskTracker,
+) -> anyhow::Result<Option<Broker>> {
+    let Some(url) = ctx.config.mqtt.url.clone() else {
+        return Ok(None);
+    };
+    let broker = Broker::parse(&url).map_err(|e| anyhow::anyhow!(e))?;
+    let options = options(&ctx, &broker)?;
+    let (client, eventloop) = AsyncClient::new(options, REQUEST_QUEUE);
+    let (link_tx, link_rx) = watch::channel(Link::Down);
+    let (msg_tx, msg_rx) = mpsc::channel(INCOMING_QUEUE);
+    let stop_link = CancellationToken::new();
+    let link_done = tracker.spawn(link(
+        eventloop,
+        broker.clone(),
+        link_tx,
+        msg_tx,
+        metrics.clone(),
+        stop_link.clone(),
+    ));
+    let state_file = ctx.config.state_dir.join("mqtt-entities.json");
+    let bridge = Bridge {
+        topics: topics(&ctx),
+        ctx,
+        client,
+        metrics,
+        published: HashMap::new(),
+        entities: HashMap::new(),
+        overlays: HashMap::new(),
+        bridges_seen: BTreeMap::new(),
+        warned: HashSet::new(),
+        connected: false,
+        cleaned: false,
+        state_file,
+        slots: Arc::new(Semaphore::new(MAX_COMMANDS_IN_FLIGHT)),
+    };
+    info!(broker = %broker, "MQTT enabled");
+    tracker.spawn(async move {
+        bridge.run(link_rx, msg_rx, cancel).await;
+        // Give the link a moment to deliver `offline` and the DISCONNECT, then stop it.
+        if tokio::time::timeout(SHUTDOWN_FLUSH, link_done)
+            .await
+            .is_err()
+        {
+            debug!("MQTT: the broker did not take the goodbye in time");
+        }
+        stop_link.cancel();
+    });
+    Ok(Some(broker))
+}
+
+/// The link's state, as the bridge sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    Down,
+    /// Connected; the number counts connections so every reconnect is seen.
+    Up(u64),
+}
+
+async fn link(
+    mut eventloop: EventLoop,
+    broker: Broker,
+    link: watch::Sender<Link>,
+    messages: mpsc::Sender<rumqttc::Publish>,
+    metrics: MqttMetrics,
+    stop: CancellationToken,
+) {
+    let mut delay = BACKOFF.0;
+    let mut connects = 0u64;
+    let mut failures = 0u64;
+    loop {
+        let event = tokio::select! {
+            () = stop.cancelled() => return,
+            e = eventloop.poll() => e,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                connects += 1;
+                failures = 0;
+                delay = BACKOFF.0;
+                metrics.connects.inc();
+                metrics.connected.set(1);
+                info!(broker = %broker, "MQTT connected");
+                link.send_replace(Link::Up(connects));
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                if messages.try_send(p).is_err() {
+                    metrics.dropped.inc();
+                }
+            }
+            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
+                metrics.connected.set(0);
+                return;
+            }
+            Ok(_) => {}
+            Err(rumqttc::ConnectionError::RequestsDone) => return,
+            Err(e) => {
+                metrics.connected.set(0);
+                metrics.connect_failures.inc();
+                link.send_replace(Link::Down);
+                failures += 1;
+                let wait = Duration::from_millis(fastrand::u64(
+                    (delay.as_millis() as u64 / 2)..=(delay.as_millis() as u64),
+                ));
+                // The first failure in a row is a warning; the rest repeat at debug level.
+                if failures == 1 {
+                    warn!(broker = %broker, error = %e, retry_in_ms = wait.as_millis() as u64, "MQTT connection lost or refused; retrying");
+                } else {
+                    debug!(broker = %broker, error = %e, failures, retry_in_ms = wait.as_millis() as u64, "MQTT still unreachable");
+                }
+                delay = (delay * 2).min(BACKOFF.1);
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+}
+
+/// What an object id commands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Entity {
+    Device { home: String, mesh: u16 },
+    Group { home: String, gid: u16 },
+}
+
+/// A Wi-Fi bridge as Home Assistant is told about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SeenBridge {
+    connected: bool,
+    firmware: Option<String>,
+    devices: usize,
+}
+
+struct Bridge {
+    ctx: Arc<Context>,
+    client: AsyncClient,
+    topics: Topics,
+    metrics: MqttMetrics,
+    /// Topic → hash of the payload last published.
+    published: HashMap<String, u64>,
+    /// Object id → what its `/set` commands.
+    entities: HashMap<String, Entity>,
+    /// Device object id → applied steps shown over the registry, until the deadline.
+    overlays: HashMap<String, (Vec<Step>, Instant)>,
+    bridges_seen: BTreeMap<String, SeenBridge>,
+    /// Devices already warned about (unknown type).
+    warned: HashSet<String>,
+    connected: bool,
+    cleaned: bool,
+    state_file: PathBuf,
+    slots: Arc<Semaphore>,
+}
+
+/// A command's end, reported back to the bridge task.
+struct Done {
+    object: String,
+    entity: Entity,
+    steps: Vec<Step>,
+    applied: bool,
+}
+
+fn hash(payload: &[u8]) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    payload.hash(&mut h);
+    h.finish()
+}
+
+impl Bridge {
+    async fn run(
+        mut self,
+        mut link: watch::Receiver<Link>,
+        mut messages: mpsc::Receiver<rumqttc::Publish>,
+        cancel: CancellationToken,
+    ) {
+        let mut changes = self.ctx.registry.watch();
+        let (done_tx, mut done_rx) = mpsc::channel::<Done>(MAX_COMMANDS_IN_FLIGHT);
+        let mut next_scan: Option<Instant> = None;
+        let mut last_scan = Instant::now();
+        loop {
+            let scan_at = next_scan.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                changed = link.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let state = *link.borrow_and_update();
+                    match state {
+                        Link::Up(_) => self.on_connect().await,
+                        Link::Down => self.connected = false,
+                    }
+                }
+                Some(message) = messages.recv() => {
+                    self.on_message(message, &done_tx).await;
+                }
+                Some(done) = done_rx.recv() => {
+                    self.on_done(done);
+                    self.scan().await;
+                    last_scan = Instant::now();
+                }
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    if next_scan.is_none() {
+                        next_scan = Some((last_scan + SCAN_INTERVAL).max(Instant::now()));
+                    }
+                }
+                () = tokio::time::sleep_until(scan_at), if next_scan.is_some() => {
+                    next_scan = None;
+                    self.scan().await;
+                    last_scan = Instant::now();
+                }
+            }
+        }
+        if self.connected {
+            let _ = self
+                .client
+                .publish(
+                    self.topics.availability(),
+                    QoS::AtLeastOnce,
+                    true,
+                    "offline",
+                )
+                .await;
+            let _ = self.client.disconnect().await;
+        }
+    }
+
+    async fn on_connect(&mut self) {
+        self.connected = true;
+        let subscribed = self
+            .client
+            .subscribe_many([
+                rumqttc::SubscribeFilter::new(self.topics.set_filter(), QoS::AtLeastOnce),
+                rumqttc::SubscribeFilter::new(self.topics.ha_status(), QoS::AtLeastOnce),
+            ])
+            .await;
+        if let Err(e) = subscribed {
+            warn!(error = %e, "MQTT subscribe failed");
+        }
+        self.put(self.topics.availability(), b"online".to_vec(), true)
+            .await;
+        if !self.cleaned {
+            self.cleaned = true;
+            self.remove_stale().await;
+        }
+        self.resync().await;
+    }
+
+    /// Forgets what was published and publishes everything again.
+    async fn resync(&mut self) {
+        self.published.clear();
+        self.scan().await;
+        info!(
+            topics = self.published.len(),
+            "MQTT: discovery, states and availability published"
+        );
+    }
+
+    async fn on_message(&mut self, message: rumqttc::Publish, done: &mpsc::Sender<Done>) {
+        if message.topic == self.topics.ha_status() {
+            if message.payload.as_ref() == b"online" {
+                info!("Home Assistant came online: publishing discovery and states again");
+                self.put(self.topics.availability(), b"online".to_vec(), true)
+                    .await;
+                self.resync().await;
+            }
+            return;
+        }
+        let Some(object) = self.topics.object_of_set(&message.topic) else {
+            return;
+        };
+        let object = object.to_string();
+        let Some(entity) = self.entities.get(&object).cloned() else {
+            warn!(topic = %message.topic, "MQTT command for an unknown entity");
+            self.metrics.command("unknown_entity");
+            return;
+        };
+        let resolved = match &entity {
+            Entity::Device { home, mesh } => control::device_in(&self.ctx, home, *mesh),
+            Entity::Group { home, gid } => control::group_in(&self.ctx, home, *gid),
+        };
+        let shape = self.shape_of(&entity, &resolved);
+        let steps = ha::parse_command(&message.payload, shape, resolved.on).and_then(|steps| {
+            control::check(&resolved, &steps)
+                .map(|()| steps)
+                .map_err(|e| e.to_string())
+        });
+        let steps = match steps {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(topic = %message.topic, payload = %String::from_utf8_lossy(&message.payload), error = %e, "MQTT command refused");
+                self.metrics.command("invalid");
+                self.republish(&object).await;
+                return;
+            }
+        };
+        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+            warn!(topic = %message.topic, "MQTT command refused: {MAX_COMMANDS_IN_FLIGHT} commands already in flight");
+            self.metrics.command("busy");
+            self.republish(&object).await;
+            return;
+        };
+        let ctx = self.ctx.clone();
+        let done = done.clone();
+        tokio::spawn(async move {
+            let outcome = control::submit(&ctx, &resolved, steps.clone(), true).await;
+            let (applied, summary) = match &outcome {
+                control::Submitted::Done(list) => (
+                    !list.is_empty() && list.iter().all(|(_, c)| c.outcome == "applied"),
+                    list.iter()
+                        .map(|(a, c)| format!("{a}={} ({})", c.outcome, c.command_id))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                ),
+                control::Submitted::Accepted(_) => (false, String::new()),
+            };
+            if applied {
+                debug!(entity = %object, commands = %summary, "MQTT command applied");
+            } else {
+                warn!(entity = %object, commands = %summary, "MQTT command not applied");
+            }
+            let _ = done
+                .send(Done {
+                    object,
+                    entity,
+                    steps,
+                    applied,
+                })
+                .await;
+            drop(slot);
+        });
+    }
+
+    fn on_done(&mut self, done: Done) {
+        if !done.applied {
+            self.metrics.command("not_applied");
+            // The next scan publishes the true state even when it did not change.
+            self.published.remove(&self.topics.state(&done.object));
+            return;
+        }
+        self.metrics.command("applied");
+        let until = Instant::now() + OVERLAY_HOLD;
+        match done.entity {
+            Entity::Device { .. } => {
+                self.overlays.insert(done.object, (done.steps, until));
+            }
+            Entity::Group { home, gid } => {
+                let members = self
+                    .ctx
+                    .config
+                    .homes
+                    .iter()
+                    .filter(|h| h.name == home)
+                    .flat_map(|h| h.groups.iter().filter(|g| g.id == gid))
+                    .flat_map(|g| g.members.iter().copied())
+                    .collect::<BTreeSet<u16>>();
+                for m in members {
+                    self.overlays
+                        .insert(ha::device_object(&home, m), (done.steps.clone(), until));
+                }
+                self.published.remove(&self.topics.state(&done.object));
+            }
+        }
+    }
+
+    /// Publishes an entity's true state again, even when unchanged.
+    async fn republish(&mut self, object: &str) {
+        self.overlays.remove(object);
+        self.published.remove(&self.topics.state(object));
+        self.scan().await;
+    }
+
+    fn shape_of(&self, entity: &Entity, resolved: &control::Resolved) -> Shape {
+        match entity {
+            Entity::Device { .. } => Shape::of(resolved.device_type),
+            Entity::Group { home, gid } => ha::group_shape(&self.member_types(home, *gid)),
+        }
+    }
+
+    fn member_types(&self, home: &str, gid: u16) -> Vec<DeviceType> {
+        self.ctx
+            .config
+            .homes
+            .iter()
+            .filter(|h| h.name == home)
+            .flat_map(|h| h.groups.iter().filter(|g| g.id == gid))
+            .flat_map(|g| g.members.iter())
+            .map(|m| control::type_of(&self.ctx, home, *m))
+            .collect()
+    }
+
+    /// Publishes `payload` on `topic` (retained) unless the same payload was published last.
+    async fn put(&mut self, topic: String, payload: Vec<u8>, force: bool) {
+        let h = hash(&payload);
+        if !force && self.published.get(&topic) == Some(&h) {
+            return;
+        }
+        if !self.connected {
+            return;
+        }
+        match self
+            .client
+            .publish(topic.clone(), QoS::AtLeastOnce, true, payload)
+            .await
+        {
+            Ok(()) => {
+                self.metrics.published.inc();
+                self.published.insert(topic, h);
+            }
+            Err(e) => {
+                // The event loop is gone (shutting down); the next connect re-publishes all.
+                debug!(error = %e, "MQTT publish not queued");
+                self.connected = false;
+            }
+        }
+    }
+
+    async fn put_json(&mut self, topic: String, value: &serde_json::Value) {
+        let payload = serde_json::to_vec(value).unwrap_or_default();
+        self.put(topic, payload, false).await;
+    }
+
+    /// Every device view Home Assistant should know: the registry's, plus configured devices
+    /// not seen yet (offline until they report).
+    fn views(&self) -> Vec<DeviceView> {
+        let mut views = self.ctx.registry.devices(&self.ctx.config);
+        let seen: HashSet<(String, u16)> =
+            views.iter().map(|v| (v.home.clone(), v.mesh_id)).collect();
+        for home in &self.ctx.config.homes {
+            for d in &home.devices {
+                if seen.contains(&(home.name.clone(), d.id)) {
+                    continue;
+                }
+                let t = DeviceType::of(d.kind);
+                views.push(DeviceView {
+                    id: format!("{}:{}", home.name, d.id),
+                    home: home.name.clone(),
+                    mesh_id: d.id,
+                    name: d.name.clone(),
+                    type_code: d.kind,
+                    kind: t.kind.name(),
+                    model: t.model,
+                    capabilities: t.capabilities(),
+                    fan_speed: (t.fan_speeds > 0).then_some(0),
+                    online: false,
+                    on: false,
+                    brightness: 0,
+                    color_temp: None,
+                    rgb: None,
+                    bridges: Vec::new(),
+                    reachable: false,
+                    last_seen: String::new(),
+                    firmware: None,
+                });
+            }
+        }
+        views
+    }
+
+    /// Brings every retained topic up to date with the registry.
+    async fn scan(&mut self) {
+        if !self.connected {
+            return;
+        }
+        let now = Instant::now();
+        self.overlays.retain(|_, (_, until)| *until > now);
+        let views = self.views();
+        let mut by_key: HashMap<(String, u16), DeviceView> = HashMap::new();
+        for view in views {
+            let t = DeviceType::of(view.type_code);
+            let object = ha::device_object(&view.home, view.mesh_id);
+            if !t.known
+                && self.warned.len() < crate::registry::MAX_DEVICES
+                && self.warned.insert(object.clone())
+            {
+                warn!(device = %view.id, type_code = ?view.type_code, "device type not in the table: shown as an on/off light (set its type in the configuration)");
+            }
+            let shape = Shape::of(t);
+            let shown = match self.overlays.get(&object) {
+                Some((steps, _)) => {
+                    let after = ha::applied_view(&view, &t, steps);
+                    if ha::device_state(&after, shape) == ha::device_state(&view, shape) {
+                        // The device's own report caught up: stop overlaying.
+                        self.overlays.remove(&object);
+                    }
+                    after
+                }
+                None => view.clone(),
+            };
+            let via = view.bridges.first().map(String::as_str);
+            let discovery = ha::discovery(
+                &self.topics,
+                &object,
+                shape,
+                ha::device_block(&view, &t, via),
+                true,
+            );
+            self.entities.insert(
+                object.clone(),
+                Entity::Device {
+                    home: view.home.clone(),
+                    mesh: view.mesh_id,
+                },
+            );
+            self.put_json(
+                self.topics.discovery(shape.component(), &object),
+                &discovery,
+            )
+            .await;
+            self.put_json(self.topics.state(&object), &ha::device_state(&shown, shape))
+                .await;
+            let available = if view.online && view.reachable {
+                "online"
+            } else {
+                "offline"
+            };
+            self.put(
+                self.topics.entity_availability(&object),
+                available.as_bytes().to_vec(),
+                false,
+            )
+            .await;
+            by_key.insert((view.home.clone(), view.mesh_id), shown);
+        }
+        let groups: Vec<(String, crate::config::GroupConfig)> = self
+            .ctx
+            .config
+            .homes
+            .iter()
+            .flat_map(|h| h.groups.iter().map(|g| (h.name.clone(), g.clone())))
+            .collect();
+        for (home, group) in groups {
+            let object = ha::group_object(&home, group.id);
+            let shape = ha::group_shape(&self.member_types(&home, group.id));
+            let members: Vec<&DeviceView> = group
+                .members
+                .iter()
+                .filter_map(|m| by_key.get(&(home.clone(), *m)))
+                .collect();
+            let state = ha::group_state(&members, shape);
+            let discovery = ha::discovery(
+                &self.topics,
+                &object,
+                shape,
+                ha::group_block(&home, group.id, &group.name),
+                false,
+            );
+            self.entities.insert(
+                object.clone(),
+                Entity::Group {
+                    home: home.clone(),
+                    gid: group.id,
+                },
+            );
+            self.put_json(
+                self.topics.discovery(shape.component(), &object),
+                &discovery,
+            )
+            .await;
+            self.put_json(self.topics.state(&object), &state).await;
+        }
+        self.scan_bridges().await;
+    }
+
+    async fn scan_bridges(&mut self) {
+        for seen in self.bridges_seen.values_mut() {
+            seen.connected = false;
+        }
+        for home in &self.ctx.config.homes {
+            for b in &home.bridges {
+                self.bridges_seen
+                    .entry(b.to_ascii_lowercase())
+                    .or_insert(SeenBridge {
+                        connected: false,
+                        firmware: None,
+                        devices: 0,
+                    });
+            }
+        }
+        for c in self.ctx.registry.connections() {
+            let entry = self
+                .bridges_seen
+                .entry(c.conn_id.clone())
+                .or_insert(SeenBridge {
+                    connected: true,
+                    firmware: None,
+                    devices: 0,
+                });
+            entry.connected = true;
+            if let Some(fw) = c.firmware.get("device") {
+                entry.firmware = Some(fw.clone());
+            }
+            entry.devices = c.mesh.len();
+        }
+        // Bound: forget the disconnected ones beyond the limit.
+        let excess = self
+            .bridges_seen
+            .len()
+            .saturating_sub(MAX_BRIDGES_REMEMBERED);
+        if excess > 0 {
+            let gone: Vec<String> = self
+                .bridges_seen
+                .iter()
+                .filter(|(_, s)| !s.connected)
+                .map(|(k, _)| k.clone())
+                .take(excess)
+                .collect();
+            for k in gone {
+                self.bridges_seen.remove(&k);
+            }
+        }
+        let list: Vec<(String, SeenBridge)> = self
+            .bridges_seen
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (conn, seen) in list {
+            for (component, object, discovery) in ha::bridge_discovery(&self.topics, &conn) {
+                self.put_json(self.topics.discovery(component, &object), &discovery)
+                    .await;
+            }
+            let state = ha::bridge_state(seen.connected, seen.firmware.as_deref(), seen.devices);
+            self.put_json(self.topics.state(&ha::bridge_object(&conn)), &state)
+                .await;
+        }
+    }
+
+    /// The discovery, state and availability topics of the configuration's entities.
+    fn config_topics(&self) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        for home in &self.ctx.config.homes {
+            for d in &home.devices {
+                let object = ha::device_object(&home.name, d.id);
+                let shape = Shape::of(DeviceType::of(d.kind));
+                out.insert(self.topics.discovery(shape.component(), &object));
+                out.insert(self.topics.state(&object));
+                out.insert(self.topics.entity_availability(&object));
+            }
+            for g in &home.groups {
+                let object = ha::group_object(&home.name, g.id);
+                let shape = ha::group_shape(&self.member_types(&home.name, g.id));
+                out.insert(self.topics.discovery(shape.component(), &object));
+                out.insert(self.topics.state(&object));
+            }
+        }
+        out
+    }
+
+    /// Clears the retained topics of entities the previous configuration had and this one
+    /// does not, then remembers this configuration's.
+    async fn remove_stale(&mut self) {
+        let current = self.config_topics();
+        let previous: BTreeSet<String> = std::fs::read(&self.state_file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let stale: Vec<String> = previous.difference(&current).cloned().collect();
+        for topic in &stale {
+            self.put(topic.clone(), Vec::new(), true).await;
+        }
+        if !stale.is_empty() {
+            info!(
+                topics = stale.len(),
+                "MQTT: removed entities no longer in the configuration"
+            );
+        }
+        let body = serde_json::to_vec_pretty(&current).unwrap_or_default();
+        let tmp = self.state_file.with_extension("json.tmp");
+        let written = std::fs::create_dir_all(self.state_file.parent().unwrap_or(&self.state_file))
+            .and_then(|()| std::fs::write(&tmp, body))
+            .and_then(|()| std::fs::rename(&tmp, &self.state_file));
+        if let Err(e) = written {
+            error!(file = %self.state_file.display(), error = %e, "could not remember the MQTT entities; entities removed from the configuration will stay in Home Assistant");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn broker_urls() {
+        let b = Broker::parse("mqtt://localhost").unwrap();
+        assert_eq!((b.host.as_str(), b.port, b.tls), ("localhost", 1883, false));
+        let b = Broker::parse("mqtts://user:p%40ss:x@broker.lan:8884/").unwrap();
+        assert_eq!((b.host.as_str(), b.port, b.tls), ("broker.lan", 8884, true));
+        assert_eq!(b.username.as_deref(), Some("user"));
+        assert_eq!(b.password.as_deref(), Some("p%40ss:x"));
+        assert_eq!(b.to_string(), "mqtts://broker.lan:8884");
+        assert!(!format!("{b:?}").contains("p%40ss"));
+        let b = Broker::parse("mqtt://[::1]:1884").unwrap();
+        assert_eq!((b.host.as_str(), b.port), ("::1", 1884));
+        assert_eq!(b.to_string(), "mqtt://[::1]:1884");
+        for bad in [
+            "tcp://x",
+            "mqtt://",
+            "mqtt://host:0",
+            "mqtt://host:99999",
+            "mqtt://host/topic",
+            "mqtt://[::1",
+            "mqtt://host:port",
+        ] {
+            assert!(Broker::parse(bad).is_err(), "{bad}");
+        }
+        let e = Broker::parse("ftp://me:secret@x").unwrap_err();
+        assert!(!e.contains("secret"), "{e}");
+    }
+}

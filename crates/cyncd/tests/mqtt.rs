@@ -1,0 +1,541 @@
+//! MQTT for Home Assistant against a real broker: each test starts its own `mosquitto` on a
+//! free port (Debian's `/usr/sbin/mosquitto`), so broker restarts and retained state are the
+//! test's own. Without the binary the tests say so and skip — except under CI (`CI` set), where
+//! a missing broker fails them.
+//!
+//! Home Assistant's side is a real MQTT client (rumqttc) that records every message.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod common;
+
+use common::*;
+use cync_sim::{Fleet, FleetConfig};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// A private mosquitto: no persistence, anonymous, loopback only.
+struct Mosquitto {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+fn mosquitto_binary() -> Option<PathBuf> {
+    [
+        "/usr/sbin/mosquitto",
+        "/usr/bin/mosquitto",
+        "/usr/local/sbin/mosquitto",
+    ]
+    .into_iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+}
+
+impl Mosquitto {
+    /// Starts a broker on `port` (a free one when `None`); `None` when mosquitto is missing.
+    async fn start(port: Option<u16>) -> Option<Self> {
+        let Some(bin) = mosquitto_binary() else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "mosquitto is not installed, and CI needs it for the MQTT tests"
+            );
+            eprintln!("SKIPPED: mosquitto is not installed (apt-get install mosquitto)");
+            return None;
+        };
+        let port = port.unwrap_or_else(|| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        });
+        let dir = temp_dir("mosquitto");
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest none\n"
+            ),
+        )
+        .unwrap();
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let broker = Self { child, port, dir };
+        // Ready when it accepts connections.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "mosquitto did not start"
+            );
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Some(broker)
+    }
+
+    fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// What Home Assistant would see: the latest payload per topic (empty retained payloads
+/// remove the topic) and how many messages each topic got.
+#[derive(Debug, Default, Clone)]
+struct Seen {
+    latest: BTreeMap<String, Vec<u8>>,
+    count: BTreeMap<String, usize>,
+}
+
+impl Seen {
+    fn json(&self, topic: &str) -> Option<Value> {
+        self.latest
+            .get(topic)
+            .and_then(|p| serde_json::from_slice(p).ok())
+    }
+    fn text(&self, topic: &str) -> Option<String> {
+        self.latest
+            .get(topic)
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+    }
+    fn count(&self, topic: &str) -> usize {
+        self.count.get(topic).copied().unwrap_or(0)
+    }
+}
+
+/// A Home Assistant stand-in: a real MQTT client subscribed to everything, re-subscribing
+/// after every reconnect.
+struct Ha {
+    client: AsyncClient,
+    seen: Arc<Mutex<Seen>>,
+    changed: watch::Receiver<u64>,
+}
+
+impl Ha {
+    async fn connect(port: u16) -> Self {
+        let mut o = MqttOptions::new(format!("ha-{}", fastrand::u32(..)), "127.0.0.1", port);
+        o.set_max_packet_size(1 << 20, 1 << 20);
+        o.set_keep_alive(Duration::from_secs(5));
+        let (client, mut eventloop) = AsyncClient::new(o, 256);
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let (tx, changed) = watch::channel(0u64);
+        let (sub, record) = (client.clone(), seen.clone());
+        tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let _ = sub.subscribe("homeassistant/#", QoS::AtLeastOnce).await;
+                        let _ = sub.subscribe("cync/#", QoS::AtLeastOnce).await;
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        {
+                            let mut s = record.lock().unwrap();
+                            *s.count.entry(p.topic.clone()).or_default() += 1;
+                            if p.payload.is_empty() {
+                                s.latest.remove(&p.topic);
+                            } else {
+                                s.latest.insert(p.topic.clone(), p.payload.to_vec());
+                            }
+                        }
+                        tx.send_modify(|n| *n += 1);
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        Self {
+            client,
+            seen,
+            changed,
+        }
+    }
+
+    fn seen(&self) -> Seen {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Waits until `check` holds for what was seen, failing after [`WAIT`] with `what`.
+    async fn until(&mut self, what: &str, mut check: impl FnMut(&Seen) -> bool) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if check(&self.seen.lock().unwrap()) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, self.changed.changed())
+                .await
+                .is_err()
+            {
+                panic!("not seen within {WAIT:?}: {what}");
+            }
+        }
+    }
+
+    async fn publish(&self, topic: &str, payload: &str) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload.as_bytes().to_vec())
+            .await
+            .unwrap();
+    }
+}
+
+fn fleet_config() -> FleetConfig {
+    FleetConfig {
+        bridges: 2,
+        devices_per_bridge: 6,
+        homes: Some(1),
+        seed: 6,
+        heartbeat: Duration::from_secs(10),
+        firmware_delay: Duration::from_millis(50),
+        id_base: 0x6600_0000,
+        ..FleetConfig::default()
+    }
+}
+
+/// A server with MQTT on `broker` and the demo home's configuration, plus its simulated fleet.
+async fn home(name: &str, broker: &Mosquitto) -> (cyncd::serve::Running, Fleet) {
+    let mut config = config(name);
+    config.mqtt.url = Some(broker.url());
+    config.homes = vec![cyncd::sim::demo_home(&fleet_config()).unwrap()];
+    let server = start(config).await;
+    let fleet = Fleet::start(FleetConfig {
+        server: server.devices.to_string(),
+        ..fleet_config()
+    })
+    .unwrap();
+    until(&server, || {
+        let devices = server.ctx.registry.devices(&server.ctx.config);
+        devices.len() == 12 && devices.iter().all(|d| d.reachable)
+    })
+    .await;
+    (server, fleet)
+}
+
+/// Every entity the demo home has: 12 devices, one group, two bridges (two entities each).
+fn discovery_topics(seen: &Seen) -> Vec<String> {
+    seen.latest
+        .keys()
+        .filter(|t| t.starts_with("homeassistant/") && t.ends_with("/config"))
+        .cloned()
+        .collect()
+}
+
+fn all_published(seen: &Seen) -> bool {
+    discovery_topics(seen).len() == 12 + 1 + 4
+        && (1..=12).all(|id| {
+            seen.json(&format!("cync/default_{id}/state")).is_some()
+                && seen
+                    .text(&format!("cync/default_{id}/availability"))
+                    .as_deref()
+                    == Some("online")
+        })
+        && seen.text("cync/bridge/availability").as_deref() == Some("online")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_states_and_commands_through_a_real_broker() {
+    let Some(broker) = Mosquitto::start(None).await else {
+        return;
+    };
+    let (server, fleet) = home("mqtt-loop", &broker).await;
+    let mut ha = Ha::connect(broker.port).await;
+    ha.until(
+        "every entity's discovery, state and availability",
+        all_published,
+    )
+    .await;
+    let seen = ha.seen();
+    insta::assert_json_snapshot!("demo_home_discovery_topics", discovery_topics(&seen));
+
+    // The retained discovery payloads are what the builders make (the builders' snapshots
+    // cover every payload); check the kinds of the demo home by their components.
+    let kinds: BTreeMap<u16, String> = fleet
+        .devices()
+        .iter()
+        .map(|d| (d.id, format!("{:?}", d.kind)))
+        .collect();
+    for (id, kind) in &kinds {
+        let component = match kind.as_str() {
+            "Plug" | "Switch" => "switch",
+            "Fan" => "fan",
+            _ => "light",
+        };
+        let config = seen
+            .json(&format!(
+                "homeassistant/{component}/cyncd/default_{id}/config"
+            ))
+            .unwrap_or_else(|| panic!("device {id} ({kind}) is not a {component}"));
+        assert_eq!(config["unique_id"], format!("cyncd_default_{id}"));
+        assert_eq!(config["device"]["manufacturer"], "GE Cync");
+        assert!(
+            config["device"]["via_device"]
+                .as_str()
+                .unwrap()
+                .starts_with("cyncd_bridge_66"),
+            "{config}"
+        );
+    }
+    let bridge = seen.json("cync/bridge_66000000/state").unwrap();
+    assert_eq!(bridge["connected"], "ON");
+    assert!(bridge["firmware"].is_string(), "{bridge}");
+
+    // A light: set → the simulated bulb applies it → the retained state says so.
+    let bulb = *kinds
+        .iter()
+        .find(|(_, k)| k.as_str() == "TunableWhite")
+        .unwrap()
+        .0;
+    ha.publish(
+        &format!("cync/default_{bulb}/set"),
+        r#"{"state":"ON","brightness":40,"color_temp":2000}"#,
+    )
+    .await;
+    let state_topic = format!("cync/default_{bulb}/state");
+    ha.until("the bulb's new retained state", |s| {
+        s.json(&state_topic)
+            .is_some_and(|v| v["state"] == "ON" && v["brightness"] == 40 && v["color_temp"] == 2000)
+    })
+    .await;
+    let truth = fleet.device("home0", bulb).unwrap();
+    assert!(truth.on && truth.brightness == 40 && truth.color_temp == Some(0));
+
+    // A fan by preset.
+    let fan = *kinds.iter().find(|(_, k)| k.as_str() == "Fan").unwrap().0;
+    ha.publish(
+        &format!("cync/default_{fan}/set"),
+        r#"{"preset_mode":"high"}"#,
+    )
+    .await;
+    let fan_topic = format!("cync/default_{fan}/state");
+    ha.until("the fan at high", |s| {
+        s.json(&fan_topic)
+            .is_some_and(|v| v["speed"] == 3 && v["preset_mode"] == "high")
+    })
+    .await;
+    let truth = fleet.device("home0", fan).unwrap();
+    assert!(truth.on && truth.brightness == 75, "{truth:?}");
+
+    // A plug asked for brightness: refused before anything is sent, true state re-published.
+    let plug = *kinds.iter().find(|(_, k)| k.as_str() == "Plug").unwrap().0;
+    let plug_topic = format!("cync/default_{plug}/state");
+    let before = (
+        ha.seen().count(&plug_topic),
+        fleet.device("home0", plug).unwrap().applied_commands.len(),
+    );
+    ha.publish(
+        &format!("cync/default_{plug}/set"),
+        r#"{"state":"ON","brightness":10}"#,
+    )
+    .await;
+    ha.until("the plug's state re-published", |s| {
+        s.count(&plug_topic) > before.0
+    })
+    .await;
+    assert_eq!(
+        fleet.device("home0", plug).unwrap().applied_commands.len(),
+        before.1
+    );
+
+    // The whole home off with one group command.
+    ha.publish("cync/default_group_32769/set", "OFF").await;
+    ha.until("every device off", |s| {
+        (1..=12).all(|id| {
+            s.json(&format!("cync/default_{id}/state"))
+                .is_some_and(|v| v["state"] == "OFF")
+        }) && s
+            .json("cync/default_group_32769/state")
+            .is_some_and(|v| v["state"] == "OFF")
+    })
+    .await;
+    assert!(fleet.devices().iter().all(|d| !d.on));
+
+    // Nonsense on a command topic is refused without harm.
+    ha.publish(&format!("cync/default_{plug}/set"), "\u{1}\u{2}not json")
+        .await;
+    ha.publish("cync/nobody_9/set", "ON").await;
+    ha.until("the plug's state re-published again", |s| {
+        s.count(&plug_topic) > before.0 + 1
+    })
+    .await;
+    let (_, metrics) = get(&server, "/metrics").await;
+    assert!(
+        metrics.contains("cyncd_mqtt_commands_total{outcome=\"invalid\"} 2"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("cyncd_mqtt_connected 1"));
+
+    fleet.stop().await;
+    server.shutdown().await;
+    ha.until("cyncd's clean goodbye", |s| {
+        s.text("cync/bridge/availability").as_deref() == Some("offline")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_and_home_assistant_birth_republish_everything() {
+    let Some(mut broker) = Mosquitto::start(None).await else {
+        return;
+    };
+    let (server, fleet) = home("mqtt-restart", &broker).await;
+    let mut ha = Ha::connect(broker.port).await;
+    ha.until("first publication", all_published).await;
+
+    // Home Assistant restarts: its birth message makes cyncd publish everything again.
+    let topic = "homeassistant/light/cyncd/default_group_32769/config";
+    let before = ha.seen().count(topic);
+    ha.publish("homeassistant/status", "online").await;
+    ha.until("discovery again after the birth message", |s| {
+        s.count(topic) > before && s.count("cync/default_3/state") > 1
+    })
+    .await;
+
+    // The broker restarts empty (no persistence): cyncd reconnects and re-publishes, so the
+    // new broker holds every retained topic again.
+    let port = broker.port;
+    broker.stop();
+    let broker = Mosquitto::start(Some(port)).await.unwrap();
+    let mut fresh = Ha::connect(broker.port).await;
+    fresh
+        .until(
+            "every retained topic on the restarted broker",
+            all_published,
+        )
+        .await;
+    let (_, metrics) = get(&server, "/metrics").await;
+    assert!(metrics.contains("cyncd_mqtt_connects_total 2"), "{metrics}");
+    drop(ha);
+    fleet.stop().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_will_says_offline_when_cyncd_is_killed() {
+    let Some(broker) = Mosquitto::start(None).await else {
+        return;
+    };
+    let mut ha = Ha::connect(broker.port).await;
+    let state = temp_dir("mqtt-will");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cyncd"))
+        .args([
+            "serve",
+            "--plain",
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+        ])
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["--mqtt", &broker.url(), "--log-level", "warn"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    ha.until("cyncd online", |s| {
+        s.text("cync/bridge/availability").as_deref() == Some("online")
+    })
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    ha.until("the last will", |s| {
+        s.text("cync/bridge/availability").as_deref() == Some("offline")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entities_removed_from_the_configuration_are_removed_from_home_assistant() {
+    let Some(broker) = Mosquitto::start(None).await else {
+        return;
+    };
+    let mut ha = Ha::connect(broker.port).await;
+    let mut config = config("mqtt-removal");
+    config.mqtt.url = Some(broker.url());
+    config.homes = vec![cyncd::sim::demo_home(&fleet_config()).unwrap()];
+    let first = start(config.clone()).await;
+    let group = "homeassistant/light/cyncd/default_group_32769/config";
+    let named = "homeassistant/switch/cyncd/default_1/config";
+    ha.until("the group and a configured device", |s| {
+        s.latest.contains_key(group) && s.latest.contains_key(named)
+    })
+    .await;
+    first.shutdown().await;
+
+    // Same state directory, the group and device 1 gone from the configuration.
+    config.homes[0].groups.clear();
+    config.homes[0].devices.retain(|d| d.id != 1);
+    let second = start(config).await;
+    ha.until("the group's and device 1's discovery cleared", |s| {
+        !s.latest.contains_key(group)
+            && !s.latest.contains_key(named)
+            && s.latest
+                .contains_key("homeassistant/light/cyncd/default_3/config")
+    })
+    .await;
+    second.shutdown().await;
+}
+
+#[tokio::test]
+async fn cyncd_runs_without_a_reachable_broker() {
+    // Nothing listens on this port: cyncd keeps serving and keeps retrying.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut config = config("mqtt-unreachable");
+    config.mqtt.url = Some(format!("mqtt://127.0.0.1:{port}"));
+    let server = start(config).await;
+    let (status, _) = get(&server, "/healthz").await;
+    assert_eq!(status, 200);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, metrics) = get(&server, "/metrics").await;
+        let failures: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("cyncd_mqtt_connect_failures_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        if failures >= 1 {
+            assert!(metrics.contains("cyncd_mqtt_connected 0"));
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no attempt counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.shutdown().await;
+}
