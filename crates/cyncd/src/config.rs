@@ -398,6 +398,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn mqtt_section_parses_and_its_password_is_never_shown() {
+        let text = r#"
+            [mqtt]
+            url = "mqtts://broker.lan"
+            username = "cyncd"
+            password = "hunter2"
+            base_topic = "home/cync"
+        "#;
+        let config: Config = toml::from_str(text).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.mqtt.discovery_prefix, "homeassistant");
+        assert_eq!(config.mqtt.client_id, "cyncd");
+        let shown = serde_json::to_string(&config).unwrap();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("<redacted>"));
+        for bad in [
+            "[mqtt]\nurl = \"http://x\"",
+            "[mqtt]\nbase_topic = \"cync/#\"",
+            "[mqtt]\ndiscovery_prefix = \"\"",
+            "[mqtt]\nclient_id = \"\"",
+        ] {
+            let config: Config = toml::from_str(bad).unwrap();
+            assert!(config.validate().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn full_file_parses() {
         let text = r#"
             listen = "0.0.0.0:24000"

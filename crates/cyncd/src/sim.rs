@@ -138,6 +138,9 @@ pub struct DemoArgs {
     /// Stop after this many seconds [default: run until Ctrl-C].
     #[arg(long, value_name = "SECS")]
     duration: Option<f64>,
+    /// Publish the home to Home Assistant through this MQTT broker, e.g. mqtt://127.0.0.1:1883.
+    #[arg(long, value_name = "URL")]
+    mqtt: Option<String>,
 }
 
 /// Runs `cyncd demo`.
@@ -162,10 +165,12 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<()> {
             heartbeat: Duration::from_secs(20),
             ..FleetConfig::default()
         };
-        let config = crate::config::Config {
+        let mut config = crate::config::Config {
             homes: vec![demo_home(&fleet_config)?],
             ..config
         };
+        config.mqtt.url.clone_from(&args.mqtt);
+        config.validate()?;
         let running = crate::serve::start(config).await?;
         fleet_config.server = running.devices.to_string();
         let fleet = Fleet::start(fleet_config)?;
@@ -178,6 +183,11 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<()> {
         println!("  devices:     http://{http}/api/devices");
         println!("  connections: http://{http}/api/connections");
         println!("  metrics:     http://{http}/metrics");
+        if let Some(url) = &args.mqtt {
+            println!(
+                "  MQTT:        {url} (discovery under homeassistant/, states and commands under cync/)"
+            );
+        }
         println!("Ctrl-C to stop.");
         match args.duration {
             Some(secs) => tokio::time::sleep(Duration::from_secs_f64(secs.max(0.0))).await,

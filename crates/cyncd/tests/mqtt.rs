@@ -47,6 +47,11 @@ fn mosquitto_binary() -> Option<PathBuf> {
 impl Mosquitto {
     /// Starts a broker on `port` (a free one when `None`); `None` when mosquitto is missing.
     async fn start(port: Option<u16>) -> Option<Self> {
+        Self::start_with(port, "").await
+    }
+
+    /// As [`Mosquitto::start`], with more configuration lines (another listener, say).
+    async fn start_with(port: Option<u16>, extra: &str) -> Option<Self> {
         let Some(bin) = mosquitto_binary() else {
             assert!(
                 std::env::var_os("CI").is_none(),
@@ -67,7 +72,7 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest none\n"
+                "per_listener_settings true\npersistence false\nlog_dest none\nlistener {port} 127.0.0.1\nallow_anonymous true\n{extra}"
             ),
         )
         .unwrap();
@@ -332,6 +337,17 @@ async fn discovery_states_and_commands_through_a_real_broker() {
     let truth = fleet.device("home0", bulb).unwrap();
     assert!(truth.on && truth.brightness == 40 && truth.color_temp == Some(0));
 
+    // States are published when they change: an untouched device's state went out once.
+    let untouched = *kinds
+        .iter()
+        .find(|(_, k)| k.as_str() == "Switch")
+        .unwrap()
+        .0;
+    assert_eq!(
+        ha.seen().count(&format!("cync/default_{untouched}/state")),
+        1
+    );
+
     // A fan by preset.
     let fan = *kinds.iter().find(|(_, k)| k.as_str() == "Fan").unwrap().0;
     ha.publish(
@@ -535,6 +551,120 @@ async fn cyncd_runs_without_a_reachable_broker() {
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "no attempt counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.shutdown().await;
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A self-signed certificate for 127.0.0.1 (also its own CA), as PEM (cert, key).
+fn loopback_certificate() -> (Vec<u8>, Vec<u8>) {
+    use openssl::asn1::Asn1Time;
+    use openssl::bn::BigNum;
+    use openssl::hash::MessageDigest;
+    use openssl::pkey::PKey;
+    use openssl::rsa::Rsa;
+    use openssl::x509::extension::{BasicConstraints, SubjectAlternativeName};
+    use openssl::x509::{X509, X509NameBuilder};
+    let key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
+    let mut name = X509NameBuilder::new().unwrap();
+    name.append_entry_by_text("CN", "127.0.0.1").unwrap();
+    let name = name.build();
+    let mut b = X509::builder().unwrap();
+    b.set_version(2).unwrap();
+    b.set_serial_number(&BigNum::from_u32(7).unwrap().to_asn1_integer().unwrap())
+        .unwrap();
+    b.set_subject_name(&name).unwrap();
+    b.set_issuer_name(&name).unwrap();
+    b.set_pubkey(&key).unwrap();
+    b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+        .unwrap();
+    b.set_not_after(&Asn1Time::days_from_now(2).unwrap())
+        .unwrap();
+    b.append_extension(BasicConstraints::new().critical().ca().build().unwrap())
+        .unwrap();
+    let san = SubjectAlternativeName::new()
+        .ip("127.0.0.1")
+        .build(&b.x509v3_context(None, None))
+        .unwrap();
+    b.append_extension(san).unwrap();
+    b.sign(&key, MessageDigest::sha256()).unwrap();
+    (
+        b.build().to_pem().unwrap(),
+        key.private_key_to_pem_pkcs8().unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtts_with_a_private_ca_and_a_password_file() {
+    let dir = temp_dir("mqtts");
+    let (cert, key) = loopback_certificate();
+    let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_file, &cert).unwrap();
+    std::fs::write(&key_file, &key).unwrap();
+    let passwords = dir.join("passwd");
+    std::fs::write(&passwords, "").unwrap();
+    if mosquitto_binary().is_some() {
+        let made = Command::new("mosquitto_passwd")
+            .arg("-b")
+            .arg(&passwords)
+            .args(["cyncd", "s3cret"])
+            .status()
+            .unwrap();
+        assert!(made.success());
+    }
+    let tls_port = free_port();
+    // The plain listener is Home Assistant's (anonymous); the TLS one needs cyncd's password.
+    let Some(broker) = Mosquitto::start_with(
+        None,
+        &format!(
+            "listener {tls_port} 127.0.0.1\ncertfile {}\nkeyfile {}\nallow_anonymous false\npassword_file {}\n",
+            cert_file.display(),
+            key_file.display(),
+            passwords.display(),
+        ),
+    )
+    .await
+    else {
+        return;
+    };
+    let mut ha = Ha::connect(broker.port).await;
+    let password_file = dir.join("mqtt-password");
+    std::fs::write(&password_file, "s3cret\n").unwrap();
+    let mut config = config("mqtts");
+    config.mqtt.url = Some(format!("mqtts://cyncd@127.0.0.1:{tls_port}"));
+    config.mqtt.password_file = Some(password_file);
+    config.mqtt.ca_file = Some(cert_file);
+    let server = start(config).await;
+    ha.until("cyncd online over TLS", |s| {
+        s.text("cync/bridge/availability").as_deref() == Some("online")
+    })
+    .await;
+    server.shutdown().await;
+
+    // A wrong password is refused by the broker: cyncd keeps serving and counts the failures.
+    let wrong = dir.join("wrong-password");
+    std::fs::write(&wrong, "guess\n").unwrap();
+    let mut config = self::config("mqtts-wrong");
+    config.mqtt.url = Some(format!("mqtts://cyncd@127.0.0.1:{tls_port}"));
+    config.mqtt.password_file = Some(wrong);
+    config.mqtt.ca_file = Some(dir.join("cert.pem"));
+    let server = start(config).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, metrics) = get(&server, "/metrics").await;
+        if !metrics.contains("cyncd_mqtt_connect_failures_total 0") {
+            assert!(metrics.contains("cyncd_mqtt_connects_total 0"), "{metrics}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no refusal counted");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     server.shutdown().await;

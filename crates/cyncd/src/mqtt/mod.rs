@@ -996,6 +996,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_password_file_wins_and_only_its_first_line_counts() {
+        let dir = std::env::temp_dir().join(format!("cyncd-mqtt-pw-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("pw");
+        std::fs::write(&file, "s3cret\nignored\n").unwrap();
+        let broker = Broker::parse("mqtt://u:fromurl@h").unwrap();
+        let mut config = crate::config::MqttConfig {
+            password: Some("fromconfig".into()),
+            password_file: Some(file),
+            ..Default::default()
+        };
+        if std::env::var_os(PASSWORD_ENV).is_none() {
+            assert_eq!(
+                password(&config, &broker).unwrap().as_deref(),
+                Some("s3cret")
+            );
+            config.password_file = None;
+            assert_eq!(
+                password(&config, &broker).unwrap().as_deref(),
+                Some("fromconfig")
+            );
+            config.password = None;
+            assert_eq!(
+                password(&config, &broker).unwrap().as_deref(),
+                Some("fromurl")
+            );
+        }
+        config.password_file = Some(dir.join("missing"));
+        let e = password(&config, &broker).unwrap_err().to_string();
+        assert!(e.contains("password file"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn broker_urls() {
         let b = Broker::parse("mqtt://localhost").unwrap();
         assert_eq!((b.host.as_str(), b.port, b.tls), ("localhost", 1883, false));
