@@ -413,7 +413,23 @@ async fn discovery_states_and_commands_through_a_real_broker() {
     );
     assert!(metrics.contains("cyncd_mqtt_connected 1"));
 
+    // With every bridge gone a command cannot be applied: the true state (still OFF) is
+    // published again so Home Assistant does not keep showing ON.
     fleet.stop().await;
+    until(&server, || server.ctx.registry.connections().is_empty()).await;
+    let count = ha.seen().count(&state_topic);
+    ha.publish(&format!("cync/default_{bulb}/set"), "ON").await;
+    ha.until("the bulb's true state re-published", |s| {
+        s.count(&state_topic) > count
+    })
+    .await;
+    assert_eq!(ha.seen().json(&state_topic).unwrap()["state"], "OFF");
+    let (_, metrics) = get(&server, "/metrics").await;
+    assert!(
+        metrics.contains("cyncd_mqtt_commands_total{outcome=\"not_applied\"} 1"),
+        "{metrics}"
+    );
+
     server.shutdown().await;
     ha.until("cyncd's clean goodbye", |s| {
         s.text("cync/bridge/availability").as_deref() == Some("offline")
