@@ -11,7 +11,9 @@
 //!   service. On every (re)connect and on Home Assistant's birth message it re-publishes
 //!   everything; otherwise it publishes a topic only when its payload changed (it keeps a
 //!   64-bit hash per topic, one per entity topic, so the map is bounded by the device table).
-//!   Registry changes are coalesced: at most one scan per [`SCAN_INTERVAL`].
+//!   Registry changes are coalesced: at most one scan per [`SCAN_INTERVAL`], and never more
+//!   often than [`SCAN_DUTY`] times the last scan's own duration, so a large home's scans
+//!   cannot take more than about 5% of the event loop that also serves the devices.
 //!
 //! Commands (`<base>/<entity>/set`) are checked against the device type and submitted with
 //! their outcome awaited; at most [`MAX_COMMANDS_IN_FLIGHT`] at once (more are refused, logged
@@ -32,6 +34,7 @@ use ha::{Shape, Topics};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS, Transport};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
@@ -50,6 +53,8 @@ pub const INCOMING_QUEUE: usize = 256;
 pub const MAX_COMMANDS_IN_FLIGHT: usize = 64;
 /// Shortest time between two registry scans.
 pub const SCAN_INTERVAL: Duration = Duration::from_millis(100);
+/// Scans wait at least this many times as long as the last scan took.
+pub const SCAN_DUTY: u32 = 20;
 /// How long an applied command's state is shown over an older registry state.
 pub const OVERLAY_HOLD: Duration = Duration::from_secs(5);
 /// Most Wi-Fi bridges remembered after they disconnect (oldest forgotten first).
@@ -178,7 +183,7 @@ fn redact_url(url: &str) -> String {
 }
 
 /// MQTT metrics.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct MqttMetrics {
     /// `cyncd_mqtt_connected`: 1 while connected to the broker.
     pub connected: Gauge,
@@ -193,6 +198,22 @@ pub struct MqttMetrics {
     /// `cyncd_mqtt_commands_total{outcome}`: `applied`, `not_applied`, `invalid`, `busy`,
     /// `unknown_entity`.
     pub commands: Family<[(&'static str, &'static str); 1], Counter>,
+    /// `cyncd_mqtt_scan_seconds`: one pass over the registry (states compared, changes sent).
+    pub scan_seconds: Histogram,
+}
+
+impl Default for MqttMetrics {
+    fn default() -> Self {
+        Self {
+            connected: Gauge::default(),
+            connects: Counter::default(),
+            connect_failures: Counter::default(),
+            published: Counter::default(),
+            dropped: Counter::default(),
+            commands: Family::default(),
+            scan_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 14)),
+        }
+    }
 }
 
 impl MqttMetrics {
@@ -225,6 +246,11 @@ impl MqttMetrics {
             "commands",
             "Commands received over MQTT, by outcome",
             m.commands.clone(),
+        );
+        r.register(
+            "scan_seconds",
+            "One pass of the registry for MQTT",
+            m.scan_seconds.clone(),
         );
         for outcome in [
             "applied",
@@ -489,6 +515,7 @@ impl Bridge {
         let (done_tx, mut done_rx) = mpsc::channel::<Done>(MAX_COMMANDS_IN_FLIGHT);
         let mut next_scan: Option<Instant> = None;
         let mut last_scan = Instant::now();
+        let mut gap = SCAN_INTERVAL;
         loop {
             let scan_at = next_scan.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
@@ -508,7 +535,7 @@ impl Bridge {
                 }
                 Some(done) = done_rx.recv() => {
                     self.on_done(done);
-                    self.scan().await;
+                    gap = self.timed_scan().await;
                     last_scan = Instant::now();
                 }
                 changed = changes.changed() => {
@@ -516,12 +543,12 @@ impl Bridge {
                         break;
                     }
                     if next_scan.is_none() {
-                        next_scan = Some((last_scan + SCAN_INTERVAL).max(Instant::now()));
+                        next_scan = Some((last_scan + gap).max(Instant::now()));
                     }
                 }
                 () = tokio::time::sleep_until(scan_at), if next_scan.is_some() => {
                     next_scan = None;
-                    self.scan().await;
+                    gap = self.timed_scan().await;
                     last_scan = Instant::now();
                 }
             }
@@ -770,6 +797,15 @@ impl Bridge {
             }
         }
         views
+    }
+
+    /// Scans, and returns how long to wait before the next one.
+    async fn timed_scan(&mut self) -> Duration {
+        let started = Instant::now();
+        self.scan().await;
+        let took = started.elapsed();
+        self.metrics.scan_seconds.observe(took.as_secs_f64());
+        (took * SCAN_DUTY).max(SCAN_INTERVAL)
     }
 
     /// Brings every retained topic up to date with the registry.
