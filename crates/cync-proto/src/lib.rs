@@ -19,6 +19,7 @@
 //! real cloud; the byte layout sits next to the parser that reads it.
 #![forbid(unsafe_code)]
 
+pub mod canary;
 pub mod capture;
 pub mod catalog;
 pub mod command;
