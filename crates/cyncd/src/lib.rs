@@ -3,7 +3,8 @@
 //! - [`serve`]: the controller (device server + HTTP API), built from [`config`], [`tls`],
 //!   [`server`] (accept loop and connection tasks), [`registry`], [`metrics`], [`http`] and
 //!   [`logging`]; [`commands`] delivers commands reliably and [`control`] is the one way every
-//!   front end commands a device or group.
+//!   front end commands a device or group; [`web`] is the page for people at `/`, kept live by
+//!   [`live`] (Server-Sent Events).
 //! - [`decode`] and [`encode`]: the lab tools over the wire format.
 //! - [`client`]: `cyncd set` and `cyncd toggle`, clients of a running server.
 //! - [`sim`]: `cyncd sim` (a simulated fleet) and `cyncd demo`.
@@ -16,6 +17,7 @@ pub mod control;
 pub mod decode;
 pub mod encode;
 pub mod http;
+pub mod live;
 pub mod logging;
 pub mod metrics;
 pub mod registry;
@@ -23,3 +25,4 @@ pub mod serve;
 pub mod server;
 pub mod sim;
 pub mod tls;
+pub mod web;
