@@ -77,6 +77,13 @@ function ago(text) {
   if (s < 86400) return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min ago`;
   return `${Math.floor(s / 86400)} d ago`;
 }
+/** Milliseconds since the epoch with the microseconds trace times carry (Date.parse drops them). */
+function preciseMs(text) {
+  const t = Date.parse(text || '');
+  const frac = /\.(\d+)/.exec(text || '');
+  if (Number.isNaN(t) || !frac) return t;
+  return t + Number(frac[1].padEnd(6, '0').slice(3, 6)) / 1000;
+}
 function ageSeconds(text) {
   const t = Date.parse(text || '');
   return Number.isNaN(t) ? Infinity : (Date.now() + state.skewMs - t) / 1000;
@@ -151,6 +158,7 @@ function update(frame) {
     renderDevices();
   } else {
     for (const d of frame.devices || []) for (const card of cardsOf(d.id)) fillCard(card, d);
+    countGroups();
   }
   if (Array.isArray(frame.connections)) {
     state.connections = frame.connections;
@@ -195,7 +203,7 @@ function renderDevices() {
       section.append(el('div', { class: 'group', 'data-group': `${name}:${g.id}` },
         el('div', { class: 'group-head' },
           el('h4', { text: g.name || `group ${g.id}` }),
-          el('span', { class: 'count', text: `${members.length} device${members.length === 1 ? '' : 's'}${missing > 0 ? `, ${missing} not seen yet` : ''}` }),
+          el('span', { class: 'count', 'data-members': members.map((d) => d.id).join(' '), 'data-missing': missing }),
           groupControls(name, g)),
         el('p', { class: 'last', 'data-last': `group:${name}:${g.id}` }),
         el('div', { class: 'grid' }, members.map(card))));
@@ -211,16 +219,29 @@ function renderDevices() {
   }
   root.replaceChildren(...(out.length > 0 ? out : [el('p', { class: 'empty', text: 'No device has reported yet.' })]));
   for (const [key, result] of state.last) showLast(key, result);
+  countGroups();
+}
+
+/** "12 devices, 3 on" under each group's name. */
+function countGroups() {
+  for (const span of $$('.count[data-members]')) {
+    const ids = span.dataset.members ? span.dataset.members.split(' ') : [];
+    const on = ids.filter((id) => { const d = state.devices.get(id); return d && d.on; }).length;
+    const missing = Number(span.dataset.missing) || 0;
+    span.textContent = `${ids.length} device${ids.length === 1 ? '' : 's'}, ${on} on${missing > 0 ? `, ${missing} not seen yet` : ''}`;
+  }
 }
 
 function groupControls(home, g) {
   const target = { kind: 'group', id: `${home}:${g.id}`, key: `group:${home}:${g.id}` };
   const bright = el('input', { type: 'range', min: 0, max: 100, value: 100, 'aria-label': `${g.name} brightness` });
+  const shown = el('output', { text: '100 %' });
+  bright.addEventListener('input', () => { shown.textContent = `${bright.value} %`; });
   bright.addEventListener('change', () => send(target, { brightness: Number(bright.value) }));
   return el('div', { class: 'group-controls' },
     el('button', { type: 'button', 'data-action': 'group-on', text: 'All on', onclick: () => send(target, { on: true }) }),
     el('button', { type: 'button', 'data-action': 'group-off', text: 'All off', onclick: () => send(target, { on: false }) }),
-    bright);
+    el('label', { class: 'group-bright' }, 'Brightness', bright, shown));
 }
 
 function card(d) {
@@ -238,13 +259,13 @@ function card(d) {
     controls.push(slider(target, 'White', 'kelvin', lo, hi, 50, (v) => `${v} K`, (v) => ({ color_temp: fromKelvin(v) })));
   }
   if (has(d, 'rgb')) {
-    const pick = el('input', { type: 'color', 'data-ctl': 'rgb', 'aria-label': `${d.name} colour` });
+    const pick = el('input', { type: 'color', value: '#ffffff', 'data-ctl': 'rgb', 'aria-label': `${d.name} colour` });
     pick.addEventListener('input', () => { pick.dataset.editing = '1'; });
     pick.addEventListener('change', () => {
       const rgb = rgbOf(pick.value);
       if (rgb) send(target, { rgb }).finally(() => delete pick.dataset.editing);
     });
-    controls.push(el('label', { class: 'ctl' }, 'Colour', pick, el('output')));
+    controls.push(el('label', { class: 'ctl' }, 'Colour', pick));
   }
   if (has(d, 'effects')) {
     const effects = state.meta && Array.isArray(state.meta.effects) ? state.meta.effects : [];
@@ -253,7 +274,7 @@ function card(d) {
     sel.addEventListener('change', () => {
       if (sel.value) send(target, { effect: sel.value }).finally(() => { sel.value = ''; });
     });
-    controls.push(el('label', { class: 'ctl' }, 'Effect', sel, el('output')));
+    controls.push(el('label', { class: 'ctl' }, 'Effect', sel));
   }
   if (has(d, 'fan_speed')) {
     const steps = fanSteps();
@@ -294,8 +315,8 @@ function fillCard(c, d) {
   $('.online', c).textContent = d.online ? 'online' : 'offline';
   const parts = [d.on ? 'On' : 'Off'];
   if (d.on && has(d, 'brightness')) parts.push(`${num(d.brightness)} %`);
-  if (d.on && typeof d.color_temp === 'number') parts.push(`${toKelvin(d.color_temp)} K`);
-  if (d.on && Array.isArray(d.rgb)) parts.push(hex(d.rgb));
+  if (d.on && has(d, 'color_temp') && typeof d.color_temp === 'number') parts.push(`${toKelvin(d.color_temp)} K`);
+  if (d.on && has(d, 'rgb') && Array.isArray(d.rgb)) parts.push(hex(d.rgb));
   if (has(d, 'fan_speed') && typeof d.fan_speed === 'number') parts.push(`fan ${fanNames()[d.fan_speed] || d.fan_speed}`);
   $('.state', c).textContent = parts.join(' · ');
   const set = (ctl, value, text) => {
@@ -441,13 +462,13 @@ async function showTrace(id) {
     return;
   }
   const events = Array.isArray(answer.events) ? answer.events : [];
-  const t0 = events.length > 0 ? Date.parse(events[0].at) : NaN;
+  const t0 = events.length > 0 ? preciseMs(events[0].at) : NaN;
   const rows = events.map((e) => {
-    const t = Date.parse(e.at);
+    const t = preciseMs(e.at);
     const detail = Object.entries(e).filter(([k]) => k !== 'at' && k !== 'event')
       .map(([k, v]) => `${k}=${typeof v === 'object' ? JSON.stringify(v) : v}`).join(' ');
     return el('tr', { 'data-event': e.event },
-      el('td', { class: 'num', text: Number.isNaN(t) || Number.isNaN(t0) ? '' : `+${(t - t0).toFixed(0)} ms` }),
+      el('td', { class: 'num', text: Number.isNaN(t) || Number.isNaN(t0) ? '' : `+${(t - t0).toFixed(1)} ms` }),
       el('td', { text: e.event }),
       el('td', { class: 'detail', text: detail }));
   });
