@@ -101,9 +101,7 @@ async fn events_start_with_a_snapshot_and_push_changes() {
     let first = stream.expect("snapshot").await;
     assert_eq!(first["devices"].as_array().unwrap().len(), 4);
     assert_eq!(first["connections"].as_array().unwrap().len(), 1);
-    assert_eq!(first["meta"]["homes"][0]["groups"][0]["name"], "Kitchen");
-    assert_eq!(first["meta"]["kelvin"], serde_json::json!([2000, 7000]));
-    assert!(first["meta"]["effects"].as_array().unwrap().len() >= 10);
+    insta::assert_json_snapshot!("events_meta", first["meta"]);
     let mut seq = first["seq"].as_u64().unwrap();
 
     // A command changes device 2 in the simulator; its report reaches the page.

@@ -257,6 +257,27 @@ async fn the_page_controls_a_simulated_home_in_chromium() {
         assert!(Instant::now() < deadline, "the brightness never arrived");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    // The group: "All on" reaches every device, and the group's count follows. (Back to the
+    // top first: chromedriver does not scroll an element out from under the sticky header.)
+    page.script("window.scrollTo({top: 0, behavior: 'instant'});")
+        .await;
+    let all_on = page
+        .find(r#"[data-group="default:32769"] [data-action="group-on"]"#)
+        .await;
+    page.click(&all_on).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !fleet.devices().iter().all(|d| d.on) {
+        assert!(
+            Instant::now() < deadline,
+            "the group command never reached every device"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    page.until(
+        "the group shows every device on",
+        r#"return document.querySelector('[data-group="default:32769"] .count').textContent === '12 devices, 12 on';"#,
+    )
+    .await;
     // The per-bridge outcome counters reach the bridges panel.
     page.until(
         "a bridge shows its applied commands",
