@@ -9,6 +9,11 @@
 //!
 //! Every command's events are kept in a bounded ring for `GET /api/trace/{id}` and logged at
 //! info with its `command_id`, so one grep tells the whole story.
+//!
+//! Each outcome is also counted on the bridge the command was last handed to
+//! ([`crate::registry::ConnStats::count_outcome`]), for the per-bridge view of the web page and
+//! `GET /api/connections`; commands never handed to a bridge (superseded while queued, no
+//! bridge at all) count on none.
 
 use crate::metrics::Metrics;
 use crate::registry::Registry;
@@ -198,6 +203,7 @@ impl Commands {
             sizes: handle.sizes.clone(),
             last_hex: None,
             done: handle.done.clone(),
+            via: HashMap::new(),
         };
         tracker.spawn(service.run(submit_rx, events_rx, cancel));
         handle
@@ -263,6 +269,12 @@ impl Commands {
         self.done.subscribe()
     }
 
+    /// Resolves once the service has stopped (the server is shutting down): long-lived
+    /// answers such as the web page's event stream end then, so shutdown does not wait on them.
+    pub async fn stopped(&self) {
+        self.submit.closed().await;
+    }
+
     /// The dispatcher's structure sizes as of its last step.
     pub fn sizes(&self) -> cync_proto::delivery::Sizes {
         *self
@@ -283,6 +295,9 @@ struct Service {
     /// The hex of the packet just written, for the trace's `sent` event.
     last_hex: Option<(CommandId, String)>,
     done: Arc<tokio::sync::watch::Sender<u64>>,
+    /// The bridge each live command was last handed to; an entry lives from its first transmit
+    /// to its outcome, so it is bounded by the dispatcher's own bound on live commands.
+    via: HashMap<CommandId, ConnId>,
 }
 
 impl Service {
@@ -381,6 +396,7 @@ impl Service {
                     target,
                     action,
                 } => {
+                    self.via.insert(command, conn);
                     let sent = self.registry.writer(conn).map(|w| {
                         w.try_send(ConnCommand::Send {
                             command,
@@ -417,6 +433,11 @@ impl Service {
                     self.metrics.command_latency.observe(latency.as_secs_f64());
                     if outcome == Outcome::NoAck {
                         self.metrics.ack_timeouts.inc();
+                    }
+                    if let Some(conn) = self.via.remove(&command) {
+                        if let Some(stats) = self.registry.conn_stats(conn) {
+                            stats.count_outcome(outcome);
+                        }
                     }
                     let completion = Completion {
                         command_id: command.to_string(),

@@ -1,20 +1,22 @@
-//! The HTTP API: health, Prometheus metrics, devices and connections.
+//! The HTTP API: health, Prometheus metrics, devices and connections, commands, the live event
+//! stream and the web page.
 //!
 //! | route | answer |
 //! |---|---|
+//! | `GET /` | the web page ([`crate::web`]; also `/app.js`, `/style.css`, `/favicon.svg`) |
 //! | `GET /healthz` | `ok` |
 //! | `GET /metrics` | Prometheus text |
-//! | `GET /api/devices` | `[{id, home, mesh_id, name, type, online, on, brightness, color_temp, rgb, bridges, last_seen, firmware}]` |
+//! | `GET /api/devices` | `[{id, home, mesh_id, name, type, kind, model, capabilities, fan_speed, online, on, brightness, color_temp, rgb, bridges, last_seen, firmware}]` |
 //! | `GET /api/devices/{id}` | one device; `id` is `home:mesh_id`, or a bare mesh id when one home has it |
-//! | `GET /api/connections` | `[{conn_id, peer, home, since, last_packet, packets_in, packets_out, errors, firmware, mesh}]` |
-//!
+//! | `GET /api/connections` | `[{conn_id, peer, home, since, last_packet, packets_in, packets_out, errors, firmware, mesh, commands}]`; `commands` counts the outcomes of commands sent through that bridge |
+//! | `GET /api/events` | Server-Sent Events: `snapshot` then `update` events ([`crate::live`]); 503 over the client cap |
 //! | `POST /api/devices/{id}/state` | body any of `{"on", "brightness", "color_temp", "rgb", "effect", "fan_speed"}`; answers `{command_id, outcome, attempts, latency_ms, commands}` when done, or 202 `{command_id}` with `?wait=false` |
 //! | `POST /api/devices/{id}/toggle` | the opposite of the registry's on/off, as an absolute command |
 //! | `POST /api/groups/{id}/state` | as for a device; `id` is `home:group_id` or a group id from the configuration |
 //! | `GET /api/trace/{command_id}` | `{command_id, events: [{at, event, …}]}` |
 //!
-//! Errors are JSON `{"error": "..."}` with 400 (bad id or body; nothing is sent), 404 (unknown)
-//! or 409 (ambiguous).
+//! Errors are JSON `{"error": "..."}` with 400 (bad id or body; nothing is sent), 404 (unknown,
+//! including any unknown path) or 409 (ambiguous).
 
 use crate::control::{self, ControlError};
 use crate::registry::Lookup;
@@ -44,7 +46,10 @@ pub fn router(api: Api) -> axum::Router {
         .route("/api/devices/{id}", get(device))
         .route("/api/connections", get(connections))
         .with_state(api.clone())
+        .merge(crate::live::routes(api.ctx.clone()))
         .merge(command_routes(api))
+        .merge(crate::web::routes())
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such path") })
 }
 
 async fn metrics(State(api): State<Api>) -> Response {

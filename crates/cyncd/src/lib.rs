@@ -3,7 +3,8 @@
 //! - [`serve`]: the controller (device server + HTTP API), built from [`config`], [`tls`],
 //!   [`server`] (accept loop and connection tasks), [`registry`], [`metrics`], [`http`] and
 //!   [`logging`]; [`commands`] delivers commands reliably and [`control`] is the one way every
-//!   front end commands a device or group.
+//!   front end commands a device or group; [`web`] is the page for people at `/`, kept live by
+//!   [`live`] (Server-Sent Events).
 //! - [`decode`] and [`encode`]: the lab tools over the wire format.
 //! - [`mqtt`]: Home Assistant over MQTT (discovery, states, availability, commands).
 //! - [`client`]: `cyncd set` and `cyncd toggle`, clients of a running server.
@@ -17,6 +18,7 @@ pub mod control;
 pub mod decode;
 pub mod encode;
 pub mod http;
+pub mod live;
 pub mod logging;
 pub mod metrics;
 pub mod mqtt;
@@ -25,3 +27,4 @@ pub mod serve;
 pub mod server;
 pub mod sim;
 pub mod tls;
+pub mod web;

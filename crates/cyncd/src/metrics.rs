@@ -72,6 +72,10 @@ pub struct Metrics {
     pub queue_full: Counter,
     /// `cync_commands_in_flight`.
     pub in_flight: Gauge,
+    /// `cyncd_web_clients`: live event streams open (the web page).
+    pub web_clients: Gauge,
+    /// `cyncd_web_clients_refused_total`: event streams refused over the cap.
+    pub web_refused: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -130,6 +134,8 @@ impl Metrics {
             send_queue: Gauge::default(),
             queue_full: Counter::default(),
             in_flight: Gauge::default(),
+            web_clients: Gauge::default(),
+            web_refused: Counter::default(),
         };
         let tcp = registry.sub_registry_with_prefix("tcp_comm");
         tcp.register(
@@ -242,6 +248,16 @@ impl Metrics {
             "events_dropped",
             "Session events dropped",
             m.events_dropped.clone(),
+        );
+        own.register(
+            "web_clients",
+            "Live event streams open",
+            m.web_clients.clone(),
+        );
+        own.register(
+            "web_clients_refused",
+            "Live event streams refused over the cap",
+            m.web_refused.clone(),
         );
         m
     }

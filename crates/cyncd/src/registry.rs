@@ -18,6 +18,7 @@
 
 use crate::commands::ConnCommand;
 use cync_proto::catalog::DeviceType;
+use cync_proto::delivery::Outcome;
 use cync_proto::session::Source;
 use cync_proto::{ConnId, DeviceStatus};
 use serde::Serialize;
@@ -103,6 +104,28 @@ pub struct ConnStats {
     pub errors: AtomicU64,
     /// Unix milliseconds of the last packet received.
     pub last_packet_ms: AtomicU64,
+    /// Outcomes of the commands last sent through this connection, in [`Outcome::ALL`] order
+    /// (counted by the command service when it decides one).
+    pub outcomes: [AtomicU64; Outcome::ALL.len()],
+}
+
+impl ConnStats {
+    /// Counts an outcome of a command last sent through this connection.
+    pub fn count_outcome(&self, outcome: Outcome) {
+        let slot = Outcome::ALL.iter().position(|o| *o == outcome);
+        if let Some(counter) = slot.and_then(|i| self.outcomes.get(i)) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Command outcomes by name, every outcome present (zeros included).
+    pub fn outcome_counts(&self) -> BTreeMap<&'static str, u64> {
+        Outcome::ALL
+            .iter()
+            .zip(&self.outcomes)
+            .map(|(o, n)| (o.name(), n.load(Ordering::Relaxed)))
+            .collect()
+    }
 }
 
 /// One device connection (after its hello).
@@ -190,6 +213,8 @@ pub struct ConnectionView {
     pub firmware: BTreeMap<&'static str, String>,
     /// Mesh ids learned from this bridge.
     pub mesh: Vec<u16>,
+    /// Outcomes of the commands sent through this bridge (this session), by outcome name.
+    pub commands: BTreeMap<&'static str, u64>,
 }
 
 /// A registered connection: drop it (or call [`Registration::release`]) when the session ends.
@@ -391,6 +416,7 @@ impl Registry {
                     errors: c.stats.errors.load(Ordering::Relaxed),
                     firmware: c.firmware.clone(),
                     mesh: c.mesh.clone(),
+                    commands: c.stats.outcome_counts(),
                 }
             })
             .collect();
@@ -424,6 +450,11 @@ impl Registry {
             )
         });
         out
+    }
+
+    /// The counters of a connected bridge.
+    pub fn conn_stats(&self, conn: ConnId) -> Option<Arc<ConnStats>> {
+        self.lock().connections.get(&conn).map(|c| c.stats.clone())
     }
 
     /// Connected bridges of a home.
@@ -678,5 +709,19 @@ mod tests {
         assert_eq!(r.connections()[0].peer, "127.0.0.1:2");
         drop(second);
         assert_eq!(r.connection_count(), 0);
+    }
+
+    #[test]
+    fn outcomes_are_counted_per_connection() {
+        let stats = ConnStats::default();
+        stats.count_outcome(Outcome::Applied);
+        stats.count_outcome(Outcome::Applied);
+        stats.count_outcome(Outcome::NoAck);
+        let counts = stats.outcome_counts();
+        assert_eq!(counts.len(), Outcome::ALL.len());
+        assert_eq!(
+            (counts["applied"], counts["no_ack"], counts["rejected"]),
+            (2, 1, 0)
+        );
     }
 }

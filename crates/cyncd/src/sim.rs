@@ -179,6 +179,7 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<()> {
             "cyncd demo: a simulated home of 2 bridges and 12 devices is connecting to {}",
             running.devices
         );
+        println!("  web page:    http://{http}/");
         println!("  try:         cyncd set default:3 brightness 40 --api http://{http}");
         println!("  devices:     http://{http}/api/devices");
         println!("  connections: http://{http}/api/connections");

@@ -194,3 +194,148 @@ pub async fn until(server: &Running, mut check: impl FnMut() -> bool) {
         }
     }
 }
+
+/// A GET with extra header lines (each ending in `\r\n`); returns (status, head, body).
+pub async fn get_with(server: &Running, path: &str, headers: &str) -> (u16, String, String) {
+    let mut tcp = TcpStream::connect(server.http).await.unwrap();
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{headers}Connection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), tcp.read_to_end(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+/// `GET /api/events` read as a browser's EventSource would: chunked body, events split on blank
+/// lines, comments (keep-alives) skipped.
+pub struct Events {
+    tcp: TcpStream,
+    /// Bytes read, not yet de-chunked.
+    raw: Vec<u8>,
+    /// De-chunked body, not yet split into events.
+    body: Vec<u8>,
+    chunked: bool,
+    eof: bool,
+}
+
+/// Opens `GET /api/events`; returns the status, the head (lower case) and the stream.
+pub async fn events(server: &Running) -> (u16, String, Events) {
+    let mut tcp = TcpStream::connect(server.http).await.unwrap();
+    tcp.write_all(
+        b"GET /api/events HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut stream = Events {
+        tcp,
+        raw: Vec::new(),
+        body: Vec::new(),
+        chunked: false,
+        eof: false,
+    };
+    let end = loop {
+        if let Some(i) = find(&stream.raw, b"\r\n\r\n") {
+            break i;
+        }
+        assert!(stream.read().await, "closed before the head");
+    };
+    let head = String::from_utf8_lossy(&stream.raw[..end]).to_ascii_lowercase();
+    stream.raw.drain(..end + 4);
+    stream.chunked = head.contains("transfer-encoding: chunked");
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, head, stream)
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+impl Events {
+    /// Reads more bytes (10 s at most); false at end of stream.
+    async fn read(&mut self) -> bool {
+        let mut buf = [0u8; 8192];
+        let n = tokio::time::timeout(Duration::from_secs(10), self.tcp.read(&mut buf))
+            .await
+            .expect("no bytes from the event stream within 10 s")
+            .unwrap_or(0);
+        self.raw.extend_from_slice(&buf[..n]);
+        n > 0
+    }
+
+    /// Moves whole chunks from `raw` to `body`.
+    fn dechunk(&mut self) {
+        if !self.chunked {
+            self.body.append(&mut self.raw);
+            return;
+        }
+        while let Some(line) = find(&self.raw, b"\r\n") {
+            let size = usize::from_str_radix(
+                std::str::from_utf8(&self.raw[..line])
+                    .unwrap()
+                    .split(';')
+                    .next()
+                    .unwrap()
+                    .trim(),
+                16,
+            )
+            .unwrap();
+            if size == 0 {
+                self.eof = true;
+                self.raw.clear();
+                return;
+            }
+            if self.raw.len() < line + 2 + size + 2 {
+                return;
+            }
+            self.body
+                .extend_from_slice(&self.raw[line + 2..line + 2 + size]);
+            self.raw.drain(..line + 2 + size + 2);
+        }
+    }
+
+    /// The next event as (name, data); `None` when the server ended the stream.
+    pub async fn next(&mut self) -> Option<(String, String)> {
+        loop {
+            self.dechunk();
+            while let Some(end) = find(&self.body, b"\n\n") {
+                let block = String::from_utf8(self.body[..end].to_vec()).unwrap();
+                self.body.drain(..end + 2);
+                let mut name = String::from("message");
+                let mut data = Vec::new();
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        name = v.trim_start().to_string();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push(v.strip_prefix(' ').unwrap_or(v).to_string());
+                    }
+                }
+                if !data.is_empty() {
+                    return Some((name, data.join("\n")));
+                }
+            }
+            if self.eof || !self.read().await {
+                return None;
+            }
+        }
+    }
+
+    /// The next event's data as JSON, checking its name.
+    pub async fn expect(&mut self, name: &str) -> serde_json::Value {
+        let (got, data) = self.next().await.expect("the event stream ended");
+        assert_eq!(got, name, "{data}");
+        serde_json::from_str(&data).unwrap()
+    }
+
+    /// The rest of a non-streaming answer (the connection closes).
+    pub async fn rest(mut self) -> String {
+        while !self.eof && self.read().await {}
+        self.dechunk();
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
