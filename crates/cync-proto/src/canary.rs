@@ -478,11 +478,11 @@ impl SloMonitor {
             Cohort::Canary => &self.canary,
             Cohort::Control => &self.control,
         };
-        let from = self.index(now.saturating_sub(span)).saturating_add(1);
-        let from = if span.is_zero() {
-            self.index(now)
-        } else {
-            from
+        // Whole buckets after the one holding the window's start (all of them early on).
+        let from = match now.checked_sub(span) {
+            _ if span.is_zero() => self.index(now),
+            Some(start) => self.index(start).saturating_add(1),
+            None => 0,
         };
         let (good, total) = series.sum(slo, from);
         let budget = 1.0 - self.config.target(slo);

@@ -175,6 +175,8 @@ pub struct Session {
     last_seq: u8,
     /// Recently seen 0x83/0x73 packets.
     dedup: crate::dedup::Dedup,
+    /// Whether repeated packets are recognised (off for the legacy transport, which never did).
+    dedup_on: bool,
     /// The last 0x43 with records, and when.
     last_info: Option<(u64, Duration)>,
     idempotent_drops: u64,
@@ -202,6 +204,7 @@ impl Session {
             next_msg: first_msg,
             last_seq: 0,
             dedup: crate::dedup::Dedup::new(DEDUP_ENTRIES, DEDUP_WINDOW),
+            dedup_on: true,
             last_info: None,
             idempotent_drops: 0,
             announce_at: None,
@@ -331,6 +334,30 @@ impl Session {
         )
     }
 
+    /// Queues a control command the way the legacy controllers did: an all-zero message id
+    /// (their 0x7B cannot be told apart) and the next seq. `None` before the hello.
+    pub fn send_command_legacy(
+        &mut self,
+        target: command::Target,
+        action: command::Action,
+    ) -> Option<Result<(MsgId, Seq, Packet), command::CommandError>> {
+        let conn = self.conn_id?;
+        let seq = self.next_seq();
+        let msg = MsgId([0; 3]);
+        Some(
+            command::command(conn, msg, seq, target, action).map(|packet| {
+                packet.encode(&mut self.transmit);
+                (msg, seq, packet)
+            }),
+        )
+    }
+
+    /// Turns recognition of repeated packets on or off (the legacy transport had none: every
+    /// copy is applied).
+    pub fn set_dedup(&mut self, on: bool) {
+        self.dedup_on = on;
+    }
+
     /// Repeated packets acknowledged but not applied again.
     pub fn idempotent_drops(&self) -> u64 {
         self.idempotent_drops
@@ -352,6 +379,9 @@ impl Session {
     /// repeats the previous one (records carry no counter, and a device can legitimately go
     /// back to an earlier state).
     fn repeated(&mut self, p: &Packet, bytes: &[u8], now: Duration) -> bool {
+        if !self.dedup_on {
+            return false;
+        }
         match p {
             Packet::Report(_) | Packet::Data(_) => !self.dedup.first_seen(bytes, now),
             Packet::Info(i) if matches!(i.body, InfoBody::Records(_)) => {

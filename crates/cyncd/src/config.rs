@@ -55,6 +55,8 @@ pub struct Config {
     pub command_queue: usize,
     /// MQTT for Home Assistant; off until a broker URL is set.
     pub mqtt: MqttConfig,
+    /// Routing between the legacy and the reliable command transports, SLOs and rollback.
+    pub canary: CanaryConfig,
     /// Homes, with their bridges, device names and groups.
     pub homes: Vec<Home>,
 }
@@ -96,6 +98,160 @@ impl Default for MqttConfig {
             base_topic: "cync".into(),
             discovery_prefix: "homeassistant".into(),
         }
+    }
+}
+
+/// The `[canary]` section (also changed at run time by `PUT /api/canary` and SIGHUP).
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CanaryConfig {
+    /// `legacy`, `shadow`, `canary` or `reliable`.
+    pub mode: String,
+    /// Share of connections on the reliable transport in `canary` mode, 0–100.
+    pub percent: f64,
+    /// Every new connection legacy, whatever the mode.
+    pub kill: bool,
+    /// How often the SLO rules are evaluated, in seconds.
+    pub evaluate_secs: f64,
+    /// Events a window needs before it counts.
+    pub min_events: u64,
+    /// SLO bucket width, in seconds.
+    pub bucket_secs: f64,
+    /// Target share of applied commands.
+    pub success_target: f64,
+    /// Latency limit in milliseconds …
+    pub latency_limit_ms: u64,
+    /// … met by this share of commands.
+    pub latency_target: f64,
+    /// Target share of packets that decode.
+    pub decode_target: f64,
+    /// Target share of commands not refused by a full queue.
+    pub queue_target: f64,
+    /// Burn-rate rules.
+    pub rules: Vec<BurnRuleConfig>,
+    /// The legacy transport's drain and 0x7B timeout, in milliseconds.
+    pub legacy_timeout_ms: u64,
+    /// Shadow differences logged: the first ten, then one in this many.
+    pub shadow_log_every: u64,
+}
+
+/// One multi-window burn-rate rule.
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BurnRuleConfig {
+    /// Name.
+    pub name: String,
+    /// Long window, seconds.
+    pub long_secs: f64,
+    /// Short window, seconds.
+    pub short_secs: f64,
+    /// Burn-rate threshold.
+    pub factor: f64,
+}
+
+impl Default for CanaryConfig {
+    fn default() -> Self {
+        let slo = cync_proto::canary::SloConfig::default();
+        Self {
+            mode: "reliable".into(),
+            percent: 0.0,
+            kill: false,
+            evaluate_secs: 10.0,
+            min_events: slo.min_events,
+            bucket_secs: slo.bucket.as_secs_f64(),
+            success_target: slo.success_target,
+            latency_limit_ms: 1500,
+            latency_target: slo.latency_target,
+            decode_target: slo.decode_target,
+            queue_target: slo.queue_target,
+            rules: slo
+                .rules
+                .iter()
+                .map(|r| BurnRuleConfig {
+                    name: r.name.clone(),
+                    long_secs: r.long.as_secs_f64(),
+                    short_secs: r.short.as_secs_f64(),
+                    factor: r.factor,
+                })
+                .collect(),
+            legacy_timeout_ms: 2000,
+            shadow_log_every: 100,
+        }
+    }
+}
+
+impl CanaryConfig {
+    /// The SLO configuration, or why it is not valid.
+    pub fn slo(&self) -> Result<cync_proto::canary::SloConfig, String> {
+        let secs = |name: &str, v: f64| {
+            if v.is_finite() && v > 0.0 && v <= 30.0 * 86_400.0 {
+                Ok(Duration::from_secs_f64(v))
+            } else {
+                Err(format!(
+                    "canary {name} must be a positive number of seconds, got {v}"
+                ))
+            }
+        };
+        let share = |name: &str, v: f64| {
+            if v.is_finite() && v > 0.0 && v < 1.0 {
+                Ok(v)
+            } else {
+                Err(format!(
+                    "canary {name} must be between 0 and 1 (exclusive), got {v}"
+                ))
+            }
+        };
+        let mut rules = Vec::new();
+        for r in &self.rules {
+            let long = secs("rule long_secs", r.long_secs)?;
+            let short = secs("rule short_secs", r.short_secs)?;
+            if short > long {
+                return Err(format!(
+                    "canary rule {:?}: short_secs exceeds long_secs",
+                    r.name
+                ));
+            }
+            if !(r.factor.is_finite() && r.factor > 0.0) {
+                return Err(format!("canary rule {:?}: factor must be positive", r.name));
+            }
+            rules.push(cync_proto::canary::BurnRule {
+                name: r.name.clone(),
+                long,
+                short,
+                factor: r.factor,
+            });
+        }
+        Ok(cync_proto::canary::SloConfig {
+            success_target: share("success_target", self.success_target)?,
+            latency_limit: Duration::from_millis(self.latency_limit_ms.max(1)),
+            latency_target: share("latency_target", self.latency_target)?,
+            decode_target: share("decode_target", self.decode_target)?,
+            queue_target: share("queue_target", self.queue_target)?,
+            rules,
+            min_events: self.min_events.max(1),
+            bucket: secs("bucket_secs", self.bucket_secs)?,
+        })
+    }
+
+    /// The routing policy.
+    pub fn policy(&self) -> Result<cync_proto::canary::Policy, String> {
+        let mode = cync_proto::canary::Mode::from_name(&self.mode).ok_or_else(|| {
+            format!(
+                "canary mode must be legacy, shadow, canary or reliable, got {:?}",
+                self.mode
+            )
+        })?;
+        if !(0.0..=100.0).contains(&self.percent) {
+            return Err(format!(
+                "canary percent must be 0-100, got {}",
+                self.percent
+            ));
+        }
+        Ok(cync_proto::canary::Policy {
+            mode,
+            percent: self.percent,
+            kill: self.kill,
+        })
     }
 }
 
@@ -187,6 +343,7 @@ impl Default for Config {
             command_retries: 2,
             command_queue: 16,
             mqtt: MqttConfig::default(),
+            canary: CanaryConfig::default(),
             homes: Vec::new(),
         }
     }
@@ -262,6 +419,14 @@ impl Config {
                     "utc_offset must look like -06:00 or +05:30, got {offset:?}"
                 ));
             }
+        }
+        self.canary.policy().map_err(ConfigError::Invalid)?;
+        self.canary.slo().map_err(ConfigError::Invalid)?;
+        if !(self.canary.evaluate_secs.is_finite() && self.canary.evaluate_secs >= 0.01) {
+            return bad("canary evaluate_secs must be at least 0.01".into());
+        }
+        if !(100..=60_000).contains(&self.canary.legacy_timeout_ms) {
+            return bad("canary legacy_timeout_ms must be 100..=60000".into());
         }
         if let Some(url) = &self.mqtt.url {
             crate::mqtt::Broker::parse(url).map_err(ConfigError::Invalid)?;

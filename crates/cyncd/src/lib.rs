@@ -11,6 +11,7 @@
 //! - [`sim`]: `cyncd sim` (a simulated fleet) and `cyncd demo`.
 #![forbid(unsafe_code)]
 
+pub mod canary;
 pub mod client;
 pub mod commands;
 pub mod config;
