@@ -56,6 +56,15 @@ pub enum ConnCommand {
         /// Action.
         action: Action,
     },
+    /// Write this command the legacy way (all-zero message id), once.
+    SendLegacy {
+        /// The command.
+        command: CommandId,
+        /// Target.
+        target: Target,
+        /// Action.
+        action: Action,
+    },
 }
 
 /// What a connection task tells the service.
@@ -179,6 +188,7 @@ impl Commands {
         config: DeliveryConfig,
         registry: Registry,
         metrics: Metrics,
+        canary: Arc<crate::canary::Canary>,
         cancel: CancellationToken,
         tracker: &tokio_util::task::TaskTracker,
     ) -> Self {
@@ -197,6 +207,7 @@ impl Commands {
             dispatcher: Dispatcher::new(config),
             registry,
             metrics,
+            canary,
             waiters: HashMap::new(),
             start: Instant::now(),
             traces: handle.traces.clone(),
@@ -254,6 +265,19 @@ impl Commands {
         self.dropped_events.load(Ordering::Relaxed)
     }
 
+    /// Adds an event to a command's trace (for the legacy transport, which shares the ring).
+    pub fn trace_event(&self, id: CommandId, event: &'static str, detail: &[(&str, String)]) {
+        let record = TraceRecord {
+            at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            event,
+            detail: detail
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), serde_json::Value::String(v.clone())))
+                .collect(),
+        };
+        push_trace(&self.traces, id, record);
+    }
+
     /// A command's trace, oldest event first.
     pub fn trace(&self, id: CommandId) -> Option<Vec<TraceRecord>> {
         self.traces
@@ -288,6 +312,7 @@ struct Service {
     dispatcher: Dispatcher,
     registry: Registry,
     metrics: Metrics,
+    canary: Arc<crate::canary::Canary>,
     waiters: HashMap<CommandId, oneshot::Sender<Completion>>,
     start: Instant,
     traces: Arc<Mutex<Traces>>,
@@ -434,6 +459,18 @@ impl Service {
                     if outcome == Outcome::NoAck {
                         self.metrics.ack_timeouts.inc();
                     }
+                    self.canary.command(
+                        cync_proto::canary::Transport::Reliable,
+                        cync_proto::canary::CommandSample {
+                            applied: outcome == Outcome::Applied,
+                            superseded: outcome == Outcome::Superseded,
+                            queue_full: matches!(
+                                outcome,
+                                Outcome::QueueFull | Outcome::Backpressure
+                            ),
+                            latency,
+                        },
+                    );
                     if let Some(conn) = self.via.remove(&command) {
                         if let Some(stats) = self.registry.conn_stats(conn) {
                             stats.count_outcome(outcome);
@@ -494,22 +531,27 @@ impl Service {
             event: name,
             detail,
         };
-        let mut traces = self
-            .traces
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !traces.map.contains_key(&command) {
-            if traces.order.len() >= TRACE_COMMANDS {
-                if let Some(old) = traces.order.pop_front() {
-                    traces.map.remove(&old);
-                }
+        push_trace(&self.traces, command, record);
+    }
+}
+
+/// Appends to a command's trace: at most [`TRACE_COMMANDS`] commands (oldest forgotten first),
+/// [`TRACE_EVENTS`] events each (later ones dropped).
+fn push_trace(traces: &Mutex<Traces>, command: CommandId, record: TraceRecord) {
+    let mut traces = traces
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !traces.map.contains_key(&command) {
+        if traces.order.len() >= TRACE_COMMANDS {
+            if let Some(old) = traces.order.pop_front() {
+                traces.map.remove(&old);
             }
-            traces.order.push_back(command);
         }
-        let list = traces.map.entry(command).or_default();
-        if list.len() < TRACE_EVENTS {
-            list.push(record);
-        }
+        traces.order.push_back(command);
+    }
+    let list = traces.map.entry(command).or_default();
+    if list.len() < TRACE_EVENTS {
+        list.push(record);
     }
 }
 

@@ -5,6 +5,7 @@
 use crate::commands::Completion;
 use crate::registry::Lookup;
 use crate::server::Context;
+use cync_proto::canary::{Route, Transport};
 use cync_proto::catalog::DeviceType;
 use cync_proto::delivery::{CommandId, Request};
 use cync_proto::{Action, ConnId, Target};
@@ -150,6 +151,7 @@ pub enum Submitted {
 pub async fn submit(ctx: &Context, resolved: &Resolved, steps: Vec<Step>, wait: bool) -> Submitted {
     let mut pending = Vec::new();
     let mut done: Vec<(&'static str, Completion)> = Vec::new();
+    let (route, bridges) = transport_for(ctx, &resolved.bridges);
     for (attribute, action) in steps {
         let id = ctx.commands.new_id();
         let req = Request {
@@ -157,9 +159,13 @@ pub async fn submit(ctx: &Context, resolved: &Resolved, steps: Vec<Step>, wait: 
             home: resolved.home.clone(),
             target: resolved.target,
             action,
-            bridges: resolved.bridges.clone(),
+            bridges: bridges.clone(),
         };
-        match ctx.commands.submit(req, wait) {
+        let submitted = match route.transport {
+            Transport::Legacy => ctx.legacy.submit(req, route.shadow, wait),
+            Transport::Reliable => ctx.commands.submit(req, wait),
+        };
+        match submitted {
             Ok(rx) => pending.push((attribute, id, rx)),
             Err(c) => done.push((attribute, c)),
         }
@@ -188,4 +194,29 @@ pub async fn submit(ctx: &Context, resolved: &Resolved, steps: Vec<Step>, wait: 
         ));
     }
     Submitted::Done(done)
+}
+
+/// The transport of a command: the one that owns its best bridge's connection (one stack owns
+/// each connection), and the bridges that transport may use. With no connected bridge the
+/// reliable transport takes it (it waits for one within the deadline).
+pub fn transport_for(ctx: &Context, bridges: &[ConnId]) -> (Route, Vec<ConnId>) {
+    let routes: Vec<(ConnId, Option<Route>)> = bridges
+        .iter()
+        .map(|b| (*b, ctx.registry.route(*b)))
+        .collect();
+    let Some(route) = routes.iter().find_map(|(_, r)| *r) else {
+        return (
+            Route {
+                transport: Transport::Reliable,
+                shadow: false,
+            },
+            bridges.to_vec(),
+        );
+    };
+    let same: Vec<ConnId> = routes
+        .iter()
+        .filter(|(_, r)| r.is_none_or(|r| r.transport == route.transport))
+        .map(|(b, _)| *b)
+        .collect();
+    (route, same)
 }

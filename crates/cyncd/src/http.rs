@@ -13,6 +13,9 @@
 //! | `POST /api/devices/{id}/state` | body any of `{"on", "brightness", "color_temp", "rgb", "effect", "fan_speed"}`; answers `{command_id, outcome, attempts, latency_ms, commands}` when done, or 202 `{command_id}` with `?wait=false` |
 //! | `POST /api/devices/{id}/toggle` | the opposite of the registry's on/off, as an absolute command |
 //! | `POST /api/groups/{id}/state` | as for a device; `id` is `home:group_id` or a group id from the configuration |
+//! | `GET /api/canary` | `{mode, percent, kill, latched, last_rollback, connections: {legacy, reliable}}` |
+//! | `PUT /api/canary` | body any of `{mode, percent, kill, drain}`; answers as GET plus `drained` |
+//! | `GET /api/slo` | `{mode, percent, latched, slos: [{name, cohort, target, compliance, budget_remaining, events, rules}], decisions, last_rollback}` |
 //! | `GET /api/trace/{command_id}` | `{command_id, events: [{at, event, …}]}` |
 //!
 //! Errors are JSON `{"error": "..."}` with 400 (bad id or body; nothing is sent), 404 (unknown,
@@ -45,11 +48,51 @@ pub fn router(api: Api) -> axum::Router {
         .route("/api/devices", get(devices))
         .route("/api/devices/{id}", get(device))
         .route("/api/connections", get(connections))
+        .route("/api/canary", get(canary_get).put(canary_put))
+        .route("/api/slo", get(slo))
         .with_state(api.clone())
         .merge(crate::live::routes(api.ctx.clone()))
         .merge(command_routes(api))
         .merge(crate::web::routes())
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such path") })
+}
+
+async fn canary_get(State(api): State<Api>) -> Response {
+    let (legacy, reliable) = api.ctx.registry.transport_counts();
+    let mut status = api.ctx.canary.status();
+    if let Some(obj) = status.as_object_mut() {
+        obj.insert(
+            "connections".into(),
+            serde_json::json!({ "legacy": legacy, "reliable": reliable }),
+        );
+    }
+    Json(status).into_response()
+}
+
+async fn canary_put(State(api): State<Api>, body: axum::body::Bytes) -> Response {
+    let update: crate::canary::Update = match serde_json::from_slice(&body) {
+        Ok(u) => u,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("invalid body: {e}; expected {{mode, percent, kill, drain}}"),
+            );
+        }
+    };
+    match crate::serve::apply_routing(&api.ctx, &update) {
+        Ok((_, drained)) => {
+            let mut status = api.ctx.canary.status();
+            if let Some(obj) = status.as_object_mut() {
+                obj.insert("drained".into(), serde_json::json!(drained));
+            }
+            Json(status).into_response()
+        }
+        Err(e) => error(StatusCode::BAD_REQUEST, &e),
+    }
+}
+
+async fn slo(State(api): State<Api>) -> Response {
+    Json(api.ctx.canary.report()).into_response()
 }
 
 async fn metrics(State(api): State<Api>) -> Response {

@@ -19,6 +19,7 @@ pub mod control;
 pub mod decode;
 pub mod encode;
 pub mod http;
+pub mod legacy;
 pub mod live;
 pub mod logging;
 pub mod metrics;

@@ -17,6 +17,7 @@
 //! new device beyond the bound is dropped and counted ([`Registry::rejected_devices`]).
 
 use crate::commands::ConnCommand;
+use cync_proto::canary::{Policy, Route, Transport};
 use cync_proto::catalog::DeviceType;
 use cync_proto::delivery::Outcome;
 use cync_proto::session::Source;
@@ -143,6 +144,8 @@ pub struct Connection {
     pub firmware: BTreeMap<&'static str, String>,
     /// Mesh devices it reported in its mesh-info answer.
     pub mesh: Vec<u16>,
+    /// The transport that owns its commands (decided at its hello).
+    pub route: Route,
     generation: u64,
     cancel: CancellationToken,
     writer: Option<mpsc::Sender<ConnCommand>>,
@@ -215,6 +218,10 @@ pub struct ConnectionView {
     pub mesh: Vec<u16>,
     /// Outcomes of the commands sent through this bridge (this session), by outcome name.
     pub commands: BTreeMap<&'static str, u64>,
+    /// `legacy` or `reliable`: the transport that owns its commands.
+    pub transport: &'static str,
+    /// Whether the reliable transport shadows it.
+    pub shadow: bool,
 }
 
 /// A registered connection: drop it (or call [`Registration::release`]) when the session ends.
@@ -255,6 +262,7 @@ impl Registry {
     }
 
     /// Registers a connection after its hello, cancelling an older session with the same id.
+    #[allow(clippy::too_many_arguments)] // one call site; each is a distinct part of the entry
     pub fn register(
         &self,
         conn: ConnId,
@@ -263,9 +271,11 @@ impl Registry {
         stats: Arc<ConnStats>,
         cancel: CancellationToken,
         writer: Option<mpsc::Sender<ConnCommand>>,
+        route: Route,
     ) -> Registration {
         let generation = self.inner.generation.fetch_add(1, Ordering::Relaxed);
         let entry = Connection {
+            route,
             peer,
             home: home.to_string(),
             since: SystemTime::now(),
@@ -417,11 +427,43 @@ impl Registry {
                     firmware: c.firmware.clone(),
                     mesh: c.mesh.clone(),
                     commands: c.stats.outcome_counts(),
+                    transport: c.route.transport.name(),
+                    shadow: c.route.shadow,
                 }
             })
             .collect();
         out.sort_by(|a, b| a.conn_id.cmp(&b.conn_id));
         out
+    }
+
+    /// The route of a connected bridge.
+    pub fn route(&self, conn: ConnId) -> Option<Route> {
+        self.lock().connections.get(&conn).map(|c| c.route)
+    }
+
+    /// Closes every connection whose transport differs from what `policy` decides for it now,
+    /// so the device reconnects under the new decision. Returns how many were closed.
+    pub fn drain(&self, policy: &Policy) -> usize {
+        let state = self.lock();
+        let mut closed = 0;
+        for (id, c) in &state.connections {
+            if policy.route(*id) != c.route {
+                c.cancel.cancel();
+                closed += 1;
+            }
+        }
+        closed
+    }
+
+    /// Connections on each transport: (legacy, reliable).
+    pub fn transport_counts(&self) -> (usize, usize) {
+        let state = self.lock();
+        let reliable = state
+            .connections
+            .values()
+            .filter(|c| c.route.transport == Transport::Reliable)
+            .count();
+        (state.connections.len() - reliable, reliable)
     }
 
     /// The write queue of a connected bridge.
@@ -693,7 +735,11 @@ mod tests {
         let r = Registry::new();
         let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let old = CancellationToken::new();
-        let first = r.register(A, peer, "h", Arc::default(), old.clone(), None);
+        let route = Route {
+            transport: Transport::Reliable,
+            shadow: false,
+        };
+        let first = r.register(A, peer, "h", Arc::default(), old.clone(), None, route);
         let new = CancellationToken::new();
         let second = r.register(
             A,
@@ -702,6 +748,7 @@ mod tests {
             Arc::default(),
             new.clone(),
             None,
+            route,
         );
         assert!(old.is_cancelled() && !new.is_cancelled());
         // The old session ending must not remove the new one.

@@ -248,10 +248,27 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     let registry = Registry::new();
+    let canary = Arc::new(crate::canary::Canary::new(
+        config.canary.policy().map_err(anyhow::Error::msg)?,
+        config.canary.slo().map_err(anyhow::Error::msg)?,
+        crate::canary::CanaryMetrics::new(&mut prom),
+    ));
     let commands = crate::commands::Commands::start(
         config.delivery(),
         registry.clone(),
         metrics.clone(),
+        canary.clone(),
+        cancel.clone(),
+        &tracker,
+    );
+    let legacy = crate::legacy::Legacy::start(
+        Duration::from_millis(config.canary.legacy_timeout_ms),
+        config.delivery(),
+        config.canary.shadow_log_every,
+        registry.clone(),
+        commands.clone(),
+        canary.clone(),
+        crate::legacy::LegacyMetrics::new(&mut prom),
         cancel.clone(),
         &tracker,
     );
@@ -261,8 +278,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         metrics,
         tls: tls.map(|(a, _)| a),
         commands,
+        legacy,
+        canary,
         offset: crate::config::OffsetCache::default(),
     });
+    tracker.spawn(evaluate_slos(ctx.clone(), cancel.clone()));
     let running = Running {
         devices: devices.local_addr()?,
         http: http.local_addr()?,
@@ -300,6 +320,50 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     Ok(running)
 }
 
+/// Evaluates the SLO rules every `canary.evaluate_secs`; a rollback drains the canary's
+/// connections so their devices reconnect on the legacy transport.
+async fn evaluate_slos(ctx: Arc<Context>, cancel: CancellationToken) {
+    let every = Duration::from_secs_f64(ctx.config.canary.evaluate_secs.max(0.01));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if ctx.canary.evaluate().is_some() {
+            let drained = ctx.registry.drain(&ctx.canary.policy());
+            ctx.canary.metrics.drained.inc_by(drained as u64);
+            info!(
+                drained,
+                "rollback: canary connections closed to reconnect on legacy"
+            );
+        }
+    }
+}
+
+/// Applies a routing change (from the API or a reloaded configuration) and, when asked,
+/// drains the connections whose transport no longer matches. Returns the policy and the
+/// number of connections closed.
+pub fn apply_routing(
+    ctx: &Context,
+    update: &crate::canary::Update,
+) -> Result<(cync_proto::canary::Policy, usize), String> {
+    let policy = ctx.canary.update(update)?;
+    let drained = if update.drain {
+        let n = ctx.registry.drain(&policy);
+        ctx.canary.metrics.drained.inc_by(n as u64);
+        info!(
+            drained = n,
+            "connections drained to reconnect under the new routing"
+        );
+        n
+    } else {
+        0
+    };
+    Ok((policy, drained))
+}
+
 /// Runs `cyncd serve` until SIGINT or SIGTERM.
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let config = args.config()?;
@@ -325,7 +389,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             if plain { "plain TCP" } else { "TLS" },
             running.http
         );
-        signals.recv().await;
+        while signals.recv().await == Signal::Reload {
+            reload(args, &running.ctx);
+        }
         info!("shutting down");
         running.shutdown().await;
         anyhow::Ok(())
@@ -349,13 +415,49 @@ fn raise_file_limit(max_connections: usize) {
     }
 }
 
-/// SIGINT and SIGTERM, listened for from creation on: installed before the server says it is
-/// ready, so a signal sent right after that line is never lost to the default action.
+/// SIGHUP: re-reads the configuration file and applies its `[canary]` routing (mode, percent,
+/// kill) without a restart; other keys take effect at the next start.
+fn reload(args: &Args, ctx: &Context) {
+    let loaded = match args.config() {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %format!("{e:#}"), "SIGHUP: configuration not reloaded");
+            return;
+        }
+    };
+    let c = &loaded.canary;
+    let update = crate::canary::Update {
+        mode: Some(c.mode.clone()),
+        percent: Some(c.percent),
+        kill: Some(c.kill),
+        drain: false,
+    };
+    match apply_routing(ctx, &update) {
+        Ok((policy, _)) => info!(
+            mode = policy.mode.name(),
+            percent = policy.percent,
+            kill = policy.kill,
+            "SIGHUP: routing reloaded (other settings apply at the next start)"
+        ),
+        Err(e) => warn!(error = %e, "SIGHUP: routing not reloaded"),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    Stop,
+    Reload,
+}
+
+/// SIGINT, SIGTERM and SIGHUP, listened for from creation on: installed before the server says
+/// it is ready, so a signal sent right after that line is never lost to the default action.
 struct Signals {
     #[cfg(unix)]
     term: tokio::signal::unix::Signal,
     #[cfg(unix)]
     int: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    hup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -366,19 +468,24 @@ impl Signals {
             Ok(Self {
                 term: signal(SignalKind::terminate())?,
                 int: signal(SignalKind::interrupt())?,
+                hup: signal(SignalKind::hangup())?,
             })
         }
         #[cfg(not(unix))]
         Ok(Self {})
     }
 
-    async fn recv(&mut self) {
+    async fn recv(&mut self) -> Signal {
         #[cfg(unix)]
         tokio::select! {
-            _ = self.term.recv() => {},
-            _ = self.int.recv() => {},
+            _ = self.term.recv() => Signal::Stop,
+            _ = self.int.recv() => Signal::Stop,
+            _ = self.hup.recv() => Signal::Reload,
         }
         #[cfg(not(unix))]
-        let _ = tokio::signal::ctrl_c().await;
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            Signal::Stop
+        }
     }
 }

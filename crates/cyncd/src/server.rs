@@ -12,9 +12,11 @@
 
 use crate::commands::{Commands, ConnCommand, ConnEvent, WRITE_QUEUE};
 use crate::config::Config;
+use crate::legacy::LegacyEvent;
 use crate::logging::{corr_id, redacted_hex};
 use crate::metrics::Metrics;
 use crate::registry::{ConnStats, Registration, Registry};
+use cync_proto::canary::{Route, Transport};
 use cync_proto::session::{CloseReason, Event, Session, SessionConfig, Step};
 use cync_proto::{DecodeError, LocalTime, Packet};
 use openssl::ssl::SslAcceptor;
@@ -43,8 +45,12 @@ pub struct Context {
     pub metrics: Metrics,
     /// TLS acceptor; `None` serves plain TCP.
     pub tls: Option<SslAcceptor>,
-    /// The command service.
+    /// The command service (the reliable transport).
     pub commands: Commands,
+    /// The legacy transport.
+    pub legacy: crate::legacy::Legacy,
+    /// Routing between the two, SLOs and rollback.
+    pub canary: Arc<crate::canary::Canary>,
     /// The UTC offset sent in 0xC8, looked up at most once a minute.
     pub offset: crate::config::OffsetCache,
 }
@@ -159,16 +165,14 @@ where
         if let Some(id) = conn.session.conn_id() {
             // Commands waiting on this bridge move elsewhere now, not at their timeout.
             conn.ctx.commands.event(ConnEvent::Lost(id));
+            if conn.is_legacy() {
+                conn.ctx.legacy.event(LegacyEvent::Lost(id));
+            }
         }
         // Queued commands that were never written.
         conn.queue.close();
-        while let Ok(ConnCommand::Send {
-            command, attempt, ..
-        }) = conn.queue.try_recv()
-        {
-            conn.ctx
-                .commands
-                .event(ConnEvent::Unsent { command, attempt });
+        while let Ok(queued) = conn.queue.try_recv() {
+            conn.unsent(queued);
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
         info!(%peer, reason, conn_id = conn.id_text(), "disconnected");
@@ -176,6 +180,12 @@ where
     }
     .instrument(span)
     .await
+}
+
+/// A command written into the transmit buffer, reported to its transport once flushed.
+enum Written {
+    Reliable(ConnEvent),
+    Legacy(LegacyEvent),
 }
 
 struct Conn {
@@ -191,6 +201,8 @@ struct Conn {
     drops_reported: u64,
     writer: mpsc::Sender<ConnCommand>,
     queue: mpsc::Receiver<ConnCommand>,
+    /// Decided at the hello.
+    route: Option<Route>,
 }
 
 impl Conn {
@@ -218,7 +230,12 @@ impl Conn {
             drops_reported: 0,
             writer,
             queue,
+            route: None,
         }
+    }
+
+    fn is_legacy(&self) -> bool {
+        self.route.is_some_and(|r| r.transport == Transport::Legacy)
     }
 
     fn id_text(&self) -> String {
@@ -267,15 +284,25 @@ impl Conn {
                 Some(command) = self.queue.recv() => {
                     let sent = self.write_command(command);
                     if let Err(reason) = self.flush(stream).await {
-                        for event in sent {
-                            if let ConnEvent::Sent { command, attempt, .. } = event {
-                                self.ctx.commands.event(ConnEvent::Unsent { command, attempt });
+                        for written in sent {
+                            match written {
+                                Written::Reliable(ConnEvent::Sent { command, attempt, .. }) => {
+                                    self.ctx.commands.event(ConnEvent::Unsent { command, attempt });
+                                }
+                                Written::Reliable(_) => {}
+                                Written::Legacy(LegacyEvent::Written { command, .. }) => {
+                                    self.ctx.legacy.event(LegacyEvent::Unwritten { command });
+                                }
+                                Written::Legacy(_) => {}
                             }
                         }
                         return reason;
                     }
-                    for event in sent {
-                        self.ctx.commands.event(event);
+                    for written in sent {
+                        match written {
+                            Written::Reliable(event) => self.ctx.commands.event(event),
+                            Written::Legacy(event) => self.ctx.legacy.event(event),
+                        }
                     }
                 }
                 read = stream.read(&mut buf) => {
@@ -327,43 +354,79 @@ impl Conn {
         }
     }
 
+    /// A queued command that will not be written: its owner learns at once.
+    fn unsent(&self, queued: ConnCommand) {
+        match queued {
+            ConnCommand::Send {
+                command, attempt, ..
+            } => self
+                .ctx
+                .commands
+                .event(ConnEvent::Unsent { command, attempt }),
+            ConnCommand::SendLegacy { command, .. } => {
+                self.ctx.legacy.event(LegacyEvent::Unwritten { command });
+            }
+        }
+    }
+
     /// Builds queued commands into the transmit buffer (this one and any others waiting, so
-    /// they go out in one write) and returns the `Sent` events to report once written.
-    fn write_command(&mut self, first: ConnCommand) -> Vec<ConnEvent> {
+    /// they go out in one write) and returns the events to report once written.
+    fn write_command(&mut self, first: ConnCommand) -> Vec<Written> {
         let mut events = Vec::new();
         let mut next = Some(first);
-        while let Some(ConnCommand::Send {
-            command,
-            attempt,
-            target,
-            action,
-        }) = next
-        {
-            match self.session.send_command(target, action) {
-                Some(Ok((msg, seq, packet))) => {
-                    let corr = if tracing::enabled!(tracing::Level::DEBUG) {
-                        corr_id()
-                    } else {
-                        String::new()
-                    };
-                    self.log_out(&packet, &corr);
-                    let hex = redacted_hex(&packet.to_bytes());
-                    events.push(ConnEvent::Sent {
+        while let Some(queued) = next.take() {
+            let (legacy, target, action) = match &queued {
+                ConnCommand::Send { target, action, .. } => (false, *target, *action),
+                ConnCommand::SendLegacy { target, action, .. } => (true, *target, *action),
+            };
+            let built = if legacy {
+                self.session.send_command_legacy(target, action)
+            } else {
+                self.session.send_command(target, action)
+            };
+            match (built, queued) {
+                (
+                    Some(Ok((msg, seq, packet))),
+                    ConnCommand::Send {
+                        command, attempt, ..
+                    },
+                ) => {
+                    let hex = self.logged(&packet);
+                    events.push(Written::Reliable(ConnEvent::Sent {
                         command,
                         attempt,
                         msg,
                         seq,
                         hex,
-                    });
+                    }));
                 }
-                _ => self
-                    .ctx
-                    .commands
-                    .event(ConnEvent::Unsent { command, attempt }),
+                (Some(Ok((msg, seq, packet))), ConnCommand::SendLegacy { command, .. }) => {
+                    self.logged(&packet);
+                    if let Some(conn) = self.session.conn_id() {
+                        events.push(Written::Legacy(LegacyEvent::Written {
+                            command,
+                            conn,
+                            seq,
+                            msg,
+                        }));
+                    }
+                }
+                (_, queued) => self.unsent(queued),
             }
             next = self.queue.try_recv().ok();
         }
         events
+    }
+
+    /// Logs an outgoing command packet and returns its (redacted) hex.
+    fn logged(&self, packet: &Packet) -> String {
+        let corr = if tracing::enabled!(tracing::Level::DEBUG) {
+            corr_id()
+        } else {
+            String::new()
+        };
+        self.log_out(packet, &corr);
+        redacted_hex(&packet.to_bytes())
     }
 
     async fn flush<S: AsyncWrite + Unpin>(&mut self, stream: &mut S) -> Result<(), &'static str> {
@@ -399,10 +462,14 @@ impl Conn {
         self.stats
             .last_packet_ms
             .store(u64::try_from(ms).unwrap_or(0), Ordering::Relaxed);
+        let transport = self.route.map(|r| r.transport);
         match &step.packet {
             Ok(p) => {
                 let bad = p.frame().is_some_and(|f| !f.checksum_ok())
                     || matches!(p.body(), Some(cync_proto::Body::Malformed(_)));
+                if let Some(t) = transport {
+                    self.ctx.canary.packet(t, bad);
+                }
                 let counters = self.ctx.metrics.of_type(p.kind());
                 if bad {
                     counters.recv_bad.inc();
@@ -422,6 +489,9 @@ impl Conn {
                 );
             }
             Err(e) => {
+                if let Some(t) = transport {
+                    self.ctx.canary.packet(t, true);
+                }
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
                 let kind = step.bytes.first().copied().unwrap_or_default();
                 self.ctx.metrics.of_type(kind).recv_error.inc();
@@ -460,6 +530,12 @@ impl Conn {
                     tracing::Span::current().record("conn_id", tracing::field::display(conn));
                     self.ctx.metrics.hellos.inc();
                     info!(peer = %self.peer, conn_id = %conn, home = %self.home, "hello");
+                    let route = self.ctx.canary.route(conn);
+                    self.route = Some(route);
+                    // The legacy transport never recognised repeated packets.
+                    self.session
+                        .set_dedup(route.transport == Transport::Reliable);
+                    info!(peer = %self.peer, conn_id = %conn, transport = route.transport.name(), shadow = route.shadow, "routed");
                     self.registration = Some(self.ctx.registry.register(
                         conn,
                         self.peer,
@@ -467,6 +543,7 @@ impl Conn {
                         self.stats.clone(),
                         self.cancel.clone(),
                         Some(self.writer.clone()),
+                        route,
                     ));
                 }
                 Event::AppConnection(conn) => {
@@ -481,6 +558,12 @@ impl Conn {
                             home: self.home.clone(),
                             status,
                         });
+                        if self.route.is_some_and(|r| r.shadow) {
+                            self.ctx.legacy.event(LegacyEvent::Status {
+                                home: self.home.clone(),
+                                status,
+                            });
+                        }
                     }
                 }
                 Event::Firmware(fw) => {
@@ -512,14 +595,24 @@ impl Conn {
                 }
                 Event::DataAck(msg) => {
                     if let Some(conn) = self.session.conn_id() {
-                        self.ctx.commands.event(ConnEvent::Ack { conn, msg });
+                        if self.is_legacy() {
+                            self.ctx.legacy.event(LegacyEvent::Ack { conn, msg });
+                        } else {
+                            self.ctx.commands.event(ConnEvent::Ack { conn, msg });
+                        }
                     }
                 }
                 Event::CommandResult { seq, code, .. } => {
                     if let Some(conn) = self.session.conn_id() {
-                        self.ctx
-                            .commands
-                            .event(ConnEvent::Result { conn, seq, code });
+                        if self.is_legacy() {
+                            self.ctx
+                                .legacy
+                                .event(LegacyEvent::Result { conn, seq, code });
+                        } else {
+                            self.ctx
+                                .commands
+                                .event(ConnEvent::Result { conn, seq, code });
+                        }
                     }
                 }
                 Event::AnnounceReplied => {}

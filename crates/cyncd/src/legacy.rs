@@ -1,0 +1,497 @@
+//! The legacy transport: commands sent the way the controllers cyncd replaces send them, for
+//! connections the canary routes to `legacy`, so the two can be compared on the same homes.
+//!
+//! Faithfully: one write with a drain timeout ([`crate::config::CanaryConfig::legacy_timeout_ms`],
+//! 2 s), no retry, no dedup, all-zero message ids (so a 0x7B cannot be matched to its command:
+//! the oldest command written on that connection takes it), and the outcome is `applied` when a
+//! 0x7B is seen in time, else `no_ack` (`failed` when the write did not happen in time). A bare
+//! 0x7B — a device refusing — counts as applied, as it did there.
+//!
+//! **Shadow**: for connections routed with `shadow`, the same command is also given to a
+//! passive reliable [`Dispatcher`]. Its transmissions are never written: its first attempt is
+//! bound to the legacy write (same message id and seq), later attempts are suppressed (they
+//! count as sent and are never answered); it is fed the same 0x7B, results and status reports.
+//! When both have an outcome they are compared: a difference is counted
+//! (`tcp_comm_shadow_diff_total{legacy, reliable}`) and logged (the first ten, then one in
+//! `shadow_log_every`). No device receives anything twice because of the shadow.
+//!
+//! Bounds: at most [`MAX_PENDING`] legacy commands in flight (more end `queue_full` at once);
+//! the message queue holds [`QUEUE`] (a full queue drops connection events, counted, and
+//! submissions end `queue_full`); shadow outcomes waiting for their pair are bounded by the
+//! same [`MAX_PENDING`].
+
+use crate::canary::Canary;
+use crate::commands::{Commands, Completion, ConnCommand};
+use crate::registry::Registry;
+use cync_proto::canary::{CommandSample, Transport};
+use cync_proto::delivery::{CommandId, DeliveryConfig, Dispatcher, Outcome, Output, Request};
+use cync_proto::{ConnId, DeviceStatus, MsgId, Seq};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// Legacy commands in flight at once.
+pub const MAX_PENDING: usize = 4096;
+/// Messages waiting for the service.
+pub const QUEUE: usize = 16_384;
+
+/// What the legacy service hears.
+#[derive(Debug)]
+pub enum LegacyEvent {
+    /// A command to send.
+    Submit {
+        /// The command.
+        req: Request,
+        /// Shadow it with the reliable dispatcher.
+        shadow: bool,
+        /// Who waits for the outcome.
+        reply: Option<oneshot::Sender<Completion>>,
+    },
+    /// The connection wrote it.
+    Written {
+        /// The command.
+        command: CommandId,
+        /// The bridge.
+        conn: ConnId,
+        /// Its seq.
+        seq: Seq,
+        /// Its message id (all zero).
+        msg: MsgId,
+    },
+    /// The command could not be written (or not within the drain timeout).
+    Unwritten {
+        /// The command.
+        command: CommandId,
+    },
+    /// A 0x7B on a legacy connection.
+    Ack {
+        /// The bridge.
+        conn: ConnId,
+        /// Its message id.
+        msg: MsgId,
+    },
+    /// An `f9` result on a legacy connection (for the shadow).
+    Result {
+        /// The bridge.
+        conn: ConnId,
+        /// Seq.
+        seq: Seq,
+        /// Result byte.
+        code: u8,
+    },
+    /// A status report (for the shadow).
+    Status {
+        /// Home.
+        home: String,
+        /// The status.
+        status: DeviceStatus,
+    },
+    /// A legacy connection ended.
+    Lost(ConnId),
+}
+
+/// Legacy metrics.
+#[derive(Debug, Clone, Default)]
+pub struct LegacyMetrics {
+    /// `tcp_comm_legacy_commands_total{outcome}`.
+    pub commands: Family<[(&'static str, &'static str); 1], Counter>,
+}
+
+impl LegacyMetrics {
+    /// Creates and registers the metrics.
+    pub fn new(registry: &mut prometheus_client::registry::Registry) -> Self {
+        let m = Self::default();
+        registry.sub_registry_with_prefix("tcp_comm").register(
+            "legacy_commands",
+            "Commands sent by the legacy transport, by outcome",
+            m.commands.clone(),
+        );
+        for o in ["applied", "no_ack", "failed", "queue_full"] {
+            let _ = m.commands.get_or_create(&[("outcome", o)]);
+        }
+        m
+    }
+}
+
+/// Handle to the legacy service.
+#[derive(Debug, Clone)]
+pub struct Legacy {
+    tx: mpsc::Sender<LegacyEvent>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Legacy {
+    /// Starts the service.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start(
+        timeout: Duration,
+        delivery: DeliveryConfig,
+        shadow_log_every: u64,
+        registry: Registry,
+        commands: Commands,
+        canary: Arc<Canary>,
+        metrics: LegacyMetrics,
+        cancel: CancellationToken,
+        tracker: &tokio_util::task::TaskTracker,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let handle = Self {
+            tx: tx.clone(),
+            dropped: Arc::default(),
+        };
+        let service = Service {
+            timeout,
+            registry,
+            commands,
+            canary,
+            metrics,
+            tx,
+            pending: HashMap::new(),
+            written: HashMap::new(),
+            shadow: Dispatcher::new(delivery),
+            shadow_outcomes: HashMap::new(),
+            legacy_outcomes: HashMap::new(),
+            shadow_log_every: shadow_log_every.max(1),
+            diffs: 0,
+            start: Instant::now(),
+        };
+        tracker.spawn(service.run(rx, cancel));
+        handle
+    }
+
+    /// Submits a command; the receiver yields its outcome.
+    pub fn submit(
+        &self,
+        req: Request,
+        shadow: bool,
+        wait: bool,
+    ) -> Result<Option<oneshot::Receiver<Completion>>, Completion> {
+        let id = req.id;
+        let (reply, rx) = if wait {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        match self.tx.try_send(LegacyEvent::Submit { req, shadow, reply }) {
+            Ok(()) => Ok(rx),
+            Err(_) => Err(Completion {
+                command_id: id.to_string(),
+                outcome: Outcome::QueueFull.name(),
+                attempts: 0,
+                latency_ms: 0.0,
+            }),
+        }
+    }
+
+    /// Reports a connection event without waiting (a full queue drops it and counts).
+    pub fn event(&self, event: LegacyEvent) {
+        if self.tx.try_send(event).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Events dropped on a full queue.
+    pub fn dropped_events(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+struct Pending {
+    conn: Option<ConnId>,
+    submitted: Instant,
+    deadline: Instant,
+    written: bool,
+    reply: Option<oneshot::Sender<Completion>>,
+    shadow: bool,
+}
+
+struct Service {
+    timeout: Duration,
+    registry: Registry,
+    commands: Commands,
+    canary: Arc<Canary>,
+    metrics: LegacyMetrics,
+    tx: mpsc::Sender<LegacyEvent>,
+    pending: HashMap<CommandId, Pending>,
+    /// Per connection, the commands written and awaiting a 0x7B, oldest first.
+    written: HashMap<ConnId, VecDeque<CommandId>>,
+    shadow: Dispatcher,
+    /// Shadow outcomes waiting for the legacy one, and the reverse.
+    shadow_outcomes: HashMap<CommandId, Outcome>,
+    legacy_outcomes: HashMap<CommandId, &'static str>,
+    shadow_log_every: u64,
+    diffs: u64,
+    start: Instant,
+}
+
+impl Service {
+    async fn run(mut self, mut rx: mpsc::Receiver<LegacyEvent>, cancel: CancellationToken) {
+        loop {
+            let legacy_next = self.pending.values().map(|p| p.deadline).min();
+            let shadow_next = self.shadow.next_deadline().map(|d| self.start + d);
+            let next = match (legacy_next, shadow_next) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let sleep = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                event = rx.recv() => {
+                    let Some(event) = event else { break };
+                    self.event(event);
+                }
+                () = sleep => {
+                    self.expire();
+                    let now = self.now();
+                    self.shadow.on_timeout(now);
+                }
+            }
+            self.drive_shadow();
+        }
+        let ids: Vec<CommandId> = self.pending.keys().copied().collect();
+        for id in ids {
+            self.finish(id, "failed");
+        }
+    }
+
+    fn now(&self) -> Duration {
+        Instant::now().duration_since(self.start)
+    }
+
+    fn event(&mut self, event: LegacyEvent) {
+        let now = self.now();
+        match event {
+            LegacyEvent::Submit { req, shadow, reply } => self.submit(req, shadow, reply),
+            LegacyEvent::Written {
+                command,
+                conn,
+                seq,
+                msg,
+            } => {
+                if let Some(p) = self.pending.get_mut(&command) {
+                    p.written = true;
+                    p.deadline = Instant::now() + self.timeout;
+                    self.written.entry(conn).or_default().push_back(command);
+                    self.commands.trace_event(
+                        command,
+                        "sent",
+                        &[
+                            ("bridge", conn.to_string()),
+                            ("seq", seq.0.to_string()),
+                            ("msg_id", msg.to_string()),
+                        ],
+                    );
+                    if p.shadow {
+                        self.shadow.sent(command, 1, msg, seq, now);
+                    }
+                }
+            }
+            LegacyEvent::Unwritten { command } => {
+                if self.pending.contains_key(&command) {
+                    self.finish(command, "failed");
+                }
+            }
+            LegacyEvent::Ack { conn, msg } => {
+                // All-zero ids: the oldest command written on the connection takes the 0x7B.
+                let taken = self.written.get_mut(&conn).and_then(VecDeque::pop_front);
+                if let Some(command) = taken {
+                    self.finish(command, "applied");
+                }
+                self.shadow.ack(conn, msg, now);
+            }
+            LegacyEvent::Result { conn, seq, code } => self.shadow.result(conn, seq, code, now),
+            LegacyEvent::Status { home, status } => self.shadow.status(&home, &status, now),
+            LegacyEvent::Lost(conn) => {
+                self.shadow.connection_lost(conn, now);
+            }
+        }
+    }
+
+    fn submit(&mut self, req: Request, shadow: bool, reply: Option<oneshot::Sender<Completion>>) {
+        let id = req.id;
+        let now = Instant::now();
+        if self.pending.len() >= MAX_PENDING {
+            let _ = reply.map(|r| {
+                r.send(Completion {
+                    command_id: id.to_string(),
+                    outcome: Outcome::QueueFull.name(),
+                    attempts: 0,
+                    latency_ms: 0.0,
+                })
+            });
+            self.metrics
+                .commands
+                .get_or_create(&[("outcome", "queue_full")])
+                .inc();
+            return;
+        }
+        let conn = req.bridges.first().copied();
+        self.commands.trace_event(
+            id,
+            "submitted",
+            &[
+                ("transport", "legacy".into()),
+                ("shadow", shadow.to_string()),
+            ],
+        );
+        self.pending.insert(
+            id,
+            Pending {
+                conn,
+                submitted: now,
+                // Writing may take the drain timeout; the 0x7B wait starts once written.
+                deadline: now + self.timeout * 2,
+                written: false,
+                reply,
+                shadow,
+            },
+        );
+        if shadow {
+            let mut shadow_req = req.clone();
+            shadow_req.bridges = conn.into_iter().collect();
+            self.shadow.submit(shadow_req, self.now());
+        }
+        let Some(conn) = conn else {
+            self.finish(id, "failed");
+            return;
+        };
+        let Some(writer) = self.registry.writer(conn) else {
+            self.finish(id, "failed");
+            return;
+        };
+        // One write, given the drain timeout to get into the connection's queue.
+        let tx = self.tx.clone();
+        let timeout = self.timeout;
+        let send = ConnCommand::SendLegacy {
+            command: id,
+            target: req.target,
+            action: req.action,
+        };
+        tokio::spawn(async move {
+            let queued = tokio::time::timeout(timeout, writer.send(send)).await;
+            if !matches!(queued, Ok(Ok(()))) {
+                let _ = tx.send(LegacyEvent::Unwritten { command: id }).await;
+            }
+        });
+    }
+
+    fn expire(&mut self) {
+        let now = Instant::now();
+        let due: Vec<(CommandId, bool)> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(id, p)| (*id, p.written))
+            .collect();
+        for (id, written) in due {
+            self.finish(id, if written { "no_ack" } else { "failed" });
+        }
+    }
+
+    fn finish(&mut self, id: CommandId, outcome: &'static str) {
+        let Some(p) = self.pending.remove(&id) else {
+            return;
+        };
+        if let Some(conn) = p.conn {
+            if let Some(q) = self.written.get_mut(&conn) {
+                q.retain(|c| *c != id);
+                if q.is_empty() {
+                    self.written.remove(&conn);
+                }
+            }
+        }
+        let latency = p.submitted.elapsed();
+        self.metrics
+            .commands
+            .get_or_create(&[("outcome", outcome)])
+            .inc();
+        self.canary.command(
+            Transport::Legacy,
+            CommandSample {
+                applied: outcome == "applied",
+                superseded: false,
+                queue_full: false,
+                latency,
+            },
+        );
+        let completion = Completion {
+            command_id: id.to_string(),
+            outcome,
+            attempts: u8::from(p.written),
+            latency_ms: latency.as_secs_f64() * 1000.0,
+        };
+        info!(command_id = %id, transport = "legacy", outcome, latency_ms = completion.latency_ms, "command done");
+        self.commands
+            .trace_event(id, "outcome", &[("outcome", outcome.to_string())]);
+        if let Some(reply) = p.reply {
+            let _ = reply.send(completion);
+        }
+        if p.shadow {
+            match self.shadow_outcomes.remove(&id) {
+                Some(reliable) => self.compare(id, outcome, reliable),
+                None if self.legacy_outcomes.len() < MAX_PENDING => {
+                    self.legacy_outcomes.insert(id, outcome);
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// Carries out what the shadow dispatcher asks for, without writing anything.
+    fn drive_shadow(&mut self) {
+        while let Some(out) = self.shadow.poll() {
+            match out {
+                Output::Transmit {
+                    command, attempt, ..
+                } => {
+                    if attempt > 1 {
+                        // Suppressed: counts as sent, never answered.
+                        let now = self.now();
+                        let fake = MsgId([0xff, 0xff, attempt]);
+                        self.shadow.sent(command, attempt, fake, Seq(0), now);
+                    }
+                    // The first attempt is bound to the legacy write when it happens.
+                }
+                Output::Done {
+                    command, outcome, ..
+                } => match self.legacy_outcomes.remove(&command) {
+                    Some(legacy) => self.compare(command, legacy, outcome),
+                    None if self.shadow_outcomes.len() < MAX_PENDING => {
+                        self.shadow_outcomes.insert(command, outcome);
+                    }
+                    None => {}
+                },
+                Output::Trace { .. } => {}
+            }
+        }
+    }
+
+    fn compare(&mut self, id: CommandId, legacy: &'static str, reliable: Outcome) {
+        self.canary.metrics.shadow_compared.inc();
+        if legacy == reliable.name() {
+            return;
+        }
+        self.canary
+            .metrics
+            .shadow_diffs
+            .get_or_create(&[("legacy", legacy), ("reliable", reliable.name())])
+            .inc();
+        self.diffs += 1;
+        if self.diffs <= 10 || self.diffs % self.shadow_log_every == 0 {
+            warn!(command_id = %id, legacy, reliable = reliable.name(), diffs = self.diffs, "shadow: the reliable transport would have decided differently");
+        }
+    }
+}
