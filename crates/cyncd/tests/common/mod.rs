@@ -145,6 +145,15 @@ pub async fn post(server: &Running, path: &str, body: &str) -> (u16, String) {
     http(server, &request).await
 }
 
+/// A plain HTTP/1.1 PUT with a JSON body; returns (status, body).
+pub async fn put(server: &Running, path: &str, body: &str) -> (u16, String) {
+    let request = format!(
+        "PUT {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    http(server, &request).await
+}
+
 /// Sends one request and reads the whole answer (the server closes); returns (status, body).
 async fn http(server: &Running, request: &str) -> (u16, String) {
     let mut tcp = TcpStream::connect(server.http).await.unwrap();

@@ -1,0 +1,429 @@
+//! Canary routing end to end: simulated bridges over TLS, commands through the transport that
+//! owns each bridge, SLO rules with short windows (seconds instead of hours, so a test takes
+//! seconds), rollback, drain, shadow. The rule logic itself is tested with exact times in
+//! `cync_proto::canary` and `cyncd::canary`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod common;
+
+use common::*;
+use cync_proto::ConnId;
+use cync_proto::canary::{Mode, Policy, Transport};
+use cync_sim::chaos::Chaos;
+use cync_sim::{Fleet, FleetConfig};
+use cyncd::config::{BurnRuleConfig, Config, Home};
+use cyncd::serve::Running;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+const DEVICES: usize = 3;
+
+/// Connection ids of `n` bridges the policy puts on `transport`, searching up from `base`.
+fn ids_on(policy: &Policy, transport: Transport, n: usize, base: u32) -> Vec<u32> {
+    (base..)
+        .filter(|id| policy.route(ConnId(id.to_be_bytes())).transport == transport)
+        .take(n)
+        .collect()
+}
+
+/// A config with fast SLO windows: a 4 s / 1 s rule at 5× a 10% budget, evaluated every 200 ms.
+fn fast_config(name: &str, mode: &str, percent: f64) -> Config {
+    let mut c = config(name);
+    c.canary.mode = mode.into();
+    c.canary.percent = percent;
+    c.canary.success_target = 0.9;
+    c.canary.min_events = 10;
+    c.canary.bucket_secs = 0.25;
+    c.canary.evaluate_secs = 0.2;
+    c.canary.rules = vec![BurnRuleConfig {
+        name: "fast".into(),
+        long_secs: 4.0,
+        short_secs: 1.0,
+        factor: 5.0,
+    }];
+    c
+}
+
+/// One simulated bridge (with `DEVICES` mesh devices) per id, each its own home `b<id>`.
+fn fleets(server: &Running, ids: &[u32], chaos: &Chaos, seed: u64) -> Vec<(u32, Fleet)> {
+    ids.iter()
+        .map(|id| {
+            let fleet = Fleet::start(FleetConfig {
+                server: server.devices.to_string(),
+                bridges: 1,
+                devices_per_bridge: DEVICES,
+                homes: Some(1),
+                seed: seed ^ u64::from(*id),
+                heartbeat: Duration::from_secs(10),
+                firmware_delay: Duration::from_millis(20),
+                id_base: *id,
+                chaos: chaos.clone(),
+                ..FleetConfig::default()
+            })
+            .unwrap();
+            (*id, fleet)
+        })
+        .collect()
+}
+
+fn homes(ids: &[u32]) -> Vec<Home> {
+    ids.iter()
+        .map(|id| Home {
+            name: format!("b{id:08x}"),
+            bridges: vec![format!("{id:08x}")],
+            devices: Vec::new(),
+            groups: Vec::new(),
+        })
+        .collect()
+}
+
+async fn all_connected(server: &Running, ids: &[u32]) {
+    until(server, || {
+        let devices = server.ctx.registry.devices(&server.ctx.config);
+        ids.iter().all(|id| {
+            let home = format!("b{id:08x}");
+            devices
+                .iter()
+                .filter(|d| d.home == home && d.reachable)
+                .count()
+                == DEVICES
+        })
+    })
+    .await;
+}
+
+/// Sends one power command to every device of the bridges `ids`; returns outcomes by bridge.
+async fn round(server: &Running, ids: &[u32], on: bool) -> BTreeMap<u32, Vec<&'static str>> {
+    let mut handles = Vec::new();
+    for id in ids {
+        for mesh in 1..=DEVICES as u16 {
+            let ctx = server.ctx.clone();
+            let home = format!("b{id:08x}");
+            let id = *id;
+            handles.push(tokio::spawn(async move {
+                let resolved = cyncd::control::device_in(&ctx, &home, mesh);
+                let steps = vec![("on", cync_proto::Action::Power(on))];
+                match cyncd::control::submit(&ctx, &resolved, steps, true).await {
+                    cyncd::control::Submitted::Done(list) => (id, list[0].1.outcome),
+                    cyncd::control::Submitted::Accepted(_) => (id, "accepted"),
+                }
+            }));
+        }
+    }
+    let mut out: BTreeMap<u32, Vec<&'static str>> = BTreeMap::new();
+    for h in handles {
+        let (id, outcome) = h.await.unwrap();
+        out.entry(id).or_default().push(outcome);
+    }
+    out
+}
+
+fn transport_of(server: &Running, id: u32) -> Option<String> {
+    server
+        .ctx
+        .registry
+        .connections()
+        .into_iter()
+        .find(|c| c.conn_id == format!("{id:08x}"))
+        .map(|c| c.transport.to_string())
+}
+
+fn since_of(server: &Running, id: u32) -> Option<String> {
+    server
+        .ctx
+        .registry
+        .connections()
+        .into_iter()
+        .find(|c| c.conn_id == format!("{id:08x}"))
+        .map(|c| c.since)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_in_the_canary_cohort_roll_it_back_and_leave_the_control_untouched() {
+    let policy = Policy {
+        mode: Mode::Canary,
+        percent: 50.0,
+        kill: false,
+    };
+    let canary_ids = ids_on(&policy, Transport::Reliable, 2, 0x7a00_0000);
+    let control_ids = ids_on(&policy, Transport::Legacy, 2, 0x7a00_0000);
+    let mut config = fast_config("canary-rollback", "canary", 50.0);
+    config.homes = homes(&[canary_ids.clone(), control_ids.clone()].concat());
+    let server = start(config).await;
+    // The canary's devices refuse 90% of commands; the control's are healthy.
+    let bad = fleets(
+        &server,
+        &canary_ids,
+        &Chaos::parse("reject=0.9").unwrap(),
+        1,
+    );
+    let good = fleets(&server, &control_ids, &Chaos::none(), 1);
+    all_connected(&server, &[canary_ids.clone(), control_ids.clone()].concat()).await;
+    for id in &canary_ids {
+        assert_eq!(transport_of(&server, *id).as_deref(), Some("reliable"));
+    }
+    for id in &control_ids {
+        assert_eq!(transport_of(&server, *id).as_deref(), Some("legacy"));
+    }
+    let control_since: Vec<Option<String>> = control_ids
+        .iter()
+        .map(|id| since_of(&server, *id))
+        .collect();
+
+    // Commands until the rule fires; the detection window is the rule's long window (4 s)
+    // plus an evaluation period, so allow 6 s from the first command.
+    let started = tokio::time::Instant::now();
+    let mut on = true;
+    let mut control_outcomes = Vec::new();
+    while server.ctx.canary.latched().is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(6),
+            "no rollback within the detection window"
+        );
+        let outcomes = round(
+            &server,
+            &[canary_ids.clone(), control_ids.clone()].concat(),
+            on,
+        )
+        .await;
+        for id in &control_ids {
+            control_outcomes.extend(outcomes[id].iter().copied());
+        }
+        on = !on;
+    }
+    let rollback = server.ctx.canary.latched().unwrap();
+    assert_eq!(rollback.slo, "command_success", "{rollback:?}");
+    assert_eq!(rollback.percent_before, 50.0);
+    assert_eq!(server.ctx.canary.policy().percent, 0.0);
+    // The control cohort was untouched: every command applied, its connections never closed.
+    assert!(!control_outcomes.is_empty());
+    assert!(
+        control_outcomes.iter().all(|o| *o == "applied"),
+        "{control_outcomes:?}"
+    );
+    let after: Vec<Option<String>> = control_ids
+        .iter()
+        .map(|id| since_of(&server, *id))
+        .collect();
+    assert_eq!(control_since, after);
+    // The canary's bridges were drained and come back on legacy.
+    until(&server, || {
+        canary_ids
+            .iter()
+            .all(|id| transport_of(&server, *id).as_deref() == Some("legacy"))
+    })
+    .await;
+    let (_, metrics) = get(&server, "/metrics").await;
+    assert!(metrics.contains("tcp_comm_rollback_total 1"), "{metrics}");
+    assert!(
+        metrics.contains("tcp_comm_canary_percentage 0.0"),
+        "{metrics}"
+    );
+    let (status, slo) = get(&server, "/api/slo").await;
+    assert_eq!(status, 200);
+    let slo: serde_json::Value = serde_json::from_str(&slo).unwrap();
+    assert_eq!(slo["latched"], true);
+    assert_eq!(slo["decisions"][0]["decision"], "rollback");
+    // Latched: a person re-enables it.
+    let (status, body) = put(&server, "/api/canary", r#"{"percent": 10}"#).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(server.ctx.canary.latched(), None);
+    for (_, f) in bad.iter().chain(&good) {
+        f.stop().await;
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_canary_never_rolls_back_over_ten_seeds() {
+    let policy = Policy {
+        mode: Mode::Canary,
+        percent: 50.0,
+        kill: false,
+    };
+    for seed in 0..10u64 {
+        let base = 0x7b00_0000 + u32::try_from(seed).unwrap() * 0x1000;
+        let canary_ids = ids_on(&policy, Transport::Reliable, 2, base);
+        let control_ids = ids_on(&policy, Transport::Legacy, 2, base);
+        let all = [canary_ids.clone(), control_ids.clone()].concat();
+        let mut config = fast_config("canary-healthy", "canary", 50.0);
+        config.homes = homes(&all);
+        let server = start(config).await;
+        // Both cohorts see the same mild trouble: slow answers and 5% lost 0x7B.
+        let chaos = Chaos::parse("delay_ack=5-50,delay_result=5-50,drop_ack=0.05").unwrap();
+        let fleet = fleets(&server, &all, &chaos, seed);
+        all_connected(&server, &all).await;
+        let mut canary_applied = 0;
+        for r in 0..8 {
+            let outcomes = round(&server, &all, r % 2 == 0).await;
+            canary_applied += canary_ids
+                .iter()
+                .flat_map(|id| outcomes[id].iter())
+                .filter(|o| **o == "applied")
+                .count();
+        }
+        // Let the evaluator see the last round.
+        let evaluated = server.ctx.canary.report();
+        assert!(
+            server.ctx.canary.latched().is_none(),
+            "seed {seed}: {evaluated}"
+        );
+        assert_eq!(canary_applied, 8 * 2 * DEVICES, "seed {seed}");
+        for (_, f) in &fleet {
+            f.stop().await;
+        }
+        server.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_mode_sends_every_command_once_and_compares() {
+    let mut config = fast_config("canary-shadow", "shadow", 0.0);
+    let ids = [0x7c00_0000u32, 0x7c00_0001];
+    config.homes = homes(&ids);
+    let server = start(config).await;
+    let fleet = fleets(&server, &ids, &Chaos::none(), 3);
+    all_connected(&server, &ids).await;
+    for id in ids {
+        let c = server
+            .ctx
+            .registry
+            .connections()
+            .into_iter()
+            .find(|c| c.conn_id == format!("{id:08x}"))
+            .unwrap();
+        assert_eq!((c.transport, c.shadow), ("legacy", true));
+    }
+    let rounds = 6;
+    for r in 0..rounds {
+        let outcomes = round(&server, &ids, r % 2 == 0).await;
+        assert!(
+            outcomes.values().flatten().all(|o| *o == "applied"),
+            "{outcomes:?}"
+        );
+    }
+    // Every device applied each of its commands exactly once: the shadow wrote nothing.
+    for (_, f) in &fleet {
+        for d in f.devices() {
+            let power: Vec<_> = d
+                .applied_commands
+                .iter()
+                .filter(|a| a.attribute == "on")
+                .collect();
+            assert_eq!(power.len(), rounds, "device {} saw {power:?}", d.id);
+            // Legacy packets carry all-zero message ids.
+            assert!(power.iter().all(|a| a.msg_id == "000000"), "{power:?}");
+        }
+    }
+    // The shadow compared them; with healthy devices it agrees.
+    let compared_all = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, metrics) = get(&server, "/metrics").await;
+        let compared: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("tcp_comm_shadow_compared_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        if compared == (rounds * ids.len() * DEVICES) as u64 {
+            assert!(
+                !metrics.contains("tcp_comm_shadow_diff_total{"),
+                "{metrics}"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < compared_all,
+            "compared {compared}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (_, f) in &fleet {
+        f.stop().await;
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lowering_the_percentage_with_drain_moves_exactly_the_expected_connections() {
+    let ids: Vec<u32> = (0x7d00_0000..0x7d00_000c).collect();
+    let mut config = fast_config("canary-drain", "canary", 100.0);
+    config.homes = homes(&ids);
+    let server = start(config).await;
+    let fleet = fleets(&server, &ids, &Chaos::none(), 4);
+    all_connected(&server, &ids).await;
+    assert!(
+        ids.iter()
+            .all(|id| transport_of(&server, *id).as_deref() == Some("reliable"))
+    );
+    let before: BTreeMap<u32, Option<String>> =
+        ids.iter().map(|id| (*id, since_of(&server, *id))).collect();
+    let lowered = Policy {
+        mode: Mode::Canary,
+        percent: 40.0,
+        kill: false,
+    };
+    let moving: Vec<u32> = ids
+        .iter()
+        .copied()
+        .filter(|id| lowered.route(ConnId(id.to_be_bytes())).transport == Transport::Legacy)
+        .collect();
+    assert!(!moving.is_empty() && moving.len() < ids.len(), "{moving:?}");
+    let (status, body) = put(&server, "/api/canary", r#"{"percent": 40, "drain": true}"#).await;
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["drained"], moving.len());
+    until(&server, || {
+        ids.iter().all(|id| {
+            let want = if moving.contains(id) {
+                "legacy"
+            } else {
+                "reliable"
+            };
+            transport_of(&server, *id).as_deref() == Some(want)
+        })
+    })
+    .await;
+    // The others kept their connections.
+    for id in ids.iter().filter(|id| !moving.contains(id)) {
+        assert_eq!(since_of(&server, *id), before[id], "{id:08x} was moved");
+    }
+    // The kill switch with drain puts everyone on legacy.
+    let (status, body) = put(&server, "/api/canary", r#"{"kill": true, "drain": true}"#).await;
+    assert_eq!(status, 200, "{body}");
+    until(&server, || {
+        ids.iter()
+            .all(|id| transport_of(&server, *id).as_deref() == Some("legacy"))
+    })
+    .await;
+    let (_, canary) = get(&server, "/api/canary").await;
+    let canary: serde_json::Value = serde_json::from_str(&canary).unwrap();
+    assert_eq!(canary["kill"], true);
+    assert_eq!(canary["connections"]["reliable"], 0);
+    // Bad requests change nothing.
+    for bad in [
+        r#"{"percent": 101}"#,
+        r#"{"mode": "blue"}"#,
+        "nope",
+        r#"{"pct": 1}"#,
+    ] {
+        let (status, _) = put(&server, "/api/canary", bad).await;
+        assert_eq!(status, 400, "{bad}");
+    }
+    let (_, metrics) = get(&server, "/metrics").await;
+    assert!(
+        metrics.contains(&format!(
+            "tcp_comm_routing_decision_total{{transport=\"legacy\"}} {}",
+            ids.len()
+        )),
+        "{metrics}"
+    );
+    for (_, f) in &fleet {
+        f.stop().await;
+    }
+    server.shutdown().await;
+}
