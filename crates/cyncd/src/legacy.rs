@@ -9,8 +9,9 @@
 //!
 //! **Shadow**: for connections routed with `shadow`, the same command is also given to a
 //! passive reliable [`Dispatcher`]. Its transmissions are never written: its first attempt is
-//! bound to the legacy write (same message id and seq), later attempts are suppressed (they
-//! count as sent and are never answered); it is fed the same 0x7B, results and status reports.
+//! bound to the legacy write (same seq, and a private message id to which each 0x7B is given as
+//! legacy attributes it), later attempts are suppressed (they count as sent and are never
+//! answered); it is fed the same 0x7B, results and status reports.
 //! When both have an outcome they are compared: a difference is counted
 //! (`tcp_comm_shadow_diff_total{legacy, reliable}`) and logged (the first ten, then one in
 //! `shadow_log_every`). No device receives anything twice because of the shadow.
@@ -160,6 +161,8 @@ impl Legacy {
             legacy_outcomes: HashMap::new(),
             shadow_log_every: shadow_log_every.max(1),
             diffs: 0,
+            shadow_ids: HashMap::new(),
+            next_shadow_id: 0,
             start: Instant::now(),
         };
         tracker.spawn(service.run(rx, cancel));
@@ -229,6 +232,9 @@ struct Service {
     legacy_outcomes: HashMap<CommandId, &'static str>,
     shadow_log_every: u64,
     diffs: u64,
+    /// The shadow's private message id per command.
+    shadow_ids: HashMap<CommandId, MsgId>,
+    next_shadow_id: u16,
     start: Instant,
 }
 
@@ -295,7 +301,10 @@ impl Service {
                         ],
                     );
                     if p.shadow {
-                        self.shadow.sent(command, 1, msg, seq, now);
+                        // The wire id is all zero for every command; the shadow gets a private
+                        // one, and each 0x7B is given to it the way legacy attributes it.
+                        let private = self.shadow_id(command);
+                        self.shadow.sent(command, 1, private, seq, now);
                     }
                 }
             }
@@ -307,10 +316,15 @@ impl Service {
             LegacyEvent::Ack { conn, msg } => {
                 // All-zero ids: the oldest command written on the connection takes the 0x7B.
                 let taken = self.written.get_mut(&conn).and_then(VecDeque::pop_front);
-                if let Some(command) = taken {
-                    self.finish(command, "applied");
+                match taken {
+                    Some(command) => {
+                        if let Some(private) = self.shadow_ids.get(&command).copied() {
+                            self.shadow.ack(conn, private, now);
+                        }
+                        self.finish(command, "applied");
+                    }
+                    None => self.shadow.ack(conn, msg, now),
                 }
-                self.shadow.ack(conn, msg, now);
             }
             LegacyEvent::Result { conn, seq, code } => self.shadow.result(conn, seq, code, now),
             LegacyEvent::Status { home, status } => self.shadow.status(&home, &status, now),
@@ -336,6 +350,15 @@ impl Service {
                 .commands
                 .get_or_create(&[("outcome", "queue_full")])
                 .inc();
+            self.canary.command(
+                Transport::Legacy,
+                CommandSample {
+                    applied: false,
+                    superseded: false,
+                    queue_full: true,
+                    latency: Duration::ZERO,
+                },
+            );
             return;
         }
         let conn = req.bridges.first().copied();
@@ -467,7 +490,10 @@ impl Service {
                 }
                 Output::Done {
                     command, outcome, ..
-                } => match self.legacy_outcomes.remove(&command) {
+                } => match {
+                    self.shadow_ids.remove(&command);
+                    self.legacy_outcomes.remove(&command)
+                } {
                     Some(legacy) => self.compare(command, legacy, outcome),
                     None if self.shadow_outcomes.len() < MAX_PENDING => {
                         self.shadow_outcomes.insert(command, outcome);
@@ -477,6 +503,18 @@ impl Service {
                 Output::Trace { .. } => {}
             }
         }
+    }
+
+    /// The shadow's private message id for a command (bounded with the pending commands).
+    fn shadow_id(&mut self, command: CommandId) -> MsgId {
+        if self.shadow_ids.len() >= MAX_PENDING {
+            self.shadow_ids.clear();
+        }
+        self.next_shadow_id = self.next_shadow_id.wrapping_add(1);
+        let [hi, lo] = self.next_shadow_id.to_be_bytes();
+        let id = MsgId([0xfe, hi, lo]);
+        self.shadow_ids.insert(command, id);
+        id
     }
 
     fn compare(&mut self, id: CommandId, legacy: &'static str, reliable: Outcome) {

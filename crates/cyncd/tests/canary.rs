@@ -427,3 +427,40 @@ async fn lowering_the_percentage_with_drain_moves_exactly_the_expected_connectio
     }
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shadow_counts_where_legacy_calls_a_refusal_applied() {
+    // Devices that refuse every command answer with a bare 0x7B: legacy calls that applied,
+    // the reliable transport would call it rejected.
+    let mut config = fast_config("canary-shadow-diff", "shadow", 0.0);
+    let ids = [0x7e00_0000u32];
+    config.homes = homes(&ids);
+    let server = start(config).await;
+    let fleet = fleets(&server, &ids, &Chaos::parse("reject=1.0").unwrap(), 5);
+    all_connected(&server, &ids).await;
+    let outcomes = round(&server, &ids, true).await;
+    assert!(
+        outcomes.values().flatten().all(|o| *o == "applied"),
+        "{outcomes:?}"
+    );
+    assert!(
+        fleet[0].1.devices().iter().all(|d| !d.on),
+        "nothing was applied"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let want =
+        format!("tcp_comm_shadow_diff_total{{legacy=\"applied\",reliable=\"rejected\"}} {DEVICES}");
+    loop {
+        let (_, metrics) = get(&server, "/metrics").await;
+        if metrics.contains(&want) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{want} not in {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    fleet[0].1.stop().await;
+    server.shutdown().await;
+}

@@ -235,3 +235,87 @@ fn demo_runs_a_simulated_home_and_stops() {
     let logs = String::from_utf8_lossy(&out.stderr);
     assert!(logs.matches("hello").count() >= 2, "{logs}");
 }
+
+fn http_get(addr: &str, path: &str) -> String {
+    let mut api = TcpStream::connect(addr).unwrap();
+    api.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    let mut response = String::new();
+    api.read_to_string(&mut response).unwrap();
+    response
+}
+
+/// Polls `GET path` until its body contains `want`, failing after 10 s.
+fn until_body(addr: &str, path: &str, want: &str) {
+    let deadline = std::time::SystemTime::now() + Duration::from_secs(10);
+    loop {
+        let body = http_get(addr, path);
+        if body.contains(want) {
+            return;
+        }
+        assert!(
+            std::time::SystemTime::now() < deadline,
+            "{want:?} never in {body}"
+        );
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn sighup_reloads_the_routing_without_a_restart() {
+    let state = temp_dir("hup");
+    std::fs::create_dir_all(&state).unwrap();
+    let config = state.join("cyncd.toml");
+    std::fs::write(&config, "[canary]\nmode = \"legacy\"\n").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cyncd"))
+        .args([
+            "serve",
+            "--plain",
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+        ])
+        .args(["--log-level", "warn", "--config"])
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(&state)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let http = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_string();
+    assert!(http_get(&http, "/api/canary").contains("\"mode\":\"legacy\""));
+    let hup = |pid: u32| {
+        let status = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    std::fs::write(&config, "[canary]\nmode = \"canary\"\npercent = 25.0\n").unwrap();
+    hup(child.id());
+    until_body(&http, "/api/canary", "\"mode\":\"canary\",\"percent\":25.0");
+    // A broken file is refused (logged) without stopping cyncd; the next good one applies.
+    std::fs::write(&config, "[canary]\nmode = \"sideways\"\n").unwrap();
+    hup(child.id());
+    std::fs::write(&config, "[canary]\nmode = \"reliable\"\n").unwrap();
+    hup(child.id());
+    until_body(&http, "/api/canary", "\"mode\":\"reliable\"");
+    assert!(child.try_wait().unwrap().is_none(), "cyncd exited");
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+}

@@ -120,24 +120,29 @@ async fn the_page_controls_a_simulated_home_in_chromium() {
         json!(["switch", "off", "low", "medium", "high", "max"]),
         "{summary}"
     );
-    // The canary endpoints do not exist yet.
+    // The canary panel shows the server's routing: reliable for everyone by default.
     page.until(
-        "the canary panel says routing is not available",
-        r#"const e = document.querySelector('[data-canary="unavailable"]'); return e && e.textContent;"#,
+        "the canary panel shows the routing",
+        r#"const e = document.querySelector('[data-canary="routing"]'); return e && e.textContent.includes('reliable') && e.textContent;"#,
     )
     .await;
     page.screenshot(&artifacts.join("desktop.png")).await;
 
-    // Once another issue adds them, the canary and SLO answers are shown; odd shapes do not
-    // break the panel. The page's fetch is stubbed for these two paths only.
+    // A canary with a rollback is shown; odd shapes do not break the panel. The page's fetch
+    // is stubbed for these two paths only.
     let shown = page
         .script(
             r#"
             const real = window.fetch;
             const answers = {
-              '/api/canary': {mode: 'canary', percent: 10, drain: false},
-              '/api/slo': {slos: [{name: 'command_success', compliance: 0.9991, budget_remaining: 0.42}],
-                           decisions: ['hold at 10 %'], last_rollback: '2026-01-02T03:04:05Z'},
+              '/api/canary': {mode: 'canary', percent: 10, kill: false, latched: true,
+                              connections: {legacy: 7, reliable: 1}},
+              '/api/slo': {slos: [{name: 'command_success', cohort: 'canary', compliance: 0.9991,
+                                   budget_remaining: 0.42, events: 1200}],
+                           decisions: [{at: '2026-01-02T03:04:05Z', decision: 'rollback',
+                                        reason: 'command_success broke rule "fast"'}, 'hold at 10 %'],
+                           last_rollback: {at: '2026-01-02T03:04:05Z', slo: 'command_success',
+                                           rule: 'fast', reason: 'burn 20.0×'}},
             };
             window.fetch = (path, options) => path in answers
               ? Promise.resolve(new Response(JSON.stringify(answers[path]), {status: 200}))
@@ -161,6 +166,10 @@ async fn the_page_controls_a_simulated_home_in_chromium() {
         "42.000 %",
         "2026-01-02T03:04:05Z",
         "hold at 10 %",
+        "7 legacy · 1 reliable",
+        "latched until re-enabled",
+        "burn 20.0×",
+        "rollback: command_success broke rule",
     ] {
         assert!(good.contains(part), "{part} missing: {good}");
     }

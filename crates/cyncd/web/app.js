@@ -512,10 +512,14 @@ async function loadCanary() {
   const parts = [];
   if (canary.status === 200 && canary.body && typeof canary.body === 'object') {
     const c = canary.body;
+    const conns = c.connections && typeof c.connections === 'object'
+      ? `${text(c.connections.legacy)} legacy · ${text(c.connections.reliable)} reliable` : '—';
     parts.push(el('dl', { class: 'kv', 'data-canary': 'routing' },
       el('dt', { text: 'mode' }), el('dd', { text: text(c.mode) }),
       el('dt', { text: 'percentage' }), el('dd', { text: typeof c.percent === 'number' ? `${c.percent} %` : text(c.percent) }),
-      el('dt', { text: 'drain' }), el('dd', { text: c.drain === undefined ? '—' : (c.drain ? 'yes' : 'no') })));
+      el('dt', { text: 'kill switch' }), el('dd', { text: c.kill === undefined ? '—' : (c.kill ? 'on' : 'off') }),
+      el('dt', { text: 'rolled back' }), el('dd', { text: c.latched === undefined ? '—' : (c.latched ? 'yes (latched until re-enabled)' : 'no') }),
+      el('dt', { text: 'connections' }), el('dd', { text: conns })));
   } else {
     parts.push(el('p', { class: 'empty', text: canary.status === 404 ? 'canary routing not available' : `canary: ${canary.status ? `HTTP ${canary.status}` : 'unreachable'}` }));
   }
@@ -523,18 +527,26 @@ async function loadCanary() {
     const s = slo.body;
     const slos = Array.isArray(s.slos) ? s.slos : [];
     parts.push(el('div', { class: 'table-wrap' }, el('table', { 'data-canary': 'slo' },
-      el('thead', {}, el('tr', {}, el('th', { text: 'SLO' }), el('th', { text: 'compliance' }), el('th', { text: 'budget left' }))),
+      el('thead', {}, el('tr', {}, el('th', { text: 'SLO' }), el('th', { text: 'cohort' }), el('th', { text: 'compliance' }), el('th', { text: 'budget left' }), el('th', { text: 'events' }))),
       el('tbody', {}, slos.length > 0 ? slos.map((x) => el('tr', {},
         el('td', { text: text(x && x.name) }),
+        el('td', { text: text(x && x.cohort) }),
         el('td', { class: 'num', text: percent(x && x.compliance) }),
-        el('td', { class: 'num', text: percent(x && x.budget_remaining) })))
-        : el('tr', {}, el('td', { colspan: 3, text: 'no SLOs defined' }))))));
+        el('td', { class: 'num', text: percent(x && x.budget_remaining) }),
+        el('td', { class: 'num', text: text(x && x.events) })))
+        : el('tr', {}, el('td', { colspan: 5, text: 'no SLOs defined' }))))));
+    const rollback = (r) => (r && typeof r === 'object' && r.reason)
+      ? `${text(r.at)}: ${text(r.slo)} (${text(r.rule)}) ${text(r.reason)}` : text(r);
     parts.push(el('dl', { class: 'kv' },
-      el('dt', { text: 'last rollback' }), el('dd', { text: s.last_rollback ? text(s.last_rollback) : 'none' })));
-    const decisions = Array.isArray(s.decisions) ? s.decisions.slice(-5).reverse() : [];
+      el('dt', { text: 'last rollback' }), el('dd', { text: s.last_rollback ? rollback(s.last_rollback) : 'none' })));
+    // Newest first.
+    const decisions = Array.isArray(s.decisions) ? s.decisions.slice(0, 5) : [];
+    const decision = (d) => (d && typeof d === 'object' && d.decision)
+      ? `${text(d.at)} ${d.decision}${d.reason ? `: ${d.reason}` : ''}${d.decision === 'policy' ? `: ${text(d.mode)} ${text(d.percent)} %` : ''}`
+      : text(d);
     if (decisions.length > 0) {
       parts.push(el('p', { class: 'sub', text: 'recent decisions' }),
-        el('ul', { class: 'sub' }, decisions.map((d) => el('li', { text: text(d) }))));
+        el('ul', { class: 'sub' }, decisions.map((d) => el('li', { text: decision(d) }))));
     }
   } else if (slo.status !== 404) {
     parts.push(el('p', { class: 'empty', text: `SLOs: ${slo.status ? `HTTP ${slo.status}` : 'unreachable'}` }));
