@@ -490,16 +490,16 @@ impl Service {
                 }
                 Output::Done {
                     command, outcome, ..
-                } => match {
+                } => {
                     self.shadow_ids.remove(&command);
-                    self.legacy_outcomes.remove(&command)
-                } {
-                    Some(legacy) => self.compare(command, legacy, outcome),
-                    None if self.shadow_outcomes.len() < MAX_PENDING => {
-                        self.shadow_outcomes.insert(command, outcome);
+                    match self.legacy_outcomes.remove(&command) {
+                        Some(legacy) => self.compare(command, legacy, outcome),
+                        None if self.shadow_outcomes.len() < MAX_PENDING => {
+                            self.shadow_outcomes.insert(command, outcome);
+                        }
+                        None => {}
                     }
-                    None => {}
-                },
+                }
                 Output::Trace { .. } => {}
             }
         }
