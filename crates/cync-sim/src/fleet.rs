@@ -9,13 +9,14 @@ use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode, SslVersion};
 use serde::Serialize;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
 use tokio::net::TcpStream;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -51,6 +52,56 @@ pub struct FleetConfig {
     pub id_base: u32,
     /// Ramp: at most this many connection attempts in flight at once.
     pub max_connecting: usize,
+    /// Connect through this in-memory network instead of TCP (plain, no TLS): for tests that
+    /// run the server and the fleet in one runtime under a paused clock.
+    pub memory: Option<MemoryNet>,
+}
+
+/// An in-memory network: each connection is a [`tokio::io::duplex`] pair whose server half is
+/// handed to whoever holds the [`MemoryListener`].
+#[derive(Debug, Clone)]
+pub struct MemoryNet {
+    tx: mpsc::Sender<(DuplexStream, SocketAddr)>,
+    next_port: Arc<std::sync::atomic::AtomicU16>,
+}
+
+/// The server side of a [`MemoryNet`].
+#[derive(Debug)]
+pub struct MemoryListener {
+    rx: mpsc::Receiver<(DuplexStream, SocketAddr)>,
+}
+
+/// Bytes buffered in each direction of an in-memory connection.
+pub const MEMORY_BUFFER: usize = 64 * 1024;
+
+impl MemoryNet {
+    /// A network and its listener (at most 1,024 connections waiting to be accepted).
+    pub fn new() -> (Self, MemoryListener) {
+        let (tx, rx) = mpsc::channel(1024);
+        (
+            Self {
+                tx,
+                next_port: Arc::new(std::sync::atomic::AtomicU16::new(1)),
+            },
+            MemoryListener { rx },
+        )
+    }
+
+    async fn connect(&self) -> Option<DuplexStream> {
+        let (client, server) = tokio::io::duplex(MEMORY_BUFFER);
+        let port = self.next_port.fetch_add(1, Ordering::Relaxed);
+        let peer = SocketAddr::from(([10, 0, 0, 1], port));
+        self.tx.send((server, peer)).await.ok()?;
+        Some(client)
+    }
+}
+
+impl MemoryListener {
+    /// The next connection's server half and a made-up peer address; `None` when every
+    /// [`MemoryNet`] handle is gone.
+    pub async fn accept(&mut self) -> Option<(DuplexStream, SocketAddr)> {
+        self.rx.recv().await
+    }
 }
 
 impl Default for FleetConfig {
@@ -67,6 +118,7 @@ impl Default for FleetConfig {
             firmware_delay: Duration::from_secs(2),
             id_base: 0x5100_0000,
             max_connecting: 200,
+            memory: None,
         }
     }
 }
@@ -178,6 +230,7 @@ impl Fleet {
         for (i, spec) in specs.into_iter().enumerate() {
             let ctx = BridgeCtx {
                 server: config.server.clone(),
+                memory: config.memory.clone(),
                 chaos: config.chaos.clone(),
                 heartbeat: config.heartbeat,
                 firmware_delay: config.firmware_delay,
@@ -368,6 +421,7 @@ pub fn build(config: &FleetConfig) -> Result<(Vec<Arc<Home>>, Vec<BridgeSpec>), 
 
 struct BridgeCtx {
     server: String,
+    memory: Option<MemoryNet>,
     chaos: Chaos,
     heartbeat: Duration,
     firmware_delay: Duration,
@@ -431,6 +485,9 @@ async fn run_bridge(mut bridge: Bridge, mut ctx: BridgeCtx) {
 }
 
 async fn connect(ctx: &BridgeCtx) -> Option<Box<dyn Stream>> {
+    if let Some(net) = &ctx.memory {
+        return Some(Box::new(net.connect().await?));
+    }
     let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(&ctx.server))
         .await
         .ok()?

@@ -473,6 +473,7 @@ mod tests {
                 factor: 10.0,
             }],
             bucket: Duration::from_secs(1),
+            min_events: 20,
             ..SloConfig::default()
         }
     }
