@@ -5,6 +5,7 @@
 use crate::commands::Completion;
 use crate::registry::Lookup;
 use crate::server::Context;
+use crate::transport::CommandTransport;
 use cync_proto::canary::{Route, Transport};
 use cync_proto::catalog::DeviceType;
 use cync_proto::delivery::{CommandId, Request};
@@ -161,10 +162,11 @@ pub async fn submit(ctx: &Context, resolved: &Resolved, steps: Vec<Step>, wait: 
             action,
             bridges: bridges.clone(),
         };
-        let submitted = match route.transport {
-            Transport::Legacy => ctx.legacy.submit(req, route.shadow, wait),
-            Transport::Reliable => ctx.commands.submit(req, wait),
+        let transport: &dyn CommandTransport = match route.transport {
+            Transport::Legacy => &ctx.legacy,
+            Transport::Reliable => &ctx.commands,
         };
+        let submitted = transport.submit_command(req, route, wait);
         match submitted {
             Ok(rx) => pending.push((attribute, id, rx)),
             Err(c) => done.push((attribute, c)),

@@ -29,4 +29,5 @@ pub mod serve;
 pub mod server;
 pub mod sim;
 pub mod tls;
+pub mod transport;
 pub mod web;
