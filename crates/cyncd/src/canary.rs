@@ -53,6 +53,8 @@ pub struct CanaryMetrics {
     pub shadow_diffs: Family<Labels2, Counter>,
     /// `tcp_comm_shadow_compared_total`.
     pub shadow_compared: Counter,
+    /// `tcp_comm_shadow_skipped_total`: shadowed commands that could not be compared.
+    pub shadow_skipped: Counter,
     /// `tcp_comm_drained_total`: connections closed so they reconnect under a new decision.
     pub drained: Counter,
 }
@@ -96,6 +98,11 @@ impl CanaryMetrics {
             "shadow_compared",
             "Shadowed commands compared",
             m.shadow_compared.clone(),
+        );
+        r.register(
+            "shadow_skipped",
+            "Shadowed commands not comparable (held back or superseded by the reliable transport)",
+            m.shadow_skipped.clone(),
         );
         r.register(
             "drained",

@@ -14,7 +14,10 @@
 //! answered); it is fed the same 0x7B, results and status reports.
 //! When both have an outcome they are compared: a difference is counted
 //! (`tcp_comm_shadow_diff_total{legacy, reliable}`) and logged (the first ten, then one in
-//! `shadow_log_every`). No device receives anything twice because of the shadow.
+//! `shadow_log_every`). A command legacy writes while the reliable transport would still hold it
+//! back (an earlier command to the same device in flight), or one it would have superseded, is
+//! not comparable and only counted (`tcp_comm_shadow_skipped_total`). No device receives
+//! anything twice because of the shadow.
 //!
 //! Bounds: at most [`MAX_PENDING`] legacy commands in flight (more end `queue_full` at once);
 //! the message queue holds [`QUEUE`] (a full queue drops connection events, counted, and
@@ -29,7 +32,7 @@ use cync_proto::delivery::{CommandId, DeliveryConfig, Dispatcher, Outcome, Outpu
 use cync_proto::{ConnId, DeviceStatus, MsgId, Seq};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -162,6 +165,8 @@ impl Legacy {
             shadow_log_every: shadow_log_every.max(1),
             diffs: 0,
             shadow_ids: HashMap::new(),
+            shadow_ready: HashSet::new(),
+            unbound: HashSet::new(),
             next_shadow_id: 0,
             start: Instant::now(),
         };
@@ -234,6 +239,11 @@ struct Service {
     diffs: u64,
     /// The shadow's private message id per command.
     shadow_ids: HashMap<CommandId, MsgId>,
+    /// Commands the shadow would send now (its first transmission, waiting for the legacy
+    /// write to bind to).
+    shadow_ready: HashSet<CommandId>,
+    /// Commands legacy wrote while the shadow would still have held them back.
+    unbound: HashSet<CommandId>,
     next_shadow_id: u16,
     start: Instant,
 }
@@ -301,10 +311,17 @@ impl Service {
                         ],
                     );
                     if p.shadow {
-                        // The wire id is all zero for every command; the shadow gets a private
-                        // one, and each 0x7B is given to it the way legacy attributes it.
-                        let private = self.shadow_id(command);
-                        self.shadow.sent(command, 1, private, seq, now);
+                        if self.shadow_ready.remove(&command) {
+                            // The wire id is all zero for every command; the shadow gets a
+                            // private one, and each 0x7B is given to it the way legacy
+                            // attributes it.
+                            let private = self.shadow_id(command);
+                            self.shadow.sent(command, 1, private, seq, now);
+                        } else {
+                            // The reliable transport would still hold this one back (its
+                            // device has an earlier command in flight): not comparable.
+                            bounded_insert(&mut self.unbound, command);
+                        }
                     }
                 }
             }
@@ -480,7 +497,10 @@ impl Service {
                 Output::Transmit {
                     command, attempt, ..
                 } => {
-                    if attempt > 1 {
+                    if attempt == 1 && !self.unbound.contains(&command) {
+                        bounded_insert(&mut self.shadow_ready, command);
+                    }
+                    if attempt > 1 || self.unbound.contains(&command) {
                         // Suppressed: counts as sent, never answered.
                         let now = self.now();
                         let fake = MsgId([0xff, 0xff, attempt]);
@@ -518,6 +538,11 @@ impl Service {
     }
 
     fn compare(&mut self, id: CommandId, legacy: &'static str, reliable: Outcome) {
+        self.shadow_ready.remove(&id);
+        if self.unbound.remove(&id) || reliable == Outcome::Superseded {
+            self.canary.metrics.shadow_skipped.inc();
+            return;
+        }
         self.canary.metrics.shadow_compared.inc();
         if legacy == reliable.name() {
             return;
@@ -532,4 +557,13 @@ impl Service {
             warn!(command_id = %id, legacy, reliable = reliable.name(), diffs = self.diffs, "shadow: the reliable transport would have decided differently");
         }
     }
+}
+
+/// Inserts into a set bounded by [`MAX_PENDING`] (cleared when full: the entries only matter
+/// for commands still in flight, and at most `MAX_PENDING` are).
+fn bounded_insert(set: &mut HashSet<CommandId>, id: CommandId) {
+    if set.len() >= MAX_PENDING {
+        set.clear();
+    }
+    set.insert(id);
 }

@@ -283,12 +283,19 @@ async fn shadow_mode_sends_every_command_once_and_compares() {
     let compared_all = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let (_, metrics) = get(&server, "/metrics").await;
-        let compared: u64 = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("tcp_comm_shadow_compared_total "))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
-        if compared == (rounds * ids.len() * DEVICES) as u64 {
+        let count = |name: &str| -> u64 {
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        // Under load the reliable transport may still hold a command back when legacy writes
+        // it (its previous one not yet confirmed): such commands are skipped, not compared.
+        let compared = count("tcp_comm_shadow_compared_total ");
+        let skipped = count("tcp_comm_shadow_skipped_total ");
+        if compared + skipped == (rounds * ids.len() * DEVICES) as u64 {
+            assert!(compared > 0);
             assert!(
                 !metrics.contains("tcp_comm_shadow_diff_total{"),
                 "{metrics}"
