@@ -17,8 +17,9 @@
 //! - Triggers: a registry change or a command outcome (both are `watch` channels, which already
 //!   coalesce), a new client (so it gets its first snapshot), and every [`REFRESH`] for counters
 //!   that change without a registry event (packets per heartbeat).
-//! - Coalescing: at most one frame per [`MIN_INTERVAL`]; a burst of changes inside it becomes one
-//!   frame. A frame with nothing changed is not sent to clients that are up to date.
+//! - Coalescing: at most one frame per [`MIN_INTERVAL`], or per [`BUILD_DUTY`] times the last
+//!   frame's build time when that is longer (large homes); a burst of changes inside it becomes
+//!   one frame. A frame with nothing changed is not sent to clients that are up to date.
 //! - Clients: at most [`MAX_CLIENTS`] streams at once; beyond that `GET /api/events` answers 503
 //!   with a JSON error and `Retry-After` (counted in `cyncd_web_clients_refused_total`; the open
 //!   ones in `cyncd_web_clients`). Memory per client is one `Arc` of the latest frame.
@@ -46,6 +47,8 @@ use tokio::time::Instant;
 pub const MAX_CLIENTS: usize = 32;
 /// Least time between two frames.
 pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+/// Frames are spaced at least this many times their own build time.
+pub const BUILD_DUTY: u32 = 10;
 /// A frame at least this often while clients listen, for counters that change silently.
 pub const REFRESH: Duration = Duration::from_secs(5);
 /// Keep-alive comment period.
@@ -210,6 +213,7 @@ async fn hub(live: Arc<Live>) {
     let mut done = ctx.commands.watch_done();
     let mut diff = Some(Diff::default());
     let mut last = Instant::now();
+    let mut gap = MIN_INTERVAL;
     loop {
         let listened = live.frames.receiver_count() > 0;
         tokio::select! {
@@ -222,7 +226,7 @@ async fn hub(live: Arc<Live>) {
         // Coalesce: whatever else happens until then goes into the same frame.
         tokio::select! {
             () = ctx.commands.stopped() => return,
-            () = tokio::time::sleep_until(last + MIN_INTERVAL) => {}
+            () = tokio::time::sleep_until(last + gap) => {}
         }
         registry.borrow_and_update();
         done.borrow_and_update();
@@ -241,6 +245,9 @@ async fn hub(live: Arc<Live>) {
             Ok((state, frame)) => {
                 diff = Some(state);
                 live.frames.send_replace(Arc::new(frame));
+                // A large home's frames take long to build: space them so building never
+                // takes more than a tenth of a core.
+                gap = (last.elapsed() * BUILD_DUTY).max(MIN_INTERVAL);
             }
             // Cannot happen short of a bug; start over with a full frame.
             Err(e) => tracing::warn!(error = %e, "live: building a frame failed"),
