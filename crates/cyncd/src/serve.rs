@@ -389,8 +389,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             if plain { "plain TCP" } else { "TLS" },
             running.http
         );
+        let mut routing = running.ctx.config.canary.clone();
         while signals.recv().await == Signal::Reload {
-            reload(args, &running.ctx);
+            reload(args, &running.ctx, &mut routing);
         }
         info!("shutting down");
         running.shutdown().await;
@@ -415,9 +416,11 @@ fn raise_file_limit(max_connections: usize) {
     }
 }
 
-/// SIGHUP: re-reads the configuration file and applies its `[canary]` routing (mode, percent,
-/// kill) without a restart; other keys take effect at the next start.
-fn reload(args: &Args, ctx: &Context) {
+/// SIGHUP: re-reads the configuration file and applies what changed in its `[canary]` routing
+/// (mode, percent, kill) since the file was last read, without a restart; other keys take effect
+/// at the next start. An unchanged file changes nothing — in particular it does not lift a
+/// rollback latch (editing the percentage or mode does, as a person's decision).
+fn reload(args: &Args, ctx: &Context, last: &mut crate::config::CanaryConfig) {
     let loaded = match args.config() {
         Ok(c) => c,
         Err(e) => {
@@ -425,13 +428,18 @@ fn reload(args: &Args, ctx: &Context) {
             return;
         }
     };
-    let c = &loaded.canary;
+    let c = loaded.canary;
     let update = crate::canary::Update {
-        mode: Some(c.mode.clone()),
-        percent: Some(c.percent),
-        kill: Some(c.kill),
+        mode: (c.mode != last.mode).then(|| c.mode.clone()),
+        percent: (c.percent != last.percent).then_some(c.percent),
+        kill: (c.kill != last.kill).then_some(c.kill),
         drain: false,
     };
+    *last = c;
+    if update == crate::canary::Update::default() {
+        info!("SIGHUP: routing unchanged in the configuration file");
+        return;
+    }
     match apply_routing(ctx, &update) {
         Ok((policy, _)) => info!(
             mode = policy.mode.name(),
