@@ -429,12 +429,7 @@ fn reload(args: &Args, ctx: &Context, last: &mut crate::config::CanaryConfig) {
         }
     };
     let c = loaded.canary;
-    let update = crate::canary::Update {
-        mode: (c.mode != last.mode).then(|| c.mode.clone()),
-        percent: (c.percent != last.percent).then_some(c.percent),
-        kill: (c.kill != last.kill).then_some(c.kill),
-        drain: false,
-    };
+    let update = routing_changes(last, &c);
     *last = c;
     if update == crate::canary::Update::default() {
         info!("SIGHUP: routing unchanged in the configuration file");
@@ -448,6 +443,19 @@ fn reload(args: &Args, ctx: &Context, last: &mut crate::config::CanaryConfig) {
             "SIGHUP: routing reloaded (other settings apply at the next start)"
         ),
         Err(e) => warn!(error = %e, "SIGHUP: routing not reloaded"),
+    }
+}
+
+/// The routing fields that differ between two versions of the `[canary]` section.
+fn routing_changes(
+    old: &crate::config::CanaryConfig,
+    new: &crate::config::CanaryConfig,
+) -> crate::canary::Update {
+    crate::canary::Update {
+        mode: (new.mode != old.mode).then(|| new.mode.clone()),
+        percent: (new.percent != old.percent).then_some(new.percent),
+        kill: (new.kill != old.kill).then_some(new.kill),
+        drain: false,
     }
 }
 
@@ -495,5 +503,58 @@ impl Signals {
             let _ = tokio::signal::ctrl_c().await;
             Signal::Stop
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::canary::{Canary, CanaryMetrics, Update};
+    use crate::config::CanaryConfig;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unchanged_file_keeps_a_rollback_latch_and_an_edited_one_lifts_it() {
+        let file = CanaryConfig {
+            mode: "canary".into(),
+            percent: 10.0,
+            ..CanaryConfig::default()
+        };
+        assert_eq!(routing_changes(&file, &file), Update::default());
+        let mut slo = file.slo().unwrap_or_default();
+        slo.min_events = 5;
+        let canary = Canary::new(
+            file.policy().unwrap_or(cync_proto::canary::Policy {
+                mode: cync_proto::canary::Mode::Canary,
+                percent: 10.0,
+                kill: false,
+            }),
+            slo,
+            CanaryMetrics::default(),
+        );
+        for _ in 0..20 {
+            canary.command(
+                cync_proto::canary::Transport::Reliable,
+                cync_proto::canary::CommandSample {
+                    applied: false,
+                    superseded: false,
+                    queue_full: false,
+                    latency: Duration::ZERO,
+                },
+            );
+        }
+        assert!(canary.evaluate().is_some(), "rolled back");
+        // SIGHUP with the same file: nothing to apply, the latch stays.
+        assert_eq!(routing_changes(&file, &file), Update::default());
+        assert!(canary.latched().is_some());
+        // The percentage edited in the file: a person's decision, the latch lifts.
+        let edited = CanaryConfig {
+            percent: 5.0,
+            ..file.clone()
+        };
+        let update = routing_changes(&file, &edited);
+        assert_eq!(update.percent, Some(5.0));
+        assert!(update.mode.is_none() && update.kill.is_none());
+        assert!(canary.update(&update).is_ok());
+        assert!(canary.latched().is_none());
     }
 }
