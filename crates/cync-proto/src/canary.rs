@@ -285,7 +285,9 @@ struct Series {
 }
 
 impl Series {
-    fn bucket(&mut self, index: u64, keep: usize) -> &mut Bucket {
+    /// The bucket for `index`: the newest one, after adding it when time moved on (a late
+    /// sample lands in the newest bucket: the clock only moves forward).
+    fn bucket(&mut self, index: u64, keep: usize) -> Option<&mut Bucket> {
         if self.buckets.back().is_none_or(|b| b.index < index) {
             self.buckets.push_back(Bucket {
                 index,
@@ -295,11 +297,7 @@ impl Series {
                 self.buckets.pop_front();
             }
         }
-        // Late samples (an older bucket) land in the newest one: the clock only moves forward.
-        let last = self.buckets.len().saturating_sub(1);
-        // `bucket` pushed one above if none existed, so the deque is not empty.
-        #[allow(clippy::indexing_slicing)]
-        &mut self.buckets.make_contiguous()[last]
+        self.buckets.back_mut()
     }
 
     /// (good, total) of `slo` over the buckets newer than `from`.
@@ -437,11 +435,12 @@ impl SloMonitor {
 
     fn add(&mut self, cohort: Cohort, now: Duration, slo: Slo, good: u64, total: u64) {
         let (index, keep) = (self.index(now), self.keep);
-        let bucket = self.series(cohort).bucket(index, keep);
         let i = slo.index();
-        if let (Some(g), Some(t)) = (bucket.good.get_mut(i), bucket.total.get_mut(i)) {
-            *g += good;
-            *t += total;
+        if let Some(bucket) = self.series(cohort).bucket(index, keep) {
+            if let (Some(g), Some(t)) = (bucket.good.get_mut(i), bucket.total.get_mut(i)) {
+                *g += good;
+                *t += total;
+            }
         }
     }
 

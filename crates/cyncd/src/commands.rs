@@ -137,6 +137,33 @@ pub struct Completion {
     pub latency_ms: f64,
 }
 
+impl Completion {
+    /// A command refused at once because its transport's queue is full.
+    pub fn refused(id: CommandId) -> Self {
+        Self {
+            command_id: id.to_string(),
+            outcome: Outcome::QueueFull.name(),
+            attempts: 0,
+            latency_ms: 0.0,
+        }
+    }
+}
+
+/// A channel for a command's outcome when the caller waits for it, or nothing.
+pub fn waiter(
+    wait: bool,
+) -> (
+    Option<oneshot::Sender<Completion>>,
+    Option<oneshot::Receiver<Completion>>,
+) {
+    if wait {
+        let (tx, rx) = oneshot::channel();
+        (Some(tx), Some(rx))
+    } else {
+        (None, None)
+    }
+}
+
 /// One trace event.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct TraceRecord {
@@ -236,20 +263,10 @@ impl Commands {
         wait: bool,
     ) -> Result<Option<oneshot::Receiver<Completion>>, Completion> {
         let id = req.id;
-        let (tx, rx) = if wait {
-            let (tx, rx) = oneshot::channel();
-            (Some(tx), Some(rx))
-        } else {
-            (None, None)
-        };
+        let (tx, rx) = waiter(wait);
         match self.submit.try_send(Msg::Submit { req, reply: tx }) {
             Ok(()) => Ok(rx),
-            Err(_) => Err(Completion {
-                command_id: id.to_string(),
-                outcome: Outcome::QueueFull.name(),
-                attempts: 0,
-                latency_ms: 0.0,
-            }),
+            Err(_) => Err(Completion::refused(id)),
         }
     }
 

@@ -484,6 +484,15 @@ impl Config {
             .find(|d| d.id == id)
     }
 
+    /// The member mesh ids of a configured group (empty when there is no such group).
+    pub fn group_members(&self, home: &str, gid: u16) -> &[u16] {
+        self.homes
+            .iter()
+            .find(|h| h.name == home)
+            .and_then(|h| h.groups.iter().find(|g| g.id == gid))
+            .map_or(&[], |g| g.members.as_slice())
+    }
+
     /// The delivery settings.
     pub fn delivery(&self) -> cync_proto::delivery::DeliveryConfig {
         cync_proto::delivery::DeliveryConfig {

@@ -202,10 +202,7 @@ pub async fn submit(ctx: &Context, resolved: &Resolved, steps: Vec<Step>, wait: 
 /// each connection), and the bridges that transport may use. With no connected bridge the
 /// reliable transport takes it (it waits for one within the deadline).
 pub fn transport_for(ctx: &Context, bridges: &[ConnId]) -> (Route, Vec<ConnId>) {
-    let routes: Vec<(ConnId, Option<Route>)> = bridges
-        .iter()
-        .map(|b| (*b, ctx.registry.route(*b)))
-        .collect();
+    let routes = ctx.registry.routes(bridges);
     let Some(route) = routes.iter().find_map(|(_, r)| *r) else {
         return (
             Route {

@@ -25,11 +25,11 @@
 //! same [`MAX_PENDING`].
 
 use crate::canary::Canary;
-use crate::commands::{Commands, Completion, ConnCommand};
+use crate::commands::{Commands, Completion, ConnCommand, ConnEvent};
 use crate::registry::Registry;
 use cync_proto::canary::{CommandSample, Transport};
 use cync_proto::delivery::{CommandId, DeliveryConfig, Dispatcher, Outcome, Output, Request};
-use cync_proto::{ConnId, DeviceStatus, MsgId, Seq};
+use cync_proto::{ConnId, MsgId, Seq};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -74,31 +74,9 @@ pub enum LegacyEvent {
         /// The command.
         command: CommandId,
     },
-    /// A 0x7B on a legacy connection.
-    Ack {
-        /// The bridge.
-        conn: ConnId,
-        /// Its message id.
-        msg: MsgId,
-    },
-    /// An `f9` result on a legacy connection (for the shadow).
-    Result {
-        /// The bridge.
-        conn: ConnId,
-        /// Seq.
-        seq: Seq,
-        /// Result byte.
-        code: u8,
-    },
-    /// A status report (for the shadow).
-    Status {
-        /// Home.
-        home: String,
-        /// The status.
-        status: DeviceStatus,
-    },
-    /// A legacy connection ended.
-    Lost(ConnId),
+    /// What a legacy connection heard: a 0x7B, an `f9` result or a status report (the last two
+    /// only matter to the shadow), or its end. Other [`ConnEvent`]s are ignored.
+    Device(ConnEvent),
 }
 
 /// Legacy metrics.
@@ -182,20 +160,10 @@ impl Legacy {
         wait: bool,
     ) -> Result<Option<oneshot::Receiver<Completion>>, Completion> {
         let id = req.id;
-        let (reply, rx) = if wait {
-            let (tx, rx) = oneshot::channel();
-            (Some(tx), Some(rx))
-        } else {
-            (None, None)
-        };
+        let (reply, rx) = crate::commands::waiter(wait);
         match self.tx.try_send(LegacyEvent::Submit { req, shadow, reply }) {
             Ok(()) => Ok(rx),
-            Err(_) => Err(Completion {
-                command_id: id.to_string(),
-                outcome: Outcome::QueueFull.name(),
-                attempts: 0,
-                latency_ms: 0.0,
-            }),
+            Err(_) => Err(Completion::refused(id)),
         }
     }
 
@@ -330,7 +298,7 @@ impl Service {
                     self.finish(command, "failed");
                 }
             }
-            LegacyEvent::Ack { conn, msg } => {
+            LegacyEvent::Device(ConnEvent::Ack { conn, msg }) => {
                 // All-zero ids: the oldest command written on the connection takes the 0x7B.
                 let taken = self.written.get_mut(&conn).and_then(VecDeque::pop_front);
                 match taken {
@@ -343,11 +311,14 @@ impl Service {
                     None => self.shadow.ack(conn, msg, now),
                 }
             }
-            LegacyEvent::Result { conn, seq, code } => self.shadow.result(conn, seq, code, now),
-            LegacyEvent::Status { home, status } => self.shadow.status(&home, &status, now),
-            LegacyEvent::Lost(conn) => {
-                self.shadow.connection_lost(conn, now);
+            LegacyEvent::Device(ConnEvent::Result { conn, seq, code }) => {
+                self.shadow.result(conn, seq, code, now);
             }
+            LegacyEvent::Device(ConnEvent::Status { home, status }) => {
+                self.shadow.status(&home, &status, now);
+            }
+            LegacyEvent::Device(ConnEvent::Lost(conn)) => self.shadow.connection_lost(conn, now),
+            LegacyEvent::Device(_) => {}
         }
     }
 
@@ -355,14 +326,7 @@ impl Service {
         let id = req.id;
         let now = Instant::now();
         if self.pending.len() >= MAX_PENDING {
-            let _ = reply.map(|r| {
-                r.send(Completion {
-                    command_id: id.to_string(),
-                    outcome: Outcome::QueueFull.name(),
-                    attempts: 0,
-                    latency_ms: 0.0,
-                })
-            });
+            let _ = reply.map(|r| r.send(Completion::refused(id)));
             self.metrics
                 .commands
                 .get_or_create(&[("outcome", "queue_full")])

@@ -436,9 +436,13 @@ impl Registry {
         out
     }
 
-    /// The route of a connected bridge.
-    pub fn route(&self, conn: ConnId) -> Option<Route> {
-        self.lock().connections.get(&conn).map(|c| c.route)
+    /// The route of each bridge (`None` when not connected), in one lock.
+    pub fn routes(&self, bridges: &[ConnId]) -> Vec<(ConnId, Option<Route>)> {
+        let state = self.lock();
+        bridges
+            .iter()
+            .map(|b| (*b, state.connections.get(b).map(|c| c.route)))
+            .collect()
     }
 
     /// Closes every connection whose transport differs from what `policy` decides for it now,

@@ -332,12 +332,7 @@ async fn evaluate_slos(ctx: Arc<Context>, cancel: CancellationToken) {
             _ = tick.tick() => {}
         }
         if ctx.canary.evaluate().is_some() {
-            let drained = ctx.registry.drain(&ctx.canary.policy());
-            ctx.canary.metrics.drained.inc_by(drained as u64);
-            info!(
-                drained,
-                "rollback: canary connections closed to reconnect on legacy"
-            );
+            drain(&ctx, ctx.canary.policy());
         }
     }
 }
@@ -350,18 +345,20 @@ pub fn apply_routing(
     update: &crate::canary::Update,
 ) -> Result<(cync_proto::canary::Policy, usize), String> {
     let policy = ctx.canary.update(update)?;
-    let drained = if update.drain {
-        let n = ctx.registry.drain(&policy);
-        ctx.canary.metrics.drained.inc_by(n as u64);
-        info!(
-            drained = n,
-            "connections drained to reconnect under the new routing"
-        );
-        n
-    } else {
-        0
-    };
+    let drained = if update.drain { drain(ctx, policy) } else { 0 };
     Ok((policy, drained))
+}
+
+/// Closes the connections whose transport `policy` no longer gives them, so their devices
+/// reconnect under it; counts and logs them.
+fn drain(ctx: &Context, policy: cync_proto::canary::Policy) -> usize {
+    let n = ctx.registry.drain(&policy);
+    ctx.canary.metrics.drained.inc_by(n as u64);
+    info!(
+        drained = n,
+        "connections closed to reconnect under the current routing"
+    );
+    n
 }
 
 /// Runs `cyncd serve` until SIGINT or SIGTERM.

@@ -166,7 +166,9 @@ where
             // Commands waiting on this bridge move elsewhere now, not at their timeout.
             conn.ctx.commands.event(ConnEvent::Lost(id));
             if conn.is_legacy() {
-                conn.ctx.legacy.event(LegacyEvent::Lost(id));
+                conn.ctx
+                    .legacy
+                    .event(LegacyEvent::Device(ConnEvent::Lost(id)));
             }
         }
         // Queued commands that were never written.
@@ -231,6 +233,15 @@ impl Conn {
             writer,
             queue,
             route: None,
+        }
+    }
+
+    /// A device's answer to a command goes to the transport that owns this connection.
+    fn answer(&self, event: ConnEvent) {
+        if self.is_legacy() {
+            self.ctx.legacy.event(LegacyEvent::Device(event));
+        } else {
+            self.ctx.commands.event(event);
         }
     }
 
@@ -554,16 +565,15 @@ impl Conn {
                         self.ctx
                             .registry
                             .apply(&self.home, conn, status, source, Instant::now());
-                        self.ctx.commands.event(ConnEvent::Status {
+                        let event = ConnEvent::Status {
                             home: self.home.clone(),
                             status,
-                        });
+                        };
+                        // Reports confirm commands of either transport (the shadow's too).
                         if self.route.is_some_and(|r| r.shadow) {
-                            self.ctx.legacy.event(LegacyEvent::Status {
-                                home: self.home.clone(),
-                                status,
-                            });
+                            self.ctx.legacy.event(LegacyEvent::Device(event.clone()));
                         }
+                        self.ctx.commands.event(event);
                     }
                 }
                 Event::Firmware(fw) => {
@@ -595,24 +605,12 @@ impl Conn {
                 }
                 Event::DataAck(msg) => {
                     if let Some(conn) = self.session.conn_id() {
-                        if self.is_legacy() {
-                            self.ctx.legacy.event(LegacyEvent::Ack { conn, msg });
-                        } else {
-                            self.ctx.commands.event(ConnEvent::Ack { conn, msg });
-                        }
+                        self.answer(ConnEvent::Ack { conn, msg });
                     }
                 }
                 Event::CommandResult { seq, code, .. } => {
                     if let Some(conn) = self.session.conn_id() {
-                        if self.is_legacy() {
-                            self.ctx
-                                .legacy
-                                .event(LegacyEvent::Result { conn, seq, code });
-                        } else {
-                            self.ctx
-                                .commands
-                                .event(ConnEvent::Result { conn, seq, code });
-                        }
+                        self.answer(ConnEvent::Result { conn, seq, code });
                     }
                 }
                 Event::AnnounceReplied => {}

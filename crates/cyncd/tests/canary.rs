@@ -12,25 +12,16 @@
 
 mod common;
 
+use common::canary::*;
 use common::*;
 use cync_proto::ConnId;
 use cync_proto::canary::{Mode, Policy, Transport};
 use cync_sim::chaos::Chaos;
 use cync_sim::{Fleet, FleetConfig};
-use cyncd::config::{BurnRuleConfig, Config, Home};
+use cyncd::config::{BurnRuleConfig, Config};
 use cyncd::serve::Running;
 use std::collections::BTreeMap;
 use std::time::Duration;
-
-const DEVICES: usize = 3;
-
-/// Connection ids of `n` bridges the policy puts on `transport`, searching up from `base`.
-fn ids_on(policy: &Policy, transport: Transport, n: usize, base: u32) -> Vec<u32> {
-    (base..)
-        .filter(|id| policy.route(ConnId(id.to_be_bytes())).transport == transport)
-        .take(n)
-        .collect()
-}
 
 /// A config with fast SLO windows: a 4 s / 1 s rule at 5× a 10% budget, evaluated every 200 ms.
 fn fast_config(name: &str, mode: &str, percent: f64) -> Config {
@@ -72,78 +63,6 @@ fn fleets(server: &Running, ids: &[u32], chaos: &Chaos, seed: u64) -> Vec<(u32, 
         .collect()
 }
 
-fn homes(ids: &[u32]) -> Vec<Home> {
-    ids.iter()
-        .map(|id| Home {
-            name: format!("b{id:08x}"),
-            bridges: vec![format!("{id:08x}")],
-            devices: Vec::new(),
-            groups: Vec::new(),
-        })
-        .collect()
-}
-
-async fn all_connected(server: &Running, ids: &[u32]) {
-    until(server, || {
-        let devices = server.ctx.registry.devices(&server.ctx.config);
-        ids.iter().all(|id| {
-            let home = format!("b{id:08x}");
-            devices
-                .iter()
-                .filter(|d| d.home == home && d.reachable)
-                .count()
-                == DEVICES
-        })
-    })
-    .await;
-}
-
-/// Sends one power command to every device of the bridges `ids`; returns outcomes by bridge.
-async fn round(server: &Running, ids: &[u32], on: bool) -> BTreeMap<u32, Vec<&'static str>> {
-    let mut handles = Vec::new();
-    for id in ids {
-        for mesh in 1..=DEVICES as u16 {
-            let ctx = server.ctx.clone();
-            let home = format!("b{id:08x}");
-            let id = *id;
-            handles.push(tokio::spawn(async move {
-                let resolved = cyncd::control::device_in(&ctx, &home, mesh);
-                let steps = vec![("on", cync_proto::Action::Power(on))];
-                match cyncd::control::submit(&ctx, &resolved, steps, true).await {
-                    cyncd::control::Submitted::Done(list) => (id, list[0].1.outcome),
-                    cyncd::control::Submitted::Accepted(_) => (id, "accepted"),
-                }
-            }));
-        }
-    }
-    let mut out: BTreeMap<u32, Vec<&'static str>> = BTreeMap::new();
-    for h in handles {
-        let (id, outcome) = h.await.unwrap();
-        out.entry(id).or_default().push(outcome);
-    }
-    out
-}
-
-fn transport_of(server: &Running, id: u32) -> Option<String> {
-    server
-        .ctx
-        .registry
-        .connections()
-        .into_iter()
-        .find(|c| c.conn_id == format!("{id:08x}"))
-        .map(|c| c.transport.to_string())
-}
-
-fn since_of(server: &Running, id: u32) -> Option<String> {
-    server
-        .ctx
-        .registry
-        .connections()
-        .into_iter()
-        .find(|c| c.conn_id == format!("{id:08x}"))
-        .map(|c| c.since)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_in_the_canary_cohort_roll_it_back_and_leave_the_control_untouched() {
     let policy = Policy {
@@ -166,14 +85,14 @@ async fn faults_in_the_canary_cohort_roll_it_back_and_leave_the_control_untouche
     let good = fleets(&server, &control_ids, &Chaos::none(), 1);
     all_connected(&server, &[canary_ids.clone(), control_ids.clone()].concat()).await;
     for id in &canary_ids {
-        assert_eq!(transport_of(&server, *id).as_deref(), Some("reliable"));
+        assert!(on_transport(&server, *id, "reliable"));
     }
     for id in &control_ids {
-        assert_eq!(transport_of(&server, *id).as_deref(), Some("legacy"));
+        assert!(on_transport(&server, *id, "legacy"));
     }
     let control_since: Vec<Option<String>> = control_ids
         .iter()
-        .map(|id| since_of(&server, *id))
+        .map(|id| connection(&server, *id).map(|c| c.since))
         .collect();
 
     // Commands until the rule fires; the detection window is the rule's long window (4 s)
@@ -209,14 +128,14 @@ async fn faults_in_the_canary_cohort_roll_it_back_and_leave_the_control_untouche
     );
     let after: Vec<Option<String>> = control_ids
         .iter()
-        .map(|id| since_of(&server, *id))
+        .map(|id| connection(&server, *id).map(|c| c.since))
         .collect();
     assert_eq!(control_since, after);
     // The canary's bridges were drained and come back on legacy.
     until(&server, || {
         canary_ids
             .iter()
-            .all(|id| transport_of(&server, *id).as_deref() == Some("legacy"))
+            .all(|id| on_transport(&server, *id, "legacy"))
     })
     .await;
     let (_, metrics) = get(&server, "/metrics").await;
@@ -322,12 +241,11 @@ async fn lowering_the_percentage_with_drain_moves_exactly_the_expected_connectio
     let server = start(config).await;
     let fleet = fleets(&server, &ids, &Chaos::none(), 4);
     all_connected(&server, &ids).await;
-    assert!(
-        ids.iter()
-            .all(|id| transport_of(&server, *id).as_deref() == Some("reliable"))
-    );
-    let before: BTreeMap<u32, Option<String>> =
-        ids.iter().map(|id| (*id, since_of(&server, *id))).collect();
+    assert!(ids.iter().all(|id| on_transport(&server, *id, "reliable")));
+    let before: BTreeMap<u32, Option<String>> = ids
+        .iter()
+        .map(|id| (*id, connection(&server, *id).map(|c| c.since)))
+        .collect();
     let lowered = Policy {
         mode: Mode::Canary,
         percent: 40.0,
@@ -350,20 +268,23 @@ async fn lowering_the_percentage_with_drain_moves_exactly_the_expected_connectio
             } else {
                 "reliable"
             };
-            transport_of(&server, *id).as_deref() == Some(want)
+            on_transport(&server, *id, want)
         })
     })
     .await;
     // The others kept their connections.
     for id in ids.iter().filter(|id| !moving.contains(id)) {
-        assert_eq!(since_of(&server, *id), before[id], "{id:08x} was moved");
+        assert_eq!(
+            connection(&server, *id).map(|c| c.since),
+            before[id],
+            "{id:08x} was moved"
+        );
     }
     // The kill switch with drain puts everyone on legacy.
     let (status, body) = put(&server, "/api/canary", r#"{"kill": true, "drain": true}"#).await;
     assert_eq!(status, 200, "{body}");
     until(&server, || {
-        ids.iter()
-            .all(|id| transport_of(&server, *id).as_deref() == Some("legacy"))
+        ids.iter().all(|id| on_transport(&server, *id, "legacy"))
     })
     .await;
     let (_, canary) = get(&server, "/api/canary").await;

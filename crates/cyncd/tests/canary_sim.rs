@@ -11,36 +11,17 @@
 
 mod common;
 
+use common::canary::*;
 use common::*;
 use cync_proto::ConnId;
 use cync_proto::canary::{Mode, Policy, Transport};
 use cync_sim::chaos::Chaos;
 use cync_sim::{Fleet, FleetConfig, MemoryNet};
-use cyncd::config::{Config, Home};
+use cyncd::config::Config;
 use cyncd::serve::Running;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::time::Instant;
-
-const DEVICES: usize = 3;
-
-fn ids_on(policy: &Policy, transport: Transport, n: usize, base: u32) -> Vec<u32> {
-    (base..)
-        .filter(|id| policy.route(ConnId(id.to_be_bytes())).transport == transport)
-        .take(n)
-        .collect()
-}
-
-fn homes(ids: &[u32]) -> Vec<Home> {
-    ids.iter()
-        .map(|id| Home {
-            name: format!("b{id:08x}"),
-            bridges: vec![format!("{id:08x}")],
-            devices: Vec::new(),
-            groups: Vec::new(),
-        })
-        .collect()
-}
 
 fn canary_config(name: &str, mode: &str, percent: f64, ids: &[u32]) -> Config {
     let mut c = config(name);
@@ -86,54 +67,8 @@ async fn start_all(config: Config, bridges: &[(u32, Chaos)], seed: u64) -> (Runn
         })
         .collect();
     let ids: Vec<u32> = bridges.iter().map(|(id, _)| *id).collect();
-    until(&server, || {
-        let devices = server.ctx.registry.devices(&server.ctx.config);
-        ids.iter().all(|id| {
-            let home = format!("b{id:08x}");
-            devices
-                .iter()
-                .filter(|d| d.home == home && d.reachable)
-                .count()
-                == DEVICES
-        })
-    })
-    .await;
+    all_connected(&server, &ids).await;
     (server, fleets)
-}
-
-/// One power command to every device of `ids`, all at once; outcomes by bridge.
-async fn round(server: &Running, ids: &[u32], on: bool) -> BTreeMap<u32, Vec<&'static str>> {
-    let mut handles = Vec::new();
-    for id in ids {
-        for mesh in 1..=DEVICES as u16 {
-            let ctx = server.ctx.clone();
-            let home = format!("b{id:08x}");
-            let id = *id;
-            handles.push(tokio::spawn(async move {
-                let resolved = cyncd::control::device_in(&ctx, &home, mesh);
-                let steps = vec![("on", cync_proto::Action::Power(on))];
-                match cyncd::control::submit(&ctx, &resolved, steps, true).await {
-                    cyncd::control::Submitted::Done(list) => (id, list[0].1.outcome),
-                    cyncd::control::Submitted::Accepted(_) => (id, "accepted"),
-                }
-            }));
-        }
-    }
-    let mut out: BTreeMap<u32, Vec<&'static str>> = BTreeMap::new();
-    for h in handles {
-        let (id, outcome) = h.await.unwrap();
-        out.entry(id).or_default().push(outcome);
-    }
-    out
-}
-
-fn connection(server: &Running, id: u32) -> Option<cyncd::registry::ConnectionView> {
-    server
-        .ctx
-        .registry
-        .connections()
-        .into_iter()
-        .find(|c| c.conn_id == format!("{id:08x}"))
 }
 
 async fn stop(server: Running, fleets: Vec<Fleet>) {

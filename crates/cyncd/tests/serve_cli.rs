@@ -11,13 +11,50 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 fn temp_dir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("cyncd-cli-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     dir
+}
+
+/// Starts `cyncd serve` on loopback ephemeral ports with state in `state` and `args`, and
+/// waits for its ready line; returns the child (stderr as given) and that line.
+fn serve(state: &std::path::Path, args: &[&str], stderr: Stdio) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cyncd"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .args(args)
+        .arg("--state-dir")
+        .arg(state)
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (child, line)
+}
+
+/// The HTTP address in a ready line.
+fn http_of(line: &str) -> String {
+    line.split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_string()
+}
+
+/// Sends `signal` (`TERM`, `HUP`) to the child.
+fn signal(child: &Child, signal: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
 }
 
 /// Reads from `stream` until `want` bytes arrived (the socket has a read timeout).
@@ -30,42 +67,24 @@ fn read_n(stream: &mut TcpStream, want: usize) -> Vec<u8> {
 #[test]
 fn serve_starts_logs_and_stops_on_sigterm() {
     let state = temp_dir("serve");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cyncd"))
-        .args([
-            "serve",
+    let (mut child, line) = serve(
+        &state,
+        &[
             "--plain",
-            "--listen",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-        ])
-        .args([
             "--log-format",
             "json",
             "--log-level",
             "debug",
             "--utc-offset",
             "-06:00",
-        ])
-        .arg("--state-dir")
-        .arg(&state)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
+        ],
+        Stdio::piped(),
+    );
     // "cyncd: devices on 127.0.0.1:P (plain TCP), HTTP on http://127.0.0.1:Q (...)"
     let words: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(words[..3], ["cyncd:", "devices", "on"], "{line}");
     let devices = words[3].to_string();
-    let http = words
-        .iter()
-        .find(|w| w.starts_with("http://"))
-        .unwrap()
-        .trim_start_matches("http://")
-        .to_string();
+    let http = http_of(&line);
 
     let mut dev = TcpStream::connect(&devices).unwrap();
     dev.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -88,11 +107,7 @@ fn serve_starts_logs_and_stops_on_sigterm() {
     );
 
     let t0 = std::time::SystemTime::now();
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    signal(&child, "TERM");
     let exit = child.wait().unwrap();
     assert!(exit.success(), "{exit:?}");
     assert!(t0.elapsed().unwrap() < Duration::from_secs(5));
@@ -156,25 +171,7 @@ fn serve_starts_logs_and_stops_on_sigterm() {
 fn serve_generates_a_private_key_once() {
     let state = temp_dir("key");
     for round in 0..2 {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cyncd"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--http",
-                "127.0.0.1:0",
-                "--log-level",
-                "warn",
-            ])
-            .arg("--state-dir")
-            .arg(&state)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let (mut child, line) = serve(&state, &["--log-level", "warn"], Stdio::inherit());
         assert!(line.contains("(TLS)"), "{line}");
         let mode = std::fs::metadata(state.join("key.pem"))
             .unwrap()
@@ -182,10 +179,7 @@ fn serve_generates_a_private_key_once() {
             .mode();
         assert_eq!(mode & 0o777, 0o600, "round {round}");
         let before = std::fs::read(state.join("key.pem")).unwrap();
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
+        signal(&child, "TERM");
         assert!(child.wait().unwrap().success());
         assert_eq!(std::fs::read(state.join("key.pem")).unwrap(), before);
     }
@@ -269,53 +263,24 @@ fn sighup_reloads_the_routing_without_a_restart() {
     std::fs::create_dir_all(&state).unwrap();
     let config = state.join("cyncd.toml");
     std::fs::write(&config, "[canary]\nmode = \"legacy\"\n").unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cyncd"))
-        .args([
-            "serve",
-            "--plain",
-            "--listen",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-        ])
-        .args(["--log-level", "warn", "--config"])
-        .arg(&config)
-        .arg("--state-dir")
-        .arg(&state)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    let http = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap()
-        .trim_start_matches("http://")
-        .to_string();
+    let config_arg = config.to_str().unwrap();
+    let (mut child, line) = serve(
+        &state,
+        &["--plain", "--log-level", "warn", "--config", config_arg],
+        Stdio::null(),
+    );
+    let http = http_of(&line);
     assert!(http_get(&http, "/api/canary").contains("\"mode\":\"legacy\""));
-    let hup = |pid: u32| {
-        let status = Command::new("kill")
-            .args(["-HUP", &pid.to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    };
     std::fs::write(&config, "[canary]\nmode = \"canary\"\npercent = 25.0\n").unwrap();
-    hup(child.id());
+    signal(&child, "HUP");
     until_body(&http, "/api/canary", "\"mode\":\"canary\",\"percent\":25.0");
     // A broken file is refused (logged) without stopping cyncd; the next good one applies.
     std::fs::write(&config, "[canary]\nmode = \"sideways\"\n").unwrap();
-    hup(child.id());
+    signal(&child, "HUP");
     std::fs::write(&config, "[canary]\nmode = \"reliable\"\n").unwrap();
-    hup(child.id());
+    signal(&child, "HUP");
     until_body(&http, "/api/canary", "\"mode\":\"reliable\"");
     assert!(child.try_wait().unwrap().is_none(), "cyncd exited");
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    signal(&child, "TERM");
     assert!(child.wait().unwrap().success());
 }

@@ -687,18 +687,9 @@ impl Bridge {
                 self.overlays.insert(done.object, (done.steps, until));
             }
             Entity::Group { home, gid } => {
-                let members = self
-                    .ctx
-                    .config
-                    .homes
-                    .iter()
-                    .filter(|h| h.name == home)
-                    .flat_map(|h| h.groups.iter().filter(|g| g.id == gid))
-                    .flat_map(|g| g.members.iter().copied())
-                    .collect::<BTreeSet<u16>>();
-                for m in members {
+                for m in self.ctx.config.group_members(&home, gid) {
                     self.overlays
-                        .insert(ha::device_object(&home, m), (done.steps.clone(), until));
+                        .insert(ha::device_object(&home, *m), (done.steps.clone(), until));
                 }
                 self.published.remove(&self.topics.state(&done.object));
             }
@@ -722,11 +713,8 @@ impl Bridge {
     fn member_types(&self, home: &str, gid: u16) -> Vec<DeviceType> {
         self.ctx
             .config
-            .homes
+            .group_members(home, gid)
             .iter()
-            .filter(|h| h.name == home)
-            .flat_map(|h| h.groups.iter().filter(|g| g.id == gid))
-            .flat_map(|g| g.members.iter())
             .map(|m| control::type_of(&self.ctx, home, *m))
             .collect()
     }

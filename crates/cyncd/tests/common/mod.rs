@@ -8,6 +8,8 @@
     clippy::panic
 )]
 
+pub mod canary;
+
 use cyncd::config::Config;
 use cyncd::serve::Running;
 use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
@@ -138,17 +140,17 @@ pub async fn get(server: &Running, path: &str) -> (u16, String) {
 
 /// A plain HTTP/1.1 POST with a JSON body; returns (status, body).
 pub async fn post(server: &Running, path: &str, body: &str) -> (u16, String) {
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    http(server, &request).await
+    send_json(server, "POST", path, body).await
 }
 
 /// A plain HTTP/1.1 PUT with a JSON body; returns (status, body).
 pub async fn put(server: &Running, path: &str, body: &str) -> (u16, String) {
+    send_json(server, "PUT", path, body).await
+}
+
+async fn send_json(server: &Running, method: &str, path: &str, body: &str) -> (u16, String) {
     let request = format!(
-        "PUT {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     http(server, &request).await
