@@ -785,19 +785,63 @@ mod dedup_tests {
 
     use crate::test_util::hex;
 
-    #[test]
-    fn repeated_reports_are_acknowledged_but_not_applied_twice() {
-        let mut s = Session::new(
+    /// A session that does not ask for the mesh.
+    fn quiet() -> Session {
+        Session::new(
             SessionConfig {
                 discover_mesh: false,
                 ..SessionConfig::default()
             },
             Duration::ZERO,
             0,
+        )
+    }
+
+    const REPORT: &str = "83 00 00 00 25 38 e8 cf 46 00 09 00 7e 1f 00 00 00 fa db 13 00 87 25 11 ee 00 ee 00 db 11 02 01 01 0a 0a ff ff ff 00 00 88 7e";
+
+    #[test]
+    fn without_dedup_every_copy_applies_and_legacy_sends_zero_ids() {
+        let mut s = quiet();
+        s.set_dedup(false);
+        let report = hex(REPORT);
+        let mut steps = Vec::new();
+        let mut hello = hex("23 00 00 00 1a 03 38 e8 cf 46 00 10");
+        hello.extend([b'0'; 16]);
+        hello.extend([0, 0, 0x3c]);
+        s.receive(
+            &hello,
+            Duration::ZERO,
+            LocalTime::from_unix(0, 0),
+            &mut steps,
         );
-        let report = hex(
-            "83 00 00 00 25 38 e8 cf 46 00 09 00 7e 1f 00 00 00 fa db 13 00 87 25 11 ee 00 ee 00 db 11 02 01 01 0a 0a ff ff ff 00 00 88 7e",
+        s.receive(
+            &[report.clone(), report].concat(),
+            Duration::from_secs(1),
+            LocalTime::from_unix(0, 0),
+            &mut steps,
         );
+        let statuses = std::iter::from_fn(|| s.poll_event())
+            .filter(|e| matches!(e, Event::Status(..)))
+            .count();
+        assert_eq!((statuses, s.idempotent_drops()), (2, 0));
+        let (msg, seq, packet) = s
+            .send_command_legacy(command::Target::Device(5), command::Action::Power(true))
+            .and_then(Result::ok)
+            .expect("after the hello");
+        assert_eq!(msg, MsgId([0; 3]));
+        assert_eq!(packet.msg_id(), Some(MsgId([0; 3])));
+        // Seqs still advance: results stay matchable.
+        let (_, next, _) = s
+            .send_command_legacy(command::Target::Device(5), command::Action::Power(false))
+            .and_then(Result::ok)
+            .expect("after the hello");
+        assert_ne!(seq, next);
+    }
+
+    #[test]
+    fn repeated_reports_are_acknowledged_but_not_applied_twice() {
+        let mut s = quiet();
+        let report = hex(REPORT);
         let mut steps = Vec::new();
         let now = Duration::from_secs(1);
         s.receive(
@@ -829,14 +873,7 @@ mod dedup_tests {
 
     #[test]
     fn a_device_going_back_to_an_earlier_state_is_not_a_repeat() {
-        let mut s = Session::new(
-            SessionConfig {
-                discover_mesh: false,
-                ..SessionConfig::default()
-            },
-            Duration::ZERO,
-            0,
-        );
+        let mut s = quiet();
         let on = hex(
             "43 00 00 00 1a 38 e8 cf 46 01 01 06 05 00 10 ee 01 0a 0a ff ff ff 01 00 ee 00 00 00 00 00 00",
         );

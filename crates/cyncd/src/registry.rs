@@ -193,6 +193,34 @@ pub struct DeviceView {
     pub firmware: Option<String>,
 }
 
+impl DeviceView {
+    /// A configured device no bridge has reported yet: offline, off, type from the
+    /// configuration.
+    pub fn configured(home: &str, d: &crate::config::DeviceConfig) -> Self {
+        let t = DeviceType::of(d.kind);
+        Self {
+            id: format!("{home}:{}", d.id),
+            home: home.to_string(),
+            mesh_id: d.id,
+            name: d.name.clone(),
+            type_code: d.kind,
+            kind: t.kind.name(),
+            model: t.model,
+            capabilities: t.capabilities(),
+            fan_speed: (t.fan_speeds > 0).then_some(0),
+            online: false,
+            on: false,
+            brightness: 0,
+            color_temp: None,
+            rgb: None,
+            bridges: Vec::new(),
+            reachable: false,
+            last_seen: String::new(),
+            firmware: None,
+        }
+    }
+}
+
 /// A connection as the HTTP API shows it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ConnectionView {

@@ -761,27 +761,7 @@ impl Bridge {
                 if seen.contains(&(home.name.clone(), d.id)) {
                     continue;
                 }
-                let t = DeviceType::of(d.kind);
-                views.push(DeviceView {
-                    id: format!("{}:{}", home.name, d.id),
-                    home: home.name.clone(),
-                    mesh_id: d.id,
-                    name: d.name.clone(),
-                    type_code: d.kind,
-                    kind: t.kind.name(),
-                    model: t.model,
-                    capabilities: t.capabilities(),
-                    fan_speed: (t.fan_speeds > 0).then_some(0),
-                    online: false,
-                    on: false,
-                    brightness: 0,
-                    color_temp: None,
-                    rgb: None,
-                    bridges: Vec::new(),
-                    reachable: false,
-                    last_seen: String::new(),
-                    firmware: None,
-                });
+                views.push(DeviceView::configured(&home.name, d));
             }
         }
         views
