@@ -1,33 +1,23 @@
 //! The cyncd daemon and its command line: everything above the pure protocol crate.
 //!
-//! - [`serve`]: the controller (device server + HTTP API), built from [`config`], [`tls`],
-//!   [`server`] (accept loop and connection tasks), [`registry`], [`metrics`], [`http`] and
-//!   [`logging`]; [`commands`] delivers commands reliably and [`control`] is the one way every
-//!   front end commands a device or group; [`web`] is the page for people at `/`, kept live by
-//!   [`live`] (Server-Sent Events).
-//! - [`decode`] and [`encode`]: the lab tools over the wire format.
-//! - [`mqtt`]: Home Assistant over MQTT (discovery, states, availability, commands).
-//! - [`client`]: `cyncd set` and `cyncd toggle`, clients of a running server.
-//! - [`sim`]: `cyncd sim` (a simulated fleet) and `cyncd demo`.
+//! Layers, each importing only the ones below it:
+//!
+//! - [`cli`]: `decode`, `encode`, `set`/`toggle`, `sim`/`demo`;
+//! - [`serve`]: `cyncd serve`, the wiring of everything below into one process;
+//! - [`frontends`]: the HTTP API, the web page and its live stream, MQTT for Home Assistant;
+//! - [`commands`]: the reliable and legacy transports, canary routing and SLOs, and the one way
+//!   every front end commands a device or group;
+//! - [`devices`]: TLS, the accept loop and connection tasks, the device registry;
+//! - [`config`], [`metrics`], [`logging`]: used by all.
+//!
+//! `crates/cyncd/tests/layers.rs` checks the rule on the sources.
 #![forbid(unsafe_code)]
 
-pub mod canary;
-pub mod client;
+pub mod cli;
 pub mod commands;
 pub mod config;
-pub mod control;
-pub mod decode;
-pub mod encode;
-pub mod http;
-pub mod legacy;
-pub mod live;
+pub mod devices;
+pub mod frontends;
 pub mod logging;
 pub mod metrics;
-pub mod mqtt;
-pub mod registry;
 pub mod serve;
-pub mod server;
-pub mod sim;
-pub mod tls;
-pub mod transport;
-pub mod web;

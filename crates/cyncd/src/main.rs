@@ -10,7 +10,8 @@ use clap::{Parser, Subcommand};
 /// the server's CPU with the system allocator.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use cyncd::{client, decode, encode, serve, sim};
+use cyncd::cli::{client, decode, encode, sim};
+use cyncd::serve;
 use std::process::ExitCode;
 
 /// cyncd: local control for GE Cync Wi-Fi and Bluetooth-mesh devices.

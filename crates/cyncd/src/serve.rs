@@ -1,11 +1,11 @@
 //! `cyncd serve`: the controller. Loads the configuration, prepares TLS, starts the device
 //! server and the HTTP API, and shuts both down on SIGINT/SIGTERM.
 
+use crate::commands::Context;
 use crate::config::{Config, LogFormat};
-use crate::http::Api;
+use crate::devices::registry::Registry;
+use crate::frontends::http::Api;
 use crate::metrics::Metrics;
-use crate::registry::Registry;
-use crate::server::Context;
 use anyhow::Context as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -222,7 +222,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let tls = if config.plain {
         None
     } else {
-        let files = crate::tls::ensure_certificate(
+        let files = crate::devices::tls::ensure_certificate(
             &config.state_dir,
             config.cert.as_deref(),
             config.key.as_deref(),
@@ -231,7 +231,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             info!(cert = %files.cert.display(), "generated a new self-signed certificate");
         }
         Some((
-            crate::tls::acceptor(&files, config.tls_encrypt_then_mac)?,
+            crate::devices::tls::acceptor(&files, config.tls_encrypt_then_mac)?,
             files,
         ))
     };
@@ -243,17 +243,17 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .with_context(|| format!("serving HTTP on {}", config.http))?;
     let mut prom = prometheus_client::registry::Registry::default();
     let metrics = Metrics::new(&mut prom);
-    let mqtt_metrics = crate::mqtt::MqttMetrics::new(&mut prom);
+    let mqtt_metrics = crate::frontends::mqtt::MqttMetrics::new(&mut prom);
     let cert_path = tls.as_ref().map(|(_, f)| f.cert.clone());
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     let registry = Registry::new();
-    let canary = Arc::new(crate::canary::Canary::new(
+    let canary = Arc::new(crate::commands::canary::Canary::new(
         config.canary.policy().map_err(anyhow::Error::msg)?,
         config.canary.slo().map_err(anyhow::Error::msg)?,
-        crate::canary::CanaryMetrics::new(&mut prom),
+        crate::commands::canary::CanaryMetrics::new(&mut prom),
     ));
-    let commands = crate::commands::Commands::start(
+    let commands = crate::commands::reliable::Commands::start(
         config.delivery(),
         registry.clone(),
         metrics.clone(),
@@ -261,14 +261,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         cancel.clone(),
         &tracker,
     );
-    let legacy = crate::legacy::Legacy::start(
+    let legacy = crate::commands::legacy::Legacy::start(
         Duration::from_millis(config.canary.legacy_timeout_ms),
         config.delivery(),
         config.canary.shadow_log_every,
         registry.clone(),
         commands.clone(),
         canary.clone(),
-        crate::legacy::LegacyMetrics::new(&mut prom),
+        crate::commands::legacy::LegacyMetrics::new(&mut prom),
         cancel.clone(),
         &tracker,
     );
@@ -282,7 +282,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         canary,
         offset: crate::config::OffsetCache::default(),
     });
-    tracker.spawn(evaluate_slos(ctx.clone(), cancel.clone()));
+    tracker.spawn(crate::commands::canary::evaluate_slos(
+        ctx.clone(),
+        cancel.clone(),
+    ));
     let running = Running {
         devices: devices.local_addr()?,
         http: http.local_addr()?,
@@ -297,20 +300,20 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
         None => info!(addr = %running.devices, "listening for devices (plain TCP, no TLS)"),
     }
-    tracker.spawn(crate::server::serve(
+    tracker.spawn(crate::devices::server::serve(
         devices,
         ctx.clone(),
         cancel.clone(),
         tracker.clone(),
     ));
-    crate::mqtt::start(ctx.clone(), mqtt_metrics, cancel.clone(), &tracker)?;
+    crate::frontends::mqtt::start(ctx.clone(), mqtt_metrics, cancel.clone(), &tracker)?;
     let api = Api {
         ctx,
         metrics: Arc::new(prom),
     };
     let shutdown = cancel.clone();
     tracker.spawn(async move {
-        let served = axum::serve(http, crate::http::router(api))
+        let served = axum::serve(http, crate::frontends::http::router(api))
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await;
         if let Err(e) = served {
@@ -318,47 +321,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
     });
     Ok(running)
-}
-
-/// Evaluates the SLO rules every `canary.evaluate_secs`; a rollback drains the canary's
-/// connections so their devices reconnect on the legacy transport.
-async fn evaluate_slos(ctx: Arc<Context>, cancel: CancellationToken) {
-    let every = Duration::from_secs_f64(ctx.config.canary.evaluate_secs.max(0.01));
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        if ctx.canary.evaluate().is_some() {
-            drain(&ctx, ctx.canary.policy());
-        }
-    }
-}
-
-/// Applies a routing change (from the API or a reloaded configuration) and, when asked,
-/// drains the connections whose transport no longer matches. Returns the policy and the
-/// number of connections closed.
-pub fn apply_routing(
-    ctx: &Context,
-    update: &crate::canary::Update,
-) -> Result<(cync_proto::canary::Policy, usize), String> {
-    let policy = ctx.canary.update(update)?;
-    let drained = if update.drain { drain(ctx, policy) } else { 0 };
-    Ok((policy, drained))
-}
-
-/// Closes the connections whose transport `policy` no longer gives them, so their devices
-/// reconnect under it; counts and logs them.
-fn drain(ctx: &Context, policy: cync_proto::canary::Policy) -> usize {
-    let n = ctx.registry.drain(&policy);
-    ctx.canary.metrics.drained.inc_by(n as u64);
-    info!(
-        drained = n,
-        "connections closed to reconnect under the current routing"
-    );
-    n
 }
 
 /// Runs `cyncd serve` until SIGINT or SIGTERM.
@@ -428,11 +390,11 @@ fn reload(args: &Args, ctx: &Context, last: &mut crate::config::CanaryConfig) {
     let c = loaded.canary;
     let update = routing_changes(last, &c);
     *last = c;
-    if update == crate::canary::Update::default() {
+    if update == crate::commands::canary::Update::default() {
         info!("SIGHUP: routing unchanged in the configuration file");
         return;
     }
-    match apply_routing(ctx, &update) {
+    match crate::commands::canary::apply_routing(ctx, &update) {
         Ok((policy, _)) => info!(
             mode = policy.mode.name(),
             percent = policy.percent,
@@ -447,8 +409,8 @@ fn reload(args: &Args, ctx: &Context, last: &mut crate::config::CanaryConfig) {
 fn routing_changes(
     old: &crate::config::CanaryConfig,
     new: &crate::config::CanaryConfig,
-) -> crate::canary::Update {
-    crate::canary::Update {
+) -> crate::commands::canary::Update {
+    crate::commands::canary::Update {
         mode: (new.mode != old.mode).then(|| new.mode.clone()),
         percent: (new.percent != old.percent).then_some(new.percent),
         kill: (new.kill != old.kill).then_some(new.kill),
@@ -506,7 +468,7 @@ impl Signals {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::canary::{Canary, CanaryMetrics, Update};
+    use crate::commands::canary::{Canary, CanaryMetrics, Update};
     use crate::config::CanaryConfig;
 
     #[tokio::test(start_paused = true)]

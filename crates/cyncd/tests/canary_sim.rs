@@ -43,7 +43,7 @@ async fn start_all(config: Config, bridges: &[(u32, Chaos)], seed: u64) -> (Runn
             let ctx = ctx.clone();
             let cancel = cancel.child_token();
             tokio::spawn(async move {
-                cyncd::server::run_connection(stream, peer, &ctx, cancel).await;
+                cyncd::devices::server::run_connection(stream, peer, &ctx, cancel).await;
             });
         }
     });
@@ -261,12 +261,12 @@ async fn lowering_the_percentage_with_drain_moves_exactly_the_expected_connectio
         .filter(|id| lowered.route(ConnId(id.to_be_bytes())).transport == Transport::Legacy)
         .collect();
     assert!(!moving.is_empty() && moving.len() < ids.len());
-    let update = cyncd::canary::Update {
+    let update = cyncd::commands::canary::Update {
         percent: Some(25.0),
         drain: true,
         ..Default::default()
     };
-    let (_, drained) = cyncd::serve::apply_routing(&server.ctx, &update).unwrap();
+    let (_, drained) = cyncd::commands::canary::apply_routing(&server.ctx, &update).unwrap();
     assert_eq!(drained, moving.len());
     until(&server, || {
         ids.iter().all(|id| {
@@ -283,12 +283,14 @@ async fn lowering_the_percentage_with_drain_moves_exactly_the_expected_connectio
         assert_eq!(connection(&server, *id).unwrap().since, before[id]);
     }
     // Without drain, a lower percentage moves nobody until they reconnect.
-    let update = cyncd::canary::Update {
+    let update = cyncd::commands::canary::Update {
         percent: Some(0.0),
         ..Default::default()
     };
     assert_eq!(
-        cyncd::serve::apply_routing(&server.ctx, &update).unwrap().1,
+        cyncd::commands::canary::apply_routing(&server.ctx, &update)
+            .unwrap()
+            .1,
         0
     );
     assert!(ids.iter().all(|id| connection(&server, *id).is_some()));

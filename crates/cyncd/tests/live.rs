@@ -139,7 +139,7 @@ async fn events_start_with_a_snapshot_and_push_changes() {
 async fn event_streams_are_capped() {
     let server = start(config("web-cap")).await;
     let mut open = Vec::new();
-    for _ in 0..cyncd::live::MAX_CLIENTS {
+    for _ in 0..cyncd::frontends::live::MAX_CLIENTS {
         let (status, _, mut stream) = events(&server).await;
         assert_eq!(status, 200);
         stream.expect("snapshot").await;
@@ -147,7 +147,7 @@ async fn event_streams_are_capped() {
     }
     assert_eq!(
         server.ctx.metrics.web_clients.get(),
-        cyncd::live::MAX_CLIENTS as i64
+        cyncd::frontends::live::MAX_CLIENTS as i64
     );
     let (status, head, refused) = events(&server).await;
     assert_eq!(status, 503);
@@ -166,7 +166,8 @@ async fn event_streams_are_capped() {
 
     // A page that goes away frees its place.
     drop(open.pop());
-    wait_for(|| server.ctx.metrics.web_clients.get() < cyncd::live::MAX_CLIENTS as i64).await;
+    wait_for(|| server.ctx.metrics.web_clients.get() < cyncd::frontends::live::MAX_CLIENTS as i64)
+        .await;
     let (status, _, mut stream) = events(&server).await;
     assert_eq!(status, 200);
     stream.expect("snapshot").await;

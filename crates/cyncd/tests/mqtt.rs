@@ -234,7 +234,7 @@ fn fleet_config() -> FleetConfig {
 async fn home(name: &str, broker: &Mosquitto) -> (cyncd::serve::Running, Fleet) {
     let mut config = config(name);
     config.mqtt.url = Some(broker.url());
-    config.homes = vec![cyncd::sim::demo_home(&fleet_config()).unwrap()];
+    config.homes = vec![cyncd::cli::sim::demo_home(&fleet_config()).unwrap()];
     let server = start(config).await;
     let fleet = Fleet::start(FleetConfig {
         server: server.devices.to_string(),
@@ -517,7 +517,7 @@ async fn entities_removed_from_the_configuration_are_removed_from_home_assistant
     let mut ha = Ha::connect(broker.port).await;
     let mut config = config("mqtt-removal");
     config.mqtt.url = Some(broker.url());
-    config.homes = vec![cyncd::sim::demo_home(&fleet_config()).unwrap()];
+    config.homes = vec![cyncd::cli::sim::demo_home(&fleet_config()).unwrap()];
     let first = start(config.clone()).await;
     let group = "homeassistant/light/cyncd/default_group_32769/config";
     let named = "homeassistant/switch/cyncd/default_1/config";

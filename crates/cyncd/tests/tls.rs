@@ -9,7 +9,7 @@
 )]
 
 use cync_proto::capture;
-use cyncd::tls::{self, FAILURE_REASONS, TlsFiles};
+use cyncd::devices::tls::{self, FAILURE_REASONS, TlsFiles};
 use openssl::ssl::{Ssl, SslAcceptor, SslConnector, SslMethod, SslVerifyMode, SslVersion};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -67,7 +67,7 @@ async fn the_page_controls_a_simulated_home_in_chromium() {
         ..FleetConfig::default()
     };
     let mut cfg = config("web-browser");
-    cfg.homes = vec![cyncd::sim::demo_home(&fleet_config).unwrap()];
+    cfg.homes = vec![cyncd::cli::sim::demo_home(&fleet_config).unwrap()];
     let server = start(cfg).await;
     fleet_config.server = server.devices.to_string();
     let fleet = Fleet::start(fleet_config).unwrap();

@@ -5,7 +5,7 @@ use super::until;
 use cync_proto::ConnId;
 use cync_proto::canary::{Policy, Transport};
 use cyncd::config::Home;
-use cyncd::registry::ConnectionView;
+use cyncd::devices::registry::ConnectionView;
 use cyncd::serve::Running;
 use std::collections::BTreeMap;
 
@@ -58,11 +58,11 @@ pub async fn round(server: &Running, ids: &[u32], on: bool) -> BTreeMap<u32, Vec
             let home = format!("b{id:08x}");
             let id = *id;
             handles.push(tokio::spawn(async move {
-                let resolved = cyncd::control::device_in(&ctx, &home, mesh);
+                let resolved = cyncd::commands::control::device_in(&ctx, &home, mesh);
                 let steps = vec![("on", cync_proto::Action::Power(on))];
-                match cyncd::control::submit(&ctx, &resolved, steps, true).await {
-                    cyncd::control::Submitted::Done(list) => (id, list[0].1.outcome),
-                    cyncd::control::Submitted::Accepted(_) => (id, "accepted"),
+                match cyncd::commands::control::submit(&ctx, &resolved, steps, true).await {
+                    cyncd::commands::control::Submitted::Done(list) => (id, list[0].1.outcome),
+                    cyncd::commands::control::Submitted::Accepted(_) => (id, "accepted"),
                 }
             }));
         }

@@ -28,7 +28,7 @@
 //! - While no client listens, the hub builds nothing. Streams end when the command service stops
 //!   (server shutdown), so shutdown never waits on an open page.
 
-use crate::server::Context;
+use crate::commands::Context;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};

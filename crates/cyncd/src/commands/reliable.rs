@@ -11,16 +11,18 @@
 //! info with its `command_id`, so one grep tells the whole story.
 //!
 //! Each outcome is also counted on the bridge the command was last handed to
-//! ([`crate::registry::ConnStats::count_outcome`]), for the per-bridge view of the web page and
+//! ([`crate::devices::registry::ConnStats::count_outcome`]), for the per-bridge view of the web page and
 //! `GET /api/connections`; commands never handed to a bridge (superseded while queued, no
 //! bridge at all) count on none.
 
+use super::canary::Canary;
+use crate::devices::link::{ConnCommand, ConnEvent};
+use crate::devices::registry::Registry;
 use crate::metrics::Metrics;
-use crate::registry::Registry;
+use cync_proto::ConnId;
 use cync_proto::delivery::{
     CommandId, DeliveryConfig, Dispatcher, Outcome, Output, Request, TraceEvent,
 };
-use cync_proto::{Action, ConnId, DeviceStatus, MsgId, Seq, Target};
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,94 +37,10 @@ use tracing::{info, warn};
 pub const SUBMIT_QUEUE: usize = 4096;
 /// Connection events waiting for the service.
 pub const EVENT_QUEUE: usize = 65_536;
-/// A connection's write queue (commands waiting to be written).
-pub const WRITE_QUEUE: usize = 64;
 /// Commands whose traces are kept (oldest dropped first).
 pub const TRACE_COMMANDS: usize = 10_000;
 /// Events kept per command trace.
 pub const TRACE_EVENTS: usize = 64;
-
-/// What the service asks a connection task to do.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ConnCommand {
-    /// Write this command.
-    Send {
-        /// The command.
-        command: CommandId,
-        /// Attempt number.
-        attempt: u8,
-        /// Target.
-        target: Target,
-        /// Action.
-        action: Action,
-    },
-    /// Write this command the legacy way (all-zero message id), once.
-    SendLegacy {
-        /// The command.
-        command: CommandId,
-        /// Target.
-        target: Target,
-        /// Action.
-        action: Action,
-    },
-}
-
-/// What a connection task tells the service.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ConnEvent {
-    /// A command was written as `msg`/`seq`.
-    Sent {
-        /// The command.
-        command: CommandId,
-        /// Attempt.
-        attempt: u8,
-        /// Outer message id.
-        msg: MsgId,
-        /// Inner seq.
-        seq: Seq,
-        /// The packet, hex.
-        hex: String,
-    },
-    /// A command was not written: the connection ended first, or had not said hello.
-    Unsent {
-        /// The command.
-        command: CommandId,
-        /// Attempt.
-        attempt: u8,
-    },
-    /// A command could not be built or written.
-    SendFailed {
-        /// The command.
-        command: CommandId,
-        /// Attempt.
-        attempt: u8,
-    },
-    /// A 0x7B.
-    Ack {
-        /// The bridge.
-        conn: ConnId,
-        /// Echoed message id.
-        msg: MsgId,
-    },
-    /// An `f9` result.
-    Result {
-        /// The bridge.
-        conn: ConnId,
-        /// Seq.
-        seq: Seq,
-        /// Result byte.
-        code: u8,
-    },
-    /// A status report.
-    Status {
-        /// Home.
-        home: String,
-        /// The status.
-        status: DeviceStatus,
-    },
-    /// The connection ended.
-    Lost(ConnId),
-}
 
 /// A command's result as the API returns it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -215,7 +133,7 @@ impl Commands {
         config: DeliveryConfig,
         registry: Registry,
         metrics: Metrics,
-        canary: Arc<crate::canary::Canary>,
+        canary: Arc<Canary>,
         cancel: CancellationToken,
         tracker: &tokio_util::task::TaskTracker,
     ) -> Self {
@@ -329,7 +247,7 @@ struct Service {
     dispatcher: Dispatcher,
     registry: Registry,
     metrics: Metrics,
-    canary: Arc<crate::canary::Canary>,
+    canary: Arc<Canary>,
     waiters: HashMap<CommandId, oneshot::Sender<Completion>>,
     start: Instant,
     traces: Arc<Mutex<Traces>>,
@@ -405,6 +323,7 @@ impl Service {
             ConnEvent::Sent {
                 command,
                 attempt,
+                conn: _,
                 msg,
                 seq,
                 hex,

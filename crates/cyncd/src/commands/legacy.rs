@@ -24,9 +24,10 @@
 //! submissions end `queue_full`); shadow outcomes waiting for their pair are bounded by the
 //! same [`MAX_PENDING`].
 
-use crate::canary::Canary;
-use crate::commands::{Commands, Completion, ConnCommand, ConnEvent};
-use crate::registry::Registry;
+use super::canary::Canary;
+use super::reliable::{Commands, Completion};
+use crate::devices::link::{ConnCommand, ConnEvent};
+use crate::devices::registry::Registry;
 use cync_proto::canary::{CommandSample, Transport};
 use cync_proto::delivery::{CommandId, DeliveryConfig, Dispatcher, Outcome, Output, Request};
 use cync_proto::{ConnId, MsgId, Seq};
@@ -160,7 +161,7 @@ impl Legacy {
         wait: bool,
     ) -> Result<Option<oneshot::Receiver<Completion>>, Completion> {
         let id = req.id;
-        let (reply, rx) = crate::commands::waiter(wait);
+        let (reply, rx) = super::reliable::waiter(wait);
         match self.tx.try_send(LegacyEvent::Submit { req, shadow, reply }) {
             Ok(()) => Ok(rx),
             Err(_) => Err(Completion::refused(id)),
@@ -172,6 +173,27 @@ impl Legacy {
         if self.tx.try_send(event).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// What a legacy connection reports: its writes, and what its device answered.
+    pub fn device(&self, event: ConnEvent) {
+        let event = match event {
+            ConnEvent::Sent {
+                command,
+                conn,
+                seq,
+                msg,
+                ..
+            } => LegacyEvent::Written {
+                command,
+                conn,
+                seq,
+                msg,
+            },
+            ConnEvent::Unsent { command, .. } => LegacyEvent::Unwritten { command },
+            other => LegacyEvent::Device(other),
+        };
+        self.event(event);
     }
 
     /// Events dropped on a full queue.

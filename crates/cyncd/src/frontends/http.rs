@@ -3,13 +3,13 @@
 //!
 //! | route | answer |
 //! |---|---|
-//! | `GET /` | the web page ([`crate::web`]; also `/app.js`, `/style.css`, `/favicon.svg`) |
+//! | `GET /` | the web page ([`super::web`]; also `/app.js`, `/style.css`, `/favicon.svg`) |
 //! | `GET /healthz` | `ok` |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /api/devices` | `[{id, home, mesh_id, name, type, kind, model, capabilities, fan_speed, online, on, brightness, color_temp, rgb, bridges, last_seen, firmware}]` |
 //! | `GET /api/devices/{id}` | one device; `id` is `home:mesh_id`, or a bare mesh id when one home has it |
 //! | `GET /api/connections` | `[{conn_id, peer, home, since, last_packet, packets_in, packets_out, errors, firmware, mesh, commands}]`; `commands` counts the outcomes of commands sent through that bridge |
-//! | `GET /api/events` | Server-Sent Events: `snapshot` then `update` events ([`crate::live`]); 503 over the client cap |
+//! | `GET /api/events` | Server-Sent Events: `snapshot` then `update` events ([`super::live`]); 503 over the client cap |
 //! | `POST /api/devices/{id}/state` | body any of `{"on", "brightness", "color_temp", "rgb", "effect", "fan_speed"}`; answers `{command_id, outcome, attempts, latency_ms, commands}` when done, or 202 `{command_id}` with `?wait=false` |
 //! | `POST /api/devices/{id}/toggle` | the opposite of the registry's on/off, as an absolute command |
 //! | `POST /api/groups/{id}/state` | as for a device; `id` is `home:group_id` or a group id from the configuration |
@@ -21,9 +21,9 @@
 //! Errors are JSON `{"error": "..."}` with 400 (bad id or body; nothing is sent), 404 (unknown,
 //! including any unknown path) or 409 (ambiguous).
 
-use crate::control::{self, ControlError};
-use crate::registry::Lookup;
-use crate::server::Context;
+use crate::commands::Context;
+use crate::commands::control::{self, ControlError};
+use crate::devices::registry::Lookup;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
@@ -51,9 +51,9 @@ pub fn router(api: Api) -> axum::Router {
         .route("/api/canary", get(canary_get).put(canary_put))
         .route("/api/slo", get(slo))
         .with_state(api.clone())
-        .merge(crate::live::routes(api.ctx.clone()))
+        .merge(super::live::routes(api.ctx.clone()))
         .merge(command_routes(api))
-        .merge(crate::web::routes())
+        .merge(super::web::routes())
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such path") })
 }
 
@@ -70,7 +70,7 @@ async fn canary_get(State(api): State<Api>) -> Response {
 }
 
 async fn canary_put(State(api): State<Api>, body: axum::body::Bytes) -> Response {
-    let update: crate::canary::Update = match serde_json::from_slice(&body) {
+    let update: crate::commands::canary::Update = match serde_json::from_slice(&body) {
         Ok(u) => u,
         Err(e) => {
             return error(
@@ -79,7 +79,7 @@ async fn canary_put(State(api): State<Api>, body: axum::body::Bytes) -> Response
             );
         }
     };
-    match crate::serve::apply_routing(&api.ctx, &update) {
+    match crate::commands::canary::apply_routing(&api.ctx, &update) {
         Ok((_, drained)) => {
             let mut status = api.ctx.canary.status();
             if let Some(obj) = status.as_object_mut() {

@@ -26,9 +26,10 @@
 
 pub mod ha;
 
-use crate::control::{self, Step};
-use crate::registry::DeviceView;
-use crate::server::Context;
+use crate::commands::Context;
+use crate::commands::control::{self, Step};
+use crate::config::Broker;
+use crate::devices::registry::DeviceView;
 use cync_proto::catalog::DeviceType;
 use ha::{Shape, Topics};
 use prometheus_client::metrics::counter::Counter;
@@ -67,120 +68,6 @@ const BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::fro
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 /// Environment variable with the broker password.
 pub const PASSWORD_ENV: &str = "CYNCD_MQTT_PASSWORD";
-
-/// A broker address parsed from its URL.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Broker {
-    /// Host name or address.
-    pub host: String,
-    /// Port.
-    pub port: u16,
-    /// `mqtts://`.
-    pub tls: bool,
-    /// User from the URL.
-    pub username: Option<String>,
-    /// Password from the URL.
-    pub password: Option<String>,
-}
-
-impl std::fmt::Debug for Broker {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Broker")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("tls", &self.tls)
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .finish()
-    }
-}
-
-impl std::fmt::Display for Broker {
-    /// The URL without credentials, for logs.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let scheme = if self.tls { "mqtts" } else { "mqtt" };
-        if self.host.contains(':') {
-            write!(f, "{scheme}://[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{scheme}://{}:{}", self.host, self.port)
-        }
-    }
-}
-
-impl Broker {
-    /// Parses `mqtt://[user[:password]@]host[:port]` or `mqtts://…` (IPv6 hosts in brackets).
-    pub fn parse(url: &str) -> Result<Self, String> {
-        let bad = |why: &str| Err(format!("mqtt url {:?}: {why}", redact_url(url)));
-        let (tls, rest) = if let Some(r) = url.strip_prefix("mqtt://") {
-            (false, r)
-        } else if let Some(r) = url.strip_prefix("mqtts://") {
-            (true, r)
-        } else {
-            return bad("must start with mqtt:// or mqtts://");
-        };
-        let rest = rest.strip_suffix('/').unwrap_or(rest);
-        if rest.contains('/') || rest.contains('?') {
-            return bad("must not have a path or query");
-        }
-        let (userinfo, hostport) = match rest.rsplit_once('@') {
-            Some((u, h)) => (Some(u), h),
-            None => (None, rest),
-        };
-        let (username, password) = match userinfo {
-            None => (None, None),
-            Some(u) => match u.split_once(':') {
-                Some((name, pass)) => (Some(name.to_string()), Some(pass.to_string())),
-                None => (Some(u.to_string()), None),
-            },
-        };
-        let default_port = if tls { 8883 } else { 1883 };
-        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
-            let Some((host, after)) = v6.split_once(']') else {
-                return bad("unclosed [ in the host");
-            };
-            let port = match after.strip_prefix(':') {
-                Some(p) => p.parse().ok(),
-                None if after.is_empty() => Some(default_port),
-                None => None,
-            };
-            (host.to_string(), port)
-        } else {
-            match hostport.rsplit_once(':') {
-                Some((h, p)) => (h.to_string(), p.parse().ok()),
-                None => (hostport.to_string(), Some(default_port)),
-            }
-        };
-        let Some(port) = port.filter(|p| *p != 0) else {
-            return bad("the port must be 1-65535");
-        };
-        if host.is_empty() {
-            return bad("no host");
-        }
-        Ok(Self {
-            host,
-            port,
-            tls,
-            username: username.filter(|u| !u.is_empty()),
-            password,
-        })
-    }
-}
-
-/// The URL with any password replaced, for messages.
-fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let userinfo = url.get(s + 3..at).unwrap_or_default();
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!(
-                "{}{user}:<redacted>{}",
-                url.get(..s + 3).unwrap_or_default(),
-                url.get(at..).unwrap_or_default()
-            )
-        }
-        _ => url.to_string(),
-    }
-}
 
 /// MQTT metrics.
 #[derive(Debug, Clone)]
@@ -789,7 +676,7 @@ impl Bridge {
             let t = DeviceType::of(view.type_code);
             let object = ha::device_object(&view.home, view.mesh_id);
             if !t.known
-                && self.warned.len() < crate::registry::MAX_DEVICES
+                && self.warned.len() < crate::devices::registry::MAX_DEVICES
                 && self.warned.insert(object.clone())
             {
                 warn!(device = %view.id, type_code = ?view.type_code, "device type not in the table: shown as an on/off light (set its type in the configuration)");
@@ -1031,33 +918,5 @@ mod tests {
         let e = password(&config, &broker).unwrap_err().to_string();
         assert!(e.contains("password file"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn broker_urls() {
-        let b = Broker::parse("mqtt://localhost").unwrap();
-        assert_eq!((b.host.as_str(), b.port, b.tls), ("localhost", 1883, false));
-        let b = Broker::parse("mqtts://user:p%40ss:x@broker.lan:8884/").unwrap();
-        assert_eq!((b.host.as_str(), b.port, b.tls), ("broker.lan", 8884, true));
-        assert_eq!(b.username.as_deref(), Some("user"));
-        assert_eq!(b.password.as_deref(), Some("p%40ss:x"));
-        assert_eq!(b.to_string(), "mqtts://broker.lan:8884");
-        assert!(!format!("{b:?}").contains("p%40ss"));
-        let b = Broker::parse("mqtt://[::1]:1884").unwrap();
-        assert_eq!((b.host.as_str(), b.port), ("::1", 1884));
-        assert_eq!(b.to_string(), "mqtt://[::1]:1884");
-        for bad in [
-            "tcp://x",
-            "mqtt://",
-            "mqtt://host:0",
-            "mqtt://host:99999",
-            "mqtt://host/topic",
-            "mqtt://[::1",
-            "mqtt://host:port",
-        ] {
-            assert!(Broker::parse(bad).is_err(), "{bad}");
-        }
-        let e = Broker::parse("ftp://me:secret@x").unwrap_err();
-        assert!(!e.contains("secret"), "{e}");
     }
 }

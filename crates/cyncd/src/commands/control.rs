@@ -2,10 +2,10 @@
 //! target, check what it can do, submit one command per attribute to the command service and
 //! wait for the outcomes.
 
-use crate::commands::Completion;
-use crate::registry::Lookup;
-use crate::server::Context;
-use crate::transport::CommandTransport;
+use super::Context;
+use super::reliable::Completion;
+use super::transport::CommandTransport;
+use crate::devices::registry::Lookup;
 use cync_proto::canary::{Route, Transport};
 use cync_proto::catalog::DeviceType;
 use cync_proto::delivery::{CommandId, Request};

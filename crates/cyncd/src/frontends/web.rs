@@ -1,7 +1,7 @@
 //! The web page for people: one HTML page with its script, style sheet and icon, embedded in the
 //! binary from `crates/cyncd/web/` (no CDN, no build step, works without internet).
 //!
-//! The page reads `GET /api/events` ([`crate::live`]) for live state and uses the JSON API for
+//! The page reads `GET /api/events` ([`super::live`]) for live state and uses the JSON API for
 //! everything else. Files are served with their content type, an `ETag` (a hash of the bytes)
 //! and `Cache-Control: no-cache`: browsers revalidate each load (a 304 when unchanged), so a new
 //! binary's page is never mixed with an old cached script. A strict Content-Security-Policy
@@ -23,22 +23,22 @@ struct Asset {
 const ASSETS: [Asset; 4] = [
     Asset {
         path: "/",
-        body: include_bytes!("../web/index.html"),
+        body: include_bytes!("../../web/index.html"),
         content_type: "text/html; charset=utf-8",
     },
     Asset {
         path: "/app.js",
-        body: include_bytes!("../web/app.js"),
+        body: include_bytes!("../../web/app.js"),
         content_type: "text/javascript; charset=utf-8",
     },
     Asset {
         path: "/style.css",
-        body: include_bytes!("../web/style.css"),
+        body: include_bytes!("../../web/style.css"),
         content_type: "text/css; charset=utf-8",
     },
     Asset {
         path: "/favicon.svg",
-        body: include_bytes!("../web/favicon.svg"),
+        body: include_bytes!("../../web/favicon.svg"),
         content_type: "image/svg+xml",
     },
 ];

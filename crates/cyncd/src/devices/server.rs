@@ -10,16 +10,13 @@
 //! per connection; a write that stalls for `write_timeout_secs` closes the connection (the
 //! device stopped reading).
 
-use crate::commands::{Commands, ConnCommand, ConnEvent, WRITE_QUEUE};
-use crate::config::Config;
-use crate::legacy::LegacyEvent;
+use super::Host;
+use super::link::{ConnCommand, ConnEvent, WRITE_QUEUE};
+use super::registry::{ConnStats, Registration};
 use crate::logging::{corr_id, redacted_hex};
-use crate::metrics::Metrics;
-use crate::registry::{ConnStats, Registration, Registry};
 use cync_proto::canary::{Route, Transport};
 use cync_proto::session::{CloseReason, Event, Session, SessionConfig, Step};
 use cync_proto::{DecodeError, LocalTime, Packet};
-use openssl::ssl::SslAcceptor;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -35,44 +32,15 @@ use tracing::{Instrument, debug, info, warn};
 /// Bytes read from a connection at a time.
 pub const READ_BUFFER: usize = 512;
 
-/// What every connection task shares.
-pub struct Context {
-    /// Effective configuration.
-    pub config: Config,
-    /// Device registry.
-    pub registry: Registry,
-    /// Metrics.
-    pub metrics: Metrics,
-    /// TLS acceptor; `None` serves plain TCP.
-    pub tls: Option<SslAcceptor>,
-    /// The command service (the reliable transport).
-    pub commands: Commands,
-    /// The legacy transport.
-    pub legacy: crate::legacy::Legacy,
-    /// Routing between the two, SLOs and rollback.
-    pub canary: Arc<crate::canary::Canary>,
-    /// The UTC offset sent in 0xC8, looked up at most once a minute.
-    pub offset: crate::config::OffsetCache,
-}
-
-impl std::fmt::Debug for Context {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Context")
-            .field("config", &self.config)
-            .field("tls", &self.tls.is_some())
-            .finish_non_exhaustive()
-    }
-}
-
 /// Accepts device connections until `cancel` fires, then waits for the connection tasks on
 /// `tracker`.
-pub async fn serve(
+pub async fn serve<H: Host>(
     listener: TcpListener,
-    ctx: Arc<Context>,
+    ctx: Arc<H>,
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let limit = Arc::new(Semaphore::new(ctx.config.max_connections));
+    let limit = Arc::new(Semaphore::new(ctx.config().max_connections));
     loop {
         let (tcp, peer) = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -87,47 +55,47 @@ pub async fn serve(
             },
         };
         let Ok(permit) = limit.clone().try_acquire_owned() else {
-            ctx.metrics.connections_refused.inc();
+            ctx.metrics().connections_refused.inc();
             debug!(%peer, "connection refused: at the connection cap");
             drop(tcp);
             continue;
         };
-        ctx.metrics.connections_accepted.inc();
+        ctx.metrics().connections_accepted.inc();
         let _ = tcp.set_nodelay(true);
         let ctx = ctx.clone();
         let cancel = cancel.child_token();
         tracker.spawn(async move {
-            ctx.metrics.connections_open.inc();
+            ctx.metrics().connections_open.inc();
             let reason = accept_and_run(tcp, peer, &ctx, cancel).await;
-            ctx.metrics.connections_open.dec();
-            ctx.metrics.closed(reason);
+            ctx.metrics().connections_open.dec();
+            ctx.metrics().closed(reason);
             drop(permit);
         });
     }
 }
 
-async fn accept_and_run(
+async fn accept_and_run<H: Host>(
     tcp: TcpStream,
     peer: SocketAddr,
-    ctx: &Arc<Context>,
+    ctx: &Arc<H>,
     cancel: CancellationToken,
 ) -> &'static str {
-    let Some(acceptor) = &ctx.tls else {
+    let Some(acceptor) = ctx.tls() else {
         return run_connection(tcp, peer, ctx, cancel).await;
     };
-    let limit = Duration::from_secs(ctx.config.handshake_timeout_secs);
+    let limit = Duration::from_secs(ctx.config().handshake_timeout_secs);
     let handshake = tokio::select! {
         _ = cancel.cancelled() => return "shutdown",
-        r = tokio::time::timeout(limit, crate::tls::accept(acceptor, tcp)) => r,
+        r = tokio::time::timeout(limit, super::tls::accept(acceptor, tcp)) => r,
     };
     match handshake {
         Ok(Ok(stream)) => {
-            ctx.metrics.handshakes.inc();
+            ctx.metrics().handshakes.inc();
             run_connection(stream, peer, ctx, cancel).await
         }
         Ok(Err(e)) => {
-            let reason = crate::tls::failure_reason(&e);
-            ctx.metrics
+            let reason = super::tls::failure_reason(&e);
+            ctx.metrics()
                 .tls_failures
                 .get_or_create(&[("reason", reason)])
                 .inc();
@@ -135,7 +103,7 @@ async fn accept_and_run(
             "tls_failure"
         }
         Err(_) => {
-            ctx.metrics
+            ctx.metrics()
                 .tls_failures
                 .get_or_create(&[("reason", "timeout")])
                 .inc();
@@ -146,14 +114,15 @@ async fn accept_and_run(
 }
 
 /// Runs one device connection to its end and returns why it ended (a metric label).
-pub async fn run_connection<S>(
+pub async fn run_connection<S, H>(
     mut stream: S,
     peer: SocketAddr,
-    ctx: &Arc<Context>,
+    ctx: &Arc<H>,
     cancel: CancellationToken,
 ) -> &'static str
 where
     S: AsyncRead + AsyncWrite + Unpin,
+    H: Host,
 {
     // A debug-level span: entering a span on every poll of every connection costs CPU, so at
     // info level the lifecycle events carry `peer` and `conn_id` themselves.
@@ -164,11 +133,9 @@ where
         let reason = conn.run(&mut stream).await;
         if let Some(id) = conn.session.conn_id() {
             // Commands waiting on this bridge move elsewhere now, not at their timeout.
-            conn.ctx.commands.event(ConnEvent::Lost(id));
+            conn.ctx.deliver(Transport::Reliable, ConnEvent::Lost(id));
             if conn.is_legacy() {
-                conn.ctx
-                    .legacy
-                    .event(LegacyEvent::Device(ConnEvent::Lost(id)));
+                conn.ctx.deliver(Transport::Legacy, ConnEvent::Lost(id));
             }
         }
         // Queued commands that were never written.
@@ -185,14 +152,11 @@ where
 }
 
 /// A command written into the transmit buffer, reported to its transport once flushed.
-enum Written {
-    Reliable(ConnEvent),
-    Legacy(LegacyEvent),
-}
+type Written = (Transport, ConnEvent);
 
-struct Conn {
+struct Conn<H> {
     peer: SocketAddr,
-    ctx: Arc<Context>,
+    ctx: Arc<H>,
     cancel: CancellationToken,
     session: Session,
     start: Instant,
@@ -207,9 +171,9 @@ struct Conn {
     route: Option<Route>,
 }
 
-impl Conn {
-    fn new(peer: SocketAddr, ctx: Arc<Context>, cancel: CancellationToken) -> Self {
-        let c = &ctx.config;
+impl<H: Host> Conn<H> {
+    fn new(peer: SocketAddr, ctx: Arc<H>, cancel: CancellationToken) -> Self {
+        let c = ctx.config();
         let config = SessionConfig {
             max_packet: c.max_packet,
             heartbeat: c.heartbeat(),
@@ -238,11 +202,12 @@ impl Conn {
 
     /// A device's answer to a command goes to the transport that owns this connection.
     fn answer(&self, event: ConnEvent) {
-        if self.is_legacy() {
-            self.ctx.legacy.event(LegacyEvent::Device(event));
+        let owner = if self.is_legacy() {
+            Transport::Legacy
         } else {
-            self.ctx.commands.event(event);
-        }
+            Transport::Reliable
+        };
+        self.ctx.deliver(owner, event);
     }
 
     fn is_legacy(&self) -> bool {
@@ -260,7 +225,7 @@ impl Conn {
         let unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let offset = self.ctx.offset.get(&self.ctx.config, unix);
+        let offset = self.ctx.offset().get(self.ctx.config(), unix);
         LocalTime::from_unix(i64::try_from(unix).unwrap_or(0), offset)
     }
 
@@ -295,25 +260,15 @@ impl Conn {
                 Some(command) = self.queue.recv() => {
                     let sent = self.write_command(command);
                     if let Err(reason) = self.flush(stream).await {
-                        for written in sent {
-                            match written {
-                                Written::Reliable(ConnEvent::Sent { command, attempt, .. }) => {
-                                    self.ctx.commands.event(ConnEvent::Unsent { command, attempt });
-                                }
-                                Written::Reliable(_) => {}
-                                Written::Legacy(LegacyEvent::Written { command, .. }) => {
-                                    self.ctx.legacy.event(LegacyEvent::Unwritten { command });
-                                }
-                                Written::Legacy(_) => {}
+                        for (owner, written) in sent {
+                            if let ConnEvent::Sent { command, attempt, .. } = written {
+                                self.ctx.deliver(owner, ConnEvent::Unsent { command, attempt });
                             }
                         }
                         return reason;
                     }
-                    for written in sent {
-                        match written {
-                            Written::Reliable(event) => self.ctx.commands.event(event),
-                            Written::Legacy(event) => self.ctx.legacy.event(event),
-                        }
+                    for (owner, event) in sent {
+                        self.ctx.deliver(owner, event);
                     }
                 }
                 read = stream.read(&mut buf) => {
@@ -339,7 +294,7 @@ impl Conn {
                     let elapsed = read_at.elapsed().as_secs_f64();
                     for step in steps.iter().filter(|s| !s.sent.is_empty()) {
                         let kind = step.bytes.first().copied().unwrap_or_default();
-                        self.ctx.metrics.of_type(kind).latency.observe(elapsed);
+                        self.ctx.metrics().of_type(kind).latency.observe(elapsed);
                     }
                     self.drain_events();
                 }
@@ -357,7 +312,7 @@ impl Conn {
             }
             if let Some(reason) = self.session.close_reason() {
                 if let CloseReason::Framing(e) = reason {
-                    self.ctx.metrics.decode_error("oversize");
+                    self.ctx.metrics().decode_error("oversize");
                     warn!(error = %e, "closing: oversize packet header");
                 }
                 return reason.label();
@@ -367,17 +322,9 @@ impl Conn {
 
     /// A queued command that will not be written: its owner learns at once.
     fn unsent(&self, queued: ConnCommand) {
-        match queued {
-            ConnCommand::Send {
-                command, attempt, ..
-            } => self
-                .ctx
-                .commands
-                .event(ConnEvent::Unsent { command, attempt }),
-            ConnCommand::SendLegacy { command, .. } => {
-                self.ctx.legacy.event(LegacyEvent::Unwritten { command });
-            }
-        }
+        let (command, attempt) = queued.id();
+        self.ctx
+            .deliver(queued.owner(), ConnEvent::Unsent { command, attempt });
     }
 
     /// Builds queued commands into the transmit buffer (this one and any others waiting, so
@@ -386,43 +333,32 @@ impl Conn {
         let mut events = Vec::new();
         let mut next = Some(first);
         while let Some(queued) = next.take() {
-            let (legacy, target, action) = match &queued {
-                ConnCommand::Send { target, action, .. } => (false, *target, *action),
-                ConnCommand::SendLegacy { target, action, .. } => (true, *target, *action),
+            let owner = queued.owner();
+            let (command, attempt) = queued.id();
+            let built = match queued {
+                ConnCommand::Send { target, action, .. } => {
+                    self.session.send_command(target, action)
+                }
+                ConnCommand::SendLegacy { target, action, .. } => {
+                    self.session.send_command_legacy(target, action)
+                }
             };
-            let built = if legacy {
-                self.session.send_command_legacy(target, action)
-            } else {
-                self.session.send_command(target, action)
-            };
-            match (built, queued) {
-                (
-                    Some(Ok((msg, seq, packet))),
-                    ConnCommand::Send {
-                        command, attempt, ..
-                    },
-                ) => {
+            match (built, self.session.conn_id()) {
+                (Some(Ok((msg, seq, packet))), Some(conn)) => {
                     let hex = self.logged(&packet);
-                    events.push(Written::Reliable(ConnEvent::Sent {
+                    let sent = ConnEvent::Sent {
                         command,
                         attempt,
+                        conn,
                         msg,
                         seq,
                         hex,
-                    }));
+                    };
+                    events.push((owner, sent));
                 }
-                (Some(Ok((msg, seq, packet))), ConnCommand::SendLegacy { command, .. }) => {
-                    self.logged(&packet);
-                    if let Some(conn) = self.session.conn_id() {
-                        events.push(Written::Legacy(LegacyEvent::Written {
-                            command,
-                            conn,
-                            seq,
-                            msg,
-                        }));
-                    }
-                }
-                (_, queued) => self.unsent(queued),
+                _ => self
+                    .ctx
+                    .deliver(owner, ConnEvent::Unsent { command, attempt }),
             }
             next = self.queue.try_recv().ok();
         }
@@ -445,7 +381,7 @@ impl Conn {
         if out.is_empty() {
             return Ok(());
         }
-        let limit = Duration::from_secs(self.ctx.config.write_timeout_secs);
+        let limit = Duration::from_secs(self.ctx.config().write_timeout_secs);
         match tokio::time::timeout(limit, stream.write_all(&out)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {
@@ -479,9 +415,9 @@ impl Conn {
                 let bad = p.frame().is_some_and(|f| !f.checksum_ok())
                     || matches!(p.body(), Some(cync_proto::Body::Malformed(_)));
                 if let Some(t) = transport {
-                    self.ctx.canary.packet(t, bad);
+                    self.ctx.packet(t, bad);
                 }
-                let counters = self.ctx.metrics.of_type(p.kind());
+                let counters = self.ctx.metrics().of_type(p.kind());
                 if bad {
                     counters.recv_bad.inc();
                 } else {
@@ -501,12 +437,12 @@ impl Conn {
             }
             Err(e) => {
                 if let Some(t) = transport {
-                    self.ctx.canary.packet(t, true);
+                    self.ctx.packet(t, true);
                 }
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
                 let kind = step.bytes.first().copied().unwrap_or_default();
-                self.ctx.metrics.of_type(kind).recv_error.inc();
-                self.ctx.metrics.decode_error(error_label(e));
+                self.ctx.metrics().of_type(kind).recv_error.inc();
+                self.ctx.metrics().decode_error(error_label(e));
                 warn!(corr_id = %corr, dir = "in", r#type = kind, error = %e, hex = %redacted_hex(&step.bytes), "undecodable packet");
             }
         }
@@ -517,7 +453,7 @@ impl Conn {
 
     fn log_out(&self, p: &Packet, corr: &str) {
         self.stats.packets_out.fetch_add(1, Ordering::Relaxed);
-        self.ctx.metrics.of_type(p.kind()).sent.inc();
+        self.ctx.metrics().of_type(p.kind()).sent.inc();
         debug!(
             corr_id = %corr,
             dir = "out",
@@ -537,17 +473,17 @@ impl Conn {
                     if self.registration.as_ref().is_some_and(|r| r.conn() == conn) {
                         continue;
                     }
-                    self.home = self.ctx.config.home_of(conn).to_string();
+                    self.home = self.ctx.config().home_of(conn).to_string();
                     tracing::Span::current().record("conn_id", tracing::field::display(conn));
-                    self.ctx.metrics.hellos.inc();
+                    self.ctx.metrics().hellos.inc();
                     info!(peer = %self.peer, conn_id = %conn, home = %self.home, "hello");
-                    let route = self.ctx.canary.route(conn);
+                    let route = self.ctx.route(conn);
                     self.route = Some(route);
                     // The legacy transport never recognised repeated packets.
                     self.session
                         .set_dedup(route.transport == Transport::Reliable);
                     info!(peer = %self.peer, conn_id = %conn, transport = route.transport.name(), shadow = route.shadow, "routed");
-                    self.registration = Some(self.ctx.registry.register(
+                    self.registration = Some(self.ctx.registry().register(
                         conn,
                         self.peer,
                         &self.home,
@@ -563,7 +499,7 @@ impl Conn {
                 Event::Status(status, source) => {
                     if let Some(conn) = self.session.conn_id() {
                         self.ctx
-                            .registry
+                            .registry()
                             .apply(&self.home, conn, status, source, Instant::now());
                         let event = ConnEvent::Status {
                             home: self.home.clone(),
@@ -571,9 +507,9 @@ impl Conn {
                         };
                         // Reports confirm commands of either transport (the shadow's too).
                         if self.route.is_some_and(|r| r.shadow) {
-                            self.ctx.legacy.event(LegacyEvent::Device(event.clone()));
+                            self.ctx.deliver(Transport::Legacy, event.clone());
                         }
-                        self.ctx.commands.event(event);
+                        self.ctx.deliver(Transport::Reliable, event);
                     }
                 }
                 Event::Firmware(fw) => {
@@ -583,7 +519,7 @@ impl Conn {
                             cync_proto::FirmwareKind::Network => "network",
                         };
                         info!(peer = %self.peer, conn_id = %conn, kind, version = %fw.version(), "firmware");
-                        self.ctx.registry.firmware(conn, kind, fw.version());
+                        self.ctx.registry().firmware(conn, kind, fw.version());
                     }
                 }
                 Event::MeshLearned {
@@ -594,13 +530,13 @@ impl Conn {
                         let ids: Vec<u16> = devices.iter().map(|d| d.id.0).collect();
                         info!(peer = %self.peer, conn_id = %conn, devices = ?ids, device_type, "mesh learned");
                         self.ctx
-                            .registry
+                            .registry()
                             .learn_mesh(conn, &self.home, device_type, &ids);
                     }
                 }
                 Event::DecodeError(_) => {}
                 Event::BadChecksum(kind) => {
-                    self.ctx.metrics.decode_error("bad_checksum");
+                    self.ctx.metrics().decode_error("bad_checksum");
                     warn!(r#type = kind, "inner frame checksum mismatch");
                 }
                 Event::DataAck(msg) => {
@@ -619,7 +555,7 @@ impl Conn {
         let drops = self.session.idempotent_drops();
         if drops > self.drops_reported {
             self.ctx
-                .metrics
+                .metrics()
                 .idempotent_drops
                 .inc_by(drops - self.drops_reported);
             self.drops_reported = drops;
@@ -627,7 +563,7 @@ impl Conn {
         let dropped = self.session.dropped_events();
         if dropped > self.dropped_reported {
             self.ctx
-                .metrics
+                .metrics()
                 .events_dropped
                 .inc_by(dropped - self.dropped_reported);
             self.dropped_reported = dropped;

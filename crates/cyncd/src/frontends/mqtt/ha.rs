@@ -16,8 +16,8 @@
 //! anything but letters, digits, `-` and `_` replaced by `_`. Unique ids are the object ids
 //! prefixed with `cyncd_`.
 
-use crate::control::Step;
-use crate::registry::DeviceView;
+use crate::commands::control::Step;
+use crate::devices::registry::DeviceView;
 use cync_proto::catalog::{DeviceType, FAN_PRESETS, FAN_STEPS, Kind};
 use cync_proto::{Action, Effect};
 use serde_json::{Map, Value, json};

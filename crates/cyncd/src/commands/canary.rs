@@ -8,12 +8,14 @@
 //!
 //! Rollback: when [`Canary::evaluate`] finds a broken rule while the mode is `canary`, the
 //! percentage goes to 0 and is latched — nothing automatic raises it again; a person does, with
-//! `PUT /api/canary` (which clears the latch and the canary's SLO history). The caller then
-//! drains the connections whose transport no longer matches.
+//! `PUT /api/canary` (which clears the latch and the canary's SLO history). [`evaluate_slos`]
+//! runs the rules and drains the connections whose transport no longer matches;
+//! [`apply_routing`] is the one way a person's change (the API, a reloaded file) is applied.
 //!
 //! Bounds: the SLO buckets are a fixed ring ([`cync_proto::canary::MAX_BUCKETS`]); the last
 //! [`DECISIONS`] evaluations that changed something are kept for `GET /api/slo`.
 
+use super::Context;
 use cync_proto::ConnId;
 use cync_proto::canary::{
     Breach, Cohort, CommandSample, Mode, Policy, Route, SloConfig, SloMonitor, Transport,
@@ -24,9 +26,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use serde_json::{Value, json};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 /// Decisions kept for the API.
@@ -463,6 +466,47 @@ fn push(list: &mut VecDeque<Value>, v: Value) {
 
 fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Evaluates the SLO rules every `canary.evaluate_secs`; a rollback drains the canary's
+/// connections so their devices reconnect on the legacy transport.
+pub async fn evaluate_slos(ctx: Arc<Context>, cancel: CancellationToken) {
+    let every = Duration::from_secs_f64(ctx.config.canary.evaluate_secs.max(0.01));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if ctx.canary.evaluate().is_some() {
+            drain(&ctx, ctx.canary.policy());
+        }
+    }
+}
+
+/// Applies a routing change (from the API or a reloaded configuration) and, when asked,
+/// drains the connections whose transport no longer matches. Returns the policy and the
+/// number of connections closed.
+pub fn apply_routing(
+    ctx: &Context,
+    update: &Update,
+) -> Result<(cync_proto::canary::Policy, usize), String> {
+    let policy = ctx.canary.update(update)?;
+    let drained = if update.drain { drain(ctx, policy) } else { 0 };
+    Ok((policy, drained))
+}
+
+/// Closes the connections whose transport `policy` no longer gives them, so their devices
+/// reconnect under it; counts and logs them.
+fn drain(ctx: &Context, policy: cync_proto::canary::Policy) -> usize {
+    let n = ctx.registry.drain(&policy);
+    ctx.canary.metrics.drained.inc_by(n as u64);
+    info!(
+        drained = n,
+        "connections closed to reconnect under the current routing"
+    );
+    n
 }
 
 #[cfg(test)]

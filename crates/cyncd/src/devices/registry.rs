@@ -16,7 +16,7 @@
 //! Bounds: at most [`MAX_DEVICES`] devices and `max_connections` connections. A status for a
 //! new device beyond the bound is dropped and counted ([`Registry::rejected_devices`]).
 
-use crate::commands::ConnCommand;
+use super::link::ConnCommand;
 use cync_proto::canary::{Policy, Route, Transport};
 use cync_proto::catalog::DeviceType;
 use cync_proto::delivery::Outcome;

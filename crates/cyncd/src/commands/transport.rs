@@ -1,9 +1,9 @@
 //! The one interface both command transports implement: the reliable command service
-//! ([`crate::commands::Commands`]) and the legacy sender ([`crate::legacy::Legacy`]). Front ends
-//! ([`crate::control`]) pick one per command by the route of the bridge's connection and never
+//! ([`super::reliable::Commands`]) and the legacy sender ([`super::legacy::Legacy`]). Front ends
+//! ([`super::control`]) pick one per command by the route of the bridge's connection and never
 //! see which.
 
-use crate::commands::Completion;
+use super::reliable::Completion;
 use cync_proto::canary::Route;
 use cync_proto::delivery::Request;
 use tokio::sync::oneshot;
@@ -21,7 +21,7 @@ pub trait CommandTransport {
     fn submit_command(&self, req: Request, route: Route, wait: bool) -> Submission;
 }
 
-impl CommandTransport for crate::commands::Commands {
+impl CommandTransport for super::reliable::Commands {
     fn name(&self) -> &'static str {
         "reliable"
     }
@@ -31,7 +31,7 @@ impl CommandTransport for crate::commands::Commands {
     }
 }
 
-impl CommandTransport for crate::legacy::Legacy {
+impl CommandTransport for super::legacy::Legacy {
     fn name(&self) -> &'static str {
         "legacy"
     }

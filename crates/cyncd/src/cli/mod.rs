@@ -1,0 +1,10 @@
+//! The command-line tools besides `serve`: lab tools over the wire format ([`decode`],
+//! [`encode`]), clients of a running server ([`client`]: `set`, `toggle`), and the simulator
+//! ([`sim`]: `sim`, `demo`).
+//!
+//! The top layer: may import anything below it, including `serve`.
+
+pub mod client;
+pub mod decode;
+pub mod encode;
+pub mod sim;

@@ -1,0 +1,47 @@
+//! The device side: TLS, the accept loop, one task per device connection, and the registry of
+//! what every device and connection is.
+//!
+//! Owns: sockets and TLS towards devices ([`tls`], [`server`]), the sans-IO session of each
+//! connection, device state and connections ([`registry`]), and the messages exchanged with
+//! the command transports ([`link`]).
+//!
+//! Must not import: `commands`, `frontends`, `cli` or `serve` (the layers above). What a
+//! connection needs from above — the routing decision at a hello, the SLO feed, handing device
+//! answers to the transport that owns them — goes through the [`Host`] trait defined here and
+//! implemented by the `commands` layer.
+
+pub mod link;
+pub mod registry;
+pub mod server;
+pub mod tls;
+
+use crate::config::{Config, OffsetCache};
+use crate::metrics::Metrics;
+use cync_proto::ConnId;
+use cync_proto::canary::{Route, Transport};
+use link::ConnEvent;
+use openssl::ssl::SslAcceptor;
+use registry::Registry;
+
+/// What every connection task needs from the process: the configuration, the registry, the
+/// metrics, TLS, and a way to reach the transports above without importing them.
+///
+/// Connection tasks are generic over it, so the calls compile to direct calls.
+pub trait Host: Send + Sync + 'static {
+    /// Effective configuration.
+    fn config(&self) -> &Config;
+    /// Device registry.
+    fn registry(&self) -> &Registry;
+    /// Metrics.
+    fn metrics(&self) -> &Metrics;
+    /// TLS acceptor; `None` serves plain TCP.
+    fn tls(&self) -> Option<&SslAcceptor>;
+    /// The UTC offset sent in 0xC8.
+    fn offset(&self) -> &OffsetCache;
+    /// The transport a new connection gets, decided at its hello.
+    fn route(&self, conn: ConnId) -> Route;
+    /// A packet received on a connection of `transport`; `bad` when it did not decode (SLOs).
+    fn packet(&self, transport: Transport, bad: bool);
+    /// Hands an event to the transport `to` (never waits; a full queue drops and counts).
+    fn deliver(&self, to: Transport, event: ConnEvent);
+}
