@@ -384,7 +384,7 @@ impl Session {
         }
         match p {
             Packet::Report(_) | Packet::Data(_) => !self.dedup.first_seen(bytes, now),
-            Packet::Info(i) if matches!(i.body, InfoBody::Records(_)) => {
+            Packet::Info(i) if matches!(i.body, InfoBody::Records(_) | InfoBody::Entries(_)) => {
                 let key = crate::dedup::fingerprint(bytes);
                 let repeat = self
                     .last_info
@@ -480,15 +480,29 @@ impl Session {
                 }
             }
             Packet::Info(info) => {
-                if let InfoBody::Records(records) = &info.body {
-                    for r in records {
-                        let source = if r.index() == 5 {
-                            Source::Own
-                        } else {
-                            Source::Relayed
-                        };
-                        self.event(Event::Status(r.status(), source));
+                // Index 05 is the reporting device itself (PROTOCOL.md §6.6); any other index,
+                // the 00 of a short entry included, is another node's state.
+                let source = |index: u8| {
+                    if index == 5 {
+                        Source::Own
+                    } else {
+                        Source::Relayed
                     }
+                };
+                match &info.body {
+                    InfoBody::Records(records) => {
+                        for r in records {
+                            self.event(Event::Status(r.status(), source(r.index())));
+                        }
+                    }
+                    InfoBody::Entries(entries) => {
+                        for e in entries {
+                            if let Some(status) = e.status() {
+                                self.event(Event::Status(status, source(e.tag)));
+                            }
+                        }
+                    }
+                    InfoBody::Ping | InfoBody::Tlv(_) | InfoBody::Opaque(_) => {}
                 }
             }
             Packet::Data(d) => {
@@ -775,6 +789,121 @@ mod tests {
         assert_eq!(
             s.take_transmit(),
             hex("7b 00 00 00 07 32 5d 53 17 00 02 00")
+        );
+    }
+}
+
+#[cfg(test)]
+mod type_tests {
+    use super::*;
+
+    use crate::catalog::{self, DeviceType};
+    use crate::test_util::{hex, pycync};
+
+    const HELLO: &str = "23 00 00 00 1a 03 32 5d 53 17 00 10 30 30 30 30 30 30 30 30 30 30 30 30 30 30 30 30 00 00 3c";
+
+    fn session() -> Session {
+        let mut s = Session::new(SessionConfig::default(), Duration::ZERO, 0x152b);
+        let mut steps = Vec::new();
+        s.receive(
+            &hex(HELLO),
+            Duration::ZERO,
+            LocalTime::from_unix(0, 0),
+            &mut steps,
+        );
+        s.take_transmit();
+        s
+    }
+
+    fn feed(s: &mut Session, bytes: &[u8]) -> Vec<Event> {
+        let mut steps = Vec::new();
+        s.receive(
+            bytes,
+            Duration::from_millis(10),
+            LocalTime::from_unix(0, 0),
+            &mut steps,
+        );
+        std::iter::from_fn(|| s.poll_event()).collect()
+    }
+
+    /// The cloud-trace mesh-info answer (PROTOCOL.md §7.3) with the responding device's type
+    /// byte `m2` set to `code` and the checksum made right again.
+    fn mesh_answer(code: u8) -> Vec<u8> {
+        let bytes = hex(
+            "73 00 00 00 78 32 5d 53 17 00 00 00 7e 1f 00 00 00 f9 52 66 00 04 00 00 00 04 00 \
+             05 00 44 01 00 00 44 01 00 00 00 00 64 00 00 00 00 00 00 00 00 00 00 00 \
+             07 00 00 01 00 00 00 01 01 00 00 00 64 00 00 00 64 00 00 00 00 00 00 00 \
+             03 00 00 01 00 00 00 01 00 00 00 00 00 00 00 00 32 00 00 00 00 00 00 00 \
+             02 00 00 01 00 00 00 01 00 00 00 00 00 00 00 00 32 00 00 00 00 00 00 00 f2 7e",
+        );
+        let Ok(Packet::Data(mut d)) = Packet::decode(&bytes) else {
+            panic!("the cloud-trace answer decodes")
+        };
+        let Body::Frame(f) = &mut d.body else {
+            panic!("and holds a frame")
+        };
+        f.payload[8] = code;
+        f.checksum = f.computed_checksum();
+        Packet::Data(d).to_bytes()
+    }
+
+    #[test]
+    fn every_catalogued_type_is_learned_from_a_mesh_page() {
+        let lists = [
+            catalog::ON_OFF,
+            catalog::THERMOSTAT,
+            catalog::SENSOR,
+            catalog::REMOTE,
+            catalog::CAMERA,
+        ];
+        let codes: Vec<u8> = lists.iter().flat_map(|l| l.iter().copied()).collect();
+        assert!(codes.len() > 140);
+        for code in codes.iter().copied().chain([0x44, 250]) {
+            let mut s = session();
+            let learned = feed(&mut s, &mesh_answer(code))
+                .into_iter()
+                .find_map(|e| match e {
+                    Event::MeshLearned { device_type, .. } => Some(device_type),
+                    _ => None,
+                });
+            assert_eq!(learned, Some(Some(code)), "{code}");
+            let t = DeviceType::of(Some(code));
+            assert_eq!(t.is_known(), code != 250, "{code}");
+            assert_eq!(t.code, Some(code));
+        }
+        // The plug of the cloud trace.
+        assert_eq!(
+            DeviceType::of(Some(0x44)).kind,
+            catalog::Kind::Plug,
+            "type 0x44 = 68"
+        );
+    }
+
+    #[test]
+    fn short_entries_report_state_and_thermostat_json_reports_none() {
+        let mut s = session();
+        let plug = feed(&mut s, &hex(pycync::OUTDOOR_PLUG_43));
+        assert_eq!(s.take_transmit(), hex("48 00 00 00 03 01 01 00"));
+        let statuses: Vec<(u16, bool, u8, Source)> = plug
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Status(st, src) => Some((st.id.0, st.on, st.brightness, src)),
+                _ => None,
+            })
+            .collect();
+        // Index 00 is not the reporter's own 05.
+        assert_eq!(statuses, [(6, true, 2, Source::Relayed)]);
+        let thermostat = feed(&mut s, &hex(pycync::THERMOSTAT_43));
+        assert_eq!(s.take_transmit(), hex("48 00 00 00 03 01 01 00"));
+        assert!(
+            !thermostat.iter().any(|e| matches!(e, Event::Status(..))),
+            "{thermostat:?}"
+        );
+        assert!(
+            !thermostat
+                .iter()
+                .any(|e| matches!(e, Event::DecodeError(_))),
+            "{thermostat:?}"
         );
     }
 }
