@@ -35,7 +35,7 @@ pub mod session;
 mod status;
 pub mod thermostat;
 
-pub use command::{Action, CommandError, Effect, SwitchMode, Target};
+pub use command::{Action, CommandError, Effect, FrameEscaping, SwitchMode, Target};
 pub use frame::{Body, Direction, Frame, FrameError, Malformed};
 pub use framer::{DEFAULT_MAX_PACKET, Framer, FramerError, OversizePolicy};
 pub use ids::{AuthCode, ConnId, MeshId, MsgId, Seq};

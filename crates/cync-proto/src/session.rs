@@ -21,8 +21,10 @@
 //!
 //! Outgoing data-channel packets use the device's own id at `[5:9]` and a per-connection u16 BE
 //! counter + `00` as message id, so every device `0x7B` can be matched to what it acknowledges.
+//! Message ids and command seqs never hold 0x7D/0x7E; for the bytes cyncd does not choose, the
+//! configured [`FrameEscaping`] applies (see [`crate::command`]).
 
-use crate::command::{self, MESH_ACK_SEQ, MESH_REQUEST_SEQ};
+use crate::command::{self, FrameEscaping, MESH_ACK_SEQ, MESH_REQUEST_SEQ, SeqCounter};
 use crate::frame::{Body, Direction};
 use crate::framer::{Framer, FramerError};
 use crate::ids::{ConnId, MsgId, Seq};
@@ -63,6 +65,8 @@ pub struct SessionConfig {
     pub silence_multiple: u32,
     /// Ask the bridge for its mesh (0xA3 + `f8 52`); off for a passive session.
     pub discover_mesh: bool,
+    /// What to do with a 0x7D/0x7E cyncd cannot keep out of a command frame.
+    pub frame_escaping: FrameEscaping,
 }
 
 impl Default for SessionConfig {
@@ -74,6 +78,7 @@ impl Default for SessionConfig {
             heartbeat: Duration::from_secs(20),
             silence_multiple: 3,
             discover_mesh: true,
+            frame_escaping: FrameEscaping::Avoid,
         }
     }
 }
@@ -171,8 +176,8 @@ pub struct Session {
     last_rx: Duration,
     /// Next msg-id counter for packets we originate.
     next_msg: u16,
-    /// Last inner seq used for a command.
-    last_seq: u8,
+    /// Inner seqs for commands.
+    seqs: SeqCounter,
     /// Recently seen 0x83/0x73 packets.
     dedup: crate::dedup::Dedup,
     /// Whether repeated packets are recognised (off for the legacy transport, which never did).
@@ -202,7 +207,7 @@ impl Session {
             dropped_events: 0,
             last_rx: now,
             next_msg: first_msg,
-            last_seq: 0,
+            seqs: SeqCounter::new(),
             dedup: crate::dedup::Dedup::new(DEDUP_ENTRIES, DEDUP_WINDOW),
             dedup_on: true,
             last_info: None,
@@ -316,40 +321,42 @@ impl Session {
         sent
     }
 
-    /// Queues a control command for `target` with a fresh message id and seq. `None` before
-    /// the hello.
+    /// Queues a control command for `target` with a fresh message id and seq, under the
+    /// configured [`FrameEscaping`]. `None` before the hello. The packet returned is what was
+    /// sent (a colour may have been nudged, the frame stuffed).
     pub fn send_command(
         &mut self,
         target: command::Target,
         action: command::Action,
     ) -> Option<Result<(MsgId, Seq, Packet), command::CommandError>> {
         let conn = self.conn_id?;
-        let seq = self.next_seq();
         let msg = self.next_msg_id();
-        Some(
-            command::command(conn, msg, seq, target, action).map(|packet| {
-                packet.encode(&mut self.transmit);
-                (msg, seq, packet)
-            }),
-        )
+        Some(self.queue_command(conn, msg, target, action))
     }
 
     /// Queues a control command the way the legacy controllers did: an all-zero message id
-    /// (their 0x7B cannot be told apart) and the next seq. `None` before the hello.
+    /// (their 0x7B cannot be told apart) and the next seq, under the same escaping policy.
+    /// `None` before the hello.
     pub fn send_command_legacy(
         &mut self,
         target: command::Target,
         action: command::Action,
     ) -> Option<Result<(MsgId, Seq, Packet), command::CommandError>> {
         let conn = self.conn_id?;
-        let seq = self.next_seq();
-        let msg = MsgId([0; 3]);
-        Some(
-            command::command(conn, msg, seq, target, action).map(|packet| {
-                packet.encode(&mut self.transmit);
-                (msg, seq, packet)
-            }),
-        )
+        Some(self.queue_command(conn, MsgId([0; 3]), target, action))
+    }
+
+    fn queue_command(
+        &mut self,
+        conn: ConnId,
+        msg: MsgId,
+        target: command::Target,
+        action: command::Action,
+    ) -> Result<(MsgId, Seq, Packet), command::CommandError> {
+        let escaping = self.config.frame_escaping;
+        let built = command::build(conn, msg, &mut self.seqs, target, action, escaping)?;
+        built.packet.encode(&mut self.transmit);
+        Ok((msg, built.seq, built.packet))
     }
 
     /// Turns recognition of repeated packets on or off (the legacy transport had none: every
@@ -361,17 +368,6 @@ impl Session {
     /// Repeated packets acknowledged but not applied again.
     pub fn idempotent_drops(&self) -> u64 {
         self.idempotent_drops
-    }
-
-    /// The next command seq: incremented before use, wrapping, and never the mesh request's
-    /// or mesh ACK's fixed seq (so a command's result cannot be taken for theirs).
-    fn next_seq(&mut self) -> Seq {
-        loop {
-            self.last_seq = self.last_seq.wrapping_add(1);
-            if self.last_seq != MESH_REQUEST_SEQ.0 && self.last_seq != MESH_ACK_SEQ.0 {
-                return Seq(self.last_seq);
-            }
-        }
     }
 
     /// Whether these bytes repeat a packet just seen: 0x83/0x73 within the window (both carry
@@ -406,10 +402,11 @@ impl Session {
         self.events.pop_front()
     }
 
+    /// The next message id: the counter, moved past values with a 0x7D/0x7E byte.
     fn next_msg_id(&mut self) -> MsgId {
-        let msg = MsgId::from_counter(self.next_msg);
-        self.next_msg = self.next_msg.wrapping_add(1);
-        msg
+        let counter = command::clean_msg_counter(self.next_msg);
+        self.next_msg = counter.wrapping_add(1);
+        MsgId::from_counter(counter)
     }
 
     fn event(&mut self, event: Event) {
@@ -1045,9 +1042,65 @@ mod dedup_tests {
         }
         assert_eq!(seqs[0], 1);
         assert!(!seqs.contains(&0x1e) && !seqs.contains(&0x1f));
+        assert!(!seqs.contains(&0x7d) && !seqs.contains(&0x7e));
         assert!(seqs.contains(&0), "wraps 255 → 0");
-        // Message ids: u16 counter + 00, wrapping.
+        // Message ids: u16 counter + 00, wrapping, past the values with a 7D/7E byte.
         assert_eq!(msgs[0], MsgId([0xff, 0xfe, 0]));
         assert_eq!(msgs[2], MsgId([0, 0, 0]));
+        let after_7c = msgs.iter().position(|m| *m == MsgId([0, 0x7c, 0])).unwrap();
+        assert_eq!(msgs[after_7c + 1], MsgId([0, 0x7f, 0]));
+        assert!(
+            msgs.iter()
+                .all(|m| !m.0.contains(&0x7d) && !m.0.contains(&0x7e))
+        );
+    }
+
+    #[test]
+    fn the_configured_escaping_applies_to_commands() {
+        let hello = "23 00 00 00 1a 03 32 5d 53 17 00 10 30 30 30 30 30 30 30 30 30 30 30 30 30 30 30 30 00 00 3c";
+        let sent = |escaping: FrameEscaping, legacy: bool| {
+            let config = SessionConfig {
+                frame_escaping: escaping,
+                discover_mesh: false,
+                ..SessionConfig::default()
+            };
+            let mut s = Session::new(config, Duration::ZERO, 0x1234);
+            let mut steps = Vec::new();
+            s.receive(
+                &hex(hello),
+                Duration::ZERO,
+                LocalTime::from_unix(0, 0),
+                &mut steps,
+            );
+            s.take_transmit();
+            let target = command::Target::Device(125);
+            let action = command::Action::Rgb([126, 0, 0]);
+            let (_, _, packet) = if legacy {
+                s.send_command_legacy(target, action)
+            } else {
+                s.send_command(target, action)
+            }
+            .and_then(Result::ok)
+            .expect("after the hello");
+            let bytes = s.take_transmit();
+            assert_eq!(bytes, packet.to_bytes());
+            bytes
+        };
+        for legacy in [false, true] {
+            // avoid: the colour nudged to 127, the unavoidable target stuffed.
+            let avoid = sent(FrameEscaping::Avoid, legacy);
+            assert!(avoid.windows(2).any(|w| w == [0x7d, 0x5d]));
+            assert!(!avoid.windows(2).any(|w| w == [0x7d, 0x5e]));
+            assert!(avoid.contains(&0x7f));
+            // stuff: both stuffed.
+            let stuff = sent(FrameEscaping::Stuff, legacy);
+            assert!(stuff.windows(2).any(|w| w == [0x7d, 0x5d]));
+            assert!(stuff.windows(2).any(|w| w == [0x7d, 0x5e]));
+            // raw: both as they are, one frame byte each.
+            let raw = sent(FrameEscaping::Raw, legacy);
+            let inner = &raw[13..raw.len() - 1];
+            assert_eq!(inner.iter().filter(|b| **b == 0x7d).count(), 1);
+            assert_eq!(inner.iter().filter(|b| **b == 0x7e).count(), 1);
+        }
     }
 }

@@ -8,13 +8,14 @@
     clippy::panic
 )]
 
-use cync_proto::command::{self, Action, Effect, SwitchMode, Target};
+use cync_proto::command::{self, Action, Effect, FrameEscaping, SeqCounter, SwitchMode, Target};
 use cync_proto::{
     Ack3, Announce, AnnounceReply, AppAnnounceAck, AuthCode, Body, ConnId, Data, DataAck,
     Direction, Entry, Frame, Framer, Hello, HelloAck, Info, InfoBody, LocalTime, MsgId, Notice,
     Packet, PacketType, Record, Report, Sensor, SensorReport, SensorValue, Seq, TimeReply, Tlv,
     Unknown,
 };
+use cync_proto::{DeviceStatus, MeshId, delivery};
 use proptest::prelude::*;
 
 fn conn() -> impl Strategy<Value = ConnId> {
@@ -240,6 +241,70 @@ proptest! {
         prop_assert_eq!(Action::from_frame(frame), Some((Target::Device(target), action)));
         // The 0x7B a device sends back echoes [5:12].
         prop_assert_eq!(&bytes[5..12], &cync_proto::reply::data_ack(conn, msg).to_bytes()[5..12]);
+    }
+
+    #[test]
+    fn escaped_commands_decode_and_keep_their_promises(
+        conn in conn(), msg in msg(), after in any::<u8>(), target in any::<u16>(),
+        group in any::<bool>(), action in action(),
+        escaping in prop::sample::select(FrameEscaping::ALL.to_vec())
+    ) {
+        let t = if group { Target::Group(target) } else { Target::Device(target) };
+        let b = command::build(conn, msg, &mut SeqCounter::starting_after(Seq(after)), t, action, escaping).unwrap();
+        let bytes = b.packet.to_bytes();
+        let back = Packet::decode(&bytes).unwrap();
+        prop_assert_eq!(&back, &b.packet);
+        let frame = back.frame().unwrap();
+        prop_assert!(frame.checksum_ok());
+        prop_assert_eq!(frame.stuffed, b.stuffed);
+        prop_assert_eq!(Action::from_frame(frame), Some((Target::Device(target), b.action)));
+        // Seqs are cyncd's own: never 1E/1F/7D/7E.
+        prop_assert!(![0x1e, 0x1f, 0x7d, 0x7e].contains(&b.seq.0));
+        let inner = &bytes[13..bytes.len() - 1];
+        let flags = |bytes: &[u8]| bytes.iter().filter(|b| command::is_flag_byte(**b)).count();
+        // A stuffed frame has no bare 7E inside and every 7D escapes 5D or 5E.
+        if b.stuffed {
+            prop_assert!(!inner.contains(&0x7e));
+            for (i, byte) in inner.iter().enumerate() {
+                if *byte == 0x7d {
+                    prop_assert!(matches!(inner.get(i + 1), Some(0x5d | 0x5e)));
+                }
+            }
+        }
+        let target_flag = target.to_le_bytes().iter().any(|b| command::is_flag_byte(*b));
+        let same_seq = command::command(conn, msg, b.seq, t, action).unwrap();
+        match escaping {
+            FrameEscaping::Avoid => {
+                // Only an unavoidable target is stuffed; a colour is nudged and still confirms.
+                prop_assert_eq!(b.stuffed, target_flag);
+                if !target_flag {
+                    prop_assert_eq!(flags(inner), 0);
+                }
+                if let (Action::Rgb(asked), Action::Rgb(sent)) = (action, b.action) {
+                    prop_assert_eq!(sent, command::nudge_rgb(asked));
+                    let shown = DeviceStatus { id: MeshId(1), online: true, on: true, brightness: 1, temperature: 254, rgb: sent };
+                    prop_assert!(delivery::satisfies(&action, &shown));
+                } else {
+                    prop_assert_eq!(b.action, action);
+                }
+            }
+            FrameEscaping::Stuff => {
+                // Stuffed exactly when the plain frame holds a 7D/7E.
+                prop_assert_eq!(b.action, action);
+                let plain = same_seq.frame().unwrap().to_bytes();
+                prop_assert_eq!(b.stuffed, flags(&plain[1..plain.len() - 1]) > 0);
+            }
+            FrameEscaping::Raw => {
+                prop_assert!(!b.stuffed);
+                prop_assert_eq!(&b.packet, &same_seq);
+            }
+        }
+        // A command that needs no escaping is the same under every policy.
+        let raw = command::build(conn, msg, &mut SeqCounter::starting_after(Seq(after)), t, action, FrameEscaping::Raw).unwrap();
+        let raw_bytes = raw.packet.to_bytes();
+        if flags(&raw_bytes[13..raw_bytes.len() - 1]) == 0 {
+            prop_assert_eq!(bytes, raw_bytes);
+        }
     }
 
     #[test]
