@@ -569,7 +569,7 @@ pub fn outlet_mask(mask: u8, outlet: u8, on: bool) -> Option<u8> {
 
 /// The command target of one outlet of a multi-outlet plug: the device id byte followed by the
 /// outlet number as "sub id" instead of the `00` high byte (PROTOCOL.md §9.1, §12.1 item 12;
-/// cync-lan's notes on type 67). A [legacy] reading that no capture confirms. `None` for a mesh
+/// cync-lan's notes on type 67). A (legacy) reading that no capture confirms. `None` for a mesh
 /// id above 255 (the sub-id form has one byte for it) or an outlet outside 1–8.
 pub fn outlet_target(mesh_id: u16, outlet: u8) -> Option<Target> {
     let id = u8::try_from(mesh_id).ok()?;

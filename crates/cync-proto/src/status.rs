@@ -117,8 +117,8 @@ impl Record {
 /// e0 tag | e1..2 word: flags (high 4 bits) and length (low 12 bits) | value (length bytes)
 /// ```
 /// A 19-byte status record is the entry `tag 00 10 value(16)`: `r1..2 = 00 10` is this length
-/// (PROTOCOL.md §6.6 [inferred]), and the TLV items `c7 90 2a …`, `c6 20 02 …` have the same
-/// shape (flags 9 for text, 2 for numbers [inferred]). Two peer vectors decode only by it
+/// (PROTOCOL.md §6.6 (inferred)), and the TLV items `c7 90 2a …`, `c6 20 02 …` have the same
+/// shape (flags 9 for text, 2 for numbers (inferred)). Two peer vectors decode only by it
 /// (Kinachi249/pycync `tests/test_packet_parser.py`):
 /// - an outdoor plug (type 67): `00 00 07 | 06 01 02 00 00 00 00` — tag 0, 7 bytes: mesh id 6,
 ///   on, brightness byte 2 (the outlet mask: outlet 2 on), temperature 0, RGB 0;
@@ -178,7 +178,7 @@ impl Entry {
     /// The device state of a status entry: flags 0 and at least the 7 bytes id, state,
     /// brightness, temperature and RGB (the record layout from `r3`). The online byte (`r10`)
     /// is read when present; a shorter entry counts as online, since the device it describes
-    /// just reported [inferred]. `None` for anything else: no state is invented from text.
+    /// just reported (inferred). `None` for anything else: no state is invented from text.
     pub fn status(&self) -> Option<DeviceStatus> {
         if self.flags != 0 {
             return None;

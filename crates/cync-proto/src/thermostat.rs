@@ -11,7 +11,7 @@
 //! `test_probe_packet`). An object looks like
 //! `{"Type":"savant sensor","PinCode":5324,"Temperature":"75.7F","Humidity":48,"Active":false,"Batt":"2.87"}`;
 //! an empty slot is `{"Type":"None","Temperature":null,…}`. The meaning of the fields is read
-//! from their names and values [inferred]: the thermostat's own sensor is `"internal"`, remote
+//! from their names and values (inferred): the thermostat's own sensor is `"internal"`, remote
 //! sensors carry a pairing code and a battery voltage, `Active` marks the sensor the
 //! thermostat currently follows.
 //!
