@@ -27,14 +27,14 @@
 //! | message id `[9:12]` | cyncd | never 7D/7E ([`clean_msg_counter`]) | same | same |
 //! | checksum | the other bytes | the seq is picked again until it is clean | stuffed | sent as is |
 //! | RGB component 125/126 | the user | nudged to 124/127 ([`nudge_rgb`]) | stuffed | sent as is |
-//! | target id byte 125/126 (device 125, 126, 381, …; a group id) | the configuration | stuffed: the only way to reach it | stuffed | sent as is |
+//! | a target id byte of 0x7D/0x7E (device 125, 126, 381, …, or such a group) | the configuration | stuffed: the only way to reach it | stuffed | sent as is |
 //!
 //! The message id lies outside the frame, but a receiver that finds the frame by searching for
 //! 0x7E (as legacy code does, PROTOCOL.md §12.1 item 5) would trip over one there, and avoiding
 //! it costs nothing. A frame is stuffed only when it holds a 7D/7E; every other command is
 //! byte-for-byte what [`command`] builds, so the real cloud's commands are reproduced exactly.
 //! [`build`] applies the policy; [`command`] builds exactly what it is given (the `cyncd encode`
-//! path and every worked example).
+//! path and every worked example). The legacy transport's all-zero message id is unaffected.
 
 use crate::frame::{Body, Direction, FLAG, Frame};
 use crate::ids::{ConnId, MsgId, Seq};
