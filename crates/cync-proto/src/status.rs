@@ -111,7 +111,8 @@ impl Record {
     }
 }
 
-/// One length-prefixed entry of a 0x43 body that is not a plain 19-byte status record.
+/// One length-prefixed entry of a 0x43 body; bodies whose entries are all 19-byte status
+/// records decode as [`Record`]s instead.
 ///
 /// ```text
 /// e0 tag | e1..2 word: flags (high 4 bits) and length (low 12 bits) | value (length bytes)
