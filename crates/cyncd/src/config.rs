@@ -294,20 +294,29 @@ pub struct Home {
     pub groups: Vec<GroupConfig>,
 }
 
-/// A device's name and type.
+/// A device's name, type, room and visibility; each one set here wins over the homes file
+/// (the Cync account's data).
 #[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceConfig {
     /// Mesh id.
     pub id: u16,
     /// Name shown to people.
-    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// Cync device type code.
-    #[serde(default, rename = "type")]
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
     pub kind: Option<u8>,
+    /// Room (a Home Assistant area).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room: Option<String>,
+    /// False hides the device from the API, the page and Home Assistant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
 }
 
-/// A group of devices commanded together.
+/// A group of devices commanded together; it replaces a group of the same id from the homes
+/// file.
 #[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GroupConfig {
@@ -318,6 +327,10 @@ pub struct GroupConfig {
     /// Member mesh ids.
     #[serde(default)]
     pub members: Vec<u16>,
+    /// Whether it is a room (its devices are shown under it and get it as their area); true
+    /// unless set, or unless the homes file says it is a subgroup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room: Option<bool>,
 }
 
 /// The home used when the config names none for a bridge.
@@ -481,37 +494,6 @@ impl Config {
             }
         }
         Ok(())
-    }
-
-    /// The home a bridge belongs to.
-    pub fn home_of(&self, conn: cync_proto::ConnId) -> &str {
-        self.homes
-            .iter()
-            .find(|h| {
-                h.bridges
-                    .iter()
-                    .any(|b| cync_proto::ConnId::from_hex(b) == Some(conn))
-            })
-            .map_or(DEFAULT_HOME, |h| h.name.as_str())
-    }
-
-    /// The configured name and type of a device.
-    pub fn device(&self, home: &str, id: u16) -> Option<&DeviceConfig> {
-        self.homes
-            .iter()
-            .find(|h| h.name == home)?
-            .devices
-            .iter()
-            .find(|d| d.id == id)
-    }
-
-    /// The member mesh ids of a configured group (empty when there is no such group).
-    pub fn group_members(&self, home: &str, gid: u16) -> &[u16] {
-        self.homes
-            .iter()
-            .find(|h| h.name == home)
-            .and_then(|h| h.groups.iter().find(|g| g.id == gid))
-            .map_or(&[], |g| g.members.as_slice())
     }
 
     /// The delivery settings.
@@ -750,15 +732,7 @@ mod tests {
         config.validate().unwrap();
         assert_eq!(config.listen.port(), 24000);
         assert_eq!(config.offset_minutes(), -360);
-        assert_eq!(
-            config.home_of(cync_proto::ConnId([0x32, 0x5d, 0x53, 0x17])),
-            "cabin"
-        );
-        assert_eq!(
-            config.home_of(cync_proto::ConnId([1, 2, 3, 4])),
-            DEFAULT_HOME
-        );
-        assert_eq!(config.device("cabin", 5).unwrap().name, "Porch");
+        assert_eq!(config.homes[0].devices[0].name.as_deref(), Some("Porch"));
     }
 
     #[test]

@@ -227,6 +227,9 @@ impl Running {
 
 /// Starts the device server and the HTTP API (the caller has set up logging).
 pub async fn start(config: Config) -> anyhow::Result<Running> {
+    // The homes first: a homes file that cannot be read stops the start with what to do,
+    // before anything listens.
+    let (homes, notes) = crate::homes::Homes::load(&config)?;
     let tls = if config.plain {
         None
     } else {
@@ -280,8 +283,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         cancel.clone(),
         &tracker,
     );
+    for note in &notes {
+        info!("{note}");
+    }
+    for (home, code, names) in homes.unknown_types() {
+        registry.unknown_type(home, code, &names.join(", "));
+    }
     let ctx = Arc::new(Context {
         config,
+        homes: crate::homes::HomesCell::new(homes),
         registry,
         metrics,
         tls: tls.map(|(a, _)| a),

@@ -49,7 +49,7 @@ async fn run(profile: &str, chaos: &str, storm: Option<Duration>, seed: u64) -> 
         .unwrap(),
     );
     until(&server, || {
-        server.ctx.registry.devices(&server.ctx.config).len() == 12
+        server.ctx.registry.device_count() == 12
     })
     .await;
     let devices = fleet.devices();
@@ -77,6 +77,7 @@ async fn run(profile: &str, chaos: &str, storm: Option<Duration>, seed: u64) -> 
                     target: Target::Device(id),
                     action,
                     bridges: registry.bridges_for("default", id),
+                    outlet: None,
                 };
                 let rx = commands.submit(req, true).unwrap().unwrap();
                 let done = tokio::time::timeout(deadline + Duration::from_secs(2), rx).await;

@@ -41,7 +41,7 @@ async fn set_and_toggle_print_the_outcome_and_exit_accordingly() {
     })
     .unwrap();
     until(&server, || {
-        server.ctx.registry.devices(&server.ctx.config).len() == 4
+        server.ctx.registry.device_count() == 4
     })
     .await;
     let api = format!("http://{}", server.http);

@@ -86,12 +86,13 @@ async fn events_start_with_a_snapshot_and_push_changes() {
             id: 7,
             name: "Kitchen".into(),
             members: vec![2, 3],
+            room: None,
         }],
     }];
     let server = start(cfg).await;
     let fleet = Fleet::start(fleet_config(&server, 0x6200_0000)).unwrap();
     until(&server, || {
-        server.ctx.registry.devices(&server.ctx.config).len() == 4
+        server.ctx.registry.device_count() == 4
     })
     .await;
 
@@ -204,7 +205,7 @@ async fn outcomes_are_counted_on_the_bridge_that_carried_them() {
     let server = start(config("web-outcomes")).await;
     let fleet = Fleet::start(fleet_config(&server, 0x6300_0000)).unwrap();
     until(&server, || {
-        server.ctx.registry.devices(&server.ctx.config).len() == 4
+        server.ctx.registry.device_count() == 4
     })
     .await;
     // Device 3 is a tunable-white bulb: applied. Device 2 is a dimmable bulb whose type cyncd

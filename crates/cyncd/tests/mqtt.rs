@@ -242,7 +242,7 @@ async fn home(name: &str, broker: &Mosquitto) -> (cyncd::serve::Running, Fleet) 
     })
     .unwrap();
     until(&server, || {
-        let devices = server.ctx.registry.devices(&server.ctx.config);
+        let devices = server.ctx.registry.devices(&server.ctx.homes.get());
         devices.len() == 12 && devices.iter().all(|d| d.reachable)
     })
     .await;

@@ -178,7 +178,7 @@ async fn capture_a_statuses_end_in_the_registry() {
         devs.push(t.await.unwrap());
     }
     until(&server, || {
-        server.ctx.registry.devices(&server.ctx.config).len() == 7
+        server.ctx.registry.device_count() == 7
     })
     .await;
     let (status, body) = get(&server, "/api/devices").await;
@@ -379,8 +379,10 @@ async fn http_api_shapes() {
         bridges: vec!["38e8cf46".into()],
         devices: vec![cyncd::config::DeviceConfig {
             id: 0xee,
-            name: "Porch".into(),
+            name: Some("Porch".into()),
             kind: Some(68),
+            room: None,
+            enabled: None,
         }],
         groups: vec![],
     }];
@@ -392,7 +394,7 @@ async fn http_api_shapes() {
                           43 00 00 00 1a 38 e8 cf 46 01 01 06 05 00 10 ee 01 0a 0a ff ff ff 01 00 ee 00 00 00 00 00 00")).await;
     read_packets(&mut dev, 3, answers).await;
     until(&server, || {
-        server.ctx.registry.devices(&server.ctx.config).len() == 1
+        server.ctx.registry.device_count() == 1
     })
     .await;
 

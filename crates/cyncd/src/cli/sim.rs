@@ -225,8 +225,10 @@ pub fn demo_home(fleet: &FleetConfig) -> anyhow::Result<crate::config::Home> {
             };
             crate::config::DeviceConfig {
                 id: d.id,
-                name: format!("{label} {}", d.id),
+                name: Some(format!("{label} {}", d.id)),
                 kind: Some(d.kind.type_code()),
+                room: None,
+                enabled: None,
             }
         })
         .collect();
@@ -237,6 +239,7 @@ pub fn demo_home(fleet: &FleetConfig) -> anyhow::Result<crate::config::Home> {
             id: cync_sim::mesh::ALL_GROUP,
             name: "Whole home".into(),
             members: devices.iter().map(|d| d.id).collect(),
+            room: None,
         }],
         devices,
     })

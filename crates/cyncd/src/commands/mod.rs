@@ -8,7 +8,7 @@
 //! process shares; it implements the device layer's [`Host`], through which connection tasks
 //! hand device answers to the transport that owns them.
 //!
-//! May import `devices`, `config`, `metrics` and `logging`; must not import `frontends`, `cli`
+//! May import `devices`, `config`, `homes`, `metrics` and `logging`; must not import `frontends`, `cli`
 //! or `serve`.
 
 pub mod canary;
@@ -18,6 +18,7 @@ pub mod reliable;
 pub mod transport;
 
 use crate::config::{Config, OffsetCache};
+use crate::homes::{Homes, HomesCell};
 use crate::devices::Host;
 use crate::devices::link::ConnEvent;
 use crate::devices::registry::Registry;
@@ -32,6 +33,9 @@ use std::sync::Arc;
 pub struct Context {
     /// Effective configuration.
     pub config: Config,
+    /// The homes (the configuration over the homes file); replaced whole when the page's setup
+    /// screen saves a new export.
+    pub homes: HomesCell,
     /// Device registry.
     pub registry: Registry,
     /// Metrics.
@@ -60,6 +64,10 @@ impl std::fmt::Debug for Context {
 impl Host for Context {
     fn config(&self) -> &Config {
         &self.config
+    }
+
+    fn homes(&self) -> Arc<Homes> {
+        self.homes.get()
     }
 
     fn registry(&self) -> &Registry {

@@ -16,6 +16,7 @@ pub mod server;
 pub mod tls;
 
 use crate::config::{Config, OffsetCache};
+use crate::homes::Homes;
 use crate::metrics::Metrics;
 use cync_proto::ConnId;
 use cync_proto::canary::{Route, Transport};
@@ -30,6 +31,8 @@ use registry::Registry;
 pub trait Host: Send + Sync + 'static {
     /// Effective configuration.
     fn config(&self) -> &Config;
+    /// The homes as they are now (the configuration over the homes file).
+    fn homes(&self) -> std::sync::Arc<Homes>;
     /// Device registry.
     fn registry(&self) -> &Registry;
     /// Metrics.

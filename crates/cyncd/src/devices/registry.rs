@@ -17,8 +17,10 @@
 //! new device beyond the bound is dropped and counted ([`Registry::rejected_devices`]).
 
 use super::link::ConnCommand;
+use crate::homes::Homes;
 use cync_proto::canary::{Policy, Route, Transport};
-use cync_proto::catalog::DeviceType;
+use cync_proto::catalog::{DeviceType, Kind};
+use cync_proto::thermostat::SensorReport;
 use cync_proto::delivery::Outcome;
 use cync_proto::session::Source;
 use cync_proto::{ConnId, DeviceStatus};
@@ -31,6 +33,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
 /// How long a device's own report outranks relayed copies.
 pub const OWN_REPORT_HOLD: Duration = Duration::from_secs(5);
@@ -40,6 +43,11 @@ pub const OFFLINE_AFTER: u8 = 3;
 pub const MAX_DEVICES: usize = 65_536;
 /// Most bridges remembered per device.
 const MAX_BRIDGES_PER_DEVICE: usize = 16;
+/// Most (home, type code) pairs reported as unknown; further unknown codes are not logged.
+pub const MAX_UNKNOWN_TYPES: usize = 1024;
+/// Most bridges whose home was learned from their mesh, remembered across reconnects (an
+/// older one is forgotten first when full).
+pub const MAX_LEARNED_HOMES: usize = 65_536;
 
 /// Shared registry handle.
 #[derive(Debug, Clone)]
@@ -73,6 +81,10 @@ struct Shared {
 struct State {
     devices: BTreeMap<(String, u16), Device>,
     connections: HashMap<ConnId, Connection>,
+    /// (home, code) pairs already reported as not in the type table.
+    unknown_types: std::collections::HashSet<(String, u8)>,
+    /// Homes learned from bridges' mesh listings, oldest first.
+    learned: std::collections::VecDeque<(ConnId, String)>,
 }
 
 /// One mesh device.
@@ -92,6 +104,65 @@ pub struct Device {
     pub firmware: Option<String>,
     /// Connection ids of the bridges that report it.
     pub bridges: BTreeSet<ConnId>,
+    /// A thermostat's sensor readings, when it sent some.
+    pub sensors: Option<Arc<[Reading]>>,
+}
+
+/// One sensor of a thermostat's report (its own, or a remote one), as the API shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Reading {
+    /// Position in the thermostat's report (0 = first slot).
+    pub slot: usize,
+    /// What the thermostat calls it (`internal`, `savant sensor`).
+    pub kind: String,
+    /// The sensor the thermostat follows now.
+    pub active: Option<bool>,
+    /// Temperature in `unit`.
+    pub temperature: Option<f64>,
+    /// `F` or `C`.
+    pub unit: Option<&'static str>,
+    /// Relative humidity, %.
+    pub humidity: Option<u8>,
+    /// Battery voltage of a remote sensor.
+    pub battery_volts: Option<f64>,
+}
+
+impl Reading {
+    /// The fitted sensors of a report.
+    pub fn all(report: &SensorReport) -> Vec<Self> {
+        report
+            .sensors
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.present())
+            .map(|(slot, s)| {
+                let t = s.temperature();
+                Self {
+                    slot,
+                    kind: s.kind().unwrap_or_default().to_string(),
+                    active: s.active(),
+                    temperature: t.map(|t| f64::from(t.tenths) / 10.0),
+                    unit: t.map(|t| match t.unit {
+                        cync_proto::thermostat::TemperatureUnit::Fahrenheit => "F",
+                        cync_proto::thermostat::TemperatureUnit::Celsius => "C",
+                    }),
+                    humidity: s.humidity(),
+                    battery_volts: s.battery_millivolts().map(|mv| f64::from(mv) / 1000.0),
+                }
+            })
+            .collect()
+    }
+}
+
+/// One outlet of a multi-outlet plug, as the API shows it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct OutletView {
+    /// Outlet number (1 = left, 2 = right on the dual outdoor plug).
+    pub outlet: u8,
+    /// Name from the account, or "Left outlet"/"Right outlet"/"Outlet N".
+    pub name: String,
+    /// On.
+    pub on: bool,
 }
 
 /// Per-connection counters, updated without a lock.
@@ -144,6 +215,8 @@ pub struct Connection {
     pub firmware: BTreeMap<&'static str, String>,
     /// Mesh devices it reported in its mesh-info answer.
     pub mesh: Vec<u16>,
+    /// Sensor readings it sent (a thermostat).
+    pub sensors: Option<Arc<[Reading]>>,
     /// The transport that owns its commands (decided at its hello).
     pub route: Route,
     generation: u64,
@@ -160,19 +233,29 @@ pub struct DeviceView {
     pub home: String,
     /// Mesh id.
     pub mesh_id: u16,
-    /// Name from the config, or `device <id>`.
+    /// Name from the homes (configuration or account), or `device <id>`.
     pub name: String,
+    /// Room (from the account's rooms or the configuration), when it has one.
+    pub room: Option<String>,
     /// Cync type code.
     #[serde(rename = "type")]
     pub type_code: Option<u8>,
-    /// `light`, `plug`, `switch` or `fan` (from the device-type table; unknown types are lights).
+    /// `light`, `plug`, `switch`, `fan`, `thermostat`, `sensor`, `remote` or `camera` (from the
+    /// device-type table; unknown types are lights).
     pub kind: &'static str,
-    /// Model description from the device-type table.
+    /// The product as people know it, from the device-type table.
     pub model: &'static str,
-    /// What it can do: `on_off`, `brightness`, `color_temp`, `rgb`, `effects`, `fan_speed`.
+    /// The product's SKU, when known.
+    pub sku: Option<&'static str>,
+    /// What it can do: `on_off`, `brightness`, `color_temp`, `rgb`, `effects`, `fan_speed`
+    /// (empty for kinds that take no command).
     pub capabilities: Vec<&'static str>,
     /// Fan speed step (0 off, 1–4 low–max) for fan controllers, else null.
     pub fan_speed: Option<u8>,
+    /// Each outlet of a multi-outlet plug, else null.
+    pub outlets: Option<Vec<OutletView>>,
+    /// A thermostat's sensors (empty until it reports), else null.
+    pub sensors: Option<Vec<Reading>>,
     /// Online.
     pub online: bool,
     /// On.
@@ -187,27 +270,40 @@ pub struct DeviceView {
     pub bridges: Vec<String>,
     /// Whether one of those bridges is connected now.
     pub reachable: bool,
-    /// RFC 3339 time of the last report.
-    pub last_seen: String,
-    /// Firmware, when known.
+    /// RFC 3339 time of the last report; null when no bridge has reported it yet.
+    pub last_seen: Option<String>,
+    /// Bluetooth MAC, when the homes file has it.
+    pub mac: Option<String>,
+    /// Firmware, when known (its bridge's report, else the account's).
     pub firmware: Option<String>,
 }
 
 impl DeviceView {
-    /// A configured device no bridge has reported yet: offline, off, type from the
-    /// configuration.
-    pub fn configured(home: &str, d: &crate::config::DeviceConfig) -> Self {
+    /// A device the homes name that no bridge has reported yet: offline, off.
+    pub fn configured(home: &str, d: &crate::homes::Device) -> Self {
         let t = DeviceType::of(d.kind);
+        let blank = DeviceStatus {
+            id: cync_proto::MeshId(d.id),
+            online: false,
+            on: false,
+            brightness: 0,
+            temperature: 0,
+            rgb: [0; 3],
+        };
         Self {
             id: format!("{home}:{}", d.id),
             home: home.to_string(),
             mesh_id: d.id,
             name: d.name.clone(),
+            room: d.room.clone(),
             type_code: d.kind,
             kind: t.kind.name(),
-            model: t.model,
+            model: t.product,
+            sku: t.sku,
             capabilities: t.capabilities(),
             fan_speed: (t.fan_speeds > 0).then_some(0),
+            outlets: outlets(&t, Some(d), &blank),
+            sensors: (t.kind == Kind::Thermostat).then(Vec::new),
             online: false,
             on: false,
             brightness: 0,
@@ -215,9 +311,43 @@ impl DeviceView {
             rgb: None,
             bridges: Vec::new(),
             reachable: false,
-            last_seen: String::new(),
-            firmware: None,
+            last_seen: None,
+            mac: d.mac.clone(),
+            firmware: d.firmware.clone(),
         }
+    }
+}
+
+/// The outlets of a multi-outlet plug in `status`, named from the homes when they name them.
+fn outlets(
+    t: &DeviceType,
+    named: Option<&crate::homes::Device>,
+    status: &DeviceStatus,
+) -> Option<Vec<OutletView>> {
+    if t.outlets < 2 {
+        return None;
+    }
+    Some(
+        (1..=t.outlets)
+            .map(|n| OutletView {
+                outlet: n,
+                name: named
+                    .and_then(|d| d.outlets.get(usize::from(n) - 1))
+                    .filter(|s| !s.is_empty())
+                    .cloned()
+                    .unwrap_or_else(|| outlet_name(t.outlets, n)),
+                on: t.outlet_on(status, n).unwrap_or(false),
+            })
+            .collect(),
+    )
+}
+
+/// The default name of outlet `n` of `count`: left and right on a two-outlet plug.
+pub fn outlet_name(count: u8, n: u8) -> String {
+    match (count, n) {
+        (2, 1) => "Left outlet".into(),
+        (2, 2) => "Right outlet".into(),
+        _ => format!("Outlet {n}"),
     }
 }
 
@@ -244,6 +374,8 @@ pub struct ConnectionView {
     pub firmware: BTreeMap<&'static str, String>,
     /// Mesh ids learned from this bridge.
     pub mesh: Vec<u16>,
+    /// Sensor readings it sent (a thermostat), else null.
+    pub sensors: Option<Vec<Reading>>,
     /// Outcomes of the commands sent through this bridge (this session), by outcome name.
     pub commands: BTreeMap<&'static str, u64>,
     /// `legacy` or `reliable`: the transport that owns its commands.
@@ -310,6 +442,7 @@ impl Registry {
             stats,
             firmware: BTreeMap::new(),
             mesh: Vec::new(),
+            sensors: None,
             generation,
             cancel,
             writer,
@@ -353,6 +486,7 @@ impl Registry {
                     device_type: None,
                     firmware: None,
                     bridges: BTreeSet::new(),
+                    sensors: None,
                 })
             }
         };
@@ -413,25 +547,48 @@ impl Registry {
         self.notify();
     }
 
-    /// Every device, sorted by home and mesh id, with names from `config`.
-    pub fn devices(&self, config: &crate::config::Config) -> Vec<DeviceView> {
+    /// Every device to show, sorted by home and mesh id: those bridges reported and those the
+    /// homes name (offline until reported), named from `homes`; devices the homes hide
+    /// (`enabled = false`) are left out.
+    pub fn devices(&self, homes: &Homes) -> Vec<DeviceView> {
         let state = self.lock();
-        state
+        let mut out: Vec<DeviceView> = state
             .devices
             .iter()
-            .map(|((home, id), d)| view(config, &state, home, *id, d))
-            .collect()
+            .filter(|((home, id), _)| homes.device(home, *id).is_none_or(|d| d.enabled))
+            .map(|((home, id), d)| view(homes, &state, home, *id, d))
+            .collect();
+        let mut unseen = false;
+        for h in homes.homes() {
+            for d in &h.devices {
+                if d.enabled && !state.devices.contains_key(&(h.name.clone(), d.id)) {
+                    out.push(DeviceView::configured(&h.name, d));
+                    unseen = true;
+                }
+            }
+        }
+        if unseen {
+            out.sort_by(|a, b| (&a.home, a.mesh_id).cmp(&(&b.home, b.mesh_id)));
+        }
+        out
     }
 
     /// One device by `home:mesh_id`, or by a bare mesh id when only one home has it.
-    pub fn device(&self, config: &crate::config::Config, id: &str) -> Result<DeviceView, Lookup> {
-        let (home, mesh) = self.resolve(id)?;
+    pub fn device(&self, homes: &Homes, id: &str) -> Result<DeviceView, Lookup> {
+        let (home, mesh) = self.resolve(homes, id)?;
         let state = self.lock();
-        let device = state
-            .devices
-            .get(&(home.clone(), mesh))
-            .ok_or(Lookup::NotFound)?;
-        Ok(view(config, &state, &home, mesh, device))
+        match state.devices.get(&(home.clone(), mesh)) {
+            Some(device) => Ok(view(homes, &state, &home, mesh, device)),
+            None => homes
+                .device(&home, mesh)
+                .map(|d| DeviceView::configured(&home, d))
+                .ok_or(Lookup::NotFound),
+        }
+    }
+
+    /// Devices bridges have reported (over all homes).
+    pub fn device_count(&self) -> usize {
+        self.lock().devices.len()
     }
 
     /// Every connection, sorted by id.
@@ -454,6 +611,7 @@ impl Registry {
                     errors: c.stats.errors.load(Ordering::Relaxed),
                     firmware: c.firmware.clone(),
                     mesh: c.mesh.clone(),
+                    sensors: c.sensors.as_deref().map(<[Reading]>::to_vec),
                     commands: c.stats.outcome_counts(),
                     transport: c.route.transport.name(),
                     shadow: c.route.shadow,
@@ -560,29 +718,183 @@ impl Registry {
             .and_then(|d| d.device_type)
     }
 
-    /// Resolves an API device id (`home:mesh` or a bare mesh id) to its home and mesh id.
-    pub fn resolve(&self, id: &str) -> Result<(String, u16), Lookup> {
+    /// Resolves an API device id (`home:mesh` or a bare mesh id) to its home and mesh id,
+    /// among the devices bridges reported and those the homes name; a hidden device
+    /// (`enabled = false`) is not found.
+    pub fn resolve(&self, homes: &Homes, id: &str) -> Result<(String, u16), Lookup> {
         let state = self.lock();
-        let found: Vec<&(String, u16)> = match id.split_once(':') {
+        let shown = |home: &str, mesh: u16| homes.device(home, mesh).is_none_or(|d| d.enabled);
+        let mut found: BTreeSet<(String, u16)> = BTreeSet::new();
+        match id.split_once(':') {
             Some((home, mesh)) => {
                 let mesh: u16 = mesh.parse().map_err(|_| Lookup::BadId)?;
-                state
-                    .devices
-                    .get_key_value(&(home.to_string(), mesh))
-                    .map(|(k, _)| k)
-                    .into_iter()
-                    .collect()
+                let key = (home.to_string(), mesh);
+                if state.devices.contains_key(&key) || homes.device(home, mesh).is_some() {
+                    found.insert(key);
+                }
             }
             None => {
                 let mesh: u16 = id.parse().map_err(|_| Lookup::BadId)?;
-                state.devices.keys().filter(|(_, m)| *m == mesh).collect()
+                found.extend(state.devices.keys().filter(|(_, m)| *m == mesh).cloned());
+                for h in homes.homes() {
+                    if h.devices.iter().any(|d| d.id == mesh) {
+                        found.insert((h.name.clone(), mesh));
+                    }
+                }
+            }
+        }
+        found.retain(|(h, m)| shown(h, *m));
+        let mut found = found.into_iter();
+        match (found.next(), found.next()) {
+            (Some(key), None) => Ok(key),
+            (None, _) => Err(Lookup::NotFound),
+            (Some(_), Some(_)) => Err(Lookup::Ambiguous),
+        }
+    }
+
+    /// Moves a connection to another home (its mesh listing showed where it belongs), with the
+    /// devices only it reported; remembers the home for its next connections. Returns the home
+    /// it left, or `None` when it was already there or is not registered.
+    pub fn rehome(&self, conn: ConnId, to: &str) -> Option<String> {
+        let mut state = self.lock();
+        let c = state.connections.get_mut(&conn)?;
+        if c.home == to {
+            return None;
+        }
+        let from = std::mem::replace(&mut c.home, to.to_string());
+        let keys: Vec<(String, u16)> = state
+            .devices
+            .iter()
+            .filter(|((h, _), d)| *h == from && d.bridges.contains(&conn))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in keys {
+            let Some(mut d) = state.devices.remove(&key) else {
+                continue;
+            };
+            if d.bridges.len() > 1 {
+                // Other bridges of the old home report it too: it stays there, without this one.
+                let mut copy = d.clone();
+                d.bridges.remove(&conn);
+                state.devices.insert(key.clone(), d);
+                copy.bridges = BTreeSet::from([conn]);
+                d = copy;
+            }
+            match state.devices.entry((to.to_string(), key.1)) {
+                std::collections::btree_map::Entry::Occupied(mut e) => {
+                    e.get_mut().bridges.insert(conn);
+                }
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(d);
+                }
+            }
+        }
+        state.learned.retain(|(b, _)| *b != conn);
+        if state.learned.len() >= MAX_LEARNED_HOMES {
+            state.learned.pop_front();
+        }
+        state.learned.push_back((conn, to.to_string()));
+        drop(state);
+        self.notify();
+        Some(from)
+    }
+
+    /// The home a bridge's mesh listing showed on an earlier connection.
+    pub fn learned_home(&self, conn: ConnId) -> Option<String> {
+        self.lock()
+            .learned
+            .iter()
+            .find(|(b, _)| *b == conn)
+            .map(|(_, h)| h.clone())
+    }
+
+    /// Records a thermostat's sensor report sent on `conn` of `home`, on the connection and on
+    /// its device: the device the homes name with this bridge id, else the bridge's own device
+    /// from its mesh listing, else the home's only thermostat.
+    pub fn sensors(&self, homes: &Homes, home: &str, conn: ConnId, report: &SensorReport) {
+        let readings: Arc<[Reading]> = Arc::from(Reading::all(report));
+        let mut state = self.lock();
+        let Some(c) = state.connections.get_mut(&conn) else {
+            return;
+        };
+        c.sensors = Some(readings.clone());
+        let own = c.mesh.first().copied();
+        let named = homes.home(home).and_then(|h| {
+            let by_bridge = h.devices.iter().find(|d| d.bridge == Some(conn));
+            let thermostats: Vec<u16> = h
+                .devices
+                .iter()
+                .filter(|d| DeviceType::of(d.kind).kind == Kind::Thermostat)
+                .map(|d| d.id)
+                .collect();
+            by_bridge
+                .map(|d| d.id)
+                .or(own)
+                .or(match thermostats.as_slice() {
+                    [only] => Some(*only),
+                    _ => None,
+                })
+        });
+        let Some(mesh) = named.or(own) else {
+            drop(state);
+            self.notify();
+            return;
+        };
+        let len = state.devices.len();
+        let device = match state.devices.entry((home.to_string(), mesh)) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                if len >= MAX_DEVICES {
+                    self.inner.rejected_devices.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                e.insert(Device {
+                    status: DeviceStatus {
+                        id: cync_proto::MeshId(mesh),
+                        online: true,
+                        on: false,
+                        brightness: 0,
+                        temperature: 0,
+                        rgb: [0; 3],
+                    },
+                    online: true,
+                    offline_reports: 0,
+                    last_own: None,
+                    last_seen: SystemTime::now(),
+                    device_type: None,
+                    firmware: None,
+                    bridges: BTreeSet::new(),
+                    sensors: None,
+                })
             }
         };
-        match found.as_slice() {
-            [key] => Ok((*key).clone()),
-            [] => Err(Lookup::NotFound),
-            _ => Err(Lookup::Ambiguous),
+        device.online = true;
+        device.last_seen = SystemTime::now();
+        device.sensors = Some(readings);
+        if device.bridges.len() < MAX_BRIDGES_PER_DEVICE {
+            device.bridges.insert(conn);
         }
+        drop(state);
+        self.notify();
+    }
+
+    /// Reports a device-type code the table does not know, once per (home, code): the device
+    /// keeps working as an on/off light, and the log asks people to tell us what it is.
+    pub fn unknown_type(&self, home: &str, code: u8, what: &str) {
+        let mut state = self.lock();
+        if state.unknown_types.len() >= MAX_UNKNOWN_TYPES
+            || !state.unknown_types.insert((home.to_string(), code))
+        {
+            return;
+        }
+        drop(state);
+        warn!(
+            home,
+            type_code = code,
+            device = what,
+            "device type {code} is not in cyncd's table: it is shown and commanded as a plain on/off light. \
+             Please report the code with the product's name and what it does, so it can be supported"
+        );
     }
 
     /// Number of registered connections.
@@ -635,14 +947,8 @@ impl Drop for Registration {
     }
 }
 
-fn view(
-    config: &crate::config::Config,
-    state: &State,
-    home: &str,
-    id: u16,
-    d: &Device,
-) -> DeviceView {
-    let configured = config.device(home, id);
+fn view(homes: &Homes, state: &State, home: &str, id: u16, d: &Device) -> DeviceView {
+    let named = homes.device(home, id);
     let s = d.status;
     let (color_temp, rgb) = match s.mode() {
         cync_proto::ColorMode::White(t) => (Some(t), None),
@@ -656,19 +962,24 @@ fn view(
         .filter_map(|b| state.connections.get(b))
         .find(|c| c.mesh.first() == Some(&id))
         .and_then(|c| c.firmware.get("device").cloned());
-    let type_code = configured.and_then(|c| c.kind).or(d.device_type);
+    let type_code = named.and_then(|c| c.kind).or(d.device_type);
     let device_type = DeviceType::of(type_code);
     DeviceView {
         id: format!("{home}:{id}"),
         home: home.to_string(),
         mesh_id: id,
-        name: configured.map_or_else(|| format!("device {id}"), |c| c.name.clone()),
+        name: named.map_or_else(|| format!("device {id}"), |c| c.name.clone()),
+        room: named.and_then(|c| c.room.clone()),
         type_code,
         kind: device_type.kind.name(),
-        model: device_type.model,
+        model: device_type.product,
+        sku: device_type.sku,
         capabilities: device_type.capabilities(),
         fan_speed: (device_type.fan_speeds > 0)
             .then(|| DeviceType::fan_step(if s.on { s.brightness } else { 0 })),
+        outlets: outlets(&device_type, named, &s),
+        sensors: (device_type.kind == Kind::Thermostat || d.sensors.is_some())
+            .then(|| d.sensors.as_deref().map(<[Reading]>::to_vec).unwrap_or_default()),
         online: d.online,
         on: s.on,
         // Devices report a stale brightness while off; show 0 then.
@@ -677,8 +988,11 @@ fn view(
         rgb,
         bridges: d.bridges.iter().map(ConnId::to_string).collect(),
         reachable: d.bridges.iter().any(|b| state.connections.contains_key(b)),
-        last_seen: rfc3339(d.last_seen),
-        firmware: firmware.or_else(|| d.firmware.clone()),
+        last_seen: Some(rfc3339(d.last_seen)),
+        mac: named.and_then(|c| c.mac.clone()),
+        firmware: firmware
+            .or_else(|| d.firmware.clone())
+            .or_else(|| named.and_then(|c| c.firmware.clone())),
     }
 }
 
@@ -711,7 +1025,7 @@ mod tests {
         let now = Instant::now();
         r.apply("a", A, status(5, true, 10, true), Source::Own, now);
         r.apply("b", B, status(5, false, 0, true), Source::Own, now);
-        let config = crate::config::Config::default();
+        let config = Homes::default();
         let all = r.devices(&config);
         assert_eq!(all.len(), 2);
         assert!(all[0].on && !all[1].on);
@@ -724,7 +1038,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn relayed_copies_do_not_flap_a_fresh_own_report() {
         let r = Registry::new();
-        let config = crate::config::Config::default();
+        let config = Homes::default();
         let t0 = Instant::now();
         r.apply("h", A, status(7, true, 80, true), Source::Own, t0);
         // Another bridge relays the state from before the change.
@@ -751,7 +1065,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn offline_needs_three_reports() {
         let r = Registry::new();
-        let config = crate::config::Config::default();
+        let config = Homes::default();
         let t = Instant::now();
         r.apply("h", A, status(3, true, 1, true), Source::Relayed, t);
         for n in 1..=3 {

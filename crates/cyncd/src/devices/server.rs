@@ -13,8 +13,11 @@
 use super::Host;
 use super::link::{ConnCommand, ConnEvent, WRITE_QUEUE};
 use super::registry::{ConnStats, Registration};
+use crate::homes::{Listed, MeshMatch};
 use crate::logging::{corr_id, redacted_hex};
+use cync_proto::ConnId;
 use cync_proto::canary::{Route, Transport};
+use cync_proto::catalog::DeviceType;
 use cync_proto::session::{CloseReason, Event, Session, SessionConfig, Step};
 use cync_proto::{DecodeError, LocalTime, Packet};
 use std::net::SocketAddr;
@@ -288,6 +291,7 @@ impl<H: Host> Conn<H> {
                     self.session.receive(buf.get(..n).unwrap_or_default(), now, local, &mut steps);
                     for step in &steps {
                         self.log_step(step);
+                        self.sensor_report(step);
                     }
                     if let Err(reason) = self.flush(stream).await {
                         return reason;
@@ -467,6 +471,46 @@ impl<H: Host> Conn<H> {
         );
     }
 
+    /// The home of this bridge from its mesh listing, when no home lists the bridge: moves the
+    /// connection (and the devices it reported) there, or says why it stays.
+    fn find_home(&mut self, conn: ConnId, own_type: Option<u8>, ids: &[u16]) {
+        let homes = self.ctx.homes();
+        let listed = homes.home_of_bridge(conn);
+        match (homes.match_mesh(own_type, ids), listed) {
+            (MeshMatch::One(home), None) => {
+                if let Some(from) = self.ctx.registry().rehome(conn, home) {
+                    info!(conn_id = %conn, home, from = %from, "bridge home found from its mesh listing");
+                    self.home = home.to_string();
+                }
+            }
+            (MeshMatch::One(home), Some((listed, how))) if home != listed => {
+                warn!(conn_id = %conn, home = listed, matches = home, "bridge listed in {listed:?} ({}) has a mesh that matches {home:?}; it stays in {listed:?} (the listing decides)", match how {
+                    Listed::Configuration => "configuration",
+                    Listed::Account => "account",
+                });
+            }
+            (MeshMatch::Several(candidates), None) => {
+                warn!(conn_id = %conn, home = %self.home, candidates = ?candidates, "bridge mesh matches several homes equally; it stays in {:?}. Add \"{conn}\" to the bridges of the right home in the configuration", self.home);
+            }
+            _ => {}
+        }
+    }
+
+    /// A thermostat's sensor report (a 0x43 entry or its 0xAB) goes to the registry.
+    fn sensor_report(&self, step: &Step) {
+        let Ok(packet) = &step.packet else { return };
+        if !matches!(packet.kind(), 0x43 | 0xab) {
+            return;
+        }
+        let (Some(report), Some(conn)) = (packet.sensors(), self.session.conn_id()) else {
+            return;
+        };
+        debug!(conn_id = %conn, sensors = report.sensors.len(), "sensor report");
+        self.ctx
+            .registry()
+            .sensors(&self.ctx.homes(), &self.home, conn, &report);
+    }
+
     fn drain_events(&mut self) {
         while let Some(event) = self.session.poll_event() {
             match event {
@@ -474,7 +518,13 @@ impl<H: Host> Conn<H> {
                     if self.registration.as_ref().is_some_and(|r| r.conn() == conn) {
                         continue;
                     }
-                    self.home = self.ctx.config().home_of(conn).to_string();
+                    let homes = self.ctx.homes();
+                    self.home = self
+                        .ctx
+                        .registry()
+                        .learned_home(conn)
+                        .filter(|_| homes.home_of_bridge(conn).is_none())
+                        .unwrap_or_else(|| homes.home_at_hello(conn).to_string());
                     tracing::Span::current().record("conn_id", tracing::field::display(conn));
                     self.ctx.metrics().hellos.inc();
                     info!(peer = %self.peer, conn_id = %conn, home = %self.home, "hello");
@@ -530,9 +580,14 @@ impl<H: Host> Conn<H> {
                     if let Some(conn) = self.session.conn_id() {
                         let ids: Vec<u16> = devices.iter().map(|d| d.id.0).collect();
                         info!(peer = %self.peer, conn_id = %conn, devices = ?ids, device_type, "mesh learned");
+                        self.find_home(conn, device_type, &ids);
                         self.ctx
                             .registry()
                             .learn_mesh(conn, &self.home, device_type, &ids);
+                        if let Some(code) = device_type.filter(|c| !DeviceType::of(Some(*c)).is_known()) {
+                            let what = format!("the Wi-Fi device {conn}");
+                            self.ctx.registry().unknown_type(&self.home, code, &what);
+                        }
                     }
                 }
                 Event::DecodeError(_) => {}
