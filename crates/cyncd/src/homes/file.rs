@@ -279,7 +279,7 @@ impl HomesFile {
             why: e.to_string(),
         })?;
         bytes.push(b'\n');
-        write_keeping_previous(state_dir, &bytes)?;
+        write_private(state_dir, HOMES_FILE, &bytes, Some(PREVIOUS_FILE))?;
         Ok(path)
     }
 
@@ -318,7 +318,8 @@ pub fn clean_mac(text: &str) -> Option<String> {
         .then(|| digits.to_ascii_uppercase())
 }
 
-fn read_bounded(path: &Path) -> Result<Option<Vec<u8>>, FileError> {
+/// Reads a whole file of at most [`MAX_FILE_BYTES`]; `Ok(None)` when it does not exist.
+pub(crate) fn read_bounded(path: &Path) -> Result<Option<Vec<u8>>, FileError> {
     let io = |source| FileError::Io {
         path: path.to_path_buf(),
         source,
@@ -340,10 +341,17 @@ fn read_bounded(path: &Path) -> Result<Option<Vec<u8>>, FileError> {
     Ok(Some(bytes))
 }
 
-/// Writes `bytes` as the homes file of `dir`, keeping the current one as [`PREVIOUS_FILE`].
-fn write_keeping_previous(dir: &Path, bytes: &[u8]) -> Result<(), FileError> {
+/// Writes `bytes` as the file `name` of `dir` (created 0700 when missing), mode 0600, through a
+/// temporary file and a rename; with `previous`, the current version is first copied to that
+/// name beside it.
+pub(crate) fn write_private(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+    previous: Option<&str>,
+) -> Result<(), FileError> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    let path = dir.join(HOMES_FILE);
+    let path = dir.join(name);
     let io = |p: &Path| {
         let p = p.to_path_buf();
         move |source| FileError::Io { path: p, source }
@@ -353,7 +361,7 @@ fn write_keeping_previous(dir: &Path, bytes: &[u8]) -> Result<(), FileError> {
         .mode(0o700)
         .create(dir)
         .map_err(io(dir))?;
-    let tmp = dir.join(format!(".{HOMES_FILE}.tmp"));
+    let tmp = dir.join(format!(".{name}.tmp"));
     match std::fs::remove_file(&tmp) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -374,9 +382,9 @@ fn write_keeping_previous(dir: &Path, bytes: &[u8]) -> Result<(), FileError> {
         let _ = std::fs::remove_file(&tmp);
         return Err(io(&tmp)(e));
     }
-    if path.exists() {
-        let previous = dir.join(PREVIOUS_FILE);
-        let staged = dir.join(format!(".{PREVIOUS_FILE}.tmp"));
+    if let (Some(previous), true) = (previous, path.exists()) {
+        let staged = dir.join(format!(".{previous}.tmp"));
+        let previous = dir.join(previous);
         let kept = std::fs::copy(&path, &staged).and_then(|_| std::fs::rename(&staged, &previous));
         if let Err(e) = kept {
             let _ = std::fs::remove_file(&tmp);
