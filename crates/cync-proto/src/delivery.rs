@@ -1197,9 +1197,21 @@ mod tests {
         assert_eq!(take(&mut d).1, [(CommandId(1), Outcome::Applied, 1)]);
         assert_eq!(d.outlet_commands, 0);
         // Outlet off is read through the state byte too.
-        assert!(satisfies_outlet(&Action::Power(false), 1, &status(6, false, 3)));
-        assert!(!satisfies_outlet(&Action::Power(false), 1, &status(6, true, 3)));
-        assert!(!satisfies_outlet(&Action::Brightness(3), 1, &status(6, true, 3)));
+        assert!(satisfies_outlet(
+            &Action::Power(false),
+            1,
+            &status(6, false, 3)
+        ));
+        assert!(!satisfies_outlet(
+            &Action::Power(false),
+            1,
+            &status(6, true, 3)
+        ));
+        assert!(!satisfies_outlet(
+            &Action::Brightness(3),
+            1,
+            &status(6, true, 3)
+        ));
         // A plain command for the device itself still confirms as before.
         d.submit(req(2, 6, Action::Power(false), &[A]), 40 * MS);
         take(&mut d);

@@ -62,9 +62,33 @@ pub struct Config {
     pub mqtt: MqttConfig,
     /// Routing between the legacy and the reliable command transports, SLOs and rollback.
     pub canary: CanaryConfig,
-    /// Homes, with their bridges, device names and groups.
+    /// Homes, with their bridges, device names and groups (over the homes file's).
     pub homes: Vec<Home>,
+    /// The Cync account API (`cyncd account`, the page's setup screen).
+    pub account: AccountConfig,
 }
+
+/// The `[account]` section: where the Cync account API is.
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AccountConfig {
+    /// Base URL of the API.
+    pub api_base: String,
+    /// Time allowed for one request, in seconds.
+    pub timeout_secs: u64,
+}
+
+impl Default for AccountConfig {
+    fn default() -> Self {
+        Self {
+            api_base: DEFAULT_ACCOUNT_API.into(),
+            timeout_secs: 20,
+        }
+    }
+}
+
+/// The Cync account API's base URL.
+pub const DEFAULT_ACCOUNT_API: &str = "https://api.gelighting.com/v2/";
 
 /// The `[mqtt]` section.
 #[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
@@ -364,6 +388,7 @@ impl Default for Config {
             mqtt: MqttConfig::default(),
             canary: CanaryConfig::default(),
             homes: Vec::new(),
+            account: AccountConfig::default(),
         }
     }
 }
@@ -471,6 +496,17 @@ impl Config {
                 "mqtt base_topic and discovery_prefix must be non-empty, without + # or a trailing /"
                     .into(),
             );
+        }
+        if !(self.account.api_base.starts_with("https://")
+            || self.account.api_base.starts_with("http://"))
+        {
+            return bad(format!(
+                "account api_base must be an http:// or https:// URL, got {:?}",
+                self.account.api_base
+            ));
+        }
+        if !(1..=600).contains(&self.account.timeout_secs) {
+            return bad("account timeout_secs must be 1..=600".into());
         }
         if self.mqtt.client_id.is_empty() || self.mqtt.client_id.len() > 64 {
             return bad("mqtt client_id must be 1-64 characters".into());

@@ -8,8 +8,9 @@
 //! - [`commands`]: the reliable and legacy transports, canary routing and SLOs, and the one way
 //!   every front end commands a device or group;
 //! - [`devices`]: TLS, the accept loop and connection tasks, the device registry;
-//! - [`config`], [`homes`] (the user's homes, names, types and rooms: the homes file, the Cync
-//!   account client, `cync_mesh.yaml` import), [`metrics`], [`logging`]: used by all.
+//! - [`homes`]: the user's homes, names, types and rooms (the homes file, the Cync account
+//!   client and export, `cync_mesh.yaml` import), merged with the configuration;
+//! - [`config`], [`metrics`], [`logging`]: used by all.
 //!
 //! `crates/cyncd/tests/layers.rs` checks the rule on the sources.
 #![forbid(unsafe_code)]

@@ -104,6 +104,10 @@ pub struct Args {
     /// Home Assistant discovery prefix [default: homeassistant].
     #[arg(long, value_name = "TOPIC")]
     pub mqtt_discovery_prefix: Option<String>,
+    /// Base URL of the Cync account API for the page's setup screen
+    /// [default: https://api.gelighting.com/v2/].
+    #[arg(long, value_name = "URL")]
+    pub account_api_base: Option<String>,
     /// Log format.
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
@@ -184,6 +188,9 @@ impl Args {
         }
         if let Some(v) = &self.mqtt_discovery_prefix {
             c.mqtt.discovery_prefix = v.clone();
+        }
+        if let Some(v) = &self.account_api_base {
+            c.account.api_base = v.clone();
         }
         if let Some(v) = self.log_format {
             c.log_format = v;
@@ -393,11 +400,20 @@ fn raise_file_limit(max_connections: usize) {
     }
 }
 
-/// SIGHUP: re-reads the configuration file and applies what changed in its `[canary]` routing
-/// (mode, percent, kill) since the file was last read, without a restart; other keys take effect
-/// at the next start. An unchanged file changes nothing — in particular it does not lift a
-/// rollback latch (editing the percentage or mode does, as a person's decision).
+/// SIGHUP: re-reads the homes file (a `cyncd account export` or `import` ran), and the
+/// configuration file, applying what changed in its `[canary]` routing (mode, percent, kill)
+/// since the file was last read, without a restart; other keys take effect at the next start.
+/// An unchanged file changes nothing — in particular it does not lift a rollback latch
+/// (editing the percentage or mode does, as a person's decision).
 fn reload(args: &Args, ctx: &Context, last: &mut crate::config::CanaryConfig) {
+    match ctx.reload_homes() {
+        Ok(notes) => {
+            for note in notes {
+                info!("SIGHUP: {note}");
+            }
+        }
+        Err(e) => warn!(error = %e, "SIGHUP: homes file not reloaded; the homes in use are kept"),
+    }
     let loaded = match args.config() {
         Ok(c) => c,
         Err(e) => {

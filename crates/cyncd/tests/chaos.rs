@@ -48,10 +48,7 @@ async fn run(profile: &str, chaos: &str, storm: Option<Duration>, seed: u64) -> 
         })
         .unwrap(),
     );
-    until(&server, || {
-        server.ctx.registry.device_count() == 12
-    })
-    .await;
+    until(&server, || server.ctx.registry.device_count() == 12).await;
     let devices = fleet.devices();
     let deadline = Duration::from_millis(server.ctx.config.command_deadline_ms);
     let mut rng = fastrand::Rng::with_seed(seed);

@@ -41,10 +41,7 @@ async fn setup(name: &str) -> (cyncd::serve::Running, Fleet) {
     })
     .unwrap();
     // Ready when both bridges reported their mesh.
-    until(&server, || {
-        server.ctx.registry.device_count() == 12
-    })
-    .await;
+    until(&server, || server.ctx.registry.device_count() == 12).await;
     (server, fleet)
 }
 

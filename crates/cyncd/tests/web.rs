@@ -72,8 +72,7 @@ async fn the_page_controls_a_simulated_home_in_chromium() {
     fleet_config.server = server.devices.to_string();
     let fleet = Fleet::start(fleet_config).unwrap();
     until(&server, || {
-        server.ctx.registry.device_count() == 12
-            && server.ctx.registry.connection_count() == 2
+        server.ctx.registry.device_count() == 12 && server.ctx.registry.connection_count() == 2
     })
     .await;
     let url = format!("http://{}/", server.http);

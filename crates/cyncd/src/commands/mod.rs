@@ -18,10 +18,10 @@ pub mod reliable;
 pub mod transport;
 
 use crate::config::{Config, OffsetCache};
-use crate::homes::{Homes, HomesCell};
 use crate::devices::Host;
 use crate::devices::link::ConnEvent;
 use crate::devices::registry::Registry;
+use crate::homes::{Homes, HomesCell};
 use crate::metrics::Metrics;
 use cync_proto::ConnId;
 use cync_proto::canary::{Route, Transport};
@@ -58,6 +58,24 @@ impl std::fmt::Debug for Context {
             .field("config", &self.config)
             .field("tls", &self.tls.is_some())
             .finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    /// Reads the homes file again and applies it (a new export was saved, or SIGHUP): the
+    /// merged homes replace the old ones, connected bridges move to the homes they now belong
+    /// to, and every front end is told to look again. Returns the notes for the log.
+    pub fn reload_homes(&self) -> Result<Vec<String>, crate::homes::HomesError> {
+        let (homes, mut notes) = Homes::load(&self.config)?;
+        for (home, code, names) in homes.unknown_types() {
+            self.registry.unknown_type(home, code, &names.join(", "));
+        }
+        for (conn, from, to) in self.registry.place_bridges(&homes) {
+            notes.push(format!("bridge {conn} moved from home {from:?} to {to:?}"));
+        }
+        self.homes.set(homes);
+        self.registry.touch();
+        Ok(notes)
     }
 }
 

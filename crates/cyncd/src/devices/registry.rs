@@ -20,9 +20,9 @@ use super::link::ConnCommand;
 use crate::homes::Homes;
 use cync_proto::canary::{Policy, Route, Transport};
 use cync_proto::catalog::{DeviceType, Kind};
-use cync_proto::thermostat::SensorReport;
 use cync_proto::delivery::Outcome;
 use cync_proto::session::Source;
+use cync_proto::thermostat::SensorReport;
 use cync_proto::{ConnId, DeviceStatus};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -799,6 +799,46 @@ impl Registry {
         Some(from)
     }
 
+    /// Puts every connected bridge in the home `homes` give it now (new homes were loaded): the
+    /// home that lists it, else the only home, else the one its mesh listing matches. Returns
+    /// the moves made, as (bridge, from, to).
+    pub fn place_bridges(&self, homes: &Homes) -> Vec<(ConnId, String, String)> {
+        let wanted: Vec<(ConnId, String)> = {
+            let state = self.lock();
+            state
+                .connections
+                .iter()
+                .filter_map(|(conn, c)| {
+                    let home = match homes.home_of_bridge(*conn) {
+                        Some((h, _)) => h.to_string(),
+                        None => {
+                            let own_type = c.mesh.first().and_then(|m| {
+                                state
+                                    .devices
+                                    .get(&(c.home.clone(), *m))
+                                    .and_then(|d| d.device_type)
+                            });
+                            match homes.match_mesh(own_type, &c.mesh) {
+                                crate::homes::MeshMatch::One(h) => h.to_string(),
+                                _ => homes.home_at_hello(*conn).to_string(),
+                            }
+                        }
+                    };
+                    (home != c.home).then_some((*conn, home))
+                })
+                .collect()
+        };
+        wanted
+            .into_iter()
+            .filter_map(|(conn, to)| self.rehome(conn, &to).map(|from| (conn, from, to)))
+            .collect()
+    }
+
+    /// Tells every watcher to look again (the homes changed: names, rooms, types).
+    pub fn touch(&self) {
+        self.notify();
+    }
+
     /// The home a bridge's mesh listing showed on an earlier connection.
     pub fn learned_home(&self, conn: ConnId) -> Option<String> {
         self.lock()
@@ -978,8 +1018,12 @@ fn view(homes: &Homes, state: &State, home: &str, id: u16, d: &Device) -> Device
         fan_speed: (device_type.fan_speeds > 0)
             .then(|| DeviceType::fan_step(if s.on { s.brightness } else { 0 })),
         outlets: outlets(&device_type, named, &s),
-        sensors: (device_type.kind == Kind::Thermostat || d.sensors.is_some())
-            .then(|| d.sensors.as_deref().map(<[Reading]>::to_vec).unwrap_or_default()),
+        sensors: (device_type.kind == Kind::Thermostat || d.sensors.is_some()).then(|| {
+            d.sensors
+                .as_deref()
+                .map(<[Reading]>::to_vec)
+                .unwrap_or_default()
+        }),
         online: d.online,
         on: s.on,
         // Devices report a stale brightness while off; show 0 then.

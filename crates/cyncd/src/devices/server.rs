@@ -584,7 +584,9 @@ impl<H: Host> Conn<H> {
                         self.ctx
                             .registry()
                             .learn_mesh(conn, &self.home, device_type, &ids);
-                        if let Some(code) = device_type.filter(|c| !DeviceType::of(Some(*c)).is_known()) {
+                        if let Some(code) =
+                            device_type.filter(|c| !DeviceType::of(Some(*c)).is_known())
+                        {
                             let what = format!("the Wi-Fi device {conn}");
                             self.ctx.registry().unknown_type(&self.home, code, &what);
                         }

@@ -52,6 +52,7 @@ pub fn router(api: Api) -> axum::Router {
         .route("/api/slo", get(slo))
         .with_state(api.clone())
         .merge(super::live::routes(api.ctx.clone()))
+        .merge(super::account::routes(api.ctx.clone()))
         .merge(command_routes(api))
         .merge(super::web::routes())
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such path") })

@@ -295,24 +295,23 @@ impl Diff {
             r#"{{"seq":{seq},"at":"{at}","meta":{meta},"devices":[{}],"connections":{connections}}}"#,
             all.join(",")
         );
-        let update = (!changed.is_empty()
-            || removed != "[]"
-            || connections_changed
-            || meta_changed)
-            .then(|| {
-                let mut u = format!(
-                    r#"{{"seq":{seq},"at":"{at}","devices":[{}],"removed":{removed}"#,
-                    changed.join(",")
-                );
-                if connections_changed {
-                    let _ = write!(u, r#","connections":{connections}"#);
-                }
-                if meta_changed {
-                    let _ = write!(u, r#","meta":{meta}"#);
-                }
-                u.push('}');
-                u
-            });
+        let update =
+            (!changed.is_empty() || removed != "[]" || connections_changed || meta_changed).then(
+                || {
+                    let mut u = format!(
+                        r#"{{"seq":{seq},"at":"{at}","devices":[{}],"removed":{removed}"#,
+                        changed.join(",")
+                    );
+                    if connections_changed {
+                        let _ = write!(u, r#","connections":{connections}"#);
+                    }
+                    if meta_changed {
+                        let _ = write!(u, r#","meta":{meta}"#);
+                    }
+                    u.push('}');
+                    u
+                },
+            );
         self.devices = current;
         self.connections = connections;
         self.meta = meta;

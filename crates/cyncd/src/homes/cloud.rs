@@ -25,7 +25,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 /// The real API.
-pub const DEFAULT_BASE: &str = "https://api.gelighting.com/v2/";
+pub const DEFAULT_BASE: &str = crate::config::DEFAULT_ACCOUNT_API;
 /// The Cync app's corporate id (constant).
 pub const CORP_ID: &str = "1007d2ad150c4000";
 /// Largest answer read, in bytes (a home of a few hundred devices is well under 1 MiB).
@@ -217,7 +217,10 @@ impl Client {
             return Err(bad());
         };
         let (authority, path) = match rest.find('/') {
-            Some(i) => (rest.get(..i).unwrap_or_default(), rest.get(i..).unwrap_or("/")),
+            Some(i) => (
+                rest.get(..i).unwrap_or_default(),
+                rest.get(i..).unwrap_or("/"),
+            ),
             None => (rest, "/"),
         };
         if authority.is_empty() || authority.contains('@') || path.contains(['?', '#']) {
@@ -229,7 +232,10 @@ impl Client {
             }
             _ => (authority.to_string(), if https { 443 } else { 80 }),
         };
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
         if host.is_empty() || port == 0 {
             return Err(bad());
         }
@@ -238,12 +244,13 @@ impl Client {
             path.push('/');
         }
         let tls = if https {
-            let connector = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls_client())
-                .map_err(|e| CloudError::Unreachable {
-                    url: base.to_string(),
-                    why: format!("TLS set-up failed: {e}"),
-                })?
-                .build();
+            let connector =
+                openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls_client())
+                    .map_err(|e| CloudError::Unreachable {
+                        url: base.to_string(),
+                        why: format!("TLS set-up failed: {e}"),
+                    })?
+                    .build();
             Some(connector)
         } else {
             None
@@ -273,7 +280,10 @@ impl Client {
         } else {
             self.base.host.clone()
         };
-        format!("{scheme}://{host}:{}{}{path}", self.base.port, self.base.path)
+        format!(
+            "{scheme}://{host}:{}{}{path}",
+            self.base.port, self.base.path
+        )
     }
 
     /// Step 1: asks Cync to e-mail a one-time code.
@@ -289,7 +299,12 @@ impl Client {
 
     /// Step 2: logs in with the e-mail, the password and the one-time code. The password is
     /// only ever in this request's body.
-    pub async fn login(&self, email: &str, password: &str, code: &str) -> Result<Token, CloudError> {
+    pub async fn login(
+        &self,
+        email: &str,
+        password: &str,
+        code: &str,
+    ) -> Result<Token, CloudError> {
         let resource: String = (0..16).map(|_| fastrand::lowercase()).collect();
         let body = json!({
             "corp_id": CORP_ID,
@@ -301,7 +316,9 @@ impl Client {
         let path = "user_auth/two_factor";
         let answer = match self.call("POST", path, None, Some(&body)).await {
             Ok(a) => a,
-            Err(CloudError::Refused { code, msg, .. }) => return Err(CloudError::Login { code, msg }),
+            Err(CloudError::Refused { code, msg, .. }) => {
+                return Err(CloudError::Login { code, msg });
+            }
             Err(e) => return Err(e),
         };
         let url = self.url(path);
@@ -324,7 +341,10 @@ impl Client {
             .to_string();
         let user_id = answer
             .get("user_id")
-            .and_then(|v| v.as_u64().or_else(|| v.as_str().and_then(|s| s.parse().ok())))
+            .and_then(|v| {
+                v.as_u64()
+                    .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+            })
             .ok_or_else(|| CloudError::Shape {
                 url: url.clone(),
                 why: "no user_id in the login answer".into(),
@@ -440,7 +460,10 @@ impl Client {
             .method(method)
             .uri(format!("{}{path}", self.base.path))
             .header(hyper::header::HOST, self.host_header())
-            .header(hyper::header::USER_AGENT, concat!("cyncd/", env!("CARGO_PKG_VERSION")))
+            .header(
+                hyper::header::USER_AGENT,
+                concat!("cyncd/", env!("CARGO_PKG_VERSION")),
+            )
             .header(hyper::header::ACCEPT, "application/json");
         if let Some(t) = token {
             request = request.header("Access-Token", t.access_token.as_str());
@@ -489,7 +512,11 @@ impl Client {
 }
 
 /// Sends one request on a fresh connection and reads the whole answer (bounded).
-async fn send<T>(io: T, request: hyper::Request<Full<Bytes>>, url: &str) -> Result<(u16, Bytes), CloudError>
+async fn send<T>(
+    io: T,
+    request: hyper::Request<Full<Bytes>>,
+    url: &str,
+) -> Result<(u16, Bytes), CloudError>
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -631,7 +658,10 @@ mod tests {
             expires_at: chrono::Utc::now().timestamp() + 3600,
         };
         token.save(&dir).unwrap();
-        let mode = std::fs::metadata(dir.join(TOKEN_FILE)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.join(TOKEN_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(Token::current(&dir).unwrap(), token);
         assert!(!format!("{token:?}").contains("secret"));
@@ -649,8 +679,14 @@ mod tests {
     #[test]
     fn cync_errors_are_read_from_any_body() {
         let v = json!({"error": {"msg": "Access-Token Expired", "code": 4031021}});
-        assert_eq!(cync_error(&v), Some((EXPIRED, "Access-Token Expired".into())));
-        assert_eq!(cync_error(&json!({"error": {}})), Some((0, "no message".into())));
+        assert_eq!(
+            cync_error(&v),
+            Some((EXPIRED, "Access-Token Expired".into()))
+        );
+        assert_eq!(
+            cync_error(&json!({"error": {}})),
+            Some((0, "no message".into()))
+        );
         assert_eq!(cync_error(&json!([1])), None);
     }
 }

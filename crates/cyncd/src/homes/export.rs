@@ -221,15 +221,24 @@ fn add_device(
         format!("home {:?}", home.name)
     };
     let Some(device_id) = bulb.get("deviceID").and_then(Value::as_u64) else {
-        notes.push(format!("{place}: a device without a deviceID was skipped: {}", short(bulb)));
+        notes.push(format!(
+            "{place}: a device without a deviceID was skipped: {}",
+            short(bulb)
+        ));
         return;
     };
     let (mesh, outlet) = split_device_id(device_id, home_id);
     if mesh == 0 {
-        notes.push(format!("{place}: device {device_id} has no mesh id: skipped"));
+        notes.push(format!(
+            "{place}: device {device_id} has no mesh id: skipped"
+        ));
         return;
     }
-    let name = clean_name(bulb.get("displayName").and_then(Value::as_str).unwrap_or(""));
+    let name = clean_name(
+        bulb.get("displayName")
+            .and_then(Value::as_str)
+            .unwrap_or(""),
+    );
     let kind = bulb
         .get("deviceType")
         .and_then(Value::as_u64)
@@ -246,12 +255,16 @@ fn add_device(
             set_outlet(existing, n, &name);
             existing.name = outlet_device_name(existing);
         } else {
-            notes.push(format!("{place}: mesh id {mesh} is listed twice: the first is kept"));
+            notes.push(format!(
+                "{place}: mesh id {mesh} is listed twice: the first is kept"
+            ));
         }
         return;
     }
     if home.devices.len() >= MAX_DEVICES_PER_HOME {
-        notes.push(format!("{place}: more than {MAX_DEVICES_PER_HOME} devices: {name:?} skipped"));
+        notes.push(format!(
+            "{place}: more than {MAX_DEVICES_PER_HOME} devices: {name:?} skipped"
+        ));
         return;
     }
     let mut d = DeviceRecord {
@@ -277,7 +290,10 @@ fn add_device(
     }
     if d.name.is_empty() {
         d.name = format!("device {mesh}");
-        notes.push(format!("{place}: device {mesh} has no name: called {:?}", d.name));
+        notes.push(format!(
+            "{place}: device {mesh} has no name: called {:?}",
+            d.name
+        ));
     }
     if kind.is_none() {
         notes.push(format!(
@@ -288,7 +304,13 @@ fn add_device(
     for (key, value) in bulb.as_object().into_iter().flatten() {
         if !matches!(
             key.as_str(),
-            "deviceID" | "displayName" | "deviceType" | "mac" | "wifiMac" | "firmwareVersion" | "switchID"
+            "deviceID"
+                | "displayName"
+                | "deviceType"
+                | "mac"
+                | "wifiMac"
+                | "firmwareVersion"
+                | "switchID"
         ) {
             d.extra.insert(key.clone(), value.clone());
         }
@@ -324,14 +346,22 @@ fn add_group(home: &mut HomeRecord, g: &Value, notes: &mut Vec<String>) {
         .and_then(|i| u16::try_from(i).ok())
         .filter(|i| *i > 0)
     else {
-        notes.push(format!("a group without a usable groupID was skipped: {}", short(g)));
+        notes.push(format!(
+            "a group without a usable groupID was skipped: {}",
+            short(g)
+        ));
         return;
     };
     if home.groups.len() >= MAX_GROUPS_PER_HOME || home.groups.iter().any(|x| x.id == id) {
         return;
     }
     let mut members = Vec::new();
-    for m in g.get("deviceIDArray").and_then(Value::as_array).into_iter().flatten() {
+    for m in g
+        .get("deviceIDArray")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         if let Some(mesh) = m.as_u64().and_then(|n| u16::try_from(n % 1000).ok()) {
             if mesh > 0 && !members.contains(&mesh) {
                 members.push(mesh);
@@ -355,7 +385,10 @@ fn add_group(home: &mut HomeRecord, g: &Value, notes: &mut Vec<String>) {
         id,
         name,
         members,
-        subgroup: g.get("isSubgroup").and_then(Value::as_bool).unwrap_or(false),
+        subgroup: g
+            .get("isSubgroup")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
         extra,
     });
 }
@@ -505,18 +538,35 @@ mod tests {
         assert_eq!(plug.firmware, None);
         assert_eq!(plug.bridge.as_deref(), Some("6efe3cbe"));
         assert_eq!(home.devices[3].name, "device 9");
-        assert!(notes.iter().any(|n| n.contains("without a deviceID")), "{notes:?}");
-        assert!(notes.iter().any(|n| n.contains("no deviceType")), "{notes:?}");
-        let porch = home.groups.iter().find(|g| g.name == "Front Porch").unwrap();
+        assert!(
+            notes.iter().any(|n| n.contains("without a deviceID")),
+            "{notes:?}"
+        );
+        assert!(
+            notes.iter().any(|n| n.contains("no deviceType")),
+            "{notes:?}"
+        );
+        let porch = home
+            .groups
+            .iter()
+            .find(|g| g.name == "Front Porch")
+            .unwrap();
         assert_eq!(porch.members, [6]);
-        assert!(home.groups.iter().any(|g| g.name == "Office Lamp" && g.subgroup));
+        assert!(
+            home.groups
+                .iter()
+                .any(|g| g.name == "Office Lamp" && g.subgroup)
+        );
         assert!(home.groups.iter().all(|g| g.name != "Too big"));
         assert_eq!(home.extra["version"], "1.0");
         file.check().unwrap();
         let preview = Export { file, notes }.preview();
         assert_eq!(preview["devices"], 4);
         assert_eq!(preview["rooms"], 3);
-        assert_eq!(preview["homes"][0]["rooms"][0]["devices"][0]["model"], "Full Color A19 Bulb");
+        assert_eq!(
+            preview["homes"][0]["rooms"][0]["devices"][0]["model"],
+            "Full Color A19 Bulb"
+        );
         assert_eq!(preview["homes"][0]["groups"][0]["name"], "Office Lamp");
     }
 
@@ -547,7 +597,10 @@ mod tests {
         )];
         let Export { file, notes } = build("a@example.com", &listed, &answers).unwrap();
         assert_eq!(file.homes[0].name, "Home 1");
-        assert!(notes.iter().any(|n| n.contains("without a name")), "{notes:?}");
+        assert!(
+            notes.iter().any(|n| n.contains("without a name")),
+            "{notes:?}"
+        );
     }
 
     #[test]

@@ -235,18 +235,27 @@ impl HomesFile {
             }
             if home.devices.len() > MAX_DEVICES_PER_HOME || home.groups.len() > MAX_GROUPS_PER_HOME
             {
-                return Err(format!("home {:?} has too many devices or groups", home.name));
+                return Err(format!(
+                    "home {:?} has too many devices or groups",
+                    home.name
+                ));
             }
             let mut ids = std::collections::HashSet::new();
             for d in &home.devices {
                 if !ids.insert(d.id) {
-                    return Err(format!("home {:?}: mesh id {} appears twice", home.name, d.id));
+                    return Err(format!(
+                        "home {:?}: mesh id {} appears twice",
+                        home.name, d.id
+                    ));
                 }
             }
             let mut gids = std::collections::HashSet::new();
             for g in &home.groups {
                 if !gids.insert(g.id) {
-                    return Err(format!("home {:?}: group {} appears twice", home.name, g.id));
+                    return Err(format!(
+                        "home {:?}: group {} appears twice",
+                        home.name, g.id
+                    ));
                 }
             }
             let bridges = home
@@ -451,7 +460,10 @@ mod tests {
         let first = sample("One");
         first.save(&d).unwrap();
         assert!(!d.join(PREVIOUS_FILE).exists());
-        let mode = std::fs::metadata(d.join(HOMES_FILE)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(d.join(HOMES_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let second = sample("Two");
         second.save(&d).unwrap();
@@ -476,7 +488,10 @@ mod tests {
         assert_eq!(HomesFile::load(&d).unwrap().unwrap(), good);
         std::fs::write(d.join(HOMES_FILE), b"{\"version\": 1, \"homes\": 3}").unwrap();
         let e = HomesFile::load(&d).unwrap_err().to_string();
-        assert!(e.contains("not a valid homes file") && e.contains(PREVIOUS_FILE), "{e}");
+        assert!(
+            e.contains("not a valid homes file") && e.contains(PREVIOUS_FILE),
+            "{e}"
+        );
         std::fs::write(d.join(HOMES_FILE), b"{\"version\": 9}").unwrap();
         let e = HomesFile::load(&d).unwrap_err().to_string();
         assert!(e.contains("version 9"), "{e}");
@@ -488,7 +503,10 @@ mod tests {
     fn names_and_macs_are_cleaned() {
         assert_eq!(clean_name("  Porch\u{7}  light "), "Porch  light");
         assert_eq!(clean_name(&"x".repeat(500)).len(), MAX_NAME);
-        assert_eq!(clean_mac("78:6d:eb:28:ea:a4").as_deref(), Some("786DEB28EAA4"));
+        assert_eq!(
+            clean_mac("78:6d:eb:28:ea:a4").as_deref(),
+            Some("786DEB28EAA4")
+        );
         assert_eq!(clean_mac("A4C1380D1E2F").as_deref(), Some("A4C1380D1E2F"));
         assert_eq!(clean_mac("A4C1380D1E2"), None);
         assert_eq!(clean_mac("G4C1380D1E2F"), None);

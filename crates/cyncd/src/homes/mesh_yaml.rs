@@ -78,7 +78,9 @@ pub enum ImportError {
     #[error("not valid YAML: {0}")]
     Yaml(String),
     /// Deeper than [`MAX_DEPTH`] or more than [`MAX_NODES`] values.
-    #[error("the YAML is nested deeper than {MAX_DEPTH} levels or has more than {MAX_NODES} values (with aliases expanded)")]
+    #[error(
+        "the YAML is nested deeper than {MAX_DEPTH} levels or has more than {MAX_NODES} values (with aliases expanded)"
+    )]
     TooComplex,
     /// No `account data` section.
     #[error(
@@ -154,16 +156,14 @@ pub fn import(text: &str, source: &str) -> Result<Import, ImportError> {
             continue;
         }
         let Yaml::Hash(body) = value else {
-            report
-                .ignored
-                .push(format!("home {name:?}: not a mapping of devices and groups"));
+            report.ignored.push(format!(
+                "home {name:?}: not a mapping of devices and groups"
+            ));
             continue;
         };
         let home = read_home(&name, body, &mut report);
         if home.devices.is_empty() {
-            report
-                .ignored
-                .push(format!("home {name:?}: no devices"));
+            report.ignored.push(format!("home {name:?}: no devices"));
             continue;
         }
         report.taken.push(format!(
@@ -307,9 +307,7 @@ fn read_device(home: &mut HomeRecord, key: &Yaml, value: Yaml, report: &mut Repo
                 false
             }
             _ => {
-                report
-                    .kept
-                    .push(format!("{place}: device {id}: {k:?}"));
+                report.kept.push(format!("{place}: device {id}: {k:?}"));
                 false
             }
         };
@@ -358,9 +356,9 @@ fn read_group(home: &mut HomeRecord, key: &Yaml, value: Yaml, report: &mut Repor
         return;
     };
     if home.groups.len() >= MAX_GROUPS_PER_HOME || home.groups.iter().any(|g| g.id == id) {
-        report
-            .ignored
-            .push(format!("{place}: group {id}: too many groups, or listed twice"));
+        report.ignored.push(format!(
+            "{place}: group {id}: too many groups, or listed twice"
+        ));
         return;
     }
     let Yaml::Hash(fields) = value else {
@@ -615,7 +613,11 @@ debug: true
         assert_eq!(lamp.extra["colour_memory"], serde_json::json!([1, 2]));
         assert_eq!(lamp.extra["supports_rgb"], true);
         let porch = &home.devices[1];
-        assert_eq!(porch.mac.as_deref(), Some("112233445566"), "unquoted digits");
+        assert_eq!(
+            porch.mac.as_deref(),
+            Some("112233445566"),
+            "unquoted digits"
+        );
         assert!(!porch.enabled, "`no` hides it");
         assert_eq!(home.groups[0].members, [5, 7]);
         assert_eq!(home.groups[0].extra["icon"], 3);
@@ -654,7 +656,14 @@ account data:
         assert_eq!(file.homes[0].devices[0].kind, None);
         assert_eq!(file.homes[0].groups[0].members, [3]);
         let ignored = report.ignored.join("\n");
-        for needle in ["\"0\"", "\"abc\"", "type 999", "\"nope\"", "device 4", "member \"x\""] {
+        for needle in [
+            "\"0\"",
+            "\"abc\"",
+            "type 999",
+            "\"nope\"",
+            "device 4",
+            "member \"x\"",
+        ] {
             assert!(ignored.contains(needle), "{needle} in {ignored}");
         }
     }
@@ -669,7 +678,10 @@ account data:
         );
         assert!(matches!(import("a: [", "t"), Err(ImportError::Yaml(_))));
         assert!(matches!(
-            import("account data:\n  H:\n    devices:\n      1: {}\n      1: {}\n", "t"),
+            import(
+                "account data:\n  H:\n    devices:\n      1: {}\n      1: {}\n",
+                "t"
+            ),
             Err(ImportError::Yaml(_))
         ));
     }

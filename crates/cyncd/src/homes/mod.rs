@@ -149,10 +149,7 @@ impl Homes {
     /// The configuration's homes over `file`, value by value: a name, type, room or `enabled`
     /// the configuration sets wins; a configured group replaces the file's group of that id;
     /// bridge lists are joined. Also returns one line per home saying what came from where.
-    pub fn merge(
-        config: &[crate::config::Home],
-        file: Option<&HomesFile>,
-    ) -> (Self, Vec<String>) {
+    pub fn merge(config: &[crate::config::Home], file: Option<&HomesFile>) -> (Self, Vec<String>) {
         let mut homes: Vec<Home> = Vec::new();
         let mut listed: Vec<(ConnId, String, Listed)> = Vec::new();
         let mut auth = Vec::new();
@@ -577,7 +574,11 @@ mod tests {
                     group(32770, "Lamps", &[1], true),
                 ],
             ),
-            home("Cabin", vec![device(1, "Porch", 68), device(2, "Lamp", 5)], vec![]),
+            home(
+                "Cabin",
+                vec![device(1, "Porch", 68), device(2, "Lamp", 5)],
+                vec![],
+            ),
         ];
         f
     }
@@ -617,18 +618,26 @@ mod tests {
         assert_eq!((plug.name.as_str(), plug.kind), ("Coffee maker", Some(68)));
         assert_eq!(plug.room.as_deref(), Some("Kitchen"));
         let fan = homes.device("Main", 3).unwrap();
-        assert_eq!((fan.name.as_str(), fan.room.as_deref()), ("Fan", Some("Porch")));
+        assert_eq!(
+            (fan.name.as_str(), fan.room.as_deref()),
+            ("Fan", Some("Porch"))
+        );
         assert!(!fan.enabled);
         assert_eq!(homes.device("Main", 9).unwrap().name, "device 9");
         // A subgroup is not a room.
-        assert_eq!(homes.device("Main", 1).unwrap().room.as_deref(), Some("Kitchen"));
+        assert_eq!(
+            homes.device("Main", 1).unwrap().room.as_deref(),
+            Some("Kitchen")
+        );
         assert_eq!(homes.device("Cabin", 1).unwrap().room, None);
         assert_eq!(
             homes.home_of_bridge(ConnId([1, 2, 3, 4])),
             Some(("Main", Listed::Configuration))
         );
         assert_eq!(
-            homes.home_of_bridge(ConnId([10, 11, 12, 13])).map(|(h, _)| h),
+            homes
+                .home_of_bridge(ConnId([10, 11, 12, 13]))
+                .map(|(h, _)| h),
             Some("Main")
         );
         assert_eq!(homes.auth_codes().len(), 1);
@@ -640,7 +649,10 @@ mod tests {
     #[test]
     fn a_bridge_finds_its_home_by_its_mesh() {
         let (homes, _) = Homes::merge(&[], Some(&file()));
-        assert_eq!(homes.match_mesh(Some(137), &[1, 2, 3]), MeshMatch::One("Main"));
+        assert_eq!(
+            homes.match_mesh(Some(137), &[1, 2, 3]),
+            MeshMatch::One("Main")
+        );
         assert_eq!(homes.match_mesh(Some(68), &[1, 2]), MeshMatch::One("Cabin"));
         assert_eq!(homes.match_mesh(None, &[2, 1]), MeshMatch::One("Cabin"));
         // The bridge's own device alone: the smaller home shares a larger part.

@@ -300,10 +300,7 @@ pub fn outlet_discovery(
         // Offline with the plug itself.
         map.insert(
             "availability".into(),
-            availability(
-                topics,
-                Some(&device_object(&view.home, view.mesh_id)),
-            ),
+            availability(topics, Some(&device_object(&view.home, view.mesh_id))),
         );
     }
     c
@@ -892,7 +889,11 @@ mod tests {
         assert_eq!(Shape::of(DeviceType::of(Some(68))), Shape::Switch);
         assert_eq!(Shape::of(DeviceType::of(Some(224))), Shape::Readings);
         for code in [96, 113, 240] {
-            assert_eq!(Shape::of(DeviceType::of(Some(code))), Shape::Presence, "{code}");
+            assert_eq!(
+                Shape::of(DeviceType::of(Some(code))),
+                Shape::Presence,
+                "{code}"
+            );
         }
         assert_eq!(
             Shape::Outlets(2).objects("My Home", 6),
