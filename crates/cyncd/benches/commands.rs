@@ -103,7 +103,7 @@ async fn run(s: &Scenario, commands: usize) -> Result {
     let devices: Vec<(String, u16)> = server
         .ctx
         .registry
-        .devices(&server.ctx.config)
+        .devices(&server.ctx.homes.get())
         .into_iter()
         .map(|d| (d.home, d.mesh_id))
         .collect();

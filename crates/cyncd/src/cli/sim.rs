@@ -222,6 +222,9 @@ pub fn demo_home(fleet: &FleetConfig) -> anyhow::Result<crate::config::Home> {
                 Kind::Rgb => "Colour bulb",
                 Kind::Fan => "Fan",
                 Kind::Switch => "Switch",
+                Kind::DualPlug => "Outdoor plug",
+                Kind::Thermostat => "Thermostat",
+                Kind::Inert => "Sensor",
             };
             crate::config::DeviceConfig {
                 id: d.id,

@@ -80,9 +80,9 @@ fn cloud_error(e: &CloudError) -> Response {
 }
 
 impl Setup {
-    fn client(&self) -> Result<Client, Response> {
+    fn client(&self) -> Result<Client, CloudError> {
         let a = &self.ctx.config.account;
-        Client::new(&a.api_base, Duration::from_secs(a.timeout_secs)).map_err(|e| cloud_error(&e))
+        Client::new(&a.api_base, Duration::from_secs(a.timeout_secs))
     }
 
     fn pending(&self) -> std::sync::MutexGuard<'_, Option<Export>> {
@@ -99,24 +99,19 @@ fn busy() -> Response {
     )
 }
 
-fn field(value: &str, name: &str) -> Result<String, Response> {
+/// A form field, trimmed, or why it is not acceptable.
+fn field(value: &str, name: &str) -> Result<String, String> {
     let v = value.trim();
     if v.is_empty() || v.chars().count() > MAX_FIELD {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            &format!("{name} must be 1-{MAX_FIELD} characters"),
-        ));
+        return Err(format!("{name} must be 1-{MAX_FIELD} characters"));
     }
     Ok(v.to_string())
 }
 
-fn email(value: &str) -> Result<String, Response> {
+fn email(value: &str) -> Result<String, String> {
     let e = field(value, "email")?;
     if !e.contains('@') || e.chars().any(char::is_whitespace) {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            "that is not an e-mail address",
-        ));
+        return Err("that is not an e-mail address".into());
     }
     Ok(e)
 }
@@ -161,14 +156,14 @@ async fn code(State(s): State<Arc<Setup>>, body: axum::body::Bytes) -> Response 
     };
     let email = match email(&body.email) {
         Ok(e) => e,
-        Err(r) => return r,
+        Err(why) => return error(StatusCode::BAD_REQUEST, &why),
     };
     let Ok(_permit) = s.busy.try_acquire() else {
         return busy();
     };
     let client = match s.client() {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(e) => return cloud_error(&e),
     };
     match client.request_code(&email).await {
         Ok(()) => {
@@ -200,7 +195,7 @@ async fn login(State(s): State<Arc<Setup>>, body: axum::body::Bytes) -> Response
     };
     let (email, code) = match (email(&body.email), field(&body.code, "code")) {
         (Ok(e), Ok(c)) => (e, c),
-        (Err(r), _) | (_, Err(r)) => return r,
+        (Err(why), _) | (_, Err(why)) => return error(StatusCode::BAD_REQUEST, &why),
     };
     if body.password.is_empty() || body.password.chars().count() > MAX_FIELD {
         return error(
@@ -213,7 +208,7 @@ async fn login(State(s): State<Arc<Setup>>, body: axum::body::Bytes) -> Response
     };
     let client = match s.client() {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(e) => return cloud_error(&e),
     };
     let token = match client.login(&email, &body.password, &code).await {
         Ok(t) => t,
@@ -240,7 +235,7 @@ async fn preview(State(s): State<Arc<Setup>>) -> Response {
     };
     let client = match s.client() {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(e) => return cloud_error(&e),
     };
     match export::export(&client, &token).await {
         Ok(export) => {

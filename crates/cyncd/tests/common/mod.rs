@@ -9,6 +9,7 @@
 )]
 
 pub mod canary;
+pub mod cync_api;
 
 use cyncd::config::Config;
 use cyncd::serve::Running;
