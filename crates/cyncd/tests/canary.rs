@@ -1,8 +1,9 @@
 //! Canary routing end to end over real TLS sockets, in real time: simulated bridges, commands
 //! through the transport that owns each bridge, SLO rules with short windows (seconds instead of
-//! hours), rollback, the HTTP control (drain, kill switch), shadow. `canary_sim.rs` runs the
-//! same stack under a paused clock with the production rules; the rule logic itself is tested
-//! with exact times in `cync_proto::canary` and `cyncd::canary`.
+//! hours), rollback, the HTTP control (drain, kill switch), shadow, and commands sent across a
+//! drain. `canary_sim.rs` runs the same stack under a paused clock with the production rules;
+//! the rule logic itself is tested with exact times in `cync_proto::canary` and
+//! `cyncd::canary`.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

@@ -565,9 +565,14 @@ impl Service {
         };
         let writer = match self.registry.writer(conn) {
             Some((route, writer)) if route.transport == Transport::Legacy => writer,
-            // Away, closing, or now the reliable transport's: the command waits for a
-            // connection in the command service's queue.
-            _ => {
+            // Now the reliable transport's: the command service writes it there.
+            Some(_) => {
+                self.hand_back(id, None);
+                return;
+            }
+            // Away or closing: the command waits for a connection in the command service's
+            // queue.
+            None => {
                 self.hand_back(id, Some(conn));
                 return;
             }
