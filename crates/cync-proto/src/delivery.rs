@@ -768,7 +768,11 @@ impl Dispatcher {
             self.done_now(id, submitted, deadline, attempts, outcome);
             return;
         }
-        if self.commands.len() >= self.config.max_active || self.commands.contains_key(&id) {
+        if self.commands.contains_key(&id) {
+            // Already here: a command is in one place at a time, with one outcome.
+            return;
+        }
+        if self.commands.len() >= self.config.max_active {
             self.done_now(id, submitted, now, attempts, Outcome::QueueFull);
             return;
         }
@@ -1135,7 +1139,8 @@ impl Dispatcher {
     }
 }
 
-/// Which attribute an action sets (for coalescing).
+/// Which attribute an action sets: a newer command for the same target and attribute supersedes
+/// an older one still queued, or one changing owner.
 pub fn attribute(action: &Action) -> &'static str {
     match action {
         Action::Power(_) => "on",

@@ -642,3 +642,34 @@ async fn a_legacy_command_its_connection_never_wrote_waits_for_the_next_owner() 
     assert_eq!(unmatched(&server, "reliable"), 1);
     server.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_bridge_reconnecting_over_a_live_connection_ends_what_legacy_wrote_on_the_old_one() {
+    let mut config = canary_config("sim-legacy-replaced", "legacy", 0.0, &[]);
+    config.discover_mesh = false;
+    let server = start(config).await;
+    let id = 0x7600_0002;
+    // Written on the first connection, never answered there.
+    let mut old = raw_device(&server, id).await;
+    let first = power(&server, id);
+    assert_eq!(next_command(&mut old).await, [0, 0, 0]);
+    // The bridge comes back on a new connection while the old one still looks open.
+    let mut device = raw_device(&server, id).await;
+    // The 0x7B on the new connection is the new command's, not the old one's.
+    let second = power(&server, id);
+    assert_eq!(next_command(&mut device).await, [0, 0, 0]);
+    write(&mut device, &ack(id, [0, 0, 0])).await;
+    let second = second.await.unwrap();
+    assert_eq!(
+        (second.outcome, second.attempts),
+        ("applied", 1),
+        "{second:?}"
+    );
+    assert!(second.latency_ms < 100.0, "{second:?}");
+    // The old one's answer can no longer come: it ended when its connection did.
+    let first = first.await.unwrap();
+    assert_eq!((first.outcome, first.attempts), ("no_ack", 1), "{first:?}");
+    assert!(first.latency_ms < 100.0, "{first:?}");
+    expect_closed(&mut old, Duration::from_secs(5)).await;
+    server.shutdown().await;
+}

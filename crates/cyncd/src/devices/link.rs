@@ -103,8 +103,8 @@ pub enum ConnEvent {
     },
     /// A bridge's connection said hello and is registered: commands waiting for it can go.
     Connected(ConnId),
-    /// The connection ended (or a newer one with the same id replaced it). Delivered once per
-    /// connection, before anything of the connection that replaces it.
+    /// The connection ended (or a newer one with the same id replaced it). Delivered before
+    /// the connection that replaces it is registered.
     Lost(ConnId),
 }
 

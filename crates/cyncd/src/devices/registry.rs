@@ -258,7 +258,6 @@ pub struct Registration {
     registry: Registry,
     conn: ConnId,
     generation: u64,
-    replaced: bool,
     released: bool,
 }
 
@@ -316,8 +315,7 @@ impl Registry {
             cancel,
             writer,
         };
-        let old = self.lock().connections.insert(conn, entry);
-        if let Some(old) = &old {
+        if let Some(old) = self.lock().connections.insert(conn, entry) {
             old.cancel.cancel();
         }
         self.notify();
@@ -325,7 +323,6 @@ impl Registry {
             registry: self.clone(),
             conn,
             generation,
-            replaced: old.is_some(),
             released: false,
         }
     }
@@ -532,6 +529,11 @@ impl Registry {
         out
     }
 
+    /// Whether a session with this id is registered.
+    pub fn is_connected(&self, conn: ConnId) -> bool {
+        self.lock().connections.contains_key(&conn)
+    }
+
     /// The counters of a connected bridge.
     pub fn conn_stats(&self, conn: ConnId) -> Option<Arc<ConnStats>> {
         self.lock().connections.get(&conn).map(|c| c.stats.clone())
@@ -619,12 +621,6 @@ impl Registration {
     /// The connection id.
     pub fn conn(&self) -> ConnId {
         self.conn
-    }
-
-    /// Whether this registration replaced a live session with the same id (whose end is then
-    /// this session's to announce).
-    pub fn replaced_another(&self) -> bool {
-        self.replaced
     }
 
     /// Ends the registration (also done on drop). Returns whether this session was still the
@@ -806,7 +802,7 @@ mod tests {
             route,
         );
         assert!(old.is_cancelled() && !new.is_cancelled());
-        assert!(!first.replaced_another() && second.replaced_another());
+        assert!(r.is_connected(A));
         // The old session ending must not remove the new one (and does not announce a loss).
         assert!(!first.release());
         assert_eq!(r.connections()[0].peer, "127.0.0.1:2");

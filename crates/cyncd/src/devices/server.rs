@@ -7,8 +7,8 @@
 //!
 //! Ownership: the route decided at the hello names the one transport that writes on the
 //! connection and hears its 0x7Bs and results (see [`super::link`]); a command from the other
-//! one is refused unwritten. The end of a connection ([`ConnEvent::Lost`]) is announced once,
-//! before anything of a connection that replaces it, so no transport takes an answer on the new
+//! one is refused unwritten. The end of a connection ([`ConnEvent::Lost`]) is announced before
+//! a connection that replaces it is registered, so no transport takes an answer on the new
 //! connection for a command written on the old one.
 //!
 //! Bounds: at most `max_connections` connections (a semaphore; one over the cap is accepted and
@@ -511,7 +511,20 @@ impl<H: Host> Conn<H> {
                     self.session
                         .set_dedup(route.transport == Transport::Reliable);
                     info!(peer = %self.peer, conn_id = %conn, transport = route.transport.name(), shadow = route.shadow, "routed");
-                    let registration = self.ctx.registry().register(
+                    if let Some(previous) = self.registration.take() {
+                        // A second hello with another id: that id's session ends here.
+                        let old = previous.conn();
+                        if previous.release() {
+                            self.lost(old);
+                        }
+                    }
+                    if self.ctx.registry().is_connected(conn) {
+                        // The session this one replaces ends before anything of this one can
+                        // be written (its own end, if it comes first, announces it again:
+                        // harmless, nothing is on this connection yet).
+                        self.lost(conn);
+                    }
+                    self.registration = Some(self.ctx.registry().register(
                         conn,
                         self.peer,
                         &self.home,
@@ -519,19 +532,7 @@ impl<H: Host> Conn<H> {
                         self.cancel.clone(),
                         Some(self.writer.clone()),
                         route,
-                    );
-                    let replaced = registration.replaced_another();
-                    if let Some(previous) = self.registration.replace(registration) {
-                        // A second hello with another id: that id's session ends here.
-                        let old = previous.conn();
-                        if previous.release() {
-                            self.lost(old);
-                        }
-                    }
-                    if replaced {
-                        // The session this one replaces ends before anything of this one.
-                        self.lost(conn);
-                    }
+                    ));
                     // Commands waiting for this bridge go now, through its owner.
                     self.ctx
                         .deliver(Transport::Reliable, ConnEvent::Connected(conn));
