@@ -243,15 +243,7 @@ impl Commands {
 
     /// Adds an event to a command's trace (for the legacy transport, which shares the ring).
     pub fn trace_event(&self, id: CommandId, event: &'static str, detail: &[(&str, String)]) {
-        let record = TraceRecord {
-            at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-            event,
-            detail: detail
-                .iter()
-                .map(|(k, v)| ((*k).to_string(), serde_json::Value::String(v.clone())))
-                .collect(),
-        };
-        push_trace(&self.traces, id, record);
+        push_event(&self.traces, id, event, detail);
     }
 
     /// A command's trace, oldest event first.
@@ -436,7 +428,12 @@ impl Service {
         self.via.remove(&command);
         let reply = self.waiters.remove(&command);
         info!(command_id = %command, conn_id = %conn, "command handed to legacy, which owns the connection");
-        self.trace_moved(command, Transport::Legacy, conn);
+        push_event(
+            &self.traces,
+            command,
+            "moved",
+            &[("to", "legacy".into()), ("bridge", conn.to_string())],
+        );
         let mut moving = Moving::from_moved(moved, self.start, reply);
         // Legacy writes once, on the connection chosen here.
         moving.req.bridges = vec![conn];
@@ -445,18 +442,6 @@ impl Service {
             conn,
             shadow,
         });
-    }
-
-    fn trace_moved(&self, command: CommandId, to: Transport, conn: ConnId) {
-        let mut detail = serde_json::Map::new();
-        detail.insert("to".into(), serde_json::Value::from(to.name()));
-        detail.insert("bridge".into(), serde_json::Value::from(conn.to_string()));
-        let record = TraceRecord {
-            at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-            event: "moved",
-            detail,
-        };
-        push_trace(&self.traces, command, record);
     }
 
     /// Carries out everything the dispatcher asked for.
@@ -595,6 +580,24 @@ impl Service {
         };
         push_trace(&self.traces, command, record);
     }
+}
+
+/// Appends an event with text details to a command's trace.
+fn push_event(
+    traces: &Mutex<Traces>,
+    command: CommandId,
+    event: &'static str,
+    detail: &[(&str, String)],
+) {
+    let record = TraceRecord {
+        at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        event,
+        detail: detail
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), serde_json::Value::String(v.clone())))
+            .collect(),
+    };
+    push_trace(traces, command, record);
 }
 
 /// Appends to a command's trace: at most [`TRACE_COMMANDS`] commands (oldest forgotten first),
