@@ -180,6 +180,9 @@ struct Conn<H> {
     queue: mpsc::Receiver<ConnCommand>,
     /// Decided at the hello.
     route: Option<Route>,
+    /// The last sensor report (a thermostat's), applied again once the mesh listing tells
+    /// which device and home the connection is.
+    sensors: Option<cync_proto::SensorReport>,
 }
 
 impl<H: Host> Conn<H> {
@@ -209,6 +212,7 @@ impl<H: Host> Conn<H> {
             writer,
             queue,
             route: None,
+            sensors: None,
         }
     }
 
@@ -525,7 +529,7 @@ impl<H: Host> Conn<H> {
     }
 
     /// A thermostat's sensor report (a 0x43 entry or its 0xAB) goes to the registry.
-    fn sensor_report(&self, step: &Step) {
+    fn sensor_report(&mut self, step: &Step) {
         let Ok(packet) = &step.packet else { return };
         if !matches!(packet.kind(), 0x43 | 0xab) {
             return;
@@ -537,6 +541,7 @@ impl<H: Host> Conn<H> {
         self.ctx
             .registry()
             .sensors(&self.ctx.homes(), &self.home, conn, &report);
+        self.sensors = Some(report);
     }
 
     fn drain_events(&mut self) {
@@ -628,6 +633,15 @@ impl<H: Host> Conn<H> {
                         self.ctx
                             .registry()
                             .learn_mesh(conn, &self.home, device_type, &ids);
+                        if let Some(report) = &self.sensors {
+                            // Now the registry knows the bridge's own device and home.
+                            self.ctx.registry().sensors(
+                                &self.ctx.homes(),
+                                &self.home,
+                                conn,
+                                report,
+                            );
+                        }
                         if let Some(code) =
                             device_type.filter(|c| !DeviceType::of(Some(*c)).is_known())
                         {

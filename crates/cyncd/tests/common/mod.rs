@@ -8,6 +8,7 @@
     clippy::panic
 )]
 
+pub mod broker;
 pub mod canary;
 pub mod cync_api;
 
