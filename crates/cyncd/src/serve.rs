@@ -9,6 +9,7 @@ use crate::frontends::http::guard::{Auth, Guard, Token};
 use crate::frontends::http::server::Limits;
 use crate::metrics::Metrics;
 use anyhow::Context as _;
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -432,23 +433,22 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         let mut signals = Signals::install()?;
         let plain = config.plain;
         let running = start(config).await?;
-        println!(
-            "cyncd: devices on {} ({}), HTTP on http://{} (/api/devices, /api/connections, /metrics)",
-            running.devices,
-            if plain { "plain TCP" } else { "TLS" },
-            running.http
-        );
-        match &running.http_token {
-            Some(file) => println!(
-                "cyncd: web page http://{}/ ; API token in {} (the page asks for it once; API clients send Authorization: Bearer <token>)",
-                running.http,
+        let token = match &running.http_token {
+            Some(file) => format!(
+                "API token in {} (the page asks for it once; API clients send Authorization: Bearer <token>)",
                 file.path.display()
             ),
-            None => println!(
-                "cyncd: web page http://{}/ (no API token: loopback only)",
-                running.http
-            ),
-        }
+            None => "no API token (loopback only)".to_string(),
+        };
+        // One write, errors ignored: whoever started us may stop reading after the first line.
+        let _ = writeln!(
+            std::io::stdout(),
+            "cyncd: devices on {} ({}), HTTP on http://{} (/api/devices, /api/connections, /metrics)\ncyncd: web page http://{}/ ; {token}",
+            running.devices,
+            if plain { "plain TCP" } else { "TLS" },
+            running.http,
+            running.http,
+        );
         let mut routing = running.ctx.config.canary.clone();
         while signals.recv().await == Signal::Reload {
             reload(args, &running.ctx, &mut routing);
