@@ -564,6 +564,7 @@ async function loadCanary() {
 // ---------------------------------------------------------------- sign-in
 
 function showLogin(message) {
+  document.body.dataset.auth = 'out';
   $('#login').hidden = false;
   $('#login-error').textContent = message || '';
   setLive('offline', 'signed out');
@@ -606,6 +607,7 @@ async function start() {
     return;
   }
   $('#login').hidden = true;
+  delete document.body.dataset.auth;
   connect();
   loadCanary();
   if (!started) {

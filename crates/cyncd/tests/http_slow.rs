@@ -1,0 +1,130 @@
+//! Slow-header and stalled-body HTTP clients are closed by their timeouts while a device's
+//! heartbeats are answered about as fast as on a quiet server. Alone in its test binary, so no
+//! other test shares the two measurements' CPU.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// Heartbeat → ACK latencies of one device over `n` heartbeats, sorted.
+async fn heartbeats(stream: &mut Box<dyn Stream>, n: usize) -> Vec<Duration> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let sent = Instant::now();
+        write(stream, &[0xd3, 0, 0, 0, 0]).await;
+        let ack = read_packets(stream, 1, |p| p[0] == 0xd8).await;
+        assert_eq!(ack[0], [0xd8, 0, 0, 0, 0]);
+        out.push(sent.elapsed());
+    }
+    out.sort();
+    out
+}
+
+fn p99(sorted: &[Duration]) -> Duration {
+    sorted[(sorted.len() * 99 / 100).min(sorted.len() - 1)]
+}
+
+/// The value of an unlabelled counter in a Prometheus text body.
+fn counter(body: &str, name: &str) -> u64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_stalled_clients_are_closed_by_their_timeouts_while_devices_are_served() {
+    const HEADER_TIMEOUT: Duration = Duration::from_millis(1500);
+    const REQUEST_TIMEOUT: Duration = Duration::from_millis(1500);
+    const SLOW: usize = 150;
+    const STALLED: usize = 60;
+    const SAMPLES: usize = 500;
+    let server = start({
+        let mut c = config("http-slow");
+        c.http_header_timeout_secs = HEADER_TIMEOUT.as_secs_f64();
+        c.http_request_timeout_secs = REQUEST_TIMEOUT.as_secs_f64();
+        c
+    })
+    .await;
+    let addr = server.http;
+    let mut device = connect(&server).await;
+    write(&mut device, &hello([0x66, 1, 2, 3])).await;
+    read_packets(&mut device, 1, |p| p[0] == 0x28).await;
+    let quiet = heartbeats(&mut device, SAMPLES).await;
+
+    // Slow headers: a request head that never ends. Stalled bodies: 60,000 bytes announced, a
+    // few sent.
+    let token_line = auth(&server);
+    let mut clients = Vec::new();
+    let opened = Instant::now();
+    for i in 0..SLOW + STALLED {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        let first = if i < SLOW {
+            format!("GET /api/devices HTTP/1.1\r\nHost: 127.0.0.1\r\nX-{i}: ")
+        } else {
+            format!(
+                "POST /api/devices/default:1/state HTTP/1.1\r\nHost: 127.0.0.1\r\n{token_line}Content-Type: application/json\r\nContent-Length: 60000\r\n\r\n{{\"on\""
+            )
+        };
+        tcp.write_all(first.as_bytes()).await.unwrap();
+        // Each waits for the server to close it, and says when and with what.
+        clients.push(tokio::spawn(async move {
+            let mut response = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(20), tcp.read_to_end(&mut response))
+                .await
+                .expect("a slow client was never closed");
+            (opened.elapsed(), String::from_utf8_lossy(&response).into_owned())
+        }));
+    }
+    // Measured once the server holds every one of them, until the last is closed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, metrics) = get(&server, "/metrics").await;
+        if counter(&metrics, "cyncd_http_connections_total") > (SLOW + STALLED) as u64 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the server did not accept them all");
+    }
+    let mut attacked = Vec::new();
+    while clients.iter().any(|c| !c.is_finished()) {
+        attacked.extend(heartbeats(&mut device, 20).await);
+    }
+    attacked.sort();
+    let mut closed_after = Vec::new();
+    for client in clients {
+        // Closed without an answer, or told 408: never served.
+        let (after, answer) = client.await.unwrap();
+        assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 408"), "{answer}");
+        closed_after.push(after);
+    }
+    closed_after.sort();
+    let (first, last) = (closed_after[0], closed_after[closed_after.len() - 1]);
+    eprintln!(
+        "heartbeat p99 quiet {:?} ({SAMPLES}), under {SLOW} slow-header and {STALLED} stalled-body clients {:?} ({}); clients closed between {first:?} and {last:?}",
+        p99(&quiet),
+        p99(&attacked),
+        attacked.len()
+    );
+    // Closed by their deadlines: not before, and not long after.
+    assert!(first >= HEADER_TIMEOUT.min(REQUEST_TIMEOUT), "{first:?}");
+    assert!(last < HEADER_TIMEOUT.max(REQUEST_TIMEOUT) * 3, "{last:?}");
+    // Sub-millisecond figures are at the scheduler's noise: compare against at least 1 ms.
+    let bound = p99(&quiet).max(Duration::from_millis(1)) * 2;
+    assert!(
+        p99(&attacked) <= bound,
+        "heartbeat p99 {:?} under attack against {:?} quiet",
+        p99(&attacked),
+        p99(&quiet)
+    );
+    assert_eq!(get(&server, "/healthz").await.0, 200);
+    server.shutdown().await;
+}
