@@ -484,7 +484,11 @@ impl Config {
             }
         }
         for host in &self.http_hosts {
-            if host.is_empty() || !host.chars().all(|c| c.is_ascii_alphanumeric() || "-.".contains(c)) {
+            if host.is_empty()
+                || !host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-.".contains(c))
+            {
                 return bad(format!(
                     "http_hosts: {host:?} is not a host name (letters, digits, - and . only)"
                 ));
@@ -773,7 +777,10 @@ mod tests {
         };
         let shown = serde_json::to_string(&config).unwrap();
         assert!(!shown.contains("SECRET"), "{shown}");
-        assert!(shown.contains("mqtt://user:<redacted>@broker.lan:1883"), "{shown}");
+        assert!(
+            shown.contains("mqtt://user:<redacted>@broker.lan:1883"),
+            "{shown}"
+        );
         for bad in [
             "[mqtt]\nurl = \"http://x\"",
             "[mqtt]\nbase_topic = \"cync/#\"",

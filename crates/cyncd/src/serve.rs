@@ -418,7 +418,11 @@ fn http_limits(config: &Config) -> Limits {
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let config = args.config()?;
     crate::logging::init(config.log_format, &config.log_level)?;
-    raise_file_limit(config.max_connections.saturating_add(config.http_max_connections));
+    raise_file_limit(
+        config
+            .max_connections
+            .saturating_add(config.http_max_connections),
+    );
     let runtime = if config.threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -69,7 +69,10 @@ async fn set_and_toggle_print_the_outcome_and_exit_accordingly() {
     .await;
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("HTTP 401") && err.contains("--token-file"), "{err}");
+    assert!(
+        err.contains("HTTP 401") && err.contains("--token-file"),
+        "{err}"
+    );
     assert_eq!(
         fleet.device("home0", 3).unwrap().applied_commands.len(),
         applied_before
@@ -85,20 +88,36 @@ async fn set_and_toggle_print_the_outcome_and_exit_accordingly() {
         server.ctx.config.state_dir.display().to_string(),
     ])
     .await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // The token from the environment.
     let token = server.http_token.as_ref().unwrap().token.clone();
     let (api_env, state_env) = (api.clone(), empty_state.display().to_string());
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_cyncd"))
-            .args(["set", "default:3", "off", "--api", &api_env, "--state-dir", &state_env])
+            .args([
+                "set",
+                "default:3",
+                "off",
+                "--api",
+                &api_env,
+                "--state-dir",
+                &state_env,
+            ])
             .env("CYNCD_API_TOKEN", token)
             .output()
             .unwrap()
     })
     .await
     .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!fleet.device("home0", 3).unwrap().on);
 
     // Device 3 is a tunable-white bulb.

@@ -100,8 +100,11 @@ async fn the_api_needs_the_token_and_refuses_foreign_hosts_and_cross_site_writes
         ("POST", "/api/devices/default:2/toggle", ""),
         ("GET", "/api/nothing-here", ""),
     ] {
-        let (status, head, answer) =
-            raw(addr, &request(method, p, &format!("Host: 127.0.0.1\r\n{json}"), body)).await;
+        let (status, head, answer) = raw(
+            addr,
+            &request(method, p, &format!("Host: 127.0.0.1\r\n{json}"), body),
+        )
+        .await;
         assert_eq!(status, 401, "{method} {p}: {answer}");
         assert!(head.contains("www-authenticate: bearer"), "{head}");
         assert!(answer.contains("API token"), "{answer}");
@@ -109,20 +112,36 @@ async fn the_api_needs_the_token_and_refuses_foreign_hosts_and_cross_site_writes
     let wrong = "Authorization: Bearer 0000000000000000000000000000000000000000000000000000000000000000\r\n";
     let (status, _, _) = raw(
         addr,
-        &request("POST", path, &format!("Host: 127.0.0.1\r\n{wrong}{json}"), on),
+        &request(
+            "POST",
+            path,
+            &format!("Host: 127.0.0.1\r\n{wrong}{json}"),
+            on,
+        ),
     )
     .await;
     assert_eq!(status, 401);
     assert!(!server.ctx.canary.status()["kill"].as_bool().unwrap());
 
     // Open without the token: health, the page's static files, metrics from loopback.
-    for p in ["/healthz", "/", "/app.js", "/style.css", "/favicon.svg", "/metrics"] {
+    for p in [
+        "/healthz",
+        "/",
+        "/app.js",
+        "/style.css",
+        "/favicon.svg",
+        "/metrics",
+    ] {
         let (status, _, _) = raw(addr, &request("GET", p, "Host: 127.0.0.1\r\n", "")).await;
         assert_eq!(status, 200, "{p}");
     }
 
     // A foreign Host (a page that rebound its DNS name to us) is refused even with the token.
-    for host in ["attacker.test", "attacker.test:8080", "127.0.0.1.attacker.test"] {
+    for host in [
+        "attacker.test",
+        "attacker.test:8080",
+        "127.0.0.1.attacker.test",
+    ] {
         let (status, _, answer) = raw(
             addr,
             &request("POST", path, &format!("Host: {host}\r\n{bearer}{json}"), on),
@@ -131,7 +150,12 @@ async fn the_api_needs_the_token_and_refuses_foreign_hosts_and_cross_site_writes
         assert_eq!(status, 403, "{host}: {answer}");
         let (status, _, _) = raw(
             addr,
-            &request("GET", "/api/devices", &format!("Host: {host}\r\n{bearer}"), ""),
+            &request(
+                "GET",
+                "/api/devices",
+                &format!("Host: {host}\r\n{bearer}"),
+                "",
+            ),
         )
         .await;
         assert_eq!(status, 403, "{host}");
@@ -145,12 +169,18 @@ async fn the_api_needs_the_token_and_refuses_foreign_hosts_and_cross_site_writes
         format!("Host: 127.0.0.1\r\n{bearer}{json}Sec-Fetch-Site: cross-site\r\n"),
     ] {
         let (status, _, answer) = raw(addr, &request("POST", path, &headers, on)).await;
-        assert!(status == 403 || status == 415, "{headers}: {status} {answer}");
+        assert!(
+            status == 403 || status == 415,
+            "{headers}: {status} {answer}"
+        );
     }
     assert_eq!(applied(&fleet), 0, "a refused request reached a device");
 
     // The same request, as the page or a client sends it, is applied.
-    for origin in ["", "Origin: http://127.0.0.1\r\nSec-Fetch-Site: same-origin\r\n"] {
+    for origin in [
+        "",
+        "Origin: http://127.0.0.1\r\nSec-Fetch-Site: same-origin\r\n",
+    ] {
         let origin = origin.replace("127.0.0.1", &addr.to_string());
         let (status, _, answer) = raw(
             addr,
@@ -176,7 +206,11 @@ async fn the_page_signs_in_once_with_an_http_only_same_site_cookie() {
     let addr = server.http;
     let token = server.http_token.as_ref().unwrap().token.clone();
     let json = "Host: 127.0.0.1\r\nContent-Type: application/json\r\n";
-    let (status, _, _) = raw(addr, &request("GET", "/api/session", "Host: 127.0.0.1\r\n", "")).await;
+    let (status, _, _) = raw(
+        addr,
+        &request("GET", "/api/session", "Host: 127.0.0.1\r\n", ""),
+    )
+    .await;
     assert_eq!(status, 401);
     let (status, head, _) = raw(
         addr,
@@ -187,7 +221,12 @@ async fn the_page_signs_in_once_with_an_http_only_same_site_cookie() {
     assert!(!head.contains("set-cookie"), "{head}");
     let (status, head, _) = raw(
         addr,
-        &request("POST", "/api/session", json, &format!(r#"{{"token": "{token}"}}"#)),
+        &request(
+            "POST",
+            "/api/session",
+            json,
+            &format!(r#"{{"token": "{token}"}}"#),
+        ),
     )
     .await;
     assert_eq!(status, 204, "{head}");
@@ -209,13 +248,23 @@ async fn the_page_signs_in_once_with_an_http_only_same_site_cookie() {
         .to_string();
     let (status, _, body) = raw(
         addr,
-        &request("GET", "/api/session", &format!("Host: 127.0.0.1\r\nCookie: {pair}\r\n"), ""),
+        &request(
+            "GET",
+            "/api/session",
+            &format!("Host: 127.0.0.1\r\nCookie: {pair}\r\n"),
+            "",
+        ),
     )
     .await;
     assert_eq!(status, 200, "{body}");
     let (status, _, _) = raw(
         addr,
-        &request("GET", "/api/devices", &format!("Host: 127.0.0.1\r\nCookie: {pair}\r\n"), ""),
+        &request(
+            "GET",
+            "/api/devices",
+            &format!("Host: 127.0.0.1\r\nCookie: {pair}\r\n"),
+            "",
+        ),
     )
     .await;
     assert_eq!(status, 200);
@@ -236,7 +285,12 @@ async fn the_page_signs_in_once_with_an_http_only_same_site_cookie() {
     assert_eq!(status, 401, "signing out needs to be signed in: {head}");
     let (status, head, _) = raw(
         addr,
-        &request("DELETE", "/api/session", &format!("{json}Cookie: {pair}\r\n"), ""),
+        &request(
+            "DELETE",
+            "/api/session",
+            &format!("{json}Cookie: {pair}\r\n"),
+            "",
+        ),
     )
     .await;
     assert_eq!(status, 204);
@@ -249,7 +303,11 @@ async fn token_less_mode_on_loopback_still_refuses_cross_site_writes() {
     let (server, fleet) = home("http-open", |c| c.http_no_auth = true).await;
     assert!(server.http_token.is_none());
     let addr = server.http;
-    let (status, _, _) = raw(addr, &request("GET", "/api/devices", "Host: localhost\r\n", "")).await;
+    let (status, _, _) = raw(
+        addr,
+        &request("GET", "/api/devices", "Host: localhost\r\n", ""),
+    )
+    .await;
     assert_eq!(status, 200);
     // What a web page in the user's browser can send without a preflight.
     for headers in [
@@ -260,7 +318,12 @@ async fn token_less_mode_on_loopback_still_refuses_cross_site_writes() {
     ] {
         let (status, _, _) = raw(
             addr,
-            &request("POST", "/api/devices/default:3/state", headers, r#"{"on": true}"#),
+            &request(
+                "POST",
+                "/api/devices/default:3/state",
+                headers,
+                r#"{"on": true}"#,
+            ),
         )
         .await;
         assert!(status == 403 || status == 415, "{headers}: {status}");
@@ -274,7 +337,10 @@ async fn token_less_mode_on_loopback_still_refuses_cross_site_writes() {
 async fn bodies_are_bounded_and_refusals_echo_only_a_prefix() {
     let server = start(config("http-body")).await;
     let addr = server.http;
-    let headers = format!("Host: 127.0.0.1\r\n{}Content-Type: application/json\r\n", auth(&server));
+    let headers = format!(
+        "Host: 127.0.0.1\r\n{}Content-Type: application/json\r\n",
+        auth(&server)
+    );
     // 2 MB in: refused from its declared length, with a short answer.
     let big = format!(r#"{{"effect": "{}"}}"#, "A".repeat(2_000_000));
     let started = Instant::now();
@@ -301,20 +367,42 @@ async fn bodies_are_bounded_and_refusals_echo_only_a_prefix() {
     )
     .await;
     assert!(status == 400 || status == 404, "{status}");
-    assert!(answer.len() < 400, "{} bytes echoed: {answer}", answer.len());
+    assert!(
+        answer.len() < 400,
+        "{} bytes echoed: {answer}",
+        answer.len()
+    );
     let (status, _, answer) = raw(
         addr,
-        &request("PUT", "/api/canary", &headers, &format!(r#"{{"mode": "{}"}}"#, "C".repeat(60_000))),
+        &request(
+            "PUT",
+            "/api/canary",
+            &headers,
+            &format!(r#"{{"mode": "{}"}}"#, "C".repeat(60_000)),
+        ),
     )
     .await;
     assert_eq!(status, 400);
-    assert!(answer.len() < 400, "{} bytes echoed: {answer}", answer.len());
+    assert!(
+        answer.len() < 400,
+        "{} bytes echoed: {answer}",
+        answer.len()
+    );
     let (status, _, answer) = raw(
         addr,
-        &request("GET", &format!("/api/trace/{}", "D".repeat(8_000)), &headers, ""),
+        &request(
+            "GET",
+            &format!("/api/trace/{}", "D".repeat(8_000)),
+            &headers,
+            "",
+        ),
     )
     .await;
-    assert!(answer.len() < 400, "{status}: {} bytes echoed", answer.len());
+    assert!(
+        answer.len() < 400,
+        "{status}: {} bytes echoed",
+        answer.len()
+    );
     server.shutdown().await;
 }
 

@@ -82,7 +82,10 @@ async fn slow_and_stalled_clients_are_closed_by_their_timeouts_while_devices_are
             let _ = tokio::time::timeout(Duration::from_secs(20), tcp.read_to_end(&mut response))
                 .await
                 .expect("a slow client was never closed");
-            (opened.elapsed(), String::from_utf8_lossy(&response).into_owned())
+            (
+                opened.elapsed(),
+                String::from_utf8_lossy(&response).into_owned(),
+            )
         }));
     }
     // Measured once the server holds every one of them, until the last is closed.
@@ -92,7 +95,10 @@ async fn slow_and_stalled_clients_are_closed_by_their_timeouts_while_devices_are
         if counter(&metrics, "cyncd_http_connections_total") > (SLOW + STALLED) as u64 {
             break;
         }
-        assert!(Instant::now() < deadline, "the server did not accept them all");
+        assert!(
+            Instant::now() < deadline,
+            "the server did not accept them all"
+        );
     }
     let mut attacked = Vec::new();
     while clients.iter().any(|c| !c.is_finished()) {
@@ -103,7 +109,10 @@ async fn slow_and_stalled_clients_are_closed_by_their_timeouts_while_devices_are
     for client in clients {
         // Closed without an answer, or told 408: never served.
         let (after, answer) = client.await.unwrap();
-        assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+            "{answer}"
+        );
         closed_after.push(after);
     }
     closed_after.sort();

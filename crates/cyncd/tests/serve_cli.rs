@@ -279,7 +279,12 @@ fn sighup_reloads_the_routing_without_a_restart() {
     assert!(http_get(&http, &state, "/api/canary").contains("\"mode\":\"legacy\""));
     std::fs::write(&config, "[canary]\nmode = \"canary\"\npercent = 25.0\n").unwrap();
     signal(&child, "HUP");
-    until_body(&http, &state, "/api/canary", "\"mode\":\"canary\",\"percent\":25.0");
+    until_body(
+        &http,
+        &state,
+        "/api/canary",
+        "\"mode\":\"canary\",\"percent\":25.0",
+    );
     // A broken file is refused (logged) without stopping cyncd; the next good one applies.
     std::fs::write(&config, "[canary]\nmode = \"sideways\"\n").unwrap();
     signal(&child, "HUP");
@@ -295,8 +300,20 @@ fn sighup_reloads_the_routing_without_a_restart() {
 fn a_password_in_the_mqtt_url_is_never_printed() {
     let state = temp_dir("secret");
     let mut child = Command::new(env!("CARGO_BIN_EXE_cyncd"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--plain"])
-        .args(["--log-level", "debug", "--mqtt", "mqtt://user:SECRET@127.0.0.1:1/"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--plain",
+        ])
+        .args([
+            "--log-level",
+            "debug",
+            "--mqtt",
+            "mqtt://user:SECRET@127.0.0.1:1/",
+        ])
         .arg("--state-dir")
         .arg(&state)
         .stdout(Stdio::piped())
@@ -315,13 +332,24 @@ fn a_password_in_the_mqtt_url_is_never_printed() {
     assert!(child.wait().unwrap().success());
     err.read_to_string(&mut logs).unwrap();
     let mut out = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
     let all = format!("{out}{logs}");
     assert!(all.contains("effective configuration"), "{all}");
     assert!(all.contains("user:<redacted>@127.0.0.1:1"), "{all}");
     assert!(!all.contains("SECRET"), "{all}");
     // The ready lines say where the API token is, and do not print it.
-    assert!(out.contains(&format!("API token in {}", state.join("api-token").display())), "{out}");
+    assert!(
+        out.contains(&format!(
+            "API token in {}",
+            state.join("api-token").display()
+        )),
+        "{out}"
+    );
     let token = std::fs::read_to_string(state.join("api-token")).unwrap();
     assert!(!all.contains(token.trim()), "the API token was printed");
     let _ = std::fs::remove_dir_all(&state);
@@ -332,7 +360,11 @@ fn the_api_token_is_generated_once_and_token_less_mode_needs_loopback() {
     let state = temp_dir("token");
     let mut tokens = Vec::new();
     for _ in 0..2 {
-        let (mut child, _) = serve(&state, &["--plain", "--log-level", "warn"], Stdio::inherit());
+        let (mut child, _) = serve(
+            &state,
+            &["--plain", "--log-level", "warn"],
+            Stdio::inherit(),
+        );
         let file = state.join("api-token");
         let mode = std::fs::metadata(&file).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);

@@ -70,9 +70,7 @@ pub fn router(api: Api) -> axum::Router {
             axum::Router::new()
                 .route(
                     "/api/session",
-                    get(guard::whoami)
-                        .post(guard::login)
-                        .delete(guard::logout),
+                    get(guard::whoami).post(guard::login).delete(guard::logout),
                 )
                 .with_state(api.guard.clone()),
         )

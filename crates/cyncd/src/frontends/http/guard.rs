@@ -453,8 +453,7 @@ pub async fn whoami(State(guard): State<Guard>) -> Response {
 }
 
 fn session_cookie(value: &str, max_age: u64) -> Response {
-    let cookie =
-        format!("{COOKIE}={value}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age}");
+    let cookie = format!("{COOKIE}={value}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age}");
     let mut response = StatusCode::NO_CONTENT.into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         response.headers_mut().insert(header::SET_COOKIE, v);
@@ -500,7 +499,12 @@ mod tests {
         ] {
             assert!(guard.host_ok(&headers(&[("host", ok)])), "{ok}");
         }
-        for bad in ["attacker.test", "attacker.test:8080", "", "127.0.0.1.attacker.test"] {
+        for bad in [
+            "attacker.test",
+            "attacker.test:8080",
+            "",
+            "127.0.0.1.attacker.test",
+        ] {
             assert!(!guard.host_ok(&headers(&[("host", bad)])), "{bad}");
         }
         assert!(!guard.host_ok(&HeaderMap::new()));
@@ -532,10 +536,7 @@ mod tests {
             "authorization",
             "Bearer 0123456789abcdef0123"
         )])));
-        assert!(!guard.authenticated(&headers(&[(
-            "authorization",
-            "Bearer 0123456789abcdef012"
-        )])));
+        assert!(!guard.authenticated(&headers(&[("authorization", "Bearer 0123456789abcdef012")])));
         assert!(!guard.authenticated(&HeaderMap::new()));
         let cookie = format!("a=b; {COOKIE}={}", token.cookie_value);
         assert!(guard.authenticated(&headers(&[("cookie", &cookie)])));

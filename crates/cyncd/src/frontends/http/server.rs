@@ -69,11 +69,7 @@ impl HttpMetrics {
             "HTTP connections closed at once because too many were open",
             m.refused.clone(),
         );
-        r.register(
-            "connections",
-            "HTTP connections served",
-            m.accepted.clone(),
-        );
+        r.register("connections", "HTTP connections served", m.accepted.clone());
         m
     }
 }
