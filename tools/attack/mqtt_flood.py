@@ -11,6 +11,7 @@ Reads cyncd's /metrics (open from loopback) for its publish and connect counters
 
 import argparse
 import json
+import os
 import socket
 import struct
 import threading
@@ -135,6 +136,7 @@ def main():
     ap.add_argument("--http", required=True)
     ap.add_argument("--token-file")
     ap.add_argument("--set-topic", default="cync/default_1/set")
+    ap.add_argument("--log", help="cyncd's log file, to count the bytes each attack logs")
     args = ap.parse_args()
     broker, http = parse_addr(args.broker), parse_addr(args.http)
     assert broker[0].startswith("127.") and http[0].startswith("127."), "loopback only"
@@ -156,6 +158,7 @@ def main():
         before = metrics(http, auth)
         with watcher.lock:
             seen = len(watcher.messages)
+        log0 = os.path.getsize(args.log) if args.log else 0
         action()
         time.sleep(1.0)
         total = settle(http, auth)
@@ -168,6 +171,8 @@ def main():
             "offline_published": sum(1 for _, tp, p in new if tp == "cync/bridge/availability" and p == b"offline"),
             "discovery_messages_seen": sum(1 for _, tp, _ in new if tp.startswith("homeassistant/") and tp.endswith("/config")),
         }
+        if args.log:
+            out[name]["log_bytes"] = os.path.getsize(args.log) - log0
 
     big = lambda n: b'{"state":"ON","x":"' + b"A" * n + b'"}'
     run("publish_200KB_on_set", lambda: attacker.publish(args.set_topic, big(200_000)))
@@ -175,6 +180,7 @@ def main():
     run("ten_200KB_publishes", lambda: [attacker.publish(args.set_topic, big(200_000)) for _ in range(10)])
     run("one_HA_birth", lambda: attacker.publish("homeassistant/status", b"online"))
     run("fifty_HA_births", lambda: [attacker.publish("homeassistant/status", b"online") for _ in range(50)])
+    run("invalid_3KB_payload", lambda: attacker.publish(args.set_topic, b"{" * 3_000))
     run("invalid_100KB_payload", lambda: attacker.publish(args.set_topic, b"{" * 100_000))
     stop.set()
     print(json.dumps(out, indent=1))

@@ -350,10 +350,7 @@ fn cross_site(headers: &HeaderMap) -> Option<&'static str> {
     if site.eq_ignore_ascii_case("cross-site") || site.eq_ignore_ascii_case("same-site") {
         return Some("cross-site request refused");
     }
-    let Some(origin) = headers.get(header::ORIGIN) else {
-        return None;
-    };
-    let origin = origin.to_str().unwrap_or("null");
+    let origin = headers.get(header::ORIGIN)?.to_str().unwrap_or("null");
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
