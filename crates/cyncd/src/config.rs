@@ -884,6 +884,59 @@ mod tests {
     }
 
     #[test]
+    fn http_options_are_checked() {
+        let ok = Config::default();
+        ok.validate().unwrap();
+        for (bad, why) in [
+            (
+                Config {
+                    http: "0.0.0.0:8080".parse().unwrap(),
+                    http_no_auth: true,
+                    ..Config::default()
+                },
+                "loopback",
+            ),
+            (
+                Config {
+                    http_max_connections: 0,
+                    ..Config::default()
+                },
+                "http_max_connections",
+            ),
+            (
+                Config {
+                    http_header_timeout_secs: 0.0,
+                    ..Config::default()
+                },
+                "http_header_timeout_secs",
+            ),
+            (
+                Config {
+                    http_idle_timeout_secs: f64::NAN,
+                    ..Config::default()
+                },
+                "http_idle_timeout_secs",
+            ),
+            (
+                Config {
+                    http_hosts: vec!["evil/host".into()],
+                    ..Config::default()
+                },
+                "http_hosts",
+            ),
+        ] {
+            let e = bad.validate().unwrap_err().to_string();
+            assert!(e.contains(why), "{e}");
+        }
+        let loopback = Config {
+            http: "[::1]:8080".parse().unwrap(),
+            http_no_auth: true,
+            ..Config::default()
+        };
+        loopback.validate().unwrap();
+    }
+
+    #[test]
     fn offsets() {
         assert_eq!(parse_offset("-06:00"), Some(-360));
         assert_eq!(parse_offset("+05:30"), Some(330));

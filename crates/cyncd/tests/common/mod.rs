@@ -53,8 +53,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 /// Connects as a device: TLS (any certificate accepted, TLS 1.2, the devices' RSA suites)
 /// unless the server is plain.
 pub async fn connect(server: &Running) -> Box<dyn Stream> {
-    let tcp = TcpStream::connect(server.devices).await.unwrap();
-    if server.ctx.config.plain {
+    connect_to(server.devices, server.ctx.config.plain).await
+}
+
+/// As [`connect`], to a device address.
+pub async fn connect_to(devices: std::net::SocketAddr, plain: bool) -> Box<dyn Stream> {
+    let tcp = TcpStream::connect(devices).await.unwrap();
+    if plain {
         return Box::new(tcp);
     }
     let mut builder = SslConnector::builder(SslMethod::tls_client()).unwrap();
