@@ -100,7 +100,7 @@ impl Token {
 }
 
 /// Where the token came from.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TokenFile {
     /// The file.
     pub path: PathBuf,
@@ -108,6 +108,16 @@ pub struct TokenFile {
     pub token: String,
     /// Created at this start.
     pub generated: bool,
+}
+
+impl std::fmt::Debug for TokenFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenFile")
+            .field("path", &self.path)
+            .field("token", &"<redacted>")
+            .field("generated", &self.generated)
+            .finish()
+    }
 }
 
 /// A token file that cannot be used.
@@ -571,6 +581,7 @@ mod tests {
         }
         let again = load_or_create(None, &dir).unwrap();
         assert!(!again.generated);
+        assert!(!format!("{again:?}").contains(&again.token));
         assert_eq!(again.token, first.token);
         let short = dir.join("short");
         std::fs::write(&short, "abc\n").unwrap();
