@@ -23,7 +23,7 @@ use cync_proto::delivery::Outcome;
 use cync_proto::session::Source;
 use cync_proto::{ConnId, DeviceStatus};
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -73,6 +73,9 @@ struct Shared {
 struct State {
     devices: BTreeMap<(String, u16), Device>,
     connections: HashMap<ConnId, Connection>,
+    /// (home, mesh id) of every device a bridge's mesh listing named since the start; at most
+    /// [`MAX_DEVICES`] (further ones are not remembered).
+    listed: HashSet<(String, u16)>,
 }
 
 /// One mesh device.
@@ -398,6 +401,12 @@ impl Registry {
                 .take(cync_proto::session::MAX_MESH_RECORDS)
                 .collect();
         }
+        for id in mesh.iter().take(cync_proto::session::MAX_MESH_RECORDS) {
+            if state.listed.len() >= MAX_DEVICES {
+                break;
+            }
+            state.listed.insert((home.to_string(), *id));
+        }
         if let (Some(kind), Some(first)) = (device_type, mesh.first()) {
             if let Some(d) = state.devices.get_mut(&(home.to_string(), *first)) {
                 d.device_type = Some(kind);
@@ -413,6 +422,13 @@ impl Registry {
             c.firmware.insert(kind, version);
         }
         self.notify();
+    }
+
+    /// Whether a bridge's mesh listing has named this device (since the start): the devices
+    /// front ends announce beyond the configured ones, so a report from an id no bridge lists
+    /// creates no Home Assistant entity.
+    pub fn listed(&self, home: &str, mesh: u16) -> bool {
+        self.lock().listed.contains(&(home.to_string(), mesh))
     }
 
     /// Every device, sorted by home and mesh id, with names from `config`.
