@@ -1,13 +1,17 @@
 //! `cyncd set` and `cyncd toggle`: the toggle harness, a client of a running server's HTTP API.
 //! It prints the outcome, attempts and latency, and exits non-zero unless the command was
-//! applied.
+//! applied. It sends the server's API token ([`ApiArgs`] says where it is read from).
 
 use anyhow::{Context as _, bail};
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Where the server's HTTP API is.
+/// Environment variable with the API token.
+pub const TOKEN_ENV: &str = "CYNCD_API_TOKEN";
+
+/// Where the server's HTTP API is, and its token.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ApiArgs {
     /// The server's HTTP API.
@@ -18,6 +22,41 @@ pub struct ApiArgs {
         value_name = "URL"
     )]
     api: String,
+    /// File whose first line is the server's API token. Without it: $CYNCD_API_TOKEN, else
+    /// the file api-token in --state-dir (the server's default state directory,
+    /// $XDG_STATE_HOME/cyncd or ~/.local/state/cyncd, when that is not given either).
+    #[arg(long, global = true, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// The server's state directory, where its api-token is.
+    #[arg(long, global = true, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+}
+
+impl ApiArgs {
+    /// The token to send: the file given, else the environment, else the state directory's
+    /// `api-token` when it exists (a server without a token needs none).
+    fn token(&self) -> anyhow::Result<Option<String>> {
+        let first_line = |path: &Path| -> anyhow::Result<String> {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the API token from {}", path.display()))?;
+            Ok(text.lines().next().unwrap_or_default().trim().to_string())
+        };
+        if let Some(path) = &self.token_file {
+            return first_line(path).map(Some);
+        }
+        if let Ok(token) = std::env::var(TOKEN_ENV) {
+            return Ok(Some(token.trim().to_string()));
+        }
+        let dir = self
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| crate::config::Config::default().state_dir);
+        let path = dir.join(crate::frontends::http::guard::TOKEN_FILE);
+        if path.exists() {
+            return first_line(&path).map(Some);
+        }
+        Ok(None)
+    }
 }
 
 /// Set a device (or group) to a state and wait for the outcome.
@@ -79,13 +118,13 @@ pub fn set(args: &SetArgs) -> anyhow::Result<()> {
     };
     let kind = if args.group { "groups" } else { "devices" };
     let path = format!("/api/{kind}/{}/state", encode(&args.device));
-    report(&request(&args.api.api, &path, &body.to_string())?)
+    report(&request(&args.api, &path, &body.to_string())?)
 }
 
 /// Runs `cyncd toggle`.
 pub fn toggle(args: &ToggleArgs) -> anyhow::Result<()> {
     let path = format!("/api/devices/{}/toggle", encode(&args.device));
-    report(&request(&args.api.api, &path, "")?)
+    report(&request(&args.api, &path, "")?)
 }
 
 fn report(answer: &serde_json::Value) -> anyhow::Result<()> {
@@ -122,15 +161,21 @@ fn report(answer: &serde_json::Value) -> anyhow::Result<()> {
 }
 
 /// POSTs a JSON body and returns the JSON answer, or the server's error.
-fn request(api: &str, path: &str, body: &str) -> anyhow::Result<serde_json::Value> {
+fn request(args: &ApiArgs, path: &str, body: &str) -> anyhow::Result<serde_json::Value> {
+    let api = &args.api;
     let host = api
         .strip_prefix("http://")
         .context("--api must be an http:// URL")?
         .trim_end_matches('/');
+    let token = args.token()?;
     let mut stream = TcpStream::connect(host).with_context(|| format!("connecting to {api}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let authorization = token
+        .as_deref()
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\n{authorization}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(request.as_bytes())?;
@@ -149,6 +194,16 @@ fn request(api: &str, path: &str, body: &str) -> anyhow::Result<serde_json::Valu
         .context("malformed HTTP status")?;
     let json: serde_json::Value =
         serde_json::from_str(payload).with_context(|| format!("HTTP {status}: {payload}"))?;
+    if status == 401 {
+        bail!(
+            "HTTP 401: the server wants its API token{}: give --token-file FILE or set {TOKEN_ENV} (the server keeps it in api-token in its state directory)",
+            if token.is_some() {
+                " and refused the one sent"
+            } else {
+                ""
+            }
+        );
+    }
     if !(200..300).contains(&status) {
         bail!(
             "HTTP {status}: {}",

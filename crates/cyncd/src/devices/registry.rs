@@ -25,7 +25,7 @@ use cync_proto::session::Source;
 use cync_proto::thermostat::SensorReport;
 use cync_proto::{ConnId, DeviceStatus};
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -82,9 +82,12 @@ struct State {
     devices: BTreeMap<(String, u16), Device>,
     connections: HashMap<ConnId, Connection>,
     /// (home, code) pairs already reported as not in the type table.
-    unknown_types: std::collections::HashSet<(String, u8)>,
+    unknown_types: HashSet<(String, u8)>,
     /// Homes learned from bridges' mesh listings, oldest first.
     learned: std::collections::VecDeque<(ConnId, String)>,
+    /// (home, mesh id) of every device a bridge's mesh listing named since the start; at most
+    /// [`MAX_DEVICES`] (further ones are not remembered).
+    listed: HashSet<(String, u16)>,
 }
 
 /// One mesh device.
@@ -532,6 +535,12 @@ impl Registry {
                 .take(cync_proto::session::MAX_MESH_RECORDS)
                 .collect();
         }
+        for id in mesh.iter().take(cync_proto::session::MAX_MESH_RECORDS) {
+            if state.listed.len() >= MAX_DEVICES {
+                break;
+            }
+            state.listed.insert((home.to_string(), *id));
+        }
         if let (Some(kind), Some(first)) = (device_type, mesh.first()) {
             if let Some(d) = state.devices.get_mut(&(home.to_string(), *first)) {
                 d.device_type = Some(kind);
@@ -547,6 +556,13 @@ impl Registry {
             c.firmware.insert(kind, version);
         }
         self.notify();
+    }
+
+    /// Whether a bridge's mesh listing has named this device (since the start): the devices
+    /// front ends announce beyond the configured ones, so a report from an id no bridge lists
+    /// creates no Home Assistant entity.
+    pub fn listed(&self, home: &str, mesh: u16) -> bool {
+        self.lock().listed.contains(&(home.to_string(), mesh))
     }
 
     /// Every device to show, sorted by home and mesh id: those bridges reported and those the
@@ -770,6 +786,12 @@ impl Registry {
             return None;
         }
         let from = std::mem::replace(&mut c.home, to.to_string());
+        let mesh = c.mesh.clone();
+        for id in mesh {
+            if state.listed.len() < MAX_DEVICES {
+                state.listed.insert((to.to_string(), id));
+            }
+        }
         let keys: Vec<(String, u16)> = state
             .devices
             .iter()

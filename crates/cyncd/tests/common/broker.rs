@@ -132,7 +132,7 @@ impl Seen {
 /// A Home Assistant stand-in: a real MQTT client subscribed to everything, re-subscribing
 /// after every reconnect.
 pub struct Ha {
-    client: AsyncClient,
+    pub client: AsyncClient,
     seen: Arc<Mutex<Seen>>,
     changed: watch::Receiver<u64>,
 }
