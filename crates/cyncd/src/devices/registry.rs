@@ -830,8 +830,8 @@ impl Registry {
     }
 
     /// Puts every connected bridge in the home `homes` give it now (new homes were loaded): the
-    /// home that lists it, else the only home, else the one its mesh listing matches. Returns
-    /// the moves made, as (bridge, from, to).
+    /// home that lists it, else the one its mesh listing matches, else the home it is in when
+    /// that still exists, else the only home. Returns the moves made, as (bridge, from, to).
     pub fn place_bridges(&self, homes: &Homes) -> Vec<(ConnId, String, String)> {
         let wanted: Vec<(ConnId, String)> = {
             let state = self.lock();
@@ -850,6 +850,8 @@ impl Registry {
                             });
                             match homes.match_mesh(own_type, &c.mesh) {
                                 crate::homes::MeshMatch::One(h) => h.to_string(),
+                                // Nothing better known: a home that still exists stays.
+                                _ if homes.home(&c.home).is_some() => c.home.clone(),
                                 _ => homes.home_at_hello(*conn).to_string(),
                             }
                         }
@@ -950,12 +952,13 @@ impl Registry {
 
     /// Reports a device-type code the table does not know, once per (home, code): the device
     /// keeps working as an on/off light, and the log asks people to tell us what it is.
-    pub fn unknown_type(&self, home: &str, code: u8, what: &str) {
+    /// Returns whether it was reported now.
+    pub fn unknown_type(&self, home: &str, code: u8, what: &str) -> bool {
         let mut state = self.lock();
         if state.unknown_types.len() >= MAX_UNKNOWN_TYPES
             || !state.unknown_types.insert((home.to_string(), code))
         {
-            return;
+            return false;
         }
         drop(state);
         warn!(
@@ -965,6 +968,7 @@ impl Registry {
             "device type {code} is not in cyncd's table: it is shown and commanded as a plain on/off light. \
              Please report the code with the product's name and what it does, so it can be supported"
         );
+        true
     }
 
     /// Number of registered connections.
@@ -1188,6 +1192,200 @@ mod tests {
         assert_eq!(r.connections()[0].peer, "127.0.0.1:2");
         assert!(second.release());
         assert_eq!(r.connection_count(), 0);
+    }
+
+    fn homes() -> Homes {
+        use crate::homes::file::{DeviceRecord, GroupRecord, HomeRecord, HomesFile};
+        let device = |id: u16, name: &str, kind: u8, enabled: bool| DeviceRecord {
+            id,
+            name: name.into(),
+            kind: Some(kind),
+            mac: Some(format!("A4C1380D1E{id:02X}")),
+            wifi_mac: None,
+            firmware: Some("1.0.1".into()),
+            enabled,
+            outlets: vec![],
+            bridge: None,
+            auth_code: None,
+            extra: serde_json::Map::new(),
+        };
+        let mut file = HomesFile::new("test");
+        file.homes = vec![
+            HomeRecord {
+                name: "Main".into(),
+                id: None,
+                bridges: vec![],
+                devices: vec![
+                    device(1, "Lamp", 137, true),
+                    device(2, "Plug", 68, true),
+                    device(3, "Old", 68, false),
+                    device(6, "Patio", 67, true),
+                    device(9, "Thermostat", 224, true),
+                ],
+                groups: vec![GroupRecord {
+                    id: 32769,
+                    name: "Kitchen".into(),
+                    members: vec![1, 2],
+                    subgroup: false,
+                    extra: serde_json::Map::new(),
+                }],
+                extra: serde_json::Map::new(),
+            },
+            HomeRecord {
+                name: "Cabin".into(),
+                id: None,
+                bridges: vec![],
+                devices: vec![device(1, "Porch", 68, true)],
+                groups: vec![],
+                extra: serde_json::Map::new(),
+            },
+        ];
+        Homes::merge(&[], Some(&file)).0
+    }
+
+    fn peer() -> SocketAddr {
+        "127.0.0.1:1".parse().unwrap()
+    }
+
+    const ROUTE: Route = Route {
+        transport: Transport::Reliable,
+        shadow: false,
+    };
+
+    #[tokio::test(start_paused = true)]
+    async fn views_name_every_device_of_the_homes_and_hide_the_hidden() {
+        let r = Registry::new();
+        let homes = homes();
+        r.apply(
+            "Main",
+            A,
+            status(2, true, 100, true),
+            Source::Own,
+            Instant::now(),
+        );
+        r.apply(
+            "Main",
+            A,
+            status(3, true, 100, true),
+            Source::Own,
+            Instant::now(),
+        );
+        let all = r.devices(&homes);
+        let ids: Vec<&str> = all.iter().map(|d| d.id.as_str()).collect();
+        // Reported or not; the hidden one (3) left out although it reported.
+        assert_eq!(ids, ["Cabin:1", "Main:1", "Main:2", "Main:6", "Main:9"]);
+        let plug = r.device(&homes, "Main:2").unwrap();
+        assert_eq!(
+            (plug.name.as_str(), plug.room.as_deref(), plug.model),
+            ("Plug", Some("Kitchen"), "Indoor Smart Plug")
+        );
+        assert_eq!(plug.mac.as_deref(), Some("A4C1380D1E02"));
+        assert_eq!(plug.firmware.as_deref(), Some("1.0.1"));
+        assert!(plug.last_seen.is_some());
+        let lamp = r.device(&homes, "Main:1").unwrap();
+        assert!(
+            !lamp.online && lamp.last_seen.is_none(),
+            "named, not seen yet"
+        );
+        assert_eq!(r.device(&homes, "Main:3"), Err(Lookup::NotFound));
+        assert_eq!(r.device(&homes, "1"), Err(Lookup::Ambiguous));
+        assert_eq!(r.resolve(&homes, "6"), Ok(("Main".into(), 6)));
+        let patio = r.device(&homes, "Main:6").unwrap();
+        let outlets = patio.outlets.unwrap();
+        assert_eq!(
+            outlets.iter().map(|o| o.name.as_str()).collect::<Vec<_>>(),
+            ["Left outlet", "Right outlet"]
+        );
+        assert_eq!(r.device(&homes, "Main:9").unwrap().sensors, Some(vec![]));
+        assert_eq!(r.device_count(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bridge_moves_to_its_home_with_the_devices_only_it_reported() {
+        let r = Registry::new();
+        let homes = homes();
+        let _a = r.register(
+            A,
+            peer(),
+            "default",
+            Arc::default(),
+            CancellationToken::new(),
+            None,
+            ROUTE,
+        );
+        let _b = r.register(
+            B,
+            peer(),
+            "default",
+            Arc::default(),
+            CancellationToken::new(),
+            None,
+            ROUTE,
+        );
+        let now = Instant::now();
+        r.apply("default", A, status(1, true, 50, true), Source::Own, now);
+        r.apply(
+            "default",
+            A,
+            status(2, true, 50, true),
+            Source::Relayed,
+            now,
+        );
+        r.apply("default", B, status(2, true, 50, true), Source::Own, now);
+        assert_eq!(r.rehome(A, "Main").as_deref(), Some("default"));
+        assert_eq!(r.rehome(A, "Main"), None, "already there");
+        assert!(r.status("Main", 1).is_some() && r.status("default", 1).is_none());
+        // Device 2 is reported by B too: it stays, and a copy goes along with A.
+        assert!(r.status("default", 2).is_some() && r.status("Main", 2).is_some());
+        assert_eq!(r.learned_home(A).as_deref(), Some("Main"));
+        assert_eq!(r.connections()[0].home, "Main");
+        // New homes: B's mesh (own device 1, a plug) matches only the cabin.
+        r.learn_mesh(B, "default", Some(68), &[1]);
+        let moves = r.place_bridges(&homes);
+        assert_eq!(moves, [(B, "default".to_string(), "Cabin".to_string())]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_thermostat_report_lands_on_its_device() {
+        let r = Registry::new();
+        let homes = homes();
+        let _t = r.register(
+            A,
+            peer(),
+            "Main",
+            Arc::default(),
+            CancellationToken::new(),
+            None,
+            ROUTE,
+        );
+        let report = SensorReport::parse(
+            br#"sensorsData:[{"Type":"internal","Temperature":"75.9F","Humidity":50,"Active":true},{"Type":"None","Temperature":null}]"#,
+        )
+        .unwrap();
+        // No mesh listing yet: the home's only thermostat.
+        r.sensors(&homes, "Main", A, &report);
+        let t = r.device(&homes, "Main:9").unwrap();
+        let readings = t.sensors.unwrap();
+        assert_eq!(readings.len(), 1, "the empty slot is left out");
+        assert_eq!(
+            (
+                readings[0].temperature,
+                readings[0].unit,
+                readings[0].humidity
+            ),
+            (Some(75.9), Some("F"), Some(50))
+        );
+        assert!(t.online);
+        assert_eq!(r.connections()[0].sensors.as_ref().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn an_unknown_type_is_reported_once_per_home_and_code() {
+        let r = Registry::new();
+        assert!(r.unknown_type("Main", 250, "Mystery"));
+        assert!(!r.unknown_type("Main", 250, "Mystery 2"));
+        assert!(r.unknown_type("Cabin", 250, "Mystery"));
+        assert!(r.unknown_type("Main", 251, "Other"));
     }
 
     #[test]

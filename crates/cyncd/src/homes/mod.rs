@@ -208,6 +208,14 @@ impl Homes {
         }
         let mut notes = Vec::new();
         let source = file.map(|f| format!("{} ({})", file::HOMES_FILE, f.source));
+        if let (Some(src), Some(f)) = (&source, file) {
+            notes.push(format!(
+                "{src}: {} homes, {} devices and {} rooms",
+                f.homes.len(),
+                f.device_count(),
+                f.room_count()
+            ));
+        }
         for c in config {
             let at = match homes.iter().position(|h| h.name == c.name) {
                 Some(i) => i,
@@ -642,8 +650,12 @@ mod tests {
         );
         assert_eq!(homes.auth_codes().len(), 1);
         assert!(!format!("{homes:?}").contains("0123456789abcdef"));
-        assert_eq!(notes.len(), 2, "{notes:?}");
-        assert!(notes[0].contains("changed 1 values"), "{notes:?}");
+        assert_eq!(notes.len(), 3, "{notes:?}");
+        assert!(
+            notes[0].contains("2 homes, 5 devices and 1 rooms"),
+            "{notes:?}"
+        );
+        assert!(notes[1].contains("changed 1 values"), "{notes:?}");
     }
 
     #[test]

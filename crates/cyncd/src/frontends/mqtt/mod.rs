@@ -809,7 +809,9 @@ impl Bridge {
             if !t.known {
                 match view.type_code {
                     // Reported once per (home, code), with a request to tell us.
-                    Some(code) => self.ctx.registry.unknown_type(&view.home, code, &view.name),
+                    Some(code) => {
+                        self.ctx.registry.unknown_type(&view.home, code, &view.name);
+                    }
                     None if self.warned.len() < crate::devices::registry::MAX_DEVICES
                         && self.warned.insert(object.clone()) =>
                     {
