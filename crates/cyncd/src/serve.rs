@@ -68,6 +68,28 @@ pub struct Args {
     /// Do not ask bridges for their mesh (no 0xA3 or mesh-info request).
     #[arg(long)]
     pub no_discover_mesh: bool,
+    /// Close a connection without an acceptable hello after this long, in seconds [default: 5].
+    #[arg(long, value_name = "SECS")]
+    pub hello_timeout_secs: Option<u64>,
+    /// Most device connections from one address; loopback addresses are exempt unless
+    /// --limit-loopback [default: 32].
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_ip: Option<usize>,
+    /// Apply --max-connections-per-ip to loopback addresses too.
+    #[arg(long)]
+    pub limit_loopback: bool,
+    /// Devices one bridge may speak for, configured devices not counted [default: 256].
+    #[arg(long, value_name = "N")]
+    pub max_devices_per_bridge: Option<usize>,
+    /// Devices one home may hold, configured devices not counted [default: 1024].
+    #[arg(long, value_name = "N")]
+    pub max_devices_per_home: Option<usize>,
+    /// With homes configured, refuse bridges that no home lists.
+    #[arg(long)]
+    pub refuse_unknown_bridges: bool,
+    /// Accept only auth codes pinned in the configuration: never pin a new bridge on first use.
+    #[arg(long)]
+    pub no_first_use: bool,
     /// Runtime threads [default: 1, one event loop; more spread TLS handshakes over cores].
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
@@ -152,6 +174,23 @@ impl Args {
         }
         if self.no_discover_mesh {
             c.discover_mesh = false;
+        }
+        if let Some(v) = self.hello_timeout_secs {
+            c.hello_timeout_secs = v;
+        }
+        if let Some(v) = self.max_connections_per_ip {
+            c.max_connections_per_ip = v;
+        }
+        c.limit_loopback |= self.limit_loopback;
+        if let Some(v) = self.max_devices_per_bridge {
+            c.max_devices_per_bridge = v;
+        }
+        if let Some(v) = self.max_devices_per_home {
+            c.max_devices_per_home = v;
+        }
+        c.refuse_unknown_bridges |= self.refuse_unknown_bridges;
+        if self.no_first_use {
+            c.device_auth.first_use = false;
         }
         if let Some(v) = &self.utc_offset {
             c.utc_offset = Some(v.clone());
@@ -247,7 +286,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let cert_path = tls.as_ref().map(|(_, f)| f.cert.clone());
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let registry = Registry::new();
+    let registry = Registry::with_limits(crate::devices::registry::Limits::of(&config));
+    let auth = Arc::new(
+        crate::devices::auth::AuthStore::open(&config.state_dir, config.device_auth.first_use)
+            .context("device auth pins")?,
+    );
+    auth.import(
+        crate::devices::auth::PinSource::Configured,
+        config.device_auth.pins(),
+    );
     let canary = Arc::new(crate::commands::canary::Canary::new(
         config.canary.policy().map_err(anyhow::Error::msg)?,
         config.canary.slo().map_err(anyhow::Error::msg)?,
@@ -281,7 +328,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         legacy,
         canary,
         offset: crate::config::OffsetCache::default(),
+        auth: auth.clone(),
+        log_limits: crate::logging::LogLimits::default(),
     });
+    tracker.spawn(crate::devices::auth::save_pins(auth, cancel.clone()));
     tracker.spawn(crate::commands::canary::evaluate_slos(
         ctx.clone(),
         cancel.clone(),

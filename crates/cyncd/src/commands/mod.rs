@@ -19,8 +19,10 @@ pub mod transport;
 
 use crate::config::{Config, OffsetCache};
 use crate::devices::Host;
+use crate::devices::auth::AuthStore;
 use crate::devices::link::ConnEvent;
 use crate::devices::registry::Registry;
+use crate::logging::LogLimits;
 use crate::metrics::Metrics;
 use cync_proto::ConnId;
 use cync_proto::canary::{Route, Transport};
@@ -46,6 +48,10 @@ pub struct Context {
     pub canary: Arc<canary::Canary>,
     /// The UTC offset sent in 0xC8, looked up at most once a minute.
     pub offset: OffsetCache,
+    /// The bridges' auth-code pins.
+    pub auth: Arc<AuthStore>,
+    /// The limits on log lines peers cause.
+    pub log_limits: LogLimits,
 }
 
 impl std::fmt::Debug for Context {
@@ -76,6 +82,14 @@ impl Host for Context {
 
     fn offset(&self) -> &OffsetCache {
         &self.offset
+    }
+
+    fn auth(&self) -> &AuthStore {
+        &self.auth
+    }
+
+    fn log_limits(&self) -> &LogLimits {
+        &self.log_limits
     }
 
     fn route(&self, conn: ConnId) -> Route {
