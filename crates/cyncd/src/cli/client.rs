@@ -79,13 +79,13 @@ pub fn set(args: &SetArgs) -> anyhow::Result<()> {
     };
     let kind = if args.group { "groups" } else { "devices" };
     let path = format!("/api/{kind}/{}/state", encode(&args.device));
-    report(&request(&args.api.api, &path, &body.to_string())?)
+    report(&request(&args.api.api, "POST", &path, &body.to_string())?)
 }
 
 /// Runs `cyncd toggle`.
 pub fn toggle(args: &ToggleArgs) -> anyhow::Result<()> {
     let path = format!("/api/devices/{}/toggle", encode(&args.device));
-    report(&request(&args.api.api, &path, "")?)
+    report(&request(&args.api.api, "POST", &path, "")?)
 }
 
 fn report(answer: &serde_json::Value) -> anyhow::Result<()> {
@@ -121,8 +121,13 @@ fn report(answer: &serde_json::Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// POSTs a JSON body and returns the JSON answer, or the server's error.
-fn request(api: &str, path: &str, body: &str) -> anyhow::Result<serde_json::Value> {
+/// Sends a request with a JSON body and returns the JSON answer, or the server's error.
+pub(crate) fn request(
+    api: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> anyhow::Result<serde_json::Value> {
     let host = api
         .strip_prefix("http://")
         .context("--api must be an http:// URL")?
@@ -130,7 +135,7 @@ fn request(api: &str, path: &str, body: &str) -> anyhow::Result<serde_json::Valu
     let mut stream = TcpStream::connect(host).with_context(|| format!("connecting to {api}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
     let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(request.as_bytes())?;

@@ -64,6 +64,17 @@ pub enum PinSource {
     FirstUse,
 }
 
+impl PinSource {
+    /// Where a person changes such a pin.
+    pub fn origin(self) -> &'static str {
+        match self {
+            Self::Configured => "configuration",
+            Self::Account => "account import",
+            Self::FirstUse => "first hello",
+        }
+    }
+}
+
 /// Why a hello's code was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -358,6 +369,21 @@ impl AuthStore {
             source,
         })
     }
+}
+
+/// Forgets a bridge's first-use pin and closes its open connection, if any, so the next hello
+/// for the id is trusted anew (`cyncd devices forget`, `DELETE /api/bridges/{id}/auth`).
+pub fn forget_bridge(
+    store: &AuthStore,
+    registry: &super::registry::Registry,
+    conn: ConnId,
+) -> Forgot {
+    let forgot = store.forget(conn);
+    if forgot == Forgot::Removed {
+        let closed = registry.disconnect(conn);
+        tracing::info!(conn_id = %conn, closed, "auth pin forgotten: the next hello for this bridge is pinned again");
+    }
+    forgot
 }
 
 /// Writes the pins when they change, at most every [`SAVE_DELAY`], and once more when
