@@ -300,6 +300,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         config.canary.slo().map_err(anyhow::Error::msg)?,
         crate::commands::canary::CanaryMetrics::new(&mut prom),
     ));
+    restore_routing(&canary, &config);
     let commands = crate::commands::reliable::Commands::start(
         config.delivery(),
         registry.clone(),
@@ -373,6 +374,34 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     Ok(running)
 }
 
+/// Starts the canary from the routing kept in the state directory, when the configuration's
+/// routing is the one it was kept for (see [`crate::commands::routing_file`]).
+fn restore_routing(canary: &crate::commands::canary::Canary, config: &Config) {
+    use crate::commands::routing_file::{Restore, Routing, RoutingFile};
+    let file = RoutingFile::new(&config.state_dir, Routing::of_config(&config.canary));
+    let path = file.path().display().to_string();
+    match canary.persist(file) {
+        Restore::Nothing => {}
+        Restore::Saved(policy, latched) => info!(
+            file = %path,
+            mode = policy.mode.name(),
+            percent = policy.percent,
+            kill = policy.kill,
+            latched = latched.is_some(),
+            "routing restored from the last run (edit [canary] in the configuration to override it)"
+        ),
+        Restore::ConfigChanged => info!(
+            file = %path,
+            "the configuration's [canary] routing changed since the last run: it applies, and any rollback latch is lifted"
+        ),
+        Restore::Unreadable(why) => warn!(
+            file = %path,
+            error = %why,
+            "the saved routing could not be read: the configuration's routing applies"
+        ),
+    }
+}
+
 /// Runs `cyncd serve` until SIGINT or SIGTERM.
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let config = args.config()?;
@@ -428,7 +457,9 @@ fn raise_file_limit(max_connections: usize) {
 /// SIGHUP: re-reads the configuration file and applies what changed in its `[canary]` routing
 /// (mode, percent, kill) since the file was last read, without a restart; other keys take effect
 /// at the next start. An unchanged file changes nothing — in particular it does not lift a
-/// rollback latch (editing the percentage or mode does, as a person's decision).
+/// rollback latch (editing the percentage or mode does, as a person's decision). The routing
+/// file in the state directory then records the new configuration routing, so the next start
+/// keeps what is in force now.
 fn reload(args: &Args, ctx: &Context, last: &mut crate::config::CanaryConfig) {
     let loaded = match args.config() {
         Ok(c) => c,
@@ -445,12 +476,16 @@ fn reload(args: &Args, ctx: &Context, last: &mut crate::config::CanaryConfig) {
         return;
     }
     match crate::commands::canary::apply_routing(ctx, &update) {
-        Ok((policy, _)) => info!(
-            mode = policy.mode.name(),
-            percent = policy.percent,
-            kill = policy.kill,
-            "SIGHUP: routing reloaded (other settings apply at the next start)"
-        ),
+        Ok((policy, _)) => {
+            ctx.canary
+                .reloaded(crate::commands::routing_file::Routing::of_config(last));
+            info!(
+                mode = policy.mode.name(),
+                percent = policy.percent,
+                kill = policy.kill,
+                "SIGHUP: routing reloaded (other settings apply at the next start)"
+            )
+        }
         Err(e) => warn!(error = %e, "SIGHUP: routing not reloaded"),
     }
 }

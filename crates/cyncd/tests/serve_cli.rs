@@ -284,3 +284,62 @@ fn sighup_reloads_the_routing_without_a_restart() {
     signal(&child, "TERM");
     assert!(child.wait().unwrap().success());
 }
+
+/// A PUT request with a JSON body; returns the whole answer.
+fn http_put(addr: &str, path: &str, body: &str) -> String {
+    let mut api = TcpStream::connect(addr).unwrap();
+    api.write_all(
+        format!(
+            "PUT {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let mut response = String::new();
+    api.read_to_string(&mut response).unwrap();
+    response
+}
+
+#[test]
+fn runtime_routing_survives_a_restart_until_the_configuration_changes() {
+    let state = temp_dir("routing");
+    std::fs::create_dir_all(&state).unwrap();
+    let config = state.join("cyncd.toml");
+    std::fs::write(&config, "[canary]\nmode = \"canary\"\npercent = 50.0\n").unwrap();
+    let config_arg = config.to_str().unwrap();
+    let args = ["--plain", "--log-level", "warn", "--config", config_arg];
+    let (mut child, line) = serve(&state, &args, Stdio::null());
+    let http = http_of(&line);
+    let answer = http_put(&http, "/api/canary", r#"{"percent": 20, "kill": true}"#);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    signal(&child, "TERM");
+    assert!(child.wait().unwrap().success());
+    let mode = std::fs::metadata(state.join("routing.json"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // Same configuration: the change made at run time is still in force.
+    let (mut child, line) = serve(&state, &args, Stdio::null());
+    let canary = http_get(&http_of(&line), "/api/canary");
+    assert!(
+        canary.contains(r#""mode":"canary","percent":20.0,"kill":true"#),
+        "{canary}"
+    );
+    signal(&child, "TERM");
+    assert!(child.wait().unwrap().success());
+
+    // The configuration's routing edited: it wins.
+    std::fs::write(&config, "[canary]\nmode = \"canary\"\npercent = 30.0\n").unwrap();
+    let (mut child, line) = serve(&state, &args, Stdio::null());
+    let canary = http_get(&http_of(&line), "/api/canary");
+    assert!(
+        canary.contains(r#""mode":"canary","percent":30.0,"kill":false"#),
+        "{canary}"
+    );
+    signal(&child, "TERM");
+    assert!(child.wait().unwrap().success());
+    let _ = std::fs::remove_dir_all(&state);
+}

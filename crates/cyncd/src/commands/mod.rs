@@ -3,7 +3,8 @@
 //!
 //! Owns: the reliable transport ([`reliable`], the command service around the sans-IO
 //! dispatcher), the legacy transport and its shadow ([`legacy`]), the interface both implement
-//! ([`transport`]), routing between them with SLOs and rollback ([`canary`]), and the one way
+//! ([`transport`]), routing between them with SLOs and rollback ([`canary`], kept across restarts
+//! by [`routing_file`]), and the one way
 //! every front end resolves, checks and submits a command ([`control`]). [`Context`] is what the
 //! process shares; it implements the device layer's [`Host`], through which connection tasks
 //! hand device answers to the transport that owns them.
@@ -15,6 +16,7 @@ pub mod canary;
 pub mod control;
 pub mod legacy;
 pub mod reliable;
+pub mod routing_file;
 pub mod transport;
 
 use crate::config::{Config, OffsetCache};
