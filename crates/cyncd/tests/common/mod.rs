@@ -53,8 +53,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 /// Connects as a device: TLS (any certificate accepted, TLS 1.2, the devices' RSA suites)
 /// unless the server is plain.
 pub async fn connect(server: &Running) -> Box<dyn Stream> {
-    let tcp = TcpStream::connect(server.devices).await.unwrap();
-    if server.ctx.config.plain {
+    connect_to(server.devices, server.ctx.config.plain).await
+}
+
+/// Connects as a device to `addr` (TLS unless `plain`), for tasks that do not hold the server.
+pub async fn connect_to(addr: std::net::SocketAddr, plain: bool) -> Box<dyn Stream> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    if plain {
         return Box::new(tcp);
     }
     let mut builder = SslConnector::builder(SslMethod::tls_client()).unwrap();
@@ -141,6 +146,15 @@ pub async fn get(server: &Running, path: &str) -> (u16, String) {
 /// A plain HTTP/1.1 POST with a JSON body; returns (status, body).
 pub async fn post(server: &Running, path: &str, body: &str) -> (u16, String) {
     send_json(server, "POST", path, body).await
+}
+
+/// A plain HTTP/1.1 DELETE; returns (status, body).
+pub async fn delete(server: &Running, path: &str) -> (u16, String) {
+    http(
+        server,
+        &format!("DELETE {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"),
+    )
+    .await
 }
 
 /// A plain HTTP/1.1 PUT with a JSON body; returns (status, body).
