@@ -848,6 +848,40 @@ mod tests {
     }
 
     #[test]
+    fn device_auth_codes_are_checked_and_never_shown() {
+        let text = r#"
+            refuse_unknown_bridges = true
+            max_connections_per_ip = 8
+            [device_auth]
+            first_use = false
+            codes = { "325d5317" = "1e07d8cdf4f53c50" }
+            [[homes]]
+            name = "cabin"
+            bridges = ["325d5317"]
+        "#;
+        let config: Config = toml::from_str(text).unwrap();
+        config.validate().unwrap();
+        assert!(!config.device_auth.first_use);
+        assert_eq!(config.device_auth.pins().len(), 1);
+        assert!(config.knows_bridge(cync_proto::ConnId([0x32, 0x5d, 0x53, 0x17])));
+        assert!(!config.knows_bridge(cync_proto::ConnId([1, 2, 3, 4])));
+        let shown = serde_json::to_string(&config).unwrap();
+        assert!(!shown.contains("1e07d8cdf4f53c50"), "{shown}");
+        assert!(shown.contains(r#""325d5317":"<redacted>""#), "{shown}");
+        for bad in [
+            "[device_auth]\ncodes = { \"xyz\" = \"1e07d8cdf4f53c50\" }",
+            "[device_auth]\ncodes = { \"325d5317\" = \"\" }",
+            "refuse_unknown_bridges = true",
+            "max_connections_per_ip = 0",
+            "max_devices_per_home = 0",
+            "hello_timeout_secs = 0",
+        ] {
+            let config: Config = toml::from_str(bad).unwrap();
+            assert!(config.validate().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn full_file_parses() {
         let text = r#"
             listen = "0.0.0.0:24000"

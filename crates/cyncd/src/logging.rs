@@ -30,9 +30,10 @@ pub const PEER_PER_SEC: f64 = 0.1;
 pub const GLOBAL_BURST: f64 = 50.0;
 /// … then this many a second.
 pub const GLOBAL_PER_SEC: f64 = 5.0;
-/// Lifecycle lines (hello, disconnect) all connections together may write at once: a restart
-/// of a large home (thousands of reconnects) is logged in full.
-pub const LIFECYCLE_BURST: f64 = 20_000.0;
+/// Lifecycle lines (hello, disconnect, firmware, mesh) all connections together may write at
+/// once: a large home reconnecting after a restart (a few hundred bridges, three or four lines
+/// each) is logged in full; a reconnect loop is not.
+pub const LIFECYCLE_BURST: f64 = 1_000.0;
 /// … then this many a second.
 pub const LIFECYCLE_PER_SEC: f64 = 20.0;
 
