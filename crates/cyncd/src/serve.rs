@@ -90,6 +90,11 @@ pub struct Args {
     /// Accept only auth codes pinned in the configuration: never pin a new bridge on first use.
     #[arg(long)]
     pub no_first_use: bool,
+    /// How a 0x7D/0x7E byte inside a command frame is sent when cyncd cannot choose it away:
+    /// avoid (nudge a colour by one, re-pick the seq, stuff only a target id), stuff or raw
+    /// [default: avoid].
+    #[arg(long, value_name = "POLICY")]
+    pub frame_escaping: Option<String>,
     /// Runtime threads [default: 1, one event loop; more spread TLS handshakes over cores].
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
@@ -191,6 +196,9 @@ impl Args {
         c.refuse_unknown_bridges |= self.refuse_unknown_bridges;
         if self.no_first_use {
             c.device_auth.first_use = false;
+        }
+        if let Some(v) = &self.frame_escaping {
+            c.frame_escaping = v.clone();
         }
         if let Some(v) = &self.utc_offset {
             c.utc_offset = Some(v.clone());

@@ -277,6 +277,7 @@ impl<H: Host> Conn<H> {
             silence_multiple: c.silence_multiple,
             discover_mesh: c.discover_mesh,
             hello_timeout: Duration::from_secs(c.hello_timeout_secs),
+            frame_escaping: c.frame_escaping(),
             ..SessionConfig::default()
         };
         let start = Instant::now();
