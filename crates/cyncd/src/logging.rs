@@ -167,6 +167,15 @@ impl LogLimits {
         true
     }
 
+    /// Writes the `suppressed` line for what is still unreported, when the global bucket allows
+    /// one more line (at the end of a connection, so the count of a flood that stopped is not
+    /// left unsaid).
+    pub fn report_pending(&self) {
+        if self.suppressed() > 0 && take(&self.peer) {
+            self.report();
+        }
+    }
+
     /// Peer-caused lines dropped so far and not yet reported.
     pub fn suppressed(&self) -> u64 {
         self.suppressed.load(Ordering::Relaxed)
@@ -217,14 +226,6 @@ impl PeerLog {
         }
         limits.peer()
     }
-
-    /// At the end of a connection: writes the `suppressed` line for what is still unreported,
-    /// when the global bucket allows one more line.
-    pub fn finish(&mut self, limits: &LogLimits) {
-        if limits.suppressed() > 0 && take(&limits.peer) {
-            limits.report();
-        }
-    }
 }
 
 #[cfg(test)]
@@ -264,8 +265,7 @@ mod tests {
         }
         assert!(total < GLOBAL_BURST as usize, "{total}");
         tokio::time::advance(Duration::from_secs(10)).await;
-        let mut last = PeerLog::default();
-        last.finish(&limits);
+        limits.report_pending();
         assert_eq!(limits.suppressed(), 0, "reported at the end");
     }
 

@@ -239,7 +239,7 @@ where
         } else {
             debug!(%peer, reason, conn_id = conn.id_text(), "disconnected");
         }
-        conn.log.finish(ctx.log_limits());
+        ctx.log_limits().report_pending();
         reason
     }
     .instrument(span)
