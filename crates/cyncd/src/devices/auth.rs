@@ -333,31 +333,36 @@ impl AuthStore {
         let Some(path) = &self.path else {
             return Ok(());
         };
-        let bytes = {
+        // Copied under the lock (hellos wait for it), encoded outside it.
+        let pins: Vec<(ConnId, Pin)> = {
             let mut state = self.lock();
             if !state.dirty {
                 return Ok(());
             }
             state.dirty = false;
-            let pins = state
+            state
                 .pins
                 .iter()
                 .filter(|(_, p)| p.source == PinSource::FirstUse)
-                .map(|(id, p)| {
-                    let stored = StoredPin {
-                        salt: hex(&p.salt),
-                        sha256: hex(&p.digest),
-                        since: p.since.clone(),
-                    };
-                    (id.to_string(), stored)
-                })
-                .collect();
-            let file = StoredFile {
-                version: FILE_VERSION,
-                pins,
-            };
-            serde_json::to_vec_pretty(&file).unwrap_or_default()
+                .map(|(id, p)| (*id, p.clone()))
+                .collect()
         };
+        let pins = pins
+            .into_iter()
+            .map(|(id, p)| {
+                let stored = StoredPin {
+                    salt: hex(&p.salt),
+                    sha256: hex(&p.digest),
+                    since: p.since,
+                };
+                (id.to_string(), stored)
+            })
+            .collect();
+        let file = StoredFile {
+            version: FILE_VERSION,
+            pins,
+        };
+        let bytes = serde_json::to_vec_pretty(&file).unwrap_or_default();
         let written = state::write_atomic(path, &bytes, 0o600);
         if written.is_err() {
             // Try again at the next change or at shutdown.
