@@ -55,6 +55,17 @@ struct Options {
     redact: bool,
 }
 
+impl Options {
+    /// Hex of `bytes`, a hello's auth code masked when redacting.
+    fn hex(self, bytes: &[u8]) -> String {
+        if self.redact {
+            crate::logging::redacted_hex(bytes)
+        } else {
+            hex(bytes)
+        }
+    }
+}
+
 /// Runs the subcommand.
 pub fn run(args: &Args) -> anyhow::Result<()> {
     use std::io::IsTerminal;
@@ -125,13 +136,7 @@ fn decode_record(
         summary.size_mismatches += 1;
     }
     let mut framer = Framer::new(options.max_packet).with_policy(OversizePolicy::Resync);
-    let hex = |bytes: &[u8]| {
-        if options.redact {
-            crate::logging::redacted_hex(bytes)
-        } else {
-            hex(bytes)
-        }
-    };
+    let hex = |bytes: &[u8]| options.hex(bytes);
     let mut input = record.bytes.as_slice();
     loop {
         let taken = framer.push(input);
@@ -168,13 +173,7 @@ fn packet_json(
     options: Options,
     summary: &mut Summary,
 ) -> Value {
-    let hex = |bytes: &[u8]| {
-        if options.redact {
-            crate::logging::redacted_hex(bytes)
-        } else {
-            hex(bytes)
-        }
-    };
+    let hex = |bytes: &[u8]| options.hex(bytes);
     let mut obj = Map::new();
     obj.insert("record".into(), json!(record.index));
     if !record.ts.is_empty() {
