@@ -78,6 +78,9 @@ pub struct Metrics {
     pub send_queue: Gauge,
     /// `tcp_comm_queue_full_total`: write queues found full.
     pub queue_full: Counter,
+    /// `tcp_comm_unmatched_answers_total{transport}`: 0x7Bs on a connection of `transport`
+    /// that answer none of its commands (counted, never credited to one).
+    pub unmatched_answers: Family<Labels1, Counter>,
     /// `cync_commands_in_flight`.
     pub in_flight: Gauge,
     /// `cyncd_web_clients`: live event streams open (the web page).
@@ -160,6 +163,7 @@ impl Metrics {
             idempotent_drops: Counter::default(),
             send_queue: Gauge::default(),
             queue_full: Counter::default(),
+            unmatched_answers: Family::default(),
             in_flight: Gauge::default(),
             web_clients: Gauge::default(),
             web_refused: Counter::default(),
@@ -215,6 +219,11 @@ impl Metrics {
             "Write queues found full",
             m.queue_full.clone(),
         );
+        tcp.register(
+            "unmatched_answers",
+            "0x7Bs that answer no command of the transport owning the connection",
+            m.unmatched_answers.clone(),
+        );
         let cync = registry.sub_registry_with_prefix("cync");
         cync.register("commands", "Commands by outcome", m.commands.clone());
         cync.register(
@@ -230,6 +239,11 @@ impl Metrics {
         // Every bounded label value exists from the start, so dashboards see zeros.
         for outcome in cync_proto::delivery::Outcome::ALL {
             let _ = m.commands.get_or_create(&[("outcome", outcome.name())]);
+        }
+        for transport in ["legacy", "reliable"] {
+            let _ = m
+                .unmatched_answers
+                .get_or_create(&[("transport", transport)]);
         }
         for reason in [
             "timeout",
@@ -336,6 +350,13 @@ impl Metrics {
     pub fn refused(&self, reason: &'static str) {
         self.device_refusals
             .get_or_create(&[("reason", reason)])
+            .inc();
+    }
+
+    /// Counts a 0x7B that answers none of `transport`'s commands.
+    pub fn unmatched_answer(&self, transport: cync_proto::canary::Transport) {
+        self.unmatched_answers
+            .get_or_create(&[("transport", transport.name())])
             .inc();
     }
 

@@ -309,22 +309,26 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         crate::commands::canary::CanaryMetrics::new(&mut prom),
     ));
     restore_routing(&canary, &config);
+    // Each transport hands the other the commands whose connection it does not own.
+    let (legacy, legacy_inbox) = crate::commands::legacy::Legacy::channel();
     let commands = crate::commands::reliable::Commands::start(
         config.delivery(),
         registry.clone(),
         metrics.clone(),
         canary.clone(),
+        legacy.clone(),
         cancel.clone(),
         &tracker,
     );
-    let legacy = crate::commands::legacy::Legacy::start(
+    legacy.start(
+        legacy_inbox,
         Duration::from_millis(config.canary.legacy_timeout_ms),
         config.delivery(),
         config.canary.shadow_log_every,
         registry.clone(),
         commands.clone(),
         canary.clone(),
-        crate::commands::legacy::LegacyMetrics::new(&mut prom),
+        crate::commands::legacy::LegacyMetrics::new(&mut prom, &metrics),
         cancel.clone(),
         &tracker,
     );

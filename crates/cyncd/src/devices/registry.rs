@@ -343,6 +343,7 @@ pub struct Registration {
     registry: Registry,
     conn: ConnId,
     generation: u64,
+    released: bool,
 }
 
 impl Registry {
@@ -422,6 +423,7 @@ impl Registry {
             registry: self.clone(),
             conn,
             generation,
+            released: false,
         }
     }
 
@@ -683,12 +685,13 @@ impl Registry {
         (state.connections.len() - reliable, reliable)
     }
 
-    /// The write queue of a connected bridge.
-    pub fn writer(&self, conn: ConnId) -> Option<mpsc::Sender<ConnCommand>> {
-        self.lock()
-            .connections
-            .get(&conn)
-            .and_then(|c| c.writer.clone())
+    /// The write queue of a connected bridge and the route of its connection (which says the
+    /// only transport that may write on it); `None` while it is away or closing.
+    pub fn writer(&self, conn: ConnId) -> Option<(Route, mpsc::Sender<ConnCommand>)> {
+        let state = self.lock();
+        let c = state.connections.get(&conn)?;
+        let writer = c.writer.as_ref().filter(|w| !w.is_closed())?;
+        Some((c.route, writer.clone()))
     }
 
     /// Bridges that reach a device: connected ones first, the one whose own device it is
@@ -709,6 +712,11 @@ impl Registry {
             )
         });
         out
+    }
+
+    /// Whether a session with this id is registered.
+    pub fn is_connected(&self, conn: ConnId) -> bool {
+        self.lock().connections.contains_key(&conn)
     }
 
     /// The counters of a connected bridge.
@@ -800,23 +808,34 @@ impl Registration {
         self.conn
     }
 
-    /// Ends the registration (also done on drop).
-    pub fn release(self) {}
-}
+    /// Ends the registration (also done on drop). Returns whether this session was still the
+    /// registered one; `false` when a newer session with the same id replaced it.
+    pub fn release(mut self) -> bool {
+        self.remove()
+    }
 
-impl Drop for Registration {
-    fn drop(&mut self) {
+    fn remove(&mut self) -> bool {
+        if std::mem::replace(&mut self.released, true) {
+            return false;
+        }
         let mut state = self.registry.lock();
         // Only remove our own entry: a newer session with the same id may have replaced it.
-        if state
+        let ours = state
             .connections
             .get(&self.conn)
-            .is_some_and(|c| c.generation == self.generation)
-        {
+            .is_some_and(|c| c.generation == self.generation);
+        if ours {
             state.connections.remove(&self.conn);
         }
         drop(state);
         self.registry.notify();
+        ours
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.remove();
     }
 }
 
@@ -1000,10 +1019,11 @@ mod tests {
             route,
         );
         assert!(old.is_cancelled() && !new.is_cancelled());
-        // The old session ending must not remove the new one.
-        drop(first);
+        assert!(r.is_connected(A));
+        // The old session ending must not remove the new one (and does not announce a loss).
+        assert!(!first.release());
         assert_eq!(r.connections()[0].peer, "127.0.0.1:2");
-        drop(second);
+        assert!(second.release());
         assert_eq!(r.connection_count(), 0);
     }
 
