@@ -8,7 +8,7 @@
 //! - [`commands`]: the reliable and legacy transports, canary routing and SLOs, and the one way
 //!   every front end commands a device or group;
 //! - [`devices`]: TLS, the accept loop and connection tasks, the device registry;
-//! - [`config`], [`metrics`], [`logging`]: used by all.
+//! - [`config`], [`metrics`], [`logging`], [`state`] (files in the state directory): used by all.
 //!
 //! `crates/cyncd/tests/layers.rs` checks the rule on the sources.
 #![forbid(unsafe_code)]
@@ -21,3 +21,4 @@ pub mod frontends;
 pub mod logging;
 pub mod metrics;
 pub mod serve;
+pub mod state;

@@ -1,10 +1,11 @@
 //! The command-line tools besides `serve`: lab tools over the wire format ([`decode`],
-//! [`encode`]), clients of a running server ([`client`]: `set`, `toggle`), and the simulator
-//! ([`sim`]: `sim`, `demo`).
+//! [`encode`]), clients of a running server ([`client`]: `set`, `toggle`; [`devices`]:
+//! `devices forget`), and the simulator ([`sim`]: `sim`, `demo`).
 //!
 //! The top layer: may import anything below it, including `serve`.
 
 pub mod client;
 pub mod decode;
+pub mod devices;
 pub mod encode;
 pub mod sim;

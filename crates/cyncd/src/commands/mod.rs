@@ -3,7 +3,8 @@
 //!
 //! Owns: the reliable transport ([`reliable`], the command service around the sans-IO
 //! dispatcher), the legacy transport and its shadow ([`legacy`]), the interface both implement
-//! ([`transport`]), routing between them with SLOs and rollback ([`canary`]), and the one way
+//! ([`transport`]), routing between them with SLOs and rollback ([`canary`], kept across restarts
+//! by [`routing_file`]), and the one way
 //! every front end resolves, checks and submits a command ([`control`]). [`Context`] is what the
 //! process shares; it implements the device layer's [`Host`], through which connection tasks
 //! hand device answers to the transport that owns them. The rule that keeps each connection to
@@ -16,12 +17,15 @@ pub mod canary;
 pub mod control;
 pub mod legacy;
 pub mod reliable;
+pub mod routing_file;
 pub mod transport;
 
 use crate::config::{Config, OffsetCache};
 use crate::devices::Host;
+use crate::devices::auth::AuthStore;
 use crate::devices::link::ConnEvent;
 use crate::devices::registry::Registry;
+use crate::logging::LogLimits;
 use crate::metrics::Metrics;
 use cync_proto::ConnId;
 use cync_proto::canary::{Route, Transport};
@@ -47,6 +51,10 @@ pub struct Context {
     pub canary: Arc<canary::Canary>,
     /// The UTC offset sent in 0xC8, looked up at most once a minute.
     pub offset: OffsetCache,
+    /// The bridges' auth-code pins.
+    pub auth: Arc<AuthStore>,
+    /// The limits on log lines peers cause.
+    pub log_limits: LogLimits,
 }
 
 impl std::fmt::Debug for Context {
@@ -77,6 +85,14 @@ impl Host for Context {
 
     fn offset(&self) -> &OffsetCache {
         &self.offset
+    }
+
+    fn auth(&self) -> &AuthStore {
+        &self.auth
+    }
+
+    fn log_limits(&self) -> &LogLimits {
+        &self.log_limits
     }
 
     fn route(&self, conn: ConnId) -> Route {
