@@ -8,7 +8,13 @@
 //! any fixed origin, so tests drive it deterministically.
 //!
 //! Lifecycle (PROTOCOL.md §7):
-//! 1. Device `0x23` → `0x28`. The hello's id names the connection.
+//! 1. Device `0x23` → `0x28`. The hello's id names the connection, and its auth code is the one
+//!    credential the protocol carries (§6.1), so the session does not decide alone: it holds the
+//!    hello ([`Session::pending_hello`]) and everything after it until the owner, who keeps the
+//!    credentials, calls [`Session::admit`] (answers `0x28`, then handles what was held) or
+//!    [`Session::refuse`] (closes; nothing was answered). The first packet must be the hello, a
+//!    second hello is a protocol error, and a connection without an admitted hello after
+//!    `hello_timeout` is closed (each [`CloseReason`]).
 //! 2. Every device packet gets its answer at once, in arrival order: `0xC3`→`0xC8` (local time
 //!    passed in), `0xD3`→`0xD8`, `0x43`→`0x48`, `0x83`→`0x88`, and a device `0x73`→`0x7B`
 //!    echoing `[5:12]` (the cloud relays such an ACK; sending it is harmless and tells the device
@@ -32,7 +38,7 @@ use crate::command::{self, FrameEscaping, MESH_ACK_SEQ, MESH_REQUEST_SEQ, SeqCou
 use crate::frame::{Body, Direction};
 use crate::framer::{Framer, FramerError};
 use crate::ids::{ConnId, MsgId, Seq};
-use crate::packet::{DecodeError, InfoBody, Packet};
+use crate::packet::{DecodeError, Hello, InfoBody, Packet};
 use crate::reply::{self, LocalTime};
 use crate::status::{DeviceStatus, Firmware, MeshPage};
 use std::collections::VecDeque;
@@ -40,6 +46,10 @@ use std::time::Duration;
 
 /// How many times the mesh-info request is sent before giving up.
 pub const MESH_REQUEST_TRIES: u8 = 3;
+/// Bytes held after a hello while it waits for the owner's verdict. The owner decides right
+/// after the read that brought the hello, so this is one read's worth; more means the owner
+/// keeps feeding an undecided session, which is closed ([`CloseReason::Unverified`]).
+pub const MAX_HELD: usize = 8192;
 /// Events kept for the owner before the oldest are dropped (the owner drains after every read,
 /// so this only bounds a misbehaving owner).
 pub const MAX_EVENTS: usize = 1024;
@@ -72,6 +82,8 @@ pub struct SessionConfig {
     pub silence_multiple: u32,
     /// Ask the bridge for its mesh (0xA3 + `f8 52`); off for a passive session.
     pub discover_mesh: bool,
+    /// Close a connection that has no admitted hello this long after it started.
+    pub hello_timeout: Duration,
     /// What to do with a 0x7D/0x7E cyncd cannot keep out of a command frame.
     pub frame_escaping: FrameEscaping,
 }
@@ -85,6 +97,7 @@ impl Default for SessionConfig {
             heartbeat: Duration::from_secs(20),
             silence_multiple: 3,
             discover_mesh: true,
+            hello_timeout: Duration::from_secs(5),
             frame_escaping: FrameEscaping::Avoid,
         }
     }
@@ -104,7 +117,7 @@ pub enum Source {
 /// Something the owner should know about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// The hello arrived: the connection is the device `conn_id`.
+    /// The hello was admitted ([`Session::admit`]): the connection is the device `conn_id`.
     Hello(ConnId),
     /// A phone-app connection (0x13), which cyncd does not serve.
     AppConnection(ConnId),
@@ -147,6 +160,16 @@ pub enum CloseReason {
     Framing(FramerError),
     /// A phone app, not a device.
     AppConnection,
+    /// The first packet was not a hello.
+    NoHello,
+    /// A second hello on a connection that already has one.
+    SecondHello,
+    /// No admitted hello within `hello_timeout`.
+    HelloTimeout,
+    /// The owner refused the hello ([`Session::refuse`]).
+    Refused,
+    /// More than [`MAX_HELD`] bytes arrived while the hello waited for a verdict.
+    Unverified,
 }
 
 impl CloseReason {
@@ -156,8 +179,33 @@ impl CloseReason {
             Self::Silent => "silent",
             Self::Framing(_) => "oversize",
             Self::AppConnection => "app_connection",
+            Self::NoHello => "no_hello",
+            Self::SecondHello => "second_hello",
+            Self::HelloTimeout => "hello_timeout",
+            Self::Refused => "refused",
+            Self::Unverified => "unverified",
         }
     }
+
+    /// Whether the peer broke the protocol (as opposed to going quiet or being refused).
+    pub fn is_violation(&self) -> bool {
+        matches!(
+            self,
+            Self::Framing(_) | Self::NoHello | Self::SecondHello | Self::Unverified
+        )
+    }
+}
+
+/// Where a connection is with its hello.
+#[derive(Debug, Default)]
+enum HelloState {
+    /// Nothing yet: the next packet must be the hello.
+    #[default]
+    Waiting,
+    /// A hello waits for the owner's verdict, with its raw bytes.
+    Pending(Hello, Vec<u8>),
+    /// Admitted.
+    Admitted,
 }
 
 /// One packet handled: what arrived and what was answered.
@@ -177,6 +225,10 @@ pub struct Session {
     config: SessionConfig,
     framer: Framer,
     conn_id: Option<ConnId>,
+    hello: HelloState,
+    /// Bytes read after a pending hello, handled once it is admitted.
+    held: Vec<u8>,
+    started: Duration,
     transmit: Vec<u8>,
     events: VecDeque<Event>,
     dropped_events: u64,
@@ -198,6 +250,8 @@ pub struct Session {
     mesh_pages: Vec<DeviceStatus>,
     mesh_type: Option<u8>,
     mesh_done: bool,
+    /// A mesh-info request is outstanding: only then are `f9 52` pages collected.
+    mesh_open: bool,
     /// Our own requests' message ids, whose 0x7B is ours to consume.
     own_requests: VecDeque<MsgId>,
     closed: Option<CloseReason>,
@@ -211,6 +265,9 @@ impl Session {
             framer: Framer::new(config.max_packet),
             config,
             conn_id: None,
+            hello: HelloState::Waiting,
+            held: Vec::new(),
+            started: now,
             transmit: Vec::new(),
             events: VecDeque::new(),
             dropped_events: 0,
@@ -227,14 +284,65 @@ impl Session {
             mesh_pages: Vec::new(),
             mesh_type: None,
             mesh_done: false,
+            mesh_open: false,
             own_requests: VecDeque::with_capacity(OWN_REQUESTS),
             closed: None,
         }
     }
 
-    /// The device id from the hello, once known.
+    /// The device id from the hello, once admitted.
     pub fn conn_id(&self) -> Option<ConnId> {
         self.conn_id
+    }
+
+    /// The hello waiting for the owner's verdict: call [`Session::admit`] or
+    /// [`Session::refuse`]. Nothing after it is handled until then.
+    pub fn pending_hello(&self) -> Option<&Hello> {
+        match &self.hello {
+            HelloState::Pending(hello, _) => Some(hello),
+            _ => None,
+        }
+    }
+
+    /// Admits the pending hello: answers it with `0x28` (its [`Step`] goes to `steps`), raises
+    /// [`Event::Hello`], and handles the bytes held since. Does nothing without a pending hello.
+    pub fn admit(&mut self, now: Duration, local: LocalTime, steps: &mut Vec<Step>) {
+        let HelloState::Pending(hello, bytes) = std::mem::take(&mut self.hello) else {
+            return;
+        };
+        self.hello = HelloState::Admitted;
+        let conn = hello.conn_id;
+        self.conn_id = Some(conn);
+        let packet = Packet::Hello(hello);
+        let sent: Vec<Packet> = reply::answer(&packet, local).into_iter().collect();
+        for p in &sent {
+            p.encode(&mut self.transmit);
+        }
+        steps.push(Step {
+            packet: Ok(packet),
+            bytes,
+            sent,
+        });
+        self.event(Event::Hello(conn));
+        if self.config.discover_mesh {
+            self.announce_at = Some(now + self.config.announce_delay);
+        }
+        let held = std::mem::take(&mut self.held);
+        self.process(&held, now, local, steps);
+    }
+
+    /// Refuses the pending hello: nothing is answered and the session closes
+    /// ([`CloseReason::Refused`]); the hello's [`Step`] goes to `steps`.
+    pub fn refuse(&mut self, steps: &mut Vec<Step>) {
+        if let HelloState::Pending(hello, bytes) = std::mem::take(&mut self.hello) {
+            steps.push(Step {
+                packet: Ok(Packet::Hello(hello)),
+                bytes,
+                sent: Vec::new(),
+            });
+        }
+        self.held = Vec::new();
+        self.closed = Some(CloseReason::Refused);
     }
 
     /// Why the session must close, once it must.
@@ -249,17 +357,21 @@ impl Session {
 
     /// Feeds bytes read from the connection. Every whole packet is handled in order and
     /// reported in `steps`; its answers go to the transmit buffer.
-    pub fn receive(
-        &mut self,
-        mut data: &[u8],
-        now: Duration,
-        local: LocalTime,
-        steps: &mut Vec<Step>,
-    ) {
+    ///
+    /// After a hello, handling stops: the rest is held until [`Session::admit`].
+    pub fn receive(&mut self, data: &[u8], now: Duration, local: LocalTime, steps: &mut Vec<Step>) {
         if self.closed.is_some() {
             return;
         }
         self.last_rx = now;
+        if self.pending_hello().is_some() {
+            self.hold(data);
+            return;
+        }
+        self.process(data, now, local, steps);
+    }
+
+    fn process(&mut self, mut data: &[u8], now: Duration, local: LocalTime, steps: &mut Vec<Step>) {
         loop {
             let taken = self.framer.push(data);
             data = data.get(taken..).unwrap_or_default();
@@ -267,8 +379,9 @@ impl Session {
                 match next {
                     Ok(bytes) => {
                         let bytes = bytes.to_vec();
-                        let step = self.handle(bytes, now, local);
-                        steps.push(step);
+                        if let Some(step) = self.handle(bytes, now, local) {
+                            steps.push(step);
+                        }
                     }
                     Err(error) => {
                         self.closed = Some(CloseReason::Framing(error));
@@ -278,11 +391,25 @@ impl Session {
                 if self.closed.is_some() {
                     return;
                 }
+                if self.pending_hello().is_some() {
+                    // Whole packets still in the framer wait there; the rest of this read here.
+                    self.hold(data);
+                    return;
+                }
             }
             if data.is_empty() || taken == 0 {
                 return;
             }
         }
+    }
+
+    fn hold(&mut self, data: &[u8]) {
+        if self.held.len() + data.len() > MAX_HELD {
+            self.held = Vec::new();
+            self.closed = Some(CloseReason::Unverified);
+            return;
+        }
+        self.held.extend_from_slice(data);
     }
 
     /// The next time [`Session::on_timeout`] must be called.
@@ -291,7 +418,8 @@ impl Session {
             return None;
         }
         let silence = self.last_rx + self.config.heartbeat * self.config.silence_multiple;
-        [Some(silence), self.announce_at, self.mesh_at]
+        let hello = (self.conn_id.is_none()).then(|| self.started + self.config.hello_timeout);
+        [Some(silence), hello, self.announce_at, self.mesh_at]
             .into_iter()
             .flatten()
             .min()
@@ -302,6 +430,10 @@ impl Session {
     pub fn on_timeout(&mut self, now: Duration) -> Vec<Packet> {
         let mut sent = Vec::new();
         if self.closed.is_some() {
+            return sent;
+        }
+        if self.conn_id.is_none() && now >= self.started + self.config.hello_timeout {
+            self.closed = Some(CloseReason::HelloTimeout);
             return sent;
         }
         if now >= self.last_rx + self.config.heartbeat * self.config.silence_multiple {
@@ -322,6 +454,7 @@ impl Session {
             self.mesh_at =
                 (self.mesh_tries < MESH_REQUEST_TRIES).then(|| now + self.config.mesh_delay * 4);
             self.mesh_pages.clear();
+            self.mesh_open = true;
             let msg = self.next_msg_id();
             self.own_request(msg);
             sent.push(command::mesh_info_request(conn, msg, MESH_REQUEST_SEQ));
@@ -441,15 +574,39 @@ impl Session {
         self.events.push_back(event);
     }
 
-    fn handle(&mut self, bytes: Vec<u8>, now: Duration, local: LocalTime) -> Step {
+    /// Handles one packet; `None` when it is a hello now held for the owner's verdict.
+    fn handle(&mut self, bytes: Vec<u8>, now: Duration, local: LocalTime) -> Option<Step> {
         let packet = Packet::decode(&bytes);
         let mut sent = Vec::new();
+        let admitted = matches!(self.hello, HelloState::Admitted);
+        let violation = match &packet {
+            Ok(Packet::Hello(_)) if admitted => Some(CloseReason::SecondHello),
+            Ok(Packet::Hello(_) | Packet::AppHello(_)) => None,
+            _ if !admitted => Some(CloseReason::NoHello),
+            _ => None,
+        };
+        if violation.is_some() {
+            // Not answered: the stream is not a device's, or not one that follows the protocol.
+            self.closed = violation;
+            return Some(Step {
+                packet,
+                bytes,
+                sent,
+            });
+        }
+        let packet = match packet {
+            Ok(Packet::Hello(hello)) => {
+                self.hello = HelloState::Pending(hello, bytes);
+                return None;
+            }
+            other => other,
+        };
         match &packet {
             Ok(p) => {
                 if self.repeated(p, &bytes, now) {
                     self.idempotent_drops += 1;
                 } else {
-                    self.observe(p, now);
+                    self.observe(p);
                 }
                 if self.closed.is_none() {
                     if let Some(answer) = reply::answer(p, local) {
@@ -464,29 +621,21 @@ impl Session {
             }
             Err(e) => self.event(Event::DecodeError(e.clone())),
         }
-        Step {
+        Some(Step {
             packet,
             bytes,
             sent,
-        }
+        })
     }
 
     /// Updates state and raises events for one decoded packet.
-    fn observe(&mut self, p: &Packet, now: Duration) {
+    fn observe(&mut self, p: &Packet) {
         if let Some(Body::Frame(f)) = p.body() {
             if !f.checksum_ok() {
                 self.event(Event::BadChecksum(p.kind()));
             }
         }
         match p {
-            Packet::Hello(h) => {
-                let first = self.conn_id.is_none();
-                self.conn_id = Some(h.conn_id);
-                self.event(Event::Hello(h.conn_id));
-                if first && self.config.discover_mesh {
-                    self.announce_at = Some(now + self.config.announce_delay);
-                }
-            }
             Packet::AppHello(h) => {
                 self.event(Event::AppConnection(h.conn_id));
                 self.closed = Some(CloseReason::AppConnection);
@@ -552,8 +701,11 @@ impl Session {
     }
 
     fn collect_mesh(&mut self, page: Option<MeshPage>) {
-        // A 1-byte `f9 52` result (some firmware sends one first) is not a page.
-        let Some(page) = page else { return };
+        // A 1-byte `f9 52` result (some firmware sends one first) is not a page. Pages nobody
+        // asked for are ignored: a bridge's mesh listing decides which devices it speaks for.
+        let Some(page) = page.filter(|_| self.mesh_open) else {
+            return;
+        };
         if self.mesh_type.is_none() {
             self.mesh_type = page.records.first().map(|r| r.device_type());
         }
@@ -565,6 +717,7 @@ impl Session {
         }
         if self.mesh_pages.len() >= usize::from(page.total) || page.records.is_empty() {
             self.mesh_done = true;
+            self.mesh_open = false;
             self.mesh_at = None;
             let devices = std::mem::take(&mut self.mesh_pages);
             let device_type = self.mesh_type.take();
@@ -603,9 +756,13 @@ mod tests {
         LocalTime::from_unix(1_762_417_245, -360)
     }
 
+    /// Feeds bytes, admitting a hello that arrives.
     fn feed(s: &mut Session, bytes: &[u8], now: Duration) -> Vec<Step> {
         let mut steps = Vec::new();
         s.receive(bytes, now, local(), &mut steps);
+        if s.pending_hello().is_some() {
+            s.admit(now, local(), &mut steps);
+        }
         steps
     }
 
@@ -734,6 +891,9 @@ mod tests {
     #[test]
     fn statuses_carry_their_source() {
         let mut s = Session::new(SessionConfig::default(), Duration::ZERO, 0);
+        feed(&mut s, &hex(HELLO), Duration::ZERO);
+        s.take_transmit();
+        events(&mut s);
         let read = hex(
             "83 00 00 00 25 38 e8 cf 46 00 09 00 7e 1f 00 00 00 fa db 13 00 87 25 11 ee 00 ee 00 db 11 02 01 01 0a 0a ff ff ff 00 00 88 7e \
                         43 00 00 00 2d 38 e8 cf 46 01 01 06 05 00 10 ee 01 0a 0a ff ff ff 01 00 ee 00 00 00 00 00 00 \
@@ -764,6 +924,9 @@ mod tests {
     #[test]
     fn oversize_header_closes_and_garbage_is_reported() {
         let mut s = Session::new(SessionConfig::default(), Duration::ZERO, 0);
+        feed(&mut s, &hex(HELLO), Duration::ZERO);
+        s.take_transmit();
+        events(&mut s);
         let steps = feed(&mut s, &hex("d3 01 00 00 00"), Duration::ZERO);
         assert!(steps[0].packet.is_err());
         assert!(s.take_transmit().is_empty());
@@ -850,6 +1013,8 @@ mod type_tests {
 
     const HELLO: &str = "23 00 00 00 1a 03 32 5d 53 17 00 10 30 30 30 30 30 30 30 30 30 30 30 30 30 30 30 30 00 00 3c";
 
+    /// A session with its hello admitted and the mesh-info request sent (pages are collected
+    /// only while one is outstanding).
     fn session() -> Session {
         let mut s = Session::new(SessionConfig::default(), Duration::ZERO, 0x152b);
         let mut steps = Vec::new();
@@ -859,7 +1024,12 @@ mod type_tests {
             LocalTime::from_unix(0, 0),
             &mut steps,
         );
+        s.admit(Duration::ZERO, LocalTime::from_unix(0, 0), &mut steps);
+        while let Some(at) = s.next_deadline().filter(|t| *t <= Duration::from_secs(2)) {
+            s.on_timeout(at);
+        }
         s.take_transmit();
+        std::iter::from_fn(|| s.poll_event()).for_each(drop);
         s
     }
 
@@ -962,17 +1132,26 @@ mod dedup_tests {
 
     use crate::test_util::hex;
 
-    /// A session that does not ask for the mesh.
+    /// A session that does not ask for the mesh, its hello admitted.
     fn quiet() -> Session {
-        Session::new(
+        let mut s = Session::new(
             SessionConfig {
                 discover_mesh: false,
                 ..SessionConfig::default()
             },
             Duration::ZERO,
             0,
-        )
+        );
+        let mut steps = Vec::new();
+        let local = LocalTime::from_unix(0, 0);
+        s.receive(&hex(HELLO), Duration::ZERO, local, &mut steps);
+        s.admit(Duration::ZERO, local, &mut steps);
+        s.take_transmit();
+        while s.poll_event().is_some() {}
+        s
     }
+
+    const HELLO: &str = "23 00 00 00 1a 03 38 e8 cf 46 00 10 30 30 30 30 30 30 30 30 30 30 30 30 30 30 30 30 00 00 3c";
 
     const REPORT: &str = "83 00 00 00 25 38 e8 cf 46 00 09 00 7e 1f 00 00 00 fa db 13 00 87 25 11 ee 00 ee 00 db 11 02 01 01 0a 0a ff ff ff 00 00 88 7e";
 
@@ -982,15 +1161,6 @@ mod dedup_tests {
         s.set_dedup(false);
         let report = hex(REPORT);
         let mut steps = Vec::new();
-        let mut hello = hex("23 00 00 00 1a 03 38 e8 cf 46 00 10");
-        hello.extend([b'0'; 16]);
-        hello.extend([0, 0, 0x3c]);
-        s.receive(
-            &hello,
-            Duration::ZERO,
-            LocalTime::from_unix(0, 0),
-            &mut steps,
-        );
         s.receive(
             &[report.clone(), report].concat(),
             Duration::from_secs(1),
@@ -1080,7 +1250,13 @@ mod dedup_tests {
     fn command_seqs_skip_the_mesh_seqs_and_wrap() {
         let mut s = Session::new(SessionConfig::default(), Duration::ZERO, 0xfffe);
         let mut steps = Vec::new();
-        s.receive(&hex("23 00 00 00 1a 03 32 5d 53 17 00 10 30 30 30 30 30 30 30 30 30 30 30 30 30 30 30 30 00 00 3c"), Duration::ZERO, LocalTime::from_unix(0, 0), &mut steps);
+        s.receive(
+            &hex(HELLO),
+            Duration::ZERO,
+            LocalTime::from_unix(0, 0),
+            &mut steps,
+        );
+        s.admit(Duration::ZERO, LocalTime::from_unix(0, 0), &mut steps);
         let mut seqs = Vec::new();
         let mut msgs = Vec::new();
         for _ in 0..300 {
@@ -1125,6 +1301,7 @@ mod dedup_tests {
                 LocalTime::from_unix(0, 0),
                 &mut steps,
             );
+            s.admit(Duration::ZERO, LocalTime::from_unix(0, 0), &mut steps);
             s.take_transmit();
             let target = command::Target::Device(125);
             let action = command::Action::Rgb([126, 0, 0]);
@@ -1155,5 +1332,185 @@ mod dedup_tests {
             assert_eq!(inner.iter().filter(|b| **b == 0x7d).count(), 1);
             assert_eq!(inner.iter().filter(|b| **b == 0x7e).count(), 1);
         }
+    }
+}
+
+#[cfg(test)]
+mod hello_tests {
+    use super::*;
+
+    use crate::test_util::hex;
+
+    const HELLO: &str = "23 00 00 00 1a 03 32 5d 53 17 00 10 31 65 30 37 64 38 63 64 66 34 66 35 33 63 35 30 00 00 3c";
+    const INFO: &str = "43 00 00 00 07 32 5d 53 17 01 01 06";
+
+    fn local() -> LocalTime {
+        LocalTime::from_unix(0, 0)
+    }
+
+    fn session() -> Session {
+        Session::new(
+            SessionConfig {
+                discover_mesh: false,
+                ..SessionConfig::default()
+            },
+            Duration::ZERO,
+            0,
+        )
+    }
+
+    #[test]
+    fn a_hello_waits_for_the_owners_verdict_with_what_followed_it() {
+        let mut s = session();
+        let mut steps = Vec::new();
+        // The device may send a 0x43 before the 0x28 (§6.1): one read holds both.
+        s.receive(
+            &[hex(HELLO), hex(INFO)].concat(),
+            Duration::ZERO,
+            local(),
+            &mut steps,
+        );
+        assert!(steps.is_empty());
+        assert!(s.take_transmit().is_empty(), "nothing answered yet");
+        assert_eq!(s.poll_event(), None);
+        assert_eq!(s.conn_id(), None);
+        let hello = s.pending_hello().expect("pending");
+        assert_eq!(hello.conn_id, ConnId([0x32, 0x5d, 0x53, 0x17]));
+        assert_eq!(hello.auth.expose(), b"1e07d8cdf4f53c50");
+        // More bytes before the verdict are held too, in order.
+        s.receive(&hex("d3 00 00 00 00"), Duration::ZERO, local(), &mut steps);
+        assert!(steps.is_empty());
+        s.admit(Duration::ZERO, local(), &mut steps);
+        assert_eq!(
+            s.take_transmit(),
+            hex("28 00 00 00 02 00 00 48 00 00 00 03 01 01 00 d8 00 00 00 00")
+        );
+        assert_eq!(steps.len(), 3);
+        assert!(matches!(steps[0].packet, Ok(Packet::Hello(_))));
+        assert_eq!(steps[0].sent, [Packet::HelloAck(crate::HelloAck([0, 0]))]);
+        assert_eq!(
+            s.poll_event(),
+            Some(Event::Hello(ConnId([0x32, 0x5d, 0x53, 0x17])))
+        );
+        assert_eq!(s.conn_id(), Some(ConnId([0x32, 0x5d, 0x53, 0x17])));
+    }
+
+    #[test]
+    fn a_refused_hello_is_never_answered_and_closes() {
+        let mut s = session();
+        let mut steps = Vec::new();
+        s.receive(
+            &[hex(HELLO), hex(INFO)].concat(),
+            Duration::ZERO,
+            local(),
+            &mut steps,
+        );
+        s.refuse(&mut steps);
+        assert_eq!(s.close_reason(), Some(CloseReason::Refused));
+        assert!(s.take_transmit().is_empty());
+        assert_eq!(s.poll_event(), None);
+        assert_eq!(s.conn_id(), None);
+        // The hello is reported (for logs and counters), nothing after it.
+        assert_eq!(steps.len(), 1);
+        s.receive(&hex("d3 00 00 00 00"), Duration::ZERO, local(), &mut steps);
+        assert_eq!(steps.len(), 1);
+        assert_eq!(s.next_deadline(), None);
+    }
+
+    #[test]
+    fn the_first_packet_must_be_the_hello() {
+        for first in ["d3 00 00 00 00", INFO, "43 01 00 00 00"] {
+            let mut s = session();
+            let mut steps = Vec::new();
+            s.receive(
+                &[hex(first), hex(HELLO)].concat(),
+                Duration::ZERO,
+                local(),
+                &mut steps,
+            );
+            assert_eq!(s.close_reason(), Some(CloseReason::NoHello), "{first}");
+            assert!(s.take_transmit().is_empty());
+            assert_eq!(s.pending_hello(), None);
+            assert_eq!(steps.len(), 1);
+        }
+    }
+
+    #[test]
+    fn a_second_hello_is_a_protocol_error() {
+        // Four hellos with different ids in one write: the first waits, then closes the rest.
+        let mut read = Vec::new();
+        for id in ["32 5d 53 17", "38 e8 cf 46", "25 e5 a6 9f", "60 b1 74 37"] {
+            read.extend(hex(&HELLO.replace("32 5d 53 17", id)));
+        }
+        let mut s = session();
+        let mut steps = Vec::new();
+        s.receive(&read, Duration::ZERO, local(), &mut steps);
+        assert_eq!(
+            s.pending_hello().map(|h| h.conn_id),
+            Some(ConnId([0x32, 0x5d, 0x53, 0x17]))
+        );
+        s.admit(Duration::ZERO, local(), &mut steps);
+        assert_eq!(s.close_reason(), Some(CloseReason::SecondHello));
+        assert_eq!(s.take_transmit(), hex("28 00 00 00 02 00 00"));
+        let hellos: Vec<Event> = std::iter::from_fn(|| s.poll_event()).collect();
+        assert_eq!(hellos, [Event::Hello(ConnId([0x32, 0x5d, 0x53, 0x17]))]);
+        assert_eq!(s.conn_id(), Some(ConnId([0x32, 0x5d, 0x53, 0x17])));
+    }
+
+    #[test]
+    fn a_connection_without_a_hello_closes_at_the_hello_deadline() {
+        let mut s = session();
+        assert_eq!(s.next_deadline(), Some(Duration::from_secs(5)));
+        s.on_timeout(Duration::from_millis(4999));
+        assert_eq!(s.close_reason(), None);
+        s.on_timeout(Duration::from_secs(5));
+        assert_eq!(s.close_reason(), Some(CloseReason::HelloTimeout));
+        // An admitted hello lifts the deadline: only the silence one remains.
+        let mut s = session();
+        let mut steps = Vec::new();
+        s.receive(&hex(HELLO), Duration::ZERO, local(), &mut steps);
+        assert_eq!(s.next_deadline(), Some(Duration::from_secs(5)));
+        s.admit(Duration::ZERO, local(), &mut steps);
+        assert_eq!(s.next_deadline(), Some(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn an_undecided_session_holds_a_bounded_amount() {
+        let mut s = session();
+        let mut steps = Vec::new();
+        s.receive(&hex(HELLO), Duration::ZERO, local(), &mut steps);
+        let beat = hex("d3 00 00 00 00");
+        for _ in 0..MAX_HELD / beat.len() {
+            s.receive(&beat, Duration::ZERO, local(), &mut steps);
+        }
+        assert_eq!(s.close_reason(), None);
+        s.receive(&beat, Duration::ZERO, local(), &mut steps);
+        assert_eq!(s.close_reason(), Some(CloseReason::Unverified));
+        assert!(s.take_transmit().is_empty());
+    }
+
+    #[test]
+    fn mesh_pages_nobody_asked_for_are_ignored() {
+        let mut s = session();
+        let mut steps = Vec::new();
+        s.receive(&hex(HELLO), Duration::ZERO, local(), &mut steps);
+        s.admit(Duration::ZERO, local(), &mut steps);
+        while s.poll_event().is_some() {}
+        // The cloud-trace answer (§7.3), unsolicited here (discover_mesh is off).
+        let page = hex(
+            "73 00 00 00 78 32 5d 53 17 00 00 00 7e 1f 00 00 00 f9 52 66 00 04 00 00 00 04 00 \
+             05 00 44 01 00 00 44 01 00 00 00 00 64 00 00 00 00 00 00 00 00 00 00 00 \
+             07 00 00 01 00 00 00 01 01 00 00 00 64 00 00 00 64 00 00 00 00 00 00 00 \
+             03 00 00 01 00 00 00 01 00 00 00 00 00 00 00 00 32 00 00 00 00 00 00 00 \
+             02 00 00 01 00 00 00 01 00 00 00 00 00 00 00 00 32 00 00 00 00 00 00 00 f2 7e",
+        );
+        s.receive(&page, Duration::ZERO, local(), &mut steps);
+        let events: Vec<Event> = std::iter::from_fn(|| s.poll_event()).collect();
+        assert!(
+            !events
+                .iter()
+                .any(|e| matches!(e, Event::Status(..) | Event::MeshLearned { .. })),
+            "{events:?}"
+        );
     }
 }

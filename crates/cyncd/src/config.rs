@@ -2,6 +2,7 @@
 //! defaults that need no file at all.
 
 use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -34,6 +35,23 @@ pub struct Config {
     pub write_timeout_secs: u64,
     /// Give up a TLS handshake after this long, in seconds.
     pub handshake_timeout_secs: u64,
+    /// Close a connection that has not sent an acceptable hello this long after its TLS
+    /// handshake, in seconds (devices send it at once).
+    pub hello_timeout_secs: u64,
+    /// Most device connections open at once from one address; loopback addresses are exempt
+    /// unless `limit_loopback` (load tests and `cyncd sim` connect thousands from 127.0.0.1).
+    pub max_connections_per_ip: usize,
+    /// Apply `max_connections_per_ip` to loopback addresses too.
+    pub limit_loopback: bool,
+    /// Devices one bridge connection may speak for, the configuration's devices not counted.
+    /// Once the bridge listed its mesh, it speaks only for the devices it listed.
+    pub max_devices_per_bridge: usize,
+    /// Devices one home may hold, the configuration's devices not counted.
+    pub max_devices_per_home: usize,
+    /// With homes configured: refuse bridges that no home lists.
+    pub refuse_unknown_bridges: bool,
+    /// Device authentication: auth codes pinned by hand, and trust on first use.
+    pub device_auth: DeviceAuthConfig,
     /// Ask each bridge for its mesh after it connects.
     pub discover_mesh: bool,
     /// How a 0x7D/0x7E byte that cyncd cannot choose away is sent inside a command frame:
@@ -148,6 +166,60 @@ impl Default for MqttConfig {
         }
     }
 }
+
+/// The `[device_auth]` section: how a bridge's hello is authenticated.
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeviceAuthConfig {
+    /// Pin a bridge's auth code the first time it says hello (trust on first use); off, only
+    /// the codes given here (or imported from the account) are accepted.
+    pub first_use: bool,
+    /// Auth codes pinned by hand: bridge id (8 hex digits) → the 16-character code from its
+    /// hello. Never logged.
+    #[serde(serialize_with = "redacted_codes")]
+    pub codes: BTreeMap<String, String>,
+    /// Pin the auth codes the Cync account export gave for the Wi-Fi devices (in the homes
+    /// file). Off: they are ignored, and first use (or `codes`) decides.
+    pub account_codes: bool,
+}
+
+impl Default for DeviceAuthConfig {
+    fn default() -> Self {
+        Self {
+            first_use: true,
+            codes: BTreeMap::new(),
+            account_codes: true,
+        }
+    }
+}
+
+impl DeviceAuthConfig {
+    /// The configured codes by bridge id (ids already validated).
+    pub fn pins(&self) -> Vec<(cync_proto::ConnId, cync_proto::AuthCode)> {
+        self.codes
+            .iter()
+            .filter_map(|(id, code)| {
+                let conn = cync_proto::ConnId::from_hex(id)?;
+                Some((conn, cync_proto::AuthCode::new(code.as_bytes().to_vec())))
+            })
+            .collect()
+    }
+}
+
+fn redacted_codes<S: serde::Serializer>(
+    codes: &BTreeMap<String, String>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_map(codes.keys().map(|k| (k, "<redacted>")))
+}
+
+/// Default of `max_connections_per_ip`: more Wi-Fi devices than one address ever holds.
+pub const DEFAULT_CONNECTIONS_PER_IP: usize = 32;
+/// Default of `max_devices_per_bridge`: a mesh has at most 255 device ids (one byte in status
+/// records).
+pub const DEFAULT_DEVICES_PER_BRIDGE: usize = 256;
+/// Default of `max_devices_per_home`: four full meshes.
+pub const DEFAULT_DEVICES_PER_HOME: usize = 1024;
 
 /// The `[canary]` section (also changed at run time by `PUT /api/canary` and SIGHUP).
 #[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
@@ -401,6 +473,13 @@ impl Default for Config {
             silence_multiple: 3,
             write_timeout_secs: 10,
             handshake_timeout_secs: 10,
+            hello_timeout_secs: 5,
+            max_connections_per_ip: DEFAULT_CONNECTIONS_PER_IP,
+            limit_loopback: false,
+            max_devices_per_bridge: DEFAULT_DEVICES_PER_BRIDGE,
+            max_devices_per_home: DEFAULT_DEVICES_PER_HOME,
+            refuse_unknown_bridges: false,
+            device_auth: DeviceAuthConfig::default(),
             discover_mesh: true,
             frame_escaping: cync_proto::FrameEscaping::default().to_string(),
             utc_offset: None,
@@ -499,6 +578,41 @@ impl Config {
                 self.command_deadline_ms
             ));
         }
+        if !(1..=300).contains(&self.hello_timeout_secs) {
+            return bad(format!(
+                "hello_timeout_secs must be 1..=300, got {}",
+                self.hello_timeout_secs
+            ));
+        }
+        if self.max_connections_per_ip == 0 {
+            return bad("max_connections_per_ip must be at least 1".into());
+        }
+        for (name, v) in [
+            ("max_devices_per_bridge", self.max_devices_per_bridge),
+            ("max_devices_per_home", self.max_devices_per_home),
+        ] {
+            if !(1..=65_536).contains(&v) {
+                return bad(format!("{name} must be 1..=65536, got {v}"));
+            }
+        }
+        if self.refuse_unknown_bridges && self.homes.iter().all(|h| h.bridges.is_empty()) {
+            return bad(
+                "refuse_unknown_bridges needs [[homes]] that list their bridges (it would refuse every bridge)"
+                    .into(),
+            );
+        }
+        for (id, code) in &self.device_auth.codes {
+            if cync_proto::ConnId::from_hex(id).is_none() {
+                return bad(format!(
+                    "device_auth codes: bridge {id:?} is not 8 hex digits"
+                ));
+            }
+            if code.is_empty() || code.len() > 255 {
+                return bad(format!(
+                    "device_auth codes: the code of {id} must be 1-255 characters"
+                ));
+            }
+        }
         if !(1..=64).contains(&self.threads) {
             return bad(format!("threads must be 1..=64, got {}", self.threads));
         }
@@ -596,6 +710,22 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The mesh ids the configuration names, by home.
+    pub fn configured_devices(&self) -> HashMap<String, HashSet<u16>> {
+        self.homes
+            .iter()
+            .map(|h| {
+                let ids = h
+                    .devices
+                    .iter()
+                    .map(|d| d.id)
+                    .chain(h.groups.iter().flat_map(|g| g.members.iter().copied()))
+                    .collect();
+                (h.name.clone(), ids)
+            })
+            .collect()
     }
 
     /// The delivery settings.
@@ -825,6 +955,39 @@ mod tests {
             "[mqtt]\nbase_topic = \"cync/#\"",
             "[mqtt]\ndiscovery_prefix = \"\"",
             "[mqtt]\nclient_id = \"\"",
+        ] {
+            let config: Config = toml::from_str(bad).unwrap();
+            assert!(config.validate().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn device_auth_codes_are_checked_and_never_shown() {
+        let text = r#"
+            refuse_unknown_bridges = true
+            max_connections_per_ip = 8
+            [device_auth]
+            first_use = false
+            codes = { "325d5317" = "1e07d8cdf4f53c50" }
+            [[homes]]
+            name = "cabin"
+            bridges = ["325d5317"]
+        "#;
+        let config: Config = toml::from_str(text).unwrap();
+        config.validate().unwrap();
+        assert!(!config.device_auth.first_use);
+        assert_eq!(config.device_auth.pins().len(), 1);
+        assert_eq!(config.homes[0].bridges, ["325d5317"]);
+        let shown = serde_json::to_string(&config).unwrap();
+        assert!(!shown.contains("1e07d8cdf4f53c50"), "{shown}");
+        assert!(shown.contains(r#""325d5317":"<redacted>""#), "{shown}");
+        for bad in [
+            "[device_auth]\ncodes = { \"xyz\" = \"1e07d8cdf4f53c50\" }",
+            "[device_auth]\ncodes = { \"325d5317\" = \"\" }",
+            "refuse_unknown_bridges = true",
+            "max_connections_per_ip = 0",
+            "max_devices_per_home = 0",
+            "hello_timeout_secs = 0",
         ] {
             let config: Config = toml::from_str(bad).unwrap();
             assert!(config.validate().is_err(), "{bad}");

@@ -10,7 +10,7 @@
 //! - [`devices`]: TLS, the accept loop and connection tasks, the device registry;
 //! - [`homes`]: the user's homes, names, types and rooms (the homes file, the Cync account
 //!   client and export, `cync_mesh.yaml` import), merged with the configuration;
-//! - [`config`], [`metrics`], [`logging`]: used by all.
+//! - [`config`], [`metrics`], [`logging`], [`state`] (files in the state directory): used by all.
 //!
 //! `crates/cyncd/tests/layers.rs` checks the rule on the sources.
 #![forbid(unsafe_code)]
@@ -24,3 +24,4 @@ pub mod homes;
 pub mod logging;
 pub mod metrics;
 pub mod serve;
+pub mod state;

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 /// the server's CPU with the system allocator.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use cyncd::cli::{account, client, decode, encode, sim};
+use cyncd::cli::{account, client, decode, devices, encode, sim};
 use cyncd::serve;
 use std::process::ExitCode;
 
@@ -31,6 +31,7 @@ enum Command {
     Account(account::Args),
     Set(client::SetArgs),
     Toggle(client::ToggleArgs),
+    Devices(devices::Args),
     Sim(sim::Args),
     Demo(sim::DemoArgs),
     Decode(decode::Args),
@@ -44,6 +45,7 @@ fn main() -> ExitCode {
         Command::Account(args) => account::run(&args),
         Command::Set(args) => client::set(&args),
         Command::Toggle(args) => client::toggle(&args),
+        Command::Devices(args) => devices::run(&args),
         Command::Sim(args) => sim::run(&args),
         Command::Demo(args) => sim::demo(&args),
         Command::Decode(args) => decode::run(&args),

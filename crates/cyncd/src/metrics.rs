@@ -52,8 +52,16 @@ pub struct Metrics {
     pub handshakes: Counter,
     /// `cyncd_tls_failures_total{reason}`.
     pub tls_failures: Family<Labels1, Counter>,
-    /// `cyncd_hellos_total`.
+    /// `cyncd_hellos_total`: hellos admitted.
     pub hellos: Counter,
+    /// `cyncd_device_auth_failures_total{reason}`: hellos refused for their auth code.
+    pub auth_failures: Family<Labels1, Counter>,
+    /// `cyncd_device_refusals_total{reason}`: device connections refused or closed for
+    /// breaking a rule other than the code (see [`DEVICE_REFUSALS`]).
+    pub device_refusals: Family<Labels1, Counter>,
+    /// `cyncd_statuses_refused_total{reason}`: device statuses not applied (see
+    /// [`STATUS_REFUSALS`]).
+    pub statuses_refused: Family<Labels1, Counter>,
     /// `cyncd_events_dropped_total`: session events dropped by a full queue.
     pub events_dropped: Counter,
     /// `cync_commands_total{outcome}`.
@@ -80,6 +88,22 @@ pub struct Metrics {
     /// `cyncd_web_clients_refused_total`: event streams refused over the cap.
     pub web_refused: Counter,
 }
+
+/// Labels of `cyncd_device_refusals_total`.
+pub const DEVICE_REFUSALS: [&str; 6] = [
+    "unknown_bridge",
+    "per_ip_cap",
+    "no_hello",
+    "second_hello",
+    "hello_timeout",
+    "unverified",
+];
+
+/// Labels of `cyncd_statuses_refused_total`.
+pub const STATUS_REFUSALS: [&str; 4] = ["unlisted", "bridge_cap", "home_cap", "table_full"];
+
+/// Labels of `cyncd_device_auth_failures_total`.
+pub const AUTH_FAILURES: [&str; 4] = ["empty", "mismatch", "unpinned", "store_full"];
 
 fn latency_histogram() -> Histogram {
     // 50 µs … ~1.6 s.
@@ -124,6 +148,9 @@ impl Metrics {
             handshakes: Counter::default(),
             tls_failures: Family::default(),
             hellos: Counter::default(),
+            auth_failures: Family::default(),
+            device_refusals: Family::default(),
+            statuses_refused: Family::default(),
             events_dropped: Counter::default(),
             commands: Family::default(),
             // Placed around the round trips that matter: ~100 ms, 250 ms, 1.5 s and the 5 s
@@ -257,7 +284,31 @@ impl Metrics {
             "Failed TLS handshakes, by reason",
             m.tls_failures.clone(),
         );
-        own.register("hellos", "Device hellos", m.hellos.clone());
+        own.register("hellos", "Device hellos admitted", m.hellos.clone());
+        own.register(
+            "device_auth_failures",
+            "Device hellos refused for their auth code, by reason",
+            m.auth_failures.clone(),
+        );
+        own.register(
+            "device_refusals",
+            "Device connections refused or closed for breaking a rule, by reason",
+            m.device_refusals.clone(),
+        );
+        own.register(
+            "statuses_refused",
+            "Device statuses not applied, by reason",
+            m.statuses_refused.clone(),
+        );
+        for reason in AUTH_FAILURES {
+            let _ = m.auth_failures.get_or_create(&[("reason", reason)]);
+        }
+        for reason in DEVICE_REFUSALS {
+            let _ = m.device_refusals.get_or_create(&[("reason", reason)]);
+        }
+        for reason in STATUS_REFUSALS {
+            let _ = m.statuses_refused.get_or_create(&[("reason", reason)]);
+        }
         own.register(
             "events_dropped",
             "Session events dropped",
@@ -293,6 +344,13 @@ impl Metrics {
     /// Counts a retransmission.
     pub fn retransmit(&self, reason: &'static str) {
         self.retransmits.get_or_create(&[("reason", reason)]).inc();
+    }
+
+    /// Counts a device connection refused or closed for breaking a rule.
+    pub fn refused(&self, reason: &'static str) {
+        self.device_refusals
+            .get_or_create(&[("reason", reason)])
+            .inc();
     }
 
     /// Counts a 0x7B that answers none of `transport`'s commands.

@@ -71,6 +71,28 @@ pub struct Args {
     /// Do not ask bridges for their mesh (no 0xA3 or mesh-info request).
     #[arg(long)]
     pub no_discover_mesh: bool,
+    /// Close a connection without an acceptable hello after this long, in seconds [default: 5].
+    #[arg(long, value_name = "SECS")]
+    pub hello_timeout_secs: Option<u64>,
+    /// Most device connections from one address; loopback addresses are exempt unless
+    /// --limit-loopback [default: 32].
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_ip: Option<usize>,
+    /// Apply --max-connections-per-ip to loopback addresses too.
+    #[arg(long)]
+    pub limit_loopback: bool,
+    /// Devices one bridge may speak for, configured devices not counted [default: 256].
+    #[arg(long, value_name = "N")]
+    pub max_devices_per_bridge: Option<usize>,
+    /// Devices one home may hold, configured devices not counted [default: 1024].
+    #[arg(long, value_name = "N")]
+    pub max_devices_per_home: Option<usize>,
+    /// With homes configured, refuse bridges that no home lists.
+    #[arg(long)]
+    pub refuse_unknown_bridges: bool,
+    /// Accept only auth codes pinned in the configuration: never pin a new bridge on first use.
+    #[arg(long)]
+    pub no_first_use: bool,
     /// How a 0x7D/0x7E byte inside a command frame is sent when cyncd cannot choose it away:
     /// avoid (nudge a colour by one, re-pick the seq, stuff only a target id), stuff or raw
     /// [default: avoid].
@@ -189,6 +211,23 @@ impl Args {
         }
         if self.no_discover_mesh {
             c.discover_mesh = false;
+        }
+        if let Some(v) = self.hello_timeout_secs {
+            c.hello_timeout_secs = v;
+        }
+        if let Some(v) = self.max_connections_per_ip {
+            c.max_connections_per_ip = v;
+        }
+        c.limit_loopback |= self.limit_loopback;
+        if let Some(v) = self.max_devices_per_bridge {
+            c.max_devices_per_bridge = v;
+        }
+        if let Some(v) = self.max_devices_per_home {
+            c.max_devices_per_home = v;
+        }
+        c.refuse_unknown_bridges |= self.refuse_unknown_bridges;
+        if self.no_first_use {
+            c.device_auth.first_use = false;
         }
         if let Some(v) = &self.frame_escaping {
             c.frame_escaping = v.clone();
@@ -326,12 +365,19 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let cert_path = tls.as_ref().map(|(_, f)| f.cert.clone());
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let registry = Registry::new();
+    let registry = Registry::with_limits(crate::devices::registry::Limits::of(&config));
+    registry.set_named(&homes);
+    let auth = Arc::new(
+        crate::devices::auth::AuthStore::open(&config.state_dir, config.device_auth.first_use)
+            .context("device auth pins")?,
+    );
+    crate::commands::pin_codes(&auth, &config, &homes);
     let canary = Arc::new(crate::commands::canary::Canary::new(
         config.canary.policy().map_err(anyhow::Error::msg)?,
         config.canary.slo().map_err(anyhow::Error::msg)?,
         crate::commands::canary::CanaryMetrics::new(&mut prom),
     ));
+    restore_routing(&canary, &config);
     // Each transport hands the other the commands whose connection it does not own.
     let (legacy, legacy_inbox) = crate::commands::legacy::Legacy::channel();
     let commands = crate::commands::reliable::Commands::start(
@@ -371,7 +417,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         legacy,
         canary,
         offset: crate::config::OffsetCache::default(),
+        auth: auth.clone(),
+        log_limits: crate::logging::LogLimits::default(),
     });
+    tracker.spawn(crate::devices::auth::save_pins(auth, cancel.clone()));
     tracker.spawn(crate::commands::canary::evaluate_slos(
         ctx.clone(),
         cancel.clone(),
@@ -440,6 +489,34 @@ fn http_limits(config: &Config) -> Limits {
         max_connections: config.http_max_connections.min(share),
         header_timeout: Duration::from_secs_f64(config.http_header_timeout_secs),
         idle_timeout: Duration::from_secs_f64(config.http_idle_timeout_secs),
+    }
+}
+
+/// Starts the canary from the routing kept in the state directory, when the configuration's
+/// routing is the one it was kept for (see [`crate::commands::routing_file`]).
+fn restore_routing(canary: &crate::commands::canary::Canary, config: &Config) {
+    use crate::commands::routing_file::{Restore, Routing, RoutingFile};
+    let file = RoutingFile::new(&config.state_dir, Routing::of_config(&config.canary));
+    let path = file.path().display().to_string();
+    match canary.persist(file) {
+        Restore::Nothing => {}
+        Restore::Saved(policy, latched) => info!(
+            file = %path,
+            mode = policy.mode.name(),
+            percent = policy.percent,
+            kill = policy.kill,
+            latched = latched.is_some(),
+            "routing restored from the last run (edit [canary] in the configuration to override it)"
+        ),
+        Restore::ConfigChanged => info!(
+            file = %path,
+            "the configuration's [canary] routing changed since the last run: it applies, and any rollback latch is lifted"
+        ),
+        Restore::Unreadable(why) => warn!(
+            file = %path,
+            error = %why,
+            "the saved routing could not be read: the configuration's routing applies"
+        ),
     }
 }
 
@@ -513,7 +590,9 @@ fn raise_file_limit(max_connections: usize) {
 /// configuration file, applying what changed in its `[canary]` routing (mode, percent, kill)
 /// since the file was last read, without a restart; other keys take effect at the next start.
 /// An unchanged file changes nothing — in particular it does not lift a rollback latch
-/// (editing the percentage or mode does, as a person's decision).
+/// (editing the percentage or mode does, as a person's decision). The routing file in the state
+/// directory then records the new configuration routing, so the next start keeps what is in
+/// force now.
 fn reload(args: &Args, ctx: &Context, last: &mut crate::config::CanaryConfig) {
     match ctx.reload_homes() {
         Ok(notes) => {
@@ -538,12 +617,16 @@ fn reload(args: &Args, ctx: &Context, last: &mut crate::config::CanaryConfig) {
         return;
     }
     match crate::commands::canary::apply_routing(ctx, &update) {
-        Ok((policy, _)) => info!(
-            mode = policy.mode.name(),
-            percent = policy.percent,
-            kill = policy.kill,
-            "SIGHUP: routing reloaded (other settings apply at the next start)"
-        ),
+        Ok((policy, _)) => {
+            ctx.canary
+                .reloaded(crate::commands::routing_file::Routing::of_config(last));
+            info!(
+                mode = policy.mode.name(),
+                percent = policy.percent,
+                kill = policy.kill,
+                "SIGHUP: routing reloaded (other settings apply at the next start)"
+            )
+        }
         Err(e) => warn!(error = %e, "SIGHUP: routing not reloaded"),
     }
 }

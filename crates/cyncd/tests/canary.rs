@@ -150,13 +150,25 @@ async fn faults_in_the_canary_cohort_roll_it_back_and_leave_the_control_untouche
     let slo: serde_json::Value = serde_json::from_str(&slo).unwrap();
     assert_eq!(slo["latched"], true);
     assert_eq!(slo["decisions"][0]["decision"], "rollback");
-    // Latched: a person re-enables it.
-    let (status, body) = put(&server, "/api/canary", r#"{"percent": 10}"#).await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(server.ctx.canary.latched(), None);
+    // A restart with the same configuration keeps the rollback: only a person raises it.
     for (_, f) in bad.iter().chain(&good) {
         f.stop().await;
     }
+    let config = server.ctx.config.clone();
+    server.shutdown().await;
+    let server = start(config.clone()).await;
+    assert_eq!(server.ctx.canary.latched(), Some(rollback));
+    assert_eq!(server.ctx.canary.policy().percent, 0.0);
+    let (_, status) = get(&server, "/api/canary").await;
+    assert!(status.contains(r#""latched":true"#), "{status}");
+    // Latched: a person re-enables it, and that survives the next restart too.
+    let (status, body) = put(&server, "/api/canary", r#"{"percent": 10}"#).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(server.ctx.canary.latched(), None);
+    server.shutdown().await;
+    let server = start(config).await;
+    assert_eq!(server.ctx.canary.latched(), None);
+    assert_eq!(server.ctx.canary.policy().percent, 10.0);
     server.shutdown().await;
 }
 

@@ -134,7 +134,7 @@ async fn faults_only_in_the_canary_roll_it_back_within_the_fast_rule_and_spare_t
     let took = started.elapsed();
     let rollback = server.ctx.canary.latched().unwrap();
     assert_eq!(
-        (rollback.slo, rollback.rule.as_str()),
+        (rollback.slo.as_str(), rollback.rule.as_str()),
         ("command_success", "fast")
     );
     eprintln!("rolled back after {took:?} of traffic: {}", rollback.reason);

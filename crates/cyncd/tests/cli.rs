@@ -338,3 +338,61 @@ fn help_explains_the_commands() {
     let out = cyncd(&["encode", "--help"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("--conn-id"));
 }
+
+#[test]
+fn decode_redact_masks_auth_codes_everywhere() {
+    // Capture A's first hello (PROTOCOL.md §6.1), then the same cut short (undecodable), then
+    // a record ending in half a hello (trailing bytes).
+    let hello = "23 00 00 00 1a 03 32 5d 53 17 00 10 31 65 30 37 64 38 63 64 66 34 66 35 33 63 35 30 00 00 3c";
+    let code_hex = "31653037643863646634663533633530";
+    let shown = cyncd(&["decode", "--hex", hello]);
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        text.contains("auth code 1e07d8cdf4f53c50") && text.contains(code_hex),
+        "{text}"
+    );
+    let capture = format!(
+        "2025-11-06T08:20:44.836127Z DEV→CLOUD (31 bytes)\n{hello}\n\n\
+         2025-11-06T08:20:44.836128Z DEV→CLOUD (20 bytes)\n23 00 00 00 0f 03 32 5d 53 17 00 10 31 65 30 37 64 38 63 64\n\n\
+         2025-11-06T08:20:44.836129Z DEV→CLOUD (25 bytes)\nd3 00 00 00 00 23 00 00 00 1a 03 32 5d 53 17 00 10 31 65 30 37 64 38 63 64\n\n"
+    );
+    let out = cyncd_stdin(&["decode", "--redact"], &capture);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for secret in [code_hex, "1e07d8cdf4f53c50", "3165303764386364"] {
+        assert!(!text.contains(secret), "{secret} in {text}");
+    }
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["detail"], "auth code ****************");
+    assert_eq!(
+        lines[0]["raw"],
+        format!("230000001a03325d53170010{}00003c", "*".repeat(32))
+    );
+    assert!(lines[1]["error"].is_string() && lines[1]["raw"].as_str().unwrap().contains("**"));
+    assert!(lines.iter().any(|l| {
+        l["trailing"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("230000001a") && t.ends_with("**"))
+    }));
+    // On a terminal redaction is the default (script gives the command a pseudo-terminal).
+    let tty = Command::new("script")
+        .args(["-qec"])
+        .arg(format!(
+            "{} decode --hex '{hello}'",
+            env!("CARGO_BIN_EXE_cyncd")
+        ))
+        .arg("/dev/null")
+        .output();
+    match tty {
+        Ok(out) => {
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(text.contains("auth code ****"), "{text}");
+            assert!(!text.contains(code_hex), "{text}");
+        }
+        Err(e) if std::env::var_os("CI").is_some() => panic!("script(1) is needed under CI: {e}"),
+        Err(e) => eprintln!("skipping the terminal check: script(1) unavailable ({e})"),
+    }
+}

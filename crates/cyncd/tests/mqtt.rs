@@ -606,25 +606,19 @@ async fn devices_no_bridge_lists_get_no_entities_and_stale_ones_are_removed() {
     let (server, fleet) = home("mqtt-listed", &broker).await;
     let mut ha = Ha::connect(broker.port).await;
     ha.until("first publication", all_published).await;
-    // Reports from ids no bridge listed and the configuration does not name (as forged 0x83s
-    // would make): in the registry, not in Home Assistant.
-    let bridge = cync_proto::ConnId([0x66, 0, 0, 0]);
-    for id in 500..600u16 {
-        server.ctx.registry.apply(
-            "default",
-            bridge,
-            cync_proto::DeviceStatus {
-                id: cync_proto::MeshId(id),
-                online: true,
-                on: true,
-                brightness: 50,
-                temperature: 10,
-                rgb: [0, 0, 0],
-            },
-            cync_proto::session::Source::Own,
-            tokio::time::Instant::now(),
-        );
-    }
+    // Reports from ids no bridge listed and the configuration does not name, from a bridge
+    // that never answers the mesh request (as forged 0x83s would come): in the registry, not
+    // in Home Assistant.
+    let mut forger = connect(&server).await;
+    write(&mut forger, &hello([0x66, 0, 0, 0])).await;
+    read_packets(&mut forger, 1, answers).await;
+    let mut reports: Vec<u8> = (500..600u16)
+        .flat_map(|id| report(0x6600_0000, id, id))
+        .collect();
+    reports.extend(hex("d3 00 00 00 00"));
+    write(&mut forger, &reports).await;
+    // Every report's 0x88 and the heartbeat's 0xD8: all of them were handled.
+    read_packets(&mut forger, 101, |p| p[0] == 0x88 || p[0] == 0xd8).await;
     assert!(server.ctx.registry.device_count() >= 100);
     // A command afterwards proves a scan ran after the forged reports.
     let before = fleet.device("home0", 2).unwrap().on;

@@ -458,3 +458,154 @@ fn sighup_applies_an_import_made_while_cyncd_runs() {
         "{err}"
     );
 }
+
+/// A PUT request with a JSON body and the server's token; returns the whole answer.
+fn http_put(addr: &str, state: &std::path::Path, path: &str, body: &str) -> String {
+    let token = std::fs::read_to_string(state.join("api-token")).unwrap();
+    let mut api = TcpStream::connect(addr).unwrap();
+    api.write_all(
+        format!(
+            "PUT {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            token.trim(),
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let mut response = String::new();
+    api.read_to_string(&mut response).unwrap();
+    response
+}
+
+#[test]
+fn runtime_routing_survives_a_restart_until_the_configuration_changes() {
+    let state = temp_dir("routing");
+    std::fs::create_dir_all(&state).unwrap();
+    let config = state.join("cyncd.toml");
+    std::fs::write(&config, "[canary]\nmode = \"canary\"\npercent = 50.0\n").unwrap();
+    let config_arg = config.to_str().unwrap();
+    let args = ["--plain", "--log-level", "warn", "--config", config_arg];
+    let (mut child, line) = serve(&state, &args, Stdio::null());
+    let http = http_of(&line);
+    let answer = http_put(
+        &http,
+        &state,
+        "/api/canary",
+        r#"{"percent": 20, "kill": true}"#,
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    signal(&child, "TERM");
+    assert!(child.wait().unwrap().success());
+    let mode = std::fs::metadata(state.join("routing.json"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // Same configuration: the change made at run time is still in force.
+    let (mut child, line) = serve(&state, &args, Stdio::null());
+    let canary = http_get(&http_of(&line), &state, "/api/canary");
+    assert!(
+        canary.contains(r#""mode":"canary","percent":20.0,"kill":true"#),
+        "{canary}"
+    );
+    signal(&child, "TERM");
+    assert!(child.wait().unwrap().success());
+
+    // The configuration's routing edited: it wins.
+    std::fs::write(&config, "[canary]\nmode = \"canary\"\npercent = 30.0\n").unwrap();
+    let (mut child, line) = serve(&state, &args, Stdio::null());
+    let canary = http_get(&http_of(&line), &state, "/api/canary");
+    assert!(
+        canary.contains(r#""mode":"canary","percent":30.0,"kill":false"#),
+        "{canary}"
+    );
+    signal(&child, "TERM");
+    assert!(child.wait().unwrap().success());
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+/// A TLS connection as devices make it (any certificate, TLS 1.2, the RSA CBC suites).
+fn tls(addr: &str) -> openssl::ssl::SslStream<TcpStream> {
+    use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode, SslVersion};
+    let mut builder = SslConnector::builder(SslMethod::tls_client()).unwrap();
+    builder.set_verify(SslVerifyMode::NONE);
+    builder
+        .set_max_proto_version(Some(SslVersion::TLS1_2))
+        .unwrap();
+    builder
+        .set_cipher_list("AES256-SHA256:AES128-SHA256:AES256-SHA:AES128-SHA")
+        .unwrap();
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    builder.build().connect("cm.gelighting.com", tcp).unwrap()
+}
+
+fn hello_of(id: u32) -> Vec<u8> {
+    let mut hello = vec![0x23, 0, 0, 0, 0x1a, 3];
+    hello.extend(id.to_be_bytes());
+    hello.extend([0, 0x10]);
+    hello.extend(format!("{:016x}", u64::from(id) * 7919).as_bytes());
+    hello.extend([0, 0, 0x3c]);
+    hello
+}
+
+#[test]
+fn a_garbage_flood_writes_under_a_tenth_of_a_log_byte_per_byte_in() {
+    let state = temp_dir("flood");
+    // The defaults a user runs with: TLS, info level, human-readable lines (and no mesh
+    // requests, so the connections' answers are only the ones this test reads).
+    let (mut child, line) = serve(&state, &["--no-discover-mesh"], Stdio::piped());
+    let devices = line.split_whitespace().nth(3).unwrap().to_string();
+    let mut stderr = child.stderr.take().unwrap();
+    let logs = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        stderr.read_to_end(&mut all).unwrap();
+        all
+    });
+    // A 4 KiB packet with a reserved header byte set: undecodable, answered by nothing, and
+    // (before) one warning line with its whole hex.
+    let mut bad = vec![0x43, 0x01, 0x00, 0x0f, 0xfb];
+    bad.resize(4096, 0xa5);
+    let mut sent = 0usize;
+    let mut send = |s: &mut openssl::ssl::SslStream<TcpStream>, bytes: &[u8]| {
+        s.write_all(bytes).unwrap();
+        sent += bytes.len();
+    };
+    // One connection: 4 MiB of them.
+    let mut one = tls(&devices);
+    send(&mut one, &hello_of(0x7100_0000));
+    for _ in 0..1024 {
+        send(&mut one, &bad);
+    }
+    // Many connections: 50 with 64 KiB each, then 100 with one packet each.
+    for (n, packets) in (0..50).map(|n| (n, 16)).chain((50..150).map(|n| (n, 1))) {
+        let mut s = tls(&devices);
+        send(&mut s, &hello_of(0x7200_0000 + n));
+        for _ in 0..packets {
+            send(&mut s, &bad);
+        }
+        send(&mut s, &[0xd3, 0, 0, 0, 0]);
+        // Its answers (0x28, 0xD8) show the server read everything before this closes.
+        let mut answer = [0u8; 12];
+        s.read_exact(&mut answer).unwrap();
+        assert_eq!(answer, [0x28, 0, 0, 0, 2, 0, 0, 0xd8, 0, 0, 0, 0]);
+    }
+    send(&mut one, &[0xd3, 0, 0, 0, 0]);
+    let mut answer = [0u8; 12];
+    one.read_exact(&mut answer).unwrap();
+    assert_eq!(answer[7..], [0xd8, 0, 0, 0, 0]);
+    signal(&child, "TERM");
+    assert!(child.wait().unwrap().success());
+    let logs = logs.join().unwrap();
+    let ratio = logs.len() as f64 / sent as f64;
+    eprintln!(
+        "{} log bytes for {sent} bytes in: {ratio:.4} per byte",
+        logs.len()
+    );
+    assert!(ratio < 0.1, "{ratio}");
+    let text = String::from_utf8_lossy(&logs);
+    assert!(text.contains("suppressed"), "{text}");
+    assert!(text.contains("undecodable packet"));
+    let _ = std::fs::remove_dir_all(&state);
+}

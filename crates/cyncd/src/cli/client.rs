@@ -33,6 +33,13 @@ pub struct ApiArgs {
 }
 
 impl ApiArgs {
+    /// The server's state directory: the one given, else the server's default.
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_dir
+            .clone()
+            .unwrap_or_else(|| crate::config::Config::default().state_dir)
+    }
+
     /// The token to send: the file given, else the environment, else the state directory's
     /// `api-token` when it exists (a server without a token needs none).
     fn token(&self) -> anyhow::Result<Option<String>> {
@@ -47,11 +54,9 @@ impl ApiArgs {
         if let Ok(token) = std::env::var(TOKEN_ENV) {
             return Ok(Some(token.trim().to_string()));
         }
-        let dir = self
-            .state_dir
-            .clone()
-            .unwrap_or_else(|| crate::config::Config::default().state_dir);
-        let path = dir.join(crate::frontends::http::guard::TOKEN_FILE);
+        let path = self
+            .state_dir()
+            .join(crate::frontends::http::guard::TOKEN_FILE);
         if path.exists() {
             return first_line(&path).map(Some);
         }
@@ -118,13 +123,13 @@ pub fn set(args: &SetArgs) -> anyhow::Result<()> {
     };
     let kind = if args.group { "groups" } else { "devices" };
     let path = format!("/api/{kind}/{}/state", encode(&args.device));
-    report(&request(&args.api, &path, &body.to_string())?)
+    report(&request(&args.api, "POST", &path, &body.to_string())?)
 }
 
 /// Runs `cyncd toggle`.
 pub fn toggle(args: &ToggleArgs) -> anyhow::Result<()> {
     let path = format!("/api/devices/{}/toggle", encode(&args.device));
-    report(&request(&args.api, &path, "")?)
+    report(&request(&args.api, "POST", &path, "")?)
 }
 
 fn report(answer: &serde_json::Value) -> anyhow::Result<()> {
@@ -160,8 +165,14 @@ fn report(answer: &serde_json::Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// POSTs a JSON body and returns the JSON answer, or the server's error.
-fn request(args: &ApiArgs, path: &str, body: &str) -> anyhow::Result<serde_json::Value> {
+/// Sends a request with a JSON body (and the API token when there is one) and returns the JSON
+/// answer, or the server's error.
+pub(crate) fn request(
+    args: &ApiArgs,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> anyhow::Result<serde_json::Value> {
     let api = &args.api;
     let host = api
         .strip_prefix("http://")
@@ -175,7 +186,7 @@ fn request(args: &ApiArgs, path: &str, body: &str) -> anyhow::Result<serde_json:
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
     let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {host}\r\n{authorization}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{authorization}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(request.as_bytes())?;

@@ -4,6 +4,9 @@
 //! connection tag. Every packet becomes one line; bytes left at the end of a record that are not
 //! a whole packet become `{record, trailing}`. A per-type summary goes to stderr. The exit status
 //! is 0 whenever the input could be read, whatever it contained.
+//!
+//! A hello's auth code is a device's secret: with `--redact` (the default when standard output
+//! is a terminal) it is masked in `raw`, `detail` and `trailing`.
 
 use anyhow::Context;
 use cync_proto::capture::{self, Direction};
@@ -19,6 +22,10 @@ use std::io::{BufWriter, Read, Write};
 /// `record`, `ts`, `dir` ("dev" or "srv"), `type`, `name`, `len`, `conn_id`, `msg_id`,
 /// `checksum_ok` (0x73/0x83), `statuses`, `raw` (hex re-encoded from the decoded packet) or
 /// `error`. A summary per packet type goes to stderr.
+///
+/// A hello's `detail` shows its auth code (the device's secret, also inside `raw`); --redact
+/// masks it in `raw`, `detail` and `trailing`, and is the default when standard output is a
+/// terminal (--no-redact shows it there).
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Capture file to read; `-` or nothing reads standard input.
@@ -33,11 +40,40 @@ pub struct Args {
     /// Largest packet accepted, in bytes; a longer header is reported and skipped.
     #[arg(long, default_value_t = cync_proto::DEFAULT_MAX_PACKET, value_name = "BYTES")]
     max_packet: usize,
+    /// Mask hello auth codes [default: when standard output is a terminal].
+    #[arg(long, overrides_with = "no_redact")]
+    redact: bool,
+    /// Show hello auth codes, even on a terminal.
+    #[arg(long, overrides_with = "redact")]
+    no_redact: bool,
+}
+
+/// How the output is written.
+#[derive(Debug, Clone, Copy)]
+struct Options {
+    max_packet: usize,
+    redact: bool,
+}
+
+impl Options {
+    /// Hex of `bytes`, a hello's auth code masked when redacting.
+    fn hex(self, bytes: &[u8]) -> String {
+        if self.redact {
+            crate::logging::redacted_hex(bytes)
+        } else {
+            hex(bytes)
+        }
+    }
 }
 
 /// Runs the subcommand.
 pub fn run(args: &Args) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
     let stdout = std::io::stdout();
+    let options = Options {
+        max_packet: args.max_packet,
+        redact: args.redact || (!args.no_redact && stdout.is_terminal()),
+    };
     let mut out = BufWriter::new(stdout.lock());
     let mut summary = Summary::default();
     if let Some(hex) = &args.hex {
@@ -54,12 +90,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             declared: None,
             bytes,
         };
-        decode_record(&record, args.max_packet, &mut out, &mut summary)?;
+        decode_record(&record, options, &mut out, &mut summary)?;
     } else {
         let text = read_input(args.file.as_deref())?;
         for record in capture::parse(&text) {
             match record {
-                Ok(record) => decode_record(&record, args.max_packet, &mut out, &mut summary)?,
+                Ok(record) => decode_record(&record, options, &mut out, &mut summary)?,
                 Err(e) => {
                     summary.bad_records += 1;
                     let line = json!({"record": e.index, "line": e.line, "error": e.reason});
@@ -91,7 +127,7 @@ fn read_input(file: Option<&str>) -> anyhow::Result<String> {
 
 fn decode_record(
     record: &capture::Record,
-    max_packet: usize,
+    options: Options,
     out: &mut impl Write,
     summary: &mut Summary,
 ) -> anyhow::Result<()> {
@@ -99,14 +135,15 @@ fn decode_record(
     if record.declared.is_some_and(|n| n != record.bytes.len()) {
         summary.size_mismatches += 1;
     }
-    let mut framer = Framer::new(max_packet).with_policy(OversizePolicy::Resync);
+    let mut framer = Framer::new(options.max_packet).with_policy(OversizePolicy::Resync);
+    let hex = |bytes: &[u8]| options.hex(bytes);
     let mut input = record.bytes.as_slice();
     loop {
         let taken = framer.push(input);
         input = input.get(taken..).unwrap_or_default();
         while let Some(next) = framer.next_packet() {
             let line = match next {
-                Ok(bytes) => packet_json(record, bytes, summary),
+                Ok(bytes) => packet_json(record, bytes, options, summary),
                 Err(e) => {
                     summary.errors += 1;
                     json!({"record": record.index, "ts": record.ts, "dir": record.dir.tag(), "error": e.to_string()})
@@ -130,7 +167,13 @@ fn decode_record(
     Ok(())
 }
 
-fn packet_json(record: &capture::Record, bytes: &[u8], summary: &mut Summary) -> Value {
+fn packet_json(
+    record: &capture::Record,
+    bytes: &[u8],
+    options: Options,
+    summary: &mut Summary,
+) -> Value {
+    let hex = |bytes: &[u8]| options.hex(bytes);
     let mut obj = Map::new();
     obj.insert("record".into(), json!(record.index));
     if !record.ts.is_empty() {
@@ -198,7 +241,20 @@ fn packet_json(record: &capture::Record, bytes: &[u8], summary: &mut Summary) ->
         }
         None => {}
     }
-    let summary_text = packet.summary();
+    let mut summary_text = packet.summary();
+    if let Packet::Hello(h) | Packet::AppHello(h) = &packet {
+        summary_text = if options.redact {
+            format!("auth code {}", "*".repeat(h.auth.len()))
+        } else {
+            let code = h.auth.expose();
+            match std::str::from_utf8(code) {
+                Ok(text) if text.chars().all(|c| c.is_ascii_graphic()) => {
+                    format!("auth code {text}")
+                }
+                _ => format!("auth code (hex) {}", hex(code)),
+            }
+        };
+    }
     if !summary_text.is_empty() {
         obj.insert("detail".into(), json!(summary_text));
     }

@@ -1,11 +1,13 @@
 //! The command-line tools besides `serve`: lab tools over the wire format ([`decode`],
-//! [`encode`]), clients of a running server ([`client`]: `set`, `toggle`), the simulator
-//! ([`sim`]: `sim`, `demo`), and the Cync account ([`account`]: `login`, `export`, `import`).
+//! [`encode`]), clients of a running server ([`client`]: `set`, `toggle`; [`devices`]:
+//! `devices forget`), the simulator ([`sim`]: `sim`, `demo`), and the Cync account
+//! ([`account`]: `login`, `export`, `import`).
 //!
 //! The top layer: may import anything below it, including `serve`.
 
 pub mod account;
 pub mod client;
 pub mod decode;
+pub mod devices;
 pub mod encode;
 pub mod sim;

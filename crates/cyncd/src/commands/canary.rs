@@ -11,11 +11,14 @@
 //! `PUT /api/canary` (which clears the latch and the canary's SLO history). [`evaluate_slos`]
 //! runs the rules and drains the connections whose transport no longer matches;
 //! [`apply_routing`] is the one way a person's change (the API, a reloaded file) is applied.
+//! The routing in force and the latch are kept in the state directory ([`Canary::persist`],
+//! [`super::routing_file`]), so a restart restores them.
 //!
 //! Bounds: the SLO buckets are a fixed ring ([`cync_proto::canary::MAX_BUCKETS`]); the last
 //! [`DECISIONS`] evaluations that changed something are kept for `GET /api/slo`.
 
 use super::Context;
+use super::routing_file::{Restore, Routing, RoutingFile};
 use cync_proto::ConnId;
 use cync_proto::canary::{
     Breach, Cohort, CommandSample, Mode, Policy, Route, SloConfig, SloMonitor, Transport,
@@ -120,12 +123,12 @@ impl CanaryMetrics {
 }
 
 /// A rollback, as the API shows it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Rollback {
     /// RFC 3339 time.
     pub at: String,
     /// The SLO.
-    pub slo: &'static str,
+    pub slo: String,
     /// The rule.
     pub rule: String,
     /// Why, with the numbers.
@@ -153,6 +156,8 @@ pub struct Canary {
     errors: [AtomicU64; 2],
     /// Its metrics.
     pub metrics: CanaryMetrics,
+    /// Where the routing is kept across restarts, once [`Canary::persist`] was called.
+    file: std::sync::OnceLock<RoutingFile>,
 }
 
 fn slot(t: Transport) -> usize {
@@ -210,6 +215,42 @@ impl Canary {
             packets: [AtomicU64::new(0), AtomicU64::new(0)],
             errors: [AtomicU64::new(0), AtomicU64::new(0)],
             metrics,
+            file: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Keeps the routing and the rollback latch in `file` from now on, starting from what it
+    /// saved when the configuration's routing is unchanged since (see
+    /// [`super::routing_file`]). Returns what was found. Called once, at start.
+    pub fn persist(&self, file: RoutingFile) -> Restore {
+        let found = file.restore();
+        let mut state = self.lock();
+        if let Restore::Saved(policy, latched) = &found {
+            state.policy = *policy;
+            state.latched = latched.clone();
+            self.metrics.percentage.set(policy.percent);
+        }
+        let _ = self.file.set(file);
+        self.save(&state);
+        found
+    }
+
+    /// Records the configuration's routing after a reload (SIGHUP), so the next start compares
+    /// against it.
+    pub fn reloaded(&self, config: Routing) {
+        let state = self.lock();
+        if let Some(file) = self.file.get() {
+            file.reloaded(config);
+        }
+        self.save(&state);
+    }
+
+    /// Writes the routing in force and the latch, when persisted. Called with the state locked,
+    /// so writes land in the order of the changes (they are rare: a person or a rollback).
+    fn save(&self, state: &State) {
+        let Some(file) = self.file.get() else { return };
+        if let Err(e) = file.save(&state.policy, state.latched.as_ref()) {
+            error!(file = %file.path().display(), error = %e, "could not save the routing: a restart would not keep it");
         }
     }
 
@@ -303,6 +344,7 @@ impl Canary {
         }
         state.policy = policy;
         self.metrics.percentage.set(policy.percent);
+        self.save(&state);
         Ok(policy)
     }
 
@@ -344,13 +386,13 @@ impl Canary {
     fn roll_back(&self, state: &mut State, breach: &Breach) -> Rollback {
         let rollback = Rollback {
             at: now_rfc3339(),
-            slo: breach.slo.name(),
+            slo: breach.slo.name().to_string(),
             rule: breach.rule.clone(),
             reason: breach.to_string(),
             percent_before: state.policy.percent,
         };
         error!(
-            slo = rollback.slo,
+            slo = %rollback.slo,
             rule = %rollback.rule,
             percent_before = rollback.percent_before,
             reason = %rollback.reason,
@@ -372,6 +414,7 @@ impl Canary {
             "control_long": window_json(&breach.control),
         });
         push(&mut state.decisions, record);
+        self.save(state);
         rollback
     }
 
@@ -564,7 +607,7 @@ mod tests {
         let (at, rollback) = rolled.expect("rolled back");
         assert!(at <= 10, "after {at} s");
         assert_eq!(
-            (rollback.slo, rollback.percent_before),
+            (rollback.slo.as_str(), rollback.percent_before),
             ("command_success", 30.0)
         );
         assert_eq!(canary.policy().percent, 0.0);
@@ -635,6 +678,9 @@ mod tests {
             canary.packet(Transport::Reliable, i % 10 == 0);
             canary.packet(Transport::Legacy, false);
         }
-        assert_eq!(canary.evaluate().map(|r| r.slo), Some("decode_errors"));
+        assert_eq!(
+            canary.evaluate().map(|r| r.slo).as_deref(),
+            Some("decode_errors")
+        );
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! Owns: the reliable transport ([`reliable`], the command service around the sans-IO
 //! dispatcher), the legacy transport and its shadow ([`legacy`]), the interface both implement
-//! ([`transport`]), routing between them with SLOs and rollback ([`canary`]), and the one way
+//! ([`transport`]), routing between them with SLOs and rollback ([`canary`], kept across restarts
+//! by [`routing_file`]), and the one way
 //! every front end resolves, checks and submits a command ([`control`]). [`Context`] is what the
 //! process shares; it implements the device layer's [`Host`], through which connection tasks
 //! hand device answers to the transport that owns them. The rule that keeps each connection to
@@ -16,13 +17,16 @@ pub mod canary;
 pub mod control;
 pub mod legacy;
 pub mod reliable;
+pub mod routing_file;
 pub mod transport;
 
 use crate::config::{Config, OffsetCache};
 use crate::devices::Host;
+use crate::devices::auth::{AuthStore, PinSource};
 use crate::devices::link::ConnEvent;
 use crate::devices::registry::Registry;
 use crate::homes::{Homes, HomesCell};
+use crate::logging::LogLimits;
 use crate::metrics::Metrics;
 use cync_proto::ConnId;
 use cync_proto::canary::{Route, Transport};
@@ -51,6 +55,10 @@ pub struct Context {
     pub canary: Arc<canary::Canary>,
     /// The UTC offset sent in 0xC8, looked up at most once a minute.
     pub offset: OffsetCache,
+    /// The bridges' auth-code pins.
+    pub auth: Arc<AuthStore>,
+    /// The limits on log lines peers cause.
+    pub log_limits: LogLimits,
 }
 
 impl std::fmt::Debug for Context {
@@ -62,15 +70,27 @@ impl std::fmt::Debug for Context {
     }
 }
 
+/// Pins the auth codes the account gave (unless `[device_auth] account_codes = false`), then
+/// the configuration's, which win for a bridge both name.
+pub fn pin_codes(auth: &AuthStore, config: &Config, homes: &Homes) {
+    if config.device_auth.account_codes {
+        auth.import(PinSource::Account, homes.auth_codes());
+    }
+    auth.import(PinSource::Configured, config.device_auth.pins());
+}
+
 impl Context {
     /// Reads the homes file again and applies it (a new export was saved, or SIGHUP): the
-    /// merged homes replace the old ones, connected bridges move to the homes they now belong
-    /// to, and every front end is told to look again. Returns the notes for the log.
+    /// merged homes replace the old ones, the account's auth codes are pinned, connected
+    /// bridges move to the homes they now belong to, and every front end is told to look
+    /// again. Returns the notes for the log.
     pub fn reload_homes(&self) -> Result<Vec<String>, crate::homes::HomesError> {
         let (homes, mut notes) = Homes::load(&self.config)?;
         for (home, code, names) in homes.unknown_types() {
             self.registry.unknown_type(home, code, &names.join(", "));
         }
+        pin_codes(&self.auth, &self.config, &homes);
+        self.registry.set_named(&homes);
         for (conn, from, to) in self.registry.place_bridges(&homes) {
             notes.push(format!("bridge {conn} moved from home {from:?} to {to:?}"));
         }
@@ -103,6 +123,14 @@ impl Host for Context {
 
     fn offset(&self) -> &OffsetCache {
         &self.offset
+    }
+
+    fn auth(&self) -> &AuthStore {
+        &self.auth
+    }
+
+    fn log_limits(&self) -> &LogLimits {
+        &self.log_limits
     }
 
     fn route(&self, conn: ConnId) -> Route {

@@ -2,14 +2,15 @@
 //! what every device and connection is.
 //!
 //! Owns: sockets and TLS towards devices ([`tls`], [`server`]), the sans-IO session of each
-//! connection, device state and connections ([`registry`]), and the messages exchanged with
-//! the command transports ([`link`]).
+//! connection, who a device is ([`auth`]: auth-code pins), device state and connections
+//! ([`registry`]), and the messages exchanged with the command transports ([`link`]).
 //!
 //! Must not import: `commands`, `frontends`, `cli` or `serve` (the layers above). What a
 //! connection needs from above — the routing decision at a hello, the SLO feed, handing device
 //! answers to the transport that owns them — goes through the [`Host`] trait defined here and
 //! implemented by the `commands` layer.
 
+pub mod auth;
 pub mod link;
 pub mod registry;
 pub mod server;
@@ -17,7 +18,9 @@ pub mod tls;
 
 use crate::config::{Config, OffsetCache};
 use crate::homes::Homes;
+use crate::logging::LogLimits;
 use crate::metrics::Metrics;
+use auth::AuthStore;
 use cync_proto::ConnId;
 use cync_proto::canary::{Route, Transport};
 use link::ConnEvent;
@@ -41,6 +44,10 @@ pub trait Host: Send + Sync + 'static {
     fn tls(&self) -> Option<&SslAcceptor>;
     /// The UTC offset sent in 0xC8.
     fn offset(&self) -> &OffsetCache;
+    /// The bridges' auth-code pins.
+    fn auth(&self) -> &AuthStore;
+    /// The process-wide limits on log lines peers cause.
+    fn log_limits(&self) -> &LogLimits;
     /// The transport a new connection gets, decided at its hello.
     fn route(&self, conn: ConnId) -> Route;
     /// A packet received on a connection of `transport`; `bad` when it did not decode (SLOs).

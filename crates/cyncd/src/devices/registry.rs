@@ -13,8 +13,19 @@
 //! The registry sits behind one mutex with short critical sections; it is touched on status
 //! events, hellos and disconnects, never per heartbeat (per-connection counters are atomics).
 //!
-//! Bounds: at most [`MAX_DEVICES`] devices and `max_connections` connections. A status for a
-//! new device beyond the bound is dropped and counted ([`Registry::rejected_devices`]).
+//! Who may speak for a device: a status is applied only from a registered connection (one whose
+//! hello was admitted), and only for a device that connection vouches for. The devices the
+//! configuration names always pass. Any other device passes when the bridge listed it in its
+//! mesh-info answer; before a bridge has listed its mesh (or when it never does), it may speak
+//! for at most [`Limits::per_bridge`] distinct devices per connection. A new device is created
+//! only while its home holds fewer than [`Limits::per_home`] unconfigured devices and the whole
+//! table fewer than [`MAX_DEVICES`]. So forged reports from one bridge id cannot fill the table,
+//! and reports from bridges of one home never crowd out another home's devices. Every status
+//! refused is reported to the caller ([`Refusal`]), which counts and logs it.
+//!
+//! Bounds: at most [`MAX_DEVICES`] devices (configured ones on top) and `max_connections`
+//! connections; per connection at most [`Limits::per_bridge`] devices spoken for and
+//! [`cync_proto::session::MAX_MESH_RECORDS`] listed.
 
 use super::link::ConnCommand;
 use crate::homes::Homes;
@@ -49,6 +60,72 @@ pub const MAX_UNKNOWN_TYPES: usize = 1024;
 /// older one is forgotten first when full).
 pub const MAX_LEARNED_HOMES: usize = 65_536;
 
+/// Who may add what to the registry (see the module documentation).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Distinct devices one connection may speak for, configured ones not counted.
+    pub per_bridge: usize,
+    /// Unconfigured devices one home may hold.
+    pub per_home: usize,
+    /// The devices the configuration names, by home: always accepted, never counted.
+    pub configured: HashMap<String, HashSet<u16>>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            per_bridge: crate::config::DEFAULT_DEVICES_PER_BRIDGE,
+            per_home: crate::config::DEFAULT_DEVICES_PER_HOME,
+            configured: HashMap::new(),
+        }
+    }
+}
+
+impl Limits {
+    /// The limits a configuration sets.
+    pub fn of(config: &crate::config::Config) -> Self {
+        Self {
+            per_bridge: config.max_devices_per_bridge,
+            per_home: config.max_devices_per_home,
+            configured: config.configured_devices(),
+        }
+    }
+}
+
+/// Why a status was not applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The bridge listed its mesh, and this device is not in it (or the connection is not
+    /// registered).
+    Unlisted,
+    /// The connection already spoke for [`Limits::per_bridge`] devices.
+    BridgeCap,
+    /// The home already holds [`Limits::per_home`] unconfigured devices.
+    HomeCap,
+    /// The table holds [`MAX_DEVICES`] devices.
+    TableFull,
+}
+
+impl Refusal {
+    /// Every refusal, in the order of [`crate::metrics::STATUS_REFUSALS`].
+    pub const ALL: [Self; 4] = [
+        Self::Unlisted,
+        Self::BridgeCap,
+        Self::HomeCap,
+        Self::TableFull,
+    ];
+
+    /// A stable label for logs and `cyncd_statuses_refused_total{reason}`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Unlisted => "unlisted",
+            Self::BridgeCap => "bridge_cap",
+            Self::HomeCap => "home_cap",
+            Self::TableFull => "table_full",
+        }
+    }
+}
+
 /// Shared registry handle.
 #[derive(Debug, Clone)]
 pub struct Registry {
@@ -57,14 +134,7 @@ pub struct Registry {
 
 impl Default for Registry {
     fn default() -> Self {
-        Self {
-            inner: Arc::new(Shared {
-                state: Mutex::default(),
-                changed: watch::Sender::new(0),
-                rejected_devices: AtomicU64::new(0),
-                generation: AtomicU64::new(0),
-            }),
-        }
+        Self::with_limits(Limits::default())
     }
 }
 
@@ -75,6 +145,7 @@ struct Shared {
     changed: watch::Sender<u64>,
     rejected_devices: AtomicU64,
     generation: AtomicU64,
+    limits: Limits,
 }
 
 #[derive(Debug, Default)]
@@ -85,9 +156,18 @@ struct State {
     unknown_types: HashSet<(String, u8)>,
     /// Homes learned from bridges' mesh listings, oldest first.
     learned: std::collections::VecDeque<(ConnId, String)>,
-    /// (home, mesh id) of every device a bridge's mesh listing named since the start; at most
-    /// [`MAX_DEVICES`] (further ones are not remembered).
-    listed: HashSet<(String, u16)>,
+    /// Unconfigured devices per home.
+    unconfigured: HashMap<String, usize>,
+    /// The devices the homes (configuration and homes file) name, by home: always accepted,
+    /// never counted against the caps. Replaced when new homes are loaded.
+    named: HashMap<String, HashSet<u16>>,
+}
+
+impl State {
+    /// Whether the homes name this device (it is always accepted, never counted).
+    fn is_named(&self, home: &str, mesh: u16) -> bool {
+        self.named.get(home).is_some_and(|ids| ids.contains(&mesh))
+    }
 }
 
 /// One mesh device.
@@ -107,6 +187,8 @@ pub struct Device {
     pub firmware: Option<String>,
     /// Connection ids of the bridges that report it.
     pub bridges: BTreeSet<ConnId>,
+    /// A bridge's mesh listing named it (sticky).
+    pub listed: bool,
     /// A thermostat's sensor readings, when it sent some.
     pub sensors: Option<Arc<[Reading]>>,
 }
@@ -220,6 +302,10 @@ pub struct Connection {
     pub mesh: Vec<u16>,
     /// Sensor readings it sent (a thermostat).
     pub sensors: Option<Arc<[Reading]>>,
+    /// The same as a set, once it listed its mesh: it speaks only for these then.
+    listing: Option<BTreeSet<u16>>,
+    /// Unconfigured devices this connection spoke for (at most [`Limits::per_bridge`]).
+    spoken: BTreeSet<u16>,
     /// The transport that owns its commands (decided at its hello).
     pub route: Route,
     generation: u64,
@@ -397,9 +483,26 @@ pub struct Registration {
 }
 
 impl Registry {
-    /// An empty registry.
+    /// An empty registry with the default limits.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty registry with these limits.
+    pub fn with_limits(limits: Limits) -> Self {
+        let state = State {
+            named: limits.configured.clone(),
+            ..State::default()
+        };
+        Self {
+            inner: Arc::new(Shared {
+                state: Mutex::new(state),
+                changed: watch::Sender::new(0),
+                rejected_devices: AtomicU64::new(0),
+                generation: AtomicU64::new(0),
+                limits,
+            }),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -420,7 +523,7 @@ impl Registry {
         self.inner.changed.send_modify(|v| *v = v.wrapping_add(1));
     }
 
-    /// Statuses dropped because the device table was full.
+    /// Statuses refused so far, for any [`Refusal`].
     pub fn rejected_devices(&self) -> u64 {
         self.inner.rejected_devices.load(Ordering::Relaxed)
     }
@@ -447,6 +550,8 @@ impl Registry {
             firmware: BTreeMap::new(),
             mesh: Vec::new(),
             sensors: None,
+            listing: None,
+            spoken: BTreeSet::new(),
             generation,
             cancel,
             writer,
@@ -463,7 +568,8 @@ impl Registry {
         }
     }
 
-    /// Applies a status reported by bridge `conn` of `home`.
+    /// Applies a status reported by bridge `conn` of `home`, when that bridge may speak for the
+    /// device (see the module documentation).
     pub fn apply(
         &self,
         home: &str,
@@ -471,16 +577,61 @@ impl Registry {
         status: DeviceStatus,
         source: Source,
         now: Instant,
-    ) {
-        let mut state = self.lock();
-        let key = (home.to_string(), status.id.0);
-        let len = state.devices.len();
+    ) -> Result<(), Refusal> {
+        let applied = self.apply_locked(&mut self.lock(), home, conn, status, source, now);
+        match applied {
+            Ok(()) => self.notify(),
+            Err(_) => {
+                self.inner.rejected_devices.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        applied
+    }
+
+    fn apply_locked(
+        &self,
+        state: &mut State,
+        home: &str,
+        conn: ConnId,
+        status: DeviceStatus,
+        source: Source,
+        now: Instant,
+    ) -> Result<(), Refusal> {
+        let limits = &self.inner.limits;
+        let mesh = status.id.0;
+        let configured = state.is_named(home, mesh);
+        if !configured {
+            let c = state
+                .connections
+                .get_mut(&conn)
+                .filter(|c| c.home == home)
+                .ok_or(Refusal::Unlisted)?;
+            // Mesh-info pages are the listing being read; anything else must be in it.
+            let listed = c.listing.as_ref().is_none_or(|l| l.contains(&mesh));
+            if !listed && source != Source::MeshInfo {
+                return Err(Refusal::Unlisted);
+            }
+            if !c.spoken.contains(&mesh) {
+                if c.spoken.len() >= limits.per_bridge {
+                    return Err(Refusal::BridgeCap);
+                }
+                c.spoken.insert(mesh);
+            }
+        }
+        let key = (home.to_string(), mesh);
+        let total = state.devices.len();
         let device = match state.devices.entry(key) {
             std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::btree_map::Entry::Vacant(e) => {
-                if len >= MAX_DEVICES {
-                    self.inner.rejected_devices.fetch_add(1, Ordering::Relaxed);
-                    return;
+                if !configured {
+                    let count = state.unconfigured.entry(home.to_string()).or_default();
+                    if *count >= limits.per_home {
+                        return Err(Refusal::HomeCap);
+                    }
+                    if total >= MAX_DEVICES {
+                        return Err(Refusal::TableFull);
+                    }
+                    *count += 1;
                 }
                 e.insert(Device {
                     status,
@@ -492,6 +643,7 @@ impl Registry {
                     firmware: None,
                     bridges: BTreeSet::new(),
                     sensors: None,
+                    listed: false,
                 })
             }
         };
@@ -503,7 +655,7 @@ impl Registry {
             .last_own
             .is_some_and(|t| now.duration_since(t) < OWN_REPORT_HOLD);
         if source != Source::Own && fresh_own {
-            return;
+            return Ok(());
         }
         if source == Source::Own {
             device.last_own = Some(now);
@@ -521,25 +673,73 @@ impl Registry {
             online: device.online,
             ..status
         };
-        drop(state);
-        self.notify();
+        Ok(())
+    }
+
+    /// Whether a device is one to show people and Home Assistant: the configuration names it,
+    /// or a bridge's mesh listing did (a device only ever seen in reports is not).
+    pub fn listed(&self, home: &str, mesh: u16) -> bool {
+        let state = self.lock();
+        state.is_named(home, mesh)
+            || state
+                .devices
+                .get(&(home.to_string(), mesh))
+                .is_some_and(|d| d.listed)
+    }
+
+    /// Takes the devices the homes name (configuration and homes file) as the ones always
+    /// accepted and never counted against the caps; called at start and when new homes load.
+    pub fn set_named(&self, homes: &Homes) {
+        let named = homes.named();
+        let mut state = self.lock();
+        // Devices that were named and no longer are count against their home from now on.
+        let newly_unnamed: Vec<String> = state
+            .devices
+            .keys()
+            .filter(|(h, m)| {
+                state.is_named(h, *m) && !named.get(h).is_some_and(|ids| ids.contains(m))
+            })
+            .map(|(h, _)| h.clone())
+            .collect();
+        let newly_named: Vec<String> = state
+            .devices
+            .keys()
+            .filter(|(h, m)| {
+                !state.is_named(h, *m) && named.get(h).is_some_and(|ids| ids.contains(m))
+            })
+            .map(|(h, _)| h.clone())
+            .collect();
+        for h in newly_unnamed {
+            *state.unconfigured.entry(h).or_default() += 1;
+        }
+        for h in newly_named {
+            let count = state.unconfigured.entry(h).or_default();
+            *count = count.saturating_sub(1);
+        }
+        state.named = named;
     }
 
     /// Records a bridge's mesh (from its mesh-info answer) and its own device type.
+    ///
+    /// From then on the bridge speaks only for the devices it listed (and configured ones).
     pub fn learn_mesh(&self, conn: ConnId, home: &str, device_type: Option<u8>, mesh: &[u16]) {
         let mut state = self.lock();
-        if let Some(c) = state.connections.get_mut(&conn) {
-            c.mesh = mesh
-                .iter()
-                .copied()
-                .take(cync_proto::session::MAX_MESH_RECORDS)
-                .collect();
-        }
-        for id in mesh.iter().take(cync_proto::session::MAX_MESH_RECORDS) {
-            if state.listed.len() >= MAX_DEVICES {
-                break;
+        let Some(c) = state.connections.get_mut(&conn).filter(|c| c.home == home) else {
+            return;
+        };
+        c.mesh = mesh
+            .iter()
+            .copied()
+            .take(cync_proto::session::MAX_MESH_RECORDS)
+            .collect();
+        let listing: BTreeSet<u16> = c.mesh.iter().copied().collect();
+        for id in &listing {
+            if let Some(d) = state.devices.get_mut(&(home.to_string(), *id)) {
+                d.listed = true;
             }
-            state.listed.insert((home.to_string(), *id));
+        }
+        if let Some(c) = state.connections.get_mut(&conn) {
+            c.listing = Some(listing);
         }
         if let (Some(kind), Some(first)) = (device_type, mesh.first()) {
             if let Some(d) = state.devices.get_mut(&(home.to_string(), *first)) {
@@ -550,19 +750,28 @@ impl Registry {
         self.notify();
     }
 
-    /// Records a firmware version reported on a connection.
-    pub fn firmware(&self, conn: ConnId, kind: &'static str, version: String) {
-        if let Some(c) = self.lock().connections.get_mut(&conn) {
-            c.firmware.insert(kind, version);
+    /// Records a firmware version reported on a connection; true when it is new there.
+    pub fn firmware(&self, conn: ConnId, kind: &'static str, version: String) -> bool {
+        let changed = match self.lock().connections.get_mut(&conn) {
+            Some(c) if c.firmware.get(kind) != Some(&version) => {
+                c.firmware.insert(kind, version);
+                true
+            }
+            _ => false,
+        };
+        if changed {
+            self.notify();
         }
-        self.notify();
+        changed
     }
 
-    /// Whether a bridge's mesh listing has named this device (since the start): the devices
-    /// front ends announce beyond the configured ones, so a report from an id no bridge lists
-    /// creates no Home Assistant entity.
-    pub fn listed(&self, home: &str, mesh: u16) -> bool {
-        self.lock().listed.contains(&(home.to_string(), mesh))
+    /// Closes the connection of a bridge, if one is open (its pin was forgotten).
+    pub fn disconnect(&self, conn: ConnId) -> bool {
+        self.lock()
+            .connections
+            .get(&conn)
+            .map(|c| c.cancel.cancel())
+            .is_some()
     }
 
     /// Every device to show, sorted by home and mesh id: those bridges reported and those the
@@ -786,12 +995,6 @@ impl Registry {
             return None;
         }
         let from = std::mem::replace(&mut c.home, to.to_string());
-        let mesh = c.mesh.clone();
-        for id in mesh {
-            if state.listed.len() < MAX_DEVICES {
-                state.listed.insert((to.to_string(), id));
-            }
-        }
         let keys: Vec<(String, u16)> = state
             .devices
             .iter()
@@ -809,6 +1012,14 @@ impl Registry {
                 state.devices.insert(key.clone(), d);
                 copy.bridges = BTreeSet::from([conn]);
                 d = copy;
+            }
+            if !state.devices.contains_key(&key) && !state.is_named(&from, key.1) {
+                let count = state.unconfigured.entry(from.clone()).or_default();
+                *count = count.saturating_sub(1);
+            }
+            let arriving = !state.devices.contains_key(&(to.to_string(), key.1));
+            if arriving && !state.is_named(to, key.1) {
+                *state.unconfigured.entry(to.to_string()).or_default() += 1;
             }
             match state.devices.entry((to.to_string(), key.1)) {
                 std::collections::btree_map::Entry::Occupied(mut e) => {
@@ -831,7 +1042,7 @@ impl Registry {
 
     /// Puts every connected bridge in the home `homes` give it now (new homes were loaded): the
     /// home that lists it, else the one its mesh listing matches, else the home it is in when
-    /// that still exists, else the only home. Returns the moves made, as (bridge, from, to).
+    /// that still exists, else the default home. Returns the moves made, as (bridge, from, to).
     pub fn place_bridges(&self, homes: &Homes) -> Vec<(ConnId, String, String)> {
         let wanted: Vec<(ConnId, String)> = {
             let state = self.lock();
@@ -851,7 +1062,9 @@ impl Registry {
                             match homes.match_mesh(own_type, &c.mesh) {
                                 crate::homes::MeshMatch::One(h) => h.to_string(),
                                 // Nothing better known: a home that still exists stays.
-                                _ if homes.home(&c.home).is_some() => c.home.clone(),
+                                _ if homes.home(&c.home).is_some_and(|h| !h.closed) => {
+                                    c.home.clone()
+                                }
                                 _ => homes.home_at_hello(*conn).to_string(),
                             }
                         }
@@ -912,33 +1125,38 @@ impl Registry {
             self.notify();
             return;
         };
-        let len = state.devices.len();
+        // A device the homes do not name is created under the same caps as any report.
+        let named_here = state.is_named(home, mesh);
+        if !named_here && !state.devices.contains_key(&(home.to_string(), mesh)) {
+            let len = state.devices.len();
+            let count = state.unconfigured.entry(home.to_string()).or_default();
+            if *count >= self.inner.limits.per_home || len >= MAX_DEVICES {
+                self.inner.rejected_devices.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            *count += 1;
+        }
         let device = match state.devices.entry((home.to_string(), mesh)) {
             std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::btree_map::Entry::Vacant(e) => {
-                if len >= MAX_DEVICES {
-                    self.inner.rejected_devices.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-                e.insert(Device {
-                    status: DeviceStatus {
-                        id: cync_proto::MeshId(mesh),
-                        online: true,
-                        on: false,
-                        brightness: 0,
-                        temperature: 0,
-                        rgb: [0; 3],
-                    },
+            std::collections::btree_map::Entry::Vacant(e) => e.insert(Device {
+                status: DeviceStatus {
+                    id: cync_proto::MeshId(mesh),
                     online: true,
-                    offline_reports: 0,
-                    last_own: None,
-                    last_seen: SystemTime::now(),
-                    device_type: None,
-                    firmware: None,
-                    bridges: BTreeSet::new(),
-                    sensors: None,
-                })
-            }
+                    on: false,
+                    brightness: 0,
+                    temperature: 0,
+                    rgb: [0; 3],
+                },
+                online: true,
+                offline_reports: 0,
+                last_own: None,
+                last_seen: SystemTime::now(),
+                device_type: None,
+                firmware: None,
+                bridges: BTreeSet::new(),
+                listed: false,
+                sensors: None,
+            }),
         };
         device.online = true;
         device.last_seen = SystemTime::now();
@@ -1108,12 +1326,35 @@ mod tests {
     const A: ConnId = ConnId([1, 1, 1, 1]);
     const B: ConnId = ConnId([2, 2, 2, 2]);
 
+    const ROUTE: Route = Route {
+        transport: Transport::Reliable,
+        shadow: false,
+    };
+
+    /// Registers `conn` in `home` (statuses are taken only from registered connections).
+    fn connect(r: &Registry, conn: ConnId, home: &str) -> Registration {
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        r.register(
+            conn,
+            peer,
+            home,
+            Arc::default(),
+            CancellationToken::new(),
+            None,
+            ROUTE,
+        )
+    }
+
     #[tokio::test(start_paused = true)]
     async fn homes_do_not_overwrite_each_other() {
         let r = Registry::new();
+        let _a = connect(&r, A, "a");
+        let _b = connect(&r, B, "b");
         let now = Instant::now();
-        r.apply("a", A, status(5, true, 10, true), Source::Own, now);
-        r.apply("b", B, status(5, false, 0, true), Source::Own, now);
+        r.apply("a", A, status(5, true, 10, true), Source::Own, now)
+            .unwrap();
+        r.apply("b", B, status(5, false, 0, true), Source::Own, now)
+            .unwrap();
         let config = Homes::default();
         let all = r.devices(&config);
         assert_eq!(all.len(), 2);
@@ -1127,9 +1368,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn relayed_copies_do_not_flap_a_fresh_own_report() {
         let r = Registry::new();
+        let _a = connect(&r, A, "h");
+        let _b = connect(&r, B, "h");
         let config = Homes::default();
         let t0 = Instant::now();
-        r.apply("h", A, status(7, true, 80, true), Source::Own, t0);
+        r.apply("h", A, status(7, true, 80, true), Source::Own, t0)
+            .unwrap();
         // Another bridge relays the state from before the change.
         r.apply(
             "h",
@@ -1137,7 +1381,8 @@ mod tests {
             status(7, false, 0, true),
             Source::Relayed,
             t0 + Duration::from_millis(300),
-        );
+        )
+        .unwrap();
         assert!(r.device(&config, "7").unwrap().on);
         assert_eq!(r.device(&config, "7").unwrap().bridges.len(), 2);
         // Long after, relayed news counts again (the change may have come over BLE).
@@ -1147,21 +1392,26 @@ mod tests {
             status(7, false, 0, true),
             Source::Relayed,
             t0 + OWN_REPORT_HOLD,
-        );
+        )
+        .unwrap();
         assert!(!r.device(&config, "7").unwrap().on);
     }
 
     #[tokio::test(start_paused = true)]
     async fn offline_needs_three_reports() {
         let r = Registry::new();
+        let _a = connect(&r, A, "h");
         let config = Homes::default();
         let t = Instant::now();
-        r.apply("h", A, status(3, true, 1, true), Source::Relayed, t);
+        r.apply("h", A, status(3, true, 1, true), Source::Relayed, t)
+            .unwrap();
         for n in 1..=3 {
-            r.apply("h", A, status(3, true, 1, false), Source::Relayed, t);
+            r.apply("h", A, status(3, true, 1, false), Source::Relayed, t)
+                .unwrap();
             assert_eq!(r.device(&config, "3").unwrap().online, n < 3, "after {n}");
         }
-        r.apply("h", A, status(3, true, 1, true), Source::Relayed, t);
+        r.apply("h", A, status(3, true, 1, true), Source::Relayed, t)
+            .unwrap();
         assert!(r.device(&config, "3").unwrap().online);
     }
 
@@ -1247,29 +1497,17 @@ mod tests {
         "127.0.0.1:1".parse().unwrap()
     }
 
-    const ROUTE: Route = Route {
-        transport: Transport::Reliable,
-        shadow: false,
-    };
-
     #[tokio::test(start_paused = true)]
     async fn views_name_every_device_of_the_homes_and_hide_the_hidden() {
         let r = Registry::new();
         let homes = homes();
-        r.apply(
-            "Main",
-            A,
-            status(2, true, 100, true),
-            Source::Own,
-            Instant::now(),
-        );
-        r.apply(
-            "Main",
-            A,
-            status(3, true, 100, true),
-            Source::Own,
-            Instant::now(),
-        );
+        // Named devices are taken from any connection.
+        r.set_named(&homes);
+        let now = Instant::now();
+        r.apply("Main", A, status(2, true, 100, true), Source::Own, now)
+            .unwrap();
+        r.apply("Main", A, status(3, true, 100, true), Source::Own, now)
+            .unwrap();
         let all = r.devices(&homes);
         let ids: Vec<&str> = all.iter().map(|d| d.id.as_str()).collect();
         // Reported or not; the hidden one (3) left out although it reported.
@@ -1323,15 +1561,18 @@ mod tests {
             ROUTE,
         );
         let now = Instant::now();
-        r.apply("default", A, status(1, true, 50, true), Source::Own, now);
+        r.apply("default", A, status(1, true, 50, true), Source::Own, now)
+            .unwrap();
         r.apply(
             "default",
             A,
             status(2, true, 50, true),
             Source::Relayed,
             now,
-        );
-        r.apply("default", B, status(2, true, 50, true), Source::Own, now);
+        )
+        .unwrap();
+        r.apply("default", B, status(2, true, 50, true), Source::Own, now)
+            .unwrap();
         assert_eq!(r.rehome(A, "Main").as_deref(), Some("default"));
         assert_eq!(r.rehome(A, "Main"), None, "already there");
         assert!(r.status("Main", 1).is_some() && r.status("default", 1).is_none());
@@ -1400,5 +1641,84 @@ mod tests {
             (counts["applied"], counts["no_ack"], counts["rejected"]),
             (2, 1, 0)
         );
+    }
+
+    #[test]
+    fn refusal_labels_are_the_metric_labels() {
+        let labels: Vec<&str> = Refusal::ALL.iter().map(|r| r.label()).collect();
+        assert_eq!(labels, crate::metrics::STATUS_REFUSALS);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bridge_speaks_only_for_a_bounded_set_then_for_its_mesh() {
+        let mut configured = HashMap::new();
+        configured.insert("cabin".to_string(), HashSet::from([5u16]));
+        let r = Registry::with_limits(Limits {
+            per_bridge: 3,
+            per_home: 4,
+            configured,
+        });
+        let t = Instant::now();
+        // Not registered: nothing it says counts, except for devices the configuration names
+        // (reported by a registered bridge of their home below).
+        assert_eq!(
+            r.apply("cabin", A, status(9, true, 1, true), Source::Own, t),
+            Err(Refusal::Unlisted)
+        );
+        let _a = connect(&r, A, "cabin");
+        for id in [1, 2, 3] {
+            r.apply("cabin", A, status(id, true, 1, true), Source::Own, t)
+                .unwrap();
+        }
+        assert_eq!(
+            r.apply("cabin", A, status(4, true, 1, true), Source::Own, t),
+            Err(Refusal::BridgeCap)
+        );
+        // The configured device always passes and is not counted.
+        r.apply("cabin", A, status(5, true, 1, true), Source::Own, t)
+            .unwrap();
+        // Once the bridge listed its mesh, it speaks only for what it listed.
+        r.learn_mesh(A, "cabin", None, &[2, 3]);
+        assert_eq!(
+            r.apply("cabin", A, status(1, false, 1, true), Source::Own, t),
+            Err(Refusal::Unlisted)
+        );
+        r.apply("cabin", A, status(2, false, 1, true), Source::Relayed, t)
+            .unwrap();
+        assert!(r.listed("cabin", 2) && r.listed("cabin", 5));
+        assert!(!r.listed("cabin", 1), "seen in reports only");
+        // The home cap: another bridge of the home adds one more, then no more.
+        let _b = connect(&r, B, "cabin");
+        r.apply("cabin", B, status(6, true, 1, true), Source::Own, t)
+            .unwrap();
+        assert_eq!(
+            r.apply("cabin", B, status(7, true, 1, true), Source::Own, t),
+            Err(Refusal::HomeCap)
+        );
+        assert_eq!(r.rejected_devices(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn forged_devices_of_one_home_never_crowd_out_a_configured_one() {
+        let mut configured = HashMap::new();
+        configured.insert("cabin".to_string(), HashSet::from([5u16]));
+        let r = Registry::with_limits(Limits {
+            per_bridge: 65_536,
+            per_home: 100,
+            configured,
+        });
+        let t = Instant::now();
+        let _a = connect(&r, A, "default");
+        let refused = (0..1000u16)
+            .filter(|id| {
+                r.apply("default", A, status(*id, true, 1, true), Source::Own, t)
+                    .is_err()
+            })
+            .count();
+        assert_eq!(refused, 900);
+        let _b = connect(&r, B, "cabin");
+        r.apply("cabin", B, status(5, true, 50, true), Source::Own, t)
+            .unwrap();
+        assert!(r.device(&Homes::default(), "cabin:5").unwrap().on);
     }
 }

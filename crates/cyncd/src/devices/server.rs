@@ -5,6 +5,12 @@
 //! order), and its events update the registry. Nothing the task waits on is another
 //! connection: the registry is touched only on status events, with short critical sections.
 //!
+//! A connection is a device only once its hello is admitted: the session holds the hello until
+//! this task decides ([`Conn::decide`]): the bridge must be known when `refuse_unknown_bridges`
+//! is set, and its auth code must match the bridge's pin ([`super::auth`]), a first-use pin
+//! being made only then. A refused hello is never answered and never registered, so it cannot
+//! replace a live session; it is counted and logged (rate-limited).
+//!
 //! Ownership: the route decided at the hello names the one transport that writes on the
 //! connection and hears its 0x7Bs and results (see [`super::link`]); a command from the other
 //! one is refused unwritten. The end of a connection ([`ConnEvent::Lost`]) is announced before
@@ -12,23 +18,27 @@
 //! connection for a command written on the old one.
 //!
 //! Bounds: at most `max_connections` connections (a semaphore; one over the cap is accepted and
-//! closed at once, and counted); one read buffer of `max_packet` bytes and the session's framer
-//! per connection; a write that stalls for `write_timeout_secs` closes the connection (the
-//! device stopped reading).
+//! closed at once, and counted) and `max_connections_per_ip` from one address (loopback exempt
+//! unless `limit_loopback`; refused the same way); one read buffer of `max_packet` bytes and
+//! the session's framer per connection; a connection without an admitted hello closes after
+//! `hello_timeout_secs`; a write that stalls for `write_timeout_secs` closes the connection
+//! (the device stopped reading). Every line a peer's input causes goes through the log rate
+//! limits ([`crate::logging::LogLimits`]).
 
 use super::Host;
+use super::auth::Check;
 use super::link::{ConnCommand, ConnEvent, WRITE_QUEUE};
 use super::registry::{ConnStats, Registration};
 use crate::homes::{Listed, MeshMatch};
-use crate::logging::{corr_id, redacted_hex};
-use cync_proto::ConnId;
+use crate::logging::{PeerLog, corr_id, redacted_hex};
 use cync_proto::canary::{Route, Transport};
 use cync_proto::catalog::DeviceType;
 use cync_proto::session::{CloseReason, Event, Session, SessionConfig, Step};
-use cync_proto::{DecodeError, LocalTime, Packet};
-use std::net::SocketAddr;
-use std::sync::Arc;
+use cync_proto::{AuthCode, ConnId, DecodeError, LocalTime, Packet};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -50,6 +60,9 @@ pub async fn serve<H: Host>(
     tracker: TaskTracker,
 ) {
     let limit = Arc::new(Semaphore::new(ctx.config().max_connections));
+    let per_ip = Arc::new(PerIp::default());
+    // Lines the accept loop writes are caused by peers too.
+    let mut log = PeerLog::default();
     loop {
         let (tcp, peer) = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -57,11 +70,21 @@ pub async fn serve<H: Host>(
                 Ok(pair) => pair,
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
-                    warn!(error = %e, "accept failed");
+                    if log.allow(ctx.log_limits()) {
+                        warn!(error = %e, "accept failed");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
+        };
+        let Some(slot) = per_ip.take(peer.ip(), ctx.config()) else {
+            ctx.metrics().refused("per_ip_cap");
+            if log.allow(ctx.log_limits()) {
+                warn!(%peer, cap = ctx.config().max_connections_per_ip, "connection refused: too many from this address");
+            }
+            drop(tcp);
+            continue;
         };
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             ctx.metrics().connections_refused.inc();
@@ -79,8 +102,72 @@ pub async fn serve<H: Host>(
             ctx.metrics().connections_open.dec();
             ctx.metrics().closed(reason);
             drop(permit);
+            drop(slot);
         });
     }
+}
+
+/// Open device connections per address, for `max_connections_per_ip`. An address is present
+/// only while it has connections, so the map holds at most `max_connections` entries.
+#[derive(Debug, Default)]
+struct PerIp {
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One connection's place in [`PerIp`], given back on drop.
+struct IpSlot {
+    map: Arc<PerIp>,
+    ip: IpAddr,
+}
+
+impl PerIp {
+    /// A slot for a connection from `ip`, unless the address is at its cap.
+    fn take(self: &Arc<Self>, ip: IpAddr, config: &crate::config::Config) -> Option<IpSlot> {
+        let ip = ip.to_canonical();
+        let cap = if ip.is_loopback() && !config.limit_loopback {
+            usize::MAX
+        } else {
+            config.max_connections_per_ip
+        };
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = open.entry(ip).or_default();
+        if *n >= cap {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            map: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .map
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Why a hello was refused.
+#[derive(Debug, Clone, Copy)]
+enum HelloRefusal {
+    /// Its code (`cyncd_device_auth_failures_total`).
+    Auth(super::auth::Refusal),
+    /// No home lists the bridge and `refuse_unknown_bridges` is set.
+    UnknownBridge,
 }
 
 async fn accept_and_run<H: Host>(
@@ -137,7 +224,7 @@ where
     // info level the lifecycle events carry `peer` and `conn_id` themselves.
     let span = tracing::debug_span!("conn", %peer, conn_id = tracing::field::Empty);
     async move {
-        info!(%peer, "connected");
+        debug!(%peer, "connected");
         let mut conn = Conn::new(peer, ctx.clone(), cancel.clone());
         let reason = conn.run(&mut stream).await;
         // Nothing more is written here: the bridge is away from now on.
@@ -155,7 +242,14 @@ where
             conn.unsent(queued);
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
-        info!(%peer, reason, conn_id = conn.id_text(), "disconnected");
+        // Only a device (an admitted hello) gets a line; what else closed was logged, limited,
+        // when it was refused.
+        if conn.session.conn_id().is_some() && ctx.log_limits().lifecycle() {
+            info!(%peer, reason, conn_id = conn.id_text(), "disconnected");
+        } else {
+            debug!(%peer, reason, conn_id = conn.id_text(), "disconnected");
+        }
+        ctx.log_limits().report_pending();
         reason
     }
     .instrument(span)
@@ -183,6 +277,8 @@ struct Conn<H> {
     /// The last sensor report (a thermostat's), applied again once the mesh listing tells
     /// which device and home the connection is.
     sensors: Option<cync_proto::SensorReport>,
+    /// This connection's limit on the warnings its peer causes.
+    log: PeerLog,
 }
 
 impl<H: Host> Conn<H> {
@@ -193,6 +289,7 @@ impl<H: Host> Conn<H> {
             heartbeat: c.heartbeat(),
             silence_multiple: c.silence_multiple,
             discover_mesh: c.discover_mesh,
+            hello_timeout: Duration::from_secs(c.hello_timeout_secs),
             frame_escaping: c.frame_escaping(),
             ..SessionConfig::default()
         };
@@ -213,6 +310,64 @@ impl<H: Host> Conn<H> {
             queue,
             route: None,
             sensors: None,
+            log: PeerLog::default(),
+        }
+    }
+
+    /// Whether a warning this peer caused may be written now (see [`crate::logging`]).
+    fn may_warn(&mut self) -> bool {
+        self.log.allow(self.ctx.log_limits())
+    }
+
+    /// Decides on a hello the session holds: admitted when the bridge is allowed and its code
+    /// matches its pin (pinning it on first use, the last check); otherwise refused before
+    /// anything is answered or registered, counted and logged.
+    fn decide(&mut self, now: Duration, local: LocalTime, steps: &mut Vec<Step>) {
+        let Some(hello) = self.session.pending_hello() else {
+            return;
+        };
+        let conn = hello.conn_id;
+        let auth = hello.auth.clone();
+        match self.verdict(conn, &auth) {
+            Ok(()) => self.session.admit(now, local, steps),
+            Err(refusal) => {
+                self.session.refuse(steps);
+                let reason = match refusal {
+                    HelloRefusal::Auth(r) => {
+                        self.ctx
+                            .metrics()
+                            .auth_failures
+                            .get_or_create(&[("reason", r.label())])
+                            .inc();
+                        r.label()
+                    }
+                    HelloRefusal::UnknownBridge => {
+                        self.ctx.metrics().refused("unknown_bridge");
+                        "unknown_bridge"
+                    }
+                };
+                if self.may_warn() {
+                    warn!(peer = %self.peer, conn_id = %conn, reason, "hello refused");
+                }
+            }
+        }
+    }
+
+    fn verdict(&self, conn: ConnId, auth: &AuthCode) -> Result<(), HelloRefusal> {
+        let config = self.ctx.config();
+        if config.refuse_unknown_bridges && self.ctx.homes().home_of_bridge(conn).is_none() {
+            return Err(HelloRefusal::UnknownBridge);
+        }
+        let store = self.ctx.auth();
+        match store.check(conn, auth).map_err(HelloRefusal::Auth)? {
+            Check::Known(_) => Ok(()),
+            Check::New => {
+                store.pin(conn, auth).map_err(HelloRefusal::Auth)?;
+                if self.ctx.log_limits().lifecycle() {
+                    info!(peer = %self.peer, conn_id = %conn, "new bridge: auth code pinned on first use");
+                }
+                Ok(())
+            }
         }
     }
 
@@ -313,6 +468,7 @@ impl<H: Host> Conn<H> {
                     let local = self.local_time();
                     steps.clear();
                     self.session.receive(buf.get(..n).unwrap_or_default(), now, local, &mut steps);
+                    self.decide(now, local, &mut steps);
                     for step in &steps {
                         self.log_step(step);
                         self.sensor_report(step);
@@ -340,9 +496,23 @@ impl<H: Host> Conn<H> {
                 }
             }
             if let Some(reason) = self.session.close_reason() {
-                if let CloseReason::Framing(e) = reason {
-                    self.ctx.metrics().decode_error("oversize");
-                    warn!(error = %e, "closing: oversize packet header");
+                match reason {
+                    CloseReason::Framing(e) => {
+                        self.ctx.metrics().decode_error("oversize");
+                        if self.may_warn() {
+                            warn!(peer = %self.peer, error = %e, "closing: oversize packet header");
+                        }
+                    }
+                    CloseReason::NoHello
+                    | CloseReason::SecondHello
+                    | CloseReason::HelloTimeout
+                    | CloseReason::Unverified => {
+                        self.ctx.metrics().refused(reason.label());
+                        if self.may_warn() {
+                            warn!(peer = %self.peer, conn_id = self.id_text(), reason = reason.label(), "closing: no acceptable hello");
+                        }
+                    }
+                    CloseReason::Silent | CloseReason::AppConnection | CloseReason::Refused => {}
                 }
                 return reason.label();
             }
@@ -426,13 +596,15 @@ impl<H: Host> Conn<H> {
                 Err("write_error")
             }
             Err(_) => {
-                warn!("closing: the device stopped reading");
+                if self.may_warn() {
+                    warn!(peer = %self.peer, "closing: the device stopped reading");
+                }
                 Err("write_stalled")
             }
         }
     }
 
-    fn log_step(&self, step: &Step) {
+    fn log_step(&mut self, step: &Step) {
         // Correlation ids only cost something when packets are logged.
         let corr = if tracing::enabled!(tracing::Level::DEBUG) {
             corr_id()
@@ -480,7 +652,11 @@ impl<H: Host> Conn<H> {
                 let kind = step.bytes.first().copied().unwrap_or_default();
                 self.ctx.metrics().of_type(kind).recv_error.inc();
                 self.ctx.metrics().decode_error(error_label(e));
-                warn!(corr_id = %corr, dir = "in", r#type = kind, error = %e, hex = %redacted_hex(&step.bytes), "undecodable packet");
+                if self.may_warn() {
+                    // At most the first 64 bytes: the line must stay smaller than the input.
+                    let shown = step.bytes.get(..64).unwrap_or(&step.bytes);
+                    warn!(corr_id = %corr, peer = %self.peer, dir = "in", r#type = kind, len = step.bytes.len(), error = %e, hex = %redacted_hex(shown), "undecodable packet");
+                }
             }
         }
         for p in &step.sent {
@@ -556,24 +732,23 @@ impl<H: Host> Conn<H> {
                         .ctx
                         .registry()
                         .learned_home(conn)
+                        // Learned from its mesh: still a home open to it, and not listed elsewhere.
+                        .filter(|h| homes.home(h).is_some_and(|h| !h.closed))
                         .filter(|_| homes.home_of_bridge(conn).is_none())
                         .unwrap_or_else(|| homes.home_at_hello(conn).to_string());
                     tracing::Span::current().record("conn_id", tracing::field::display(conn));
                     self.ctx.metrics().hellos.inc();
-                    info!(peer = %self.peer, conn_id = %conn, home = %self.home, "hello");
                     let route = self.ctx.route(conn);
                     self.route = Some(route);
                     // The legacy transport never recognised repeated packets.
                     self.session
                         .set_dedup(route.transport == Transport::Reliable);
-                    info!(peer = %self.peer, conn_id = %conn, transport = route.transport.name(), shadow = route.shadow, "routed");
-                    if let Some(previous) = self.registration.take() {
-                        // A second hello with another id: that id's session ends here.
-                        let old = previous.conn();
-                        if previous.release() {
-                            self.lost(old);
-                        }
+                    if self.ctx.log_limits().lifecycle() {
+                        info!(peer = %self.peer, conn_id = %conn, home = %self.home, "hello");
+                        info!(peer = %self.peer, conn_id = %conn, transport = route.transport.name(), shadow = route.shadow, "routed");
                     }
+                    // One hello per session (a second one closes it), so a registration here is
+                    // this connection's first.
                     if self.ctx.registry().is_connected(conn) {
                         // The session this one replaces ends before anything of this one can
                         // be written (its own end, if it comes first, announces it again:
@@ -594,13 +769,31 @@ impl<H: Host> Conn<H> {
                         .deliver(Transport::Reliable, ConnEvent::Connected(conn));
                 }
                 Event::AppConnection(conn) => {
-                    info!(peer = %self.peer, conn_id = %conn, "phone-app connection: not served, closing");
+                    if self.ctx.log_limits().lifecycle() {
+                        info!(peer = %self.peer, conn_id = %conn, "phone-app connection: not served, closing");
+                    }
                 }
                 Event::Status(status, source) => {
                     if let Some(conn) = self.session.conn_id() {
-                        self.ctx
-                            .registry()
-                            .apply(&self.home, conn, status, source, Instant::now());
+                        let applied = self.ctx.registry().apply(
+                            &self.home,
+                            conn,
+                            status,
+                            source,
+                            Instant::now(),
+                        );
+                        if let Err(refusal) = applied {
+                            // Not this bridge's to report: it confirms no command either.
+                            self.ctx
+                                .metrics()
+                                .statuses_refused
+                                .get_or_create(&[("reason", refusal.label())])
+                                .inc();
+                            if self.may_warn() {
+                                warn!(peer = %self.peer, conn_id = %conn, home = %self.home, mesh_id = status.id.0, reason = refusal.label(), "status refused");
+                            }
+                            continue;
+                        }
                         let event = ConnEvent::Status {
                             home: self.home.clone(),
                             status,
@@ -618,8 +811,12 @@ impl<H: Host> Conn<H> {
                             cync_proto::FirmwareKind::Device => "device",
                             cync_proto::FirmwareKind::Network => "network",
                         };
-                        info!(peer = %self.peer, conn_id = %conn, kind, version = %fw.version(), "firmware");
-                        self.ctx.registry().firmware(conn, kind, fw.version());
+                        let version = fw.version();
+                        if self.ctx.registry().firmware(conn, kind, version.clone())
+                            && self.ctx.log_limits().lifecycle()
+                        {
+                            info!(peer = %self.peer, conn_id = %conn, kind, version = %version, "firmware");
+                        }
                     }
                 }
                 Event::MeshLearned {
@@ -628,7 +825,9 @@ impl<H: Host> Conn<H> {
                 } => {
                     if let Some(conn) = self.session.conn_id() {
                         let ids: Vec<u16> = devices.iter().map(|d| d.id.0).collect();
-                        info!(peer = %self.peer, conn_id = %conn, devices = ?ids, device_type, "mesh learned");
+                        if self.ctx.log_limits().lifecycle() {
+                            info!(peer = %self.peer, conn_id = %conn, devices = ?ids, device_type, "mesh learned");
+                        }
                         self.find_home(conn, device_type, &ids);
                         self.ctx
                             .registry()
@@ -653,7 +852,9 @@ impl<H: Host> Conn<H> {
                 Event::DecodeError(_) => {}
                 Event::BadChecksum(kind) => {
                     self.ctx.metrics().decode_error("bad_checksum");
-                    warn!(r#type = kind, "inner frame checksum mismatch");
+                    if self.may_warn() {
+                        warn!(peer = %self.peer, r#type = kind, "inner frame checksum mismatch");
+                    }
                 }
                 Event::DataAck(msg) => {
                     if let Some(conn) = self.session.conn_id() {

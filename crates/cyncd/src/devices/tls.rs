@@ -23,9 +23,8 @@ use openssl::x509::extension::{
     BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAlternativeName, SubjectKeyIdentifier,
 };
 use openssl::x509::{X509, X509NameBuilder};
-use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -203,10 +202,7 @@ pub fn ensure_certificate(
         );
     }
 
-    DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(state_dir)
+    crate::state::create_dir(state_dir)
         .map_err(|source| file_error("create directory", state_dir, source))?;
     let (cert_pem, key_pem) = generate()?;
     // Key first: a crash before the certificate lands leaves a lone key, which the next start
@@ -428,38 +424,9 @@ fn certificate(
     Ok((builder.build().to_pem()?, key.private_key_to_pem_pkcs8()?))
 }
 
-/// Writes `bytes` to `path` through `.<name>.tmp` in the same directory and a rename, so `path`
-/// holds either the old content or all of the new. The temporary file is created with `mode`
-/// (before any byte is written) and exclusively, so it never follows a planted link. One daemon
-/// per state directory is assumed.
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError> {
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = dir.join(format!(".{name}.tmp"));
-    match fs::remove_file(&tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(source) => return Err(file_error("remove", &tmp, source)),
-    }
-    let written = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .and_then(|mut file| {
-            file.write_all(bytes)?;
-            file.sync_all()
-        });
-    if let Err(source) = written {
-        // Best effort: a leftover is removed by the next attempt anyway.
-        let _ = fs::remove_file(&tmp);
-        return Err(file_error("write", &tmp, source));
-    }
-    fs::rename(&tmp, path).map_err(|source| file_error("rename into", path, source))?;
-    // Make the rename itself durable; some filesystems refuse to sync a directory, which only
-    // costs durability, so the result is ignored.
-    let _ = File::open(dir).and_then(|d| d.sync_all());
-    Ok(())
+fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError> {
+    crate::state::write_atomic(path, bytes, mode)
+        .map_err(|source| file_error("write", path, source))
 }
 
 fn exists(path: &Path) -> Result<bool, TlsError> {

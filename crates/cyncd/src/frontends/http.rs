@@ -17,6 +17,7 @@
 //! | `PUT /api/canary` | body any of `{mode, percent, kill, drain}`; answers as GET plus `drained` |
 //! | `GET /api/slo` | `{mode, percent, latched, slos: [{name, cohort, target, compliance, budget_remaining, events, rules}], decisions, last_rollback}` |
 //! | `GET /api/trace/{command_id}` | `{command_id, events: [{at, event, …}]}` |
+//! | `DELETE /api/bridges/{id}/auth` | forgets the bridge's first-use auth pin and closes its connection: `{bridge, forgotten: true, source}`; 404 without a pin, 409 for a pin from the configuration |
 //! | `POST /api/session` | body `{"token"}`: sets the page's session cookie (204), 401 for a wrong token |
 //! | `GET /api/session` | `{authenticated, auth}` when the request carries the token or the cookie |
 //! | `DELETE /api/session` | forgets the cookie |
@@ -62,6 +63,10 @@ pub fn router(api: Api) -> axum::Router {
         .route("/api/connections", get(connections))
         .route("/api/canary", get(canary_get).put(canary_put))
         .route("/api/slo", get(slo))
+        .route(
+            "/api/bridges/{id}/auth",
+            axum::routing::delete(forget_bridge),
+        )
         .with_state(api.clone())
         .merge(super::live::routes(api.ctx.clone()))
         .merge(super::account::routes(api.ctx.clone()))
@@ -113,6 +118,27 @@ async fn canary_put(State(api): State<Api>, body: axum::body::Bytes) -> Response
             Json(status).into_response()
         }
         Err(e) => error(StatusCode::BAD_REQUEST, &e),
+    }
+}
+
+async fn forget_bridge(State(api): State<Api>, Path(id): Path<String>) -> Response {
+    use crate::devices::auth::{Forgot, forget_bridge};
+    let Some(conn) = cync_proto::ConnId::from_hex(&id) else {
+        return error(StatusCode::BAD_REQUEST, "a bridge id is 8 hex digits");
+    };
+    match forget_bridge(&api.ctx.auth, &api.ctx.registry, conn) {
+        Forgot::Removed => {
+            Json(serde_json::json!({"bridge": conn.to_string(), "forgotten": true, "source": "first_use"}))
+                .into_response()
+        }
+        Forgot::Unknown => error(StatusCode::NOT_FOUND, "this bridge has no auth pin"),
+        Forgot::Kept(source) => error(
+            StatusCode::CONFLICT,
+            &format!(
+                "this bridge's code is pinned by the {}; change it there",
+                source.origin()
+            ),
+        ),
     }
 }
 

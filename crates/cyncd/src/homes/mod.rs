@@ -9,9 +9,11 @@
 //!
 //! A bridge's home, in order ([`Homes::home_of_bridge`], [`Homes::match_mesh`]): a home that
 //! lists its id (the configuration's `bridges`, or the ids the account gives its Wi-Fi devices);
-//! else the only home, when there is one; else the home whose devices its mesh listing (mesh ids,
-//! its own type) matches best, once it has sent it. Where two homes match equally, the bridge
-//! stays where it is and the log says to list it in the configuration.
+//! else, once it has sent its mesh listing, the home whose devices that listing (mesh ids, its
+//! own type) matches best — among the homes whose bridges the configuration does not list: a
+//! home with configured bridges takes no other (a stranger's bridge cannot talk its way into
+//! it). Until then, and where two homes match equally, the bridge is in home
+//! [`DEFAULT_HOME`], and the log says to list it in the configuration.
 //!
 //! May import `config` and `logging`; must not import `devices`, `commands`, `frontends`, `cli`
 //! or `serve` (it sits beside `config`, below all of them).
@@ -39,6 +41,8 @@ pub struct Home {
     pub devices: Vec<Device>,
     /// Rooms and groups.
     pub groups: Vec<Group>,
+    /// The configuration lists this home's bridges: no other bridge joins it by its mesh.
+    pub closed: bool,
 }
 
 /// One device's names and facts.
@@ -161,6 +165,7 @@ impl Homes {
                     bridges: Vec::new(),
                     devices: Vec::new(),
                     groups: Vec::new(),
+                    closed: false,
                 };
                 for b in &h.bridges {
                     if let Some(id) = ConnId::from_hex(b) {
@@ -225,6 +230,7 @@ impl Homes {
                         bridges: Vec::new(),
                         devices: Vec::new(),
                         groups: Vec::new(),
+                        closed: false,
                     });
                     homes.len() - 1
                 }
@@ -232,6 +238,7 @@ impl Homes {
             let Some(home) = homes.get_mut(at) else {
                 continue;
             };
+            home.closed = !c.bridges.is_empty();
             for b in &c.bridges {
                 if let Some(id) = ConnId::from_hex(b) {
                     listed.push((id, c.name.clone(), Listed::Configuration));
@@ -404,21 +411,17 @@ impl Homes {
         Some((self.homes.get(*i)?.name.as_str(), *how))
     }
 
-    /// The home of a bridge at its hello: the home that lists it, else the only home, else
-    /// [`DEFAULT_HOME`] (until its mesh listing tells, see [`Homes::match_mesh`]).
+    /// The home of a bridge at its hello: the home that lists it, else [`DEFAULT_HOME`] (until
+    /// its mesh listing tells, see [`Homes::match_mesh`]).
     pub fn home_at_hello(&self, conn: ConnId) -> &str {
-        if let Some((home, _)) = self.home_of_bridge(conn) {
-            return home;
-        }
-        match self.homes.as_slice() {
-            [only] => only.name.as_str(),
-            _ => DEFAULT_HOME,
-        }
+        self.home_of_bridge(conn)
+            .map_or(DEFAULT_HOME, |(home, _)| home)
     }
 
-    /// The home whose devices a bridge's mesh listing matches best: its own device (`ids[0]`)
-    /// must be in the home, with the same type when both are known; among those, the most
-    /// shared ids against the fewest unshared (Jaccard), ties being [`MeshMatch::Several`].
+    /// The home whose devices a bridge's mesh listing matches best, among the homes whose
+    /// bridges the configuration does not list: its own device (`ids[0]`) must be in the home,
+    /// with the same type when both are known; among those, the most shared ids against the
+    /// fewest unshared (Jaccard), ties being [`MeshMatch::Several`].
     pub fn match_mesh(&self, own_type: Option<u8>, ids: &[u16]) -> MeshMatch<'_> {
         let Some(own) = ids.first() else {
             return MeshMatch::None;
@@ -426,7 +429,7 @@ impl Homes {
         let listed: BTreeSet<u16> = ids.iter().copied().collect();
         // (shared, union) per candidate; compared as fractions without floats.
         let mut best: Vec<(&str, usize, usize)> = Vec::new();
-        for h in &self.homes {
+        for h in self.homes.iter().filter(|h| !h.closed) {
             let Some(d) = h.devices.iter().find(|d| d.id == *own) else {
                 continue;
             };
@@ -458,6 +461,23 @@ impl Homes {
         }
     }
 
+    /// The mesh ids each home names (its devices and its groups' members): the devices a bridge
+    /// may always speak for.
+    pub fn named(&self) -> HashMap<String, std::collections::HashSet<u16>> {
+        self.homes
+            .iter()
+            .map(|h| {
+                let ids = h
+                    .devices
+                    .iter()
+                    .map(|d| d.id)
+                    .chain(h.groups.iter().flat_map(|g| g.members.iter().copied()))
+                    .collect();
+                (h.name.clone(), ids)
+            })
+            .collect()
+    }
+
     /// Device-type codes the type table does not know: (home, code, device names).
     pub fn unknown_types(&self) -> Vec<(&str, u8, Vec<&str>)> {
         let mut out: Vec<(&str, u8, Vec<&str>)> = Vec::new();
@@ -475,9 +495,13 @@ impl Homes {
         out
     }
 
-    /// The auth codes of Wi-Fi devices the account gave, by bridge id (secrets).
-    pub fn auth_codes(&self) -> &[(ConnId, String)] {
-        &self.auth
+    /// The auth codes of Wi-Fi devices the account gave, by bridge id (secrets), for the device
+    /// authentication's account pins.
+    pub fn auth_codes(&self) -> Vec<(ConnId, cync_proto::AuthCode)> {
+        self.auth
+            .iter()
+            .map(|(id, code)| (*id, cync_proto::AuthCode::new(code.as_bytes().to_vec())))
+            .collect()
     }
 
     /// Where the homes file's data came from, when one was read.
@@ -681,12 +705,17 @@ mod tests {
         assert_eq!(homes.match_mesh(Some(30), &[1, 2]), MeshMatch::None);
         assert_eq!(homes.match_mesh(None, &[]), MeshMatch::None);
         assert_eq!(homes.home_at_hello(ConnId([9, 9, 9, 9])), DEFAULT_HOME);
-        let mut one = file();
-        one.homes.truncate(1);
-        let (homes, _) = Homes::merge(&[], Some(&one));
-        assert_eq!(homes.home_at_hello(ConnId([9, 9, 9, 9])), "Main");
-        let (empty, _) = Homes::merge(&[], None);
-        assert_eq!(empty.home_at_hello(ConnId([9, 9, 9, 9])), DEFAULT_HOME);
+        assert_eq!(homes.home_at_hello(ConnId([10, 11, 12, 13])), "Main");
+        // A home whose bridges the configuration lists takes no other by its mesh.
+        let closed = vec![config::Home {
+            name: "Main".into(),
+            bridges: vec!["01020304".into()],
+            devices: vec![],
+            groups: vec![],
+        }];
+        let (homes, _) = Homes::merge(&closed, Some(&file()));
+        assert_eq!(homes.match_mesh(Some(137), &[1, 2, 3]), MeshMatch::None);
+        assert_eq!(homes.match_mesh(Some(68), &[1, 2]), MeshMatch::One("Cabin"));
     }
 
     #[test]

@@ -162,6 +162,12 @@ pub async fn post(server: &Running, path: &str, body: &str) -> (u16, String) {
     send_json(server, "POST", path, body).await
 }
 
+/// A plain HTTP/1.1 DELETE; returns (status, body).
+pub async fn delete(server: &Running, path: &str) -> (u16, String) {
+    // With the token and a JSON content type, as every write to the API needs.
+    send_json(server, "DELETE", path, "").await
+}
+
 /// A plain HTTP/1.1 PUT with a JSON body; returns (status, body).
 pub async fn put(server: &Running, path: &str, body: &str) -> (u16, String) {
     send_json(server, "PUT", path, body).await
@@ -195,6 +201,24 @@ pub fn hex(s: &str) -> Vec<u8> {
     s.split_whitespace()
         .map(|p| u8::from_str_radix(p, 16).unwrap())
         .collect()
+}
+
+/// A 0x83 status report of bridge `conn` about mesh device `mesh` (the template of §10.2 with
+/// the id and checksum rewritten).
+pub fn report(conn: u32, mesh: u16, counter: u16) -> Vec<u8> {
+    let mut p = hex(
+        "83 00 00 00 25 38 e8 cf 46 00 09 00 7e 1f 00 00 00 fa db 13 00 87 25 11 ee 00 ee 00 db 11 02 01 01 0a 0a ff ff ff 00 00 88 7e",
+    );
+    p[5..9].copy_from_slice(&conn.to_be_bytes());
+    p[9..11].copy_from_slice(&counter.to_be_bytes());
+    p[24..26].copy_from_slice(&mesh.to_le_bytes());
+    p[26..28].copy_from_slice(&mesh.to_le_bytes());
+    let sum = p[18..p.len() - 2]
+        .iter()
+        .fold(0u8, |a, b| a.wrapping_add(*b));
+    let at = p.len() - 2;
+    p[at] = sum;
+    p
 }
 
 /// A hello for `id` with a dummy auth code.

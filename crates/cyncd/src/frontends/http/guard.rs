@@ -137,8 +137,13 @@ pub enum TokenError {
     )]
     Invalid(PathBuf),
     /// Writing the generated token failed.
-    #[error("writing the HTTP token: {0}")]
-    Write(#[from] crate::devices::tls::TlsError),
+    #[error("writing the HTTP token to {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// Reads the token from `file`, or from `api-token` in `state_dir`, generating that one (32
@@ -180,7 +185,12 @@ pub fn load_or_create(file: Option<&Path>, state_dir: &Path) -> Result<TokenFile
                         source,
                     })?;
             }
-            crate::devices::tls::write_atomic(&path, format!("{token}\n").as_bytes(), 0o600)?;
+            crate::state::write_atomic(&path, format!("{token}\n").as_bytes(), 0o600).map_err(
+                |source| TokenError::Write {
+                    path: path.clone(),
+                    source,
+                },
+            )?;
             Ok(TokenFile {
                 path,
                 token,
