@@ -108,8 +108,9 @@ pub enum MeshMatch<'a> {
 #[derive(Default)]
 pub struct Homes {
     homes: Vec<Home>,
-    /// (home, mesh id) → (home index, device index).
-    index: HashMap<(String, u16), (usize, usize)>,
+    /// Home name → (home index, mesh id → device index): looked up by `&str` on every view
+    /// of every device, so without building a key.
+    index: HashMap<String, (usize, HashMap<u16, usize>)>,
     /// Bridge id → (home index, where the listing comes from).
     bridges: HashMap<ConnId, (usize, Listed)>,
     /// Auth codes of Wi-Fi devices from the account (secrets; never in `Debug`).
@@ -364,12 +365,14 @@ impl Homes {
                 }
             }
         }
-        let mut index = HashMap::new();
-        for (i, h) in homes.iter().enumerate() {
-            for (j, d) in h.devices.iter().enumerate() {
-                index.insert((h.name.clone(), d.id), (i, j));
-            }
-        }
+        let index = homes
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let ids = h.devices.iter().enumerate().map(|(j, d)| (d.id, j)).collect();
+                (h.name.clone(), (i, ids))
+            })
+            .collect();
         (
             Self {
                 homes,
@@ -394,8 +397,8 @@ impl Homes {
 
     /// A device's names and facts.
     pub fn device(&self, home: &str, id: u16) -> Option<&Device> {
-        let (i, j) = self.index.get(&(home.to_string(), id))?;
-        self.homes.get(*i)?.devices.get(*j)
+        let (i, ids) = self.index.get(home)?;
+        self.homes.get(*i)?.devices.get(*ids.get(&id)?)
     }
 
     /// The members of a group (empty when there is no such group).
