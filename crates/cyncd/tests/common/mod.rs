@@ -160,11 +160,14 @@ pub async fn post(server: &Running, path: &str, body: &str) -> (u16, String) {
     send_json(server, "POST", path, body).await
 }
 
-/// A plain HTTP/1.1 DELETE; returns (status, body).
+/// A plain HTTP/1.1 DELETE with the API token; returns (status, body).
 pub async fn delete(server: &Running, path: &str) -> (u16, String) {
     http(
         server,
-        &format!("DELETE {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"),
+        &format!(
+            "DELETE {path} HTTP/1.1\r\nHost: localhost\r\n{}Connection: close\r\n\r\n",
+            auth(server)
+        ),
     )
     .await
 }
