@@ -44,7 +44,7 @@ fn main() -> ExitCode {
         Command::Toggle(args) => client::toggle(&args),
         Command::Sim(args) => sim::run(&args),
         Command::Demo(args) => sim::demo(&args),
-        Command::Decode(args) => decode::run(&args),
+        Command::Decode(args) => quiet_on_broken_pipe(decode::run(&args)),
         Command::Encode(args) => encode::run(&args),
     };
     match result {
@@ -53,5 +53,21 @@ fn main() -> ExitCode {
             eprintln!("cyncd: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A reader that stopped reading our output (`cyncd decode … | head`) is not a failure: stop
+/// quietly with success, as line-oriented tools do.
+fn quiet_on_broken_pipe(result: anyhow::Result<()>) -> anyhow::Result<()> {
+    match result {
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            Ok(())
+        }
+        other => other,
     }
 }

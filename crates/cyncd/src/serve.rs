@@ -227,9 +227,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             config.cert.as_deref(),
             config.key.as_deref(),
         )?;
-        if files.generated {
-            info!(cert = %files.cert.display(), "generated a new self-signed certificate");
-        }
         Some((
             crate::devices::tls::acceptor(&files, config.tls_encrypt_then_mac)?,
             files,
@@ -343,7 +340,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         let plain = config.plain;
         let running = start(config).await?;
         println!(
-            "cyncd: devices on {} ({}), HTTP on http://{} (/api/devices, /api/connections, /metrics)",
+            "cyncd: devices on {} ({}), HTTP on http://{} (web page /, /api/devices, /api/connections, /metrics)",
             running.devices,
             if plain { "plain TCP" } else { "TLS" },
             running.http

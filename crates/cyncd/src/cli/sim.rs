@@ -96,14 +96,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             let router = cync_sim::api::router(fleet.clone());
             tokio::spawn(async move { axum::serve(listener, router).await });
         }
-        let stop = async {
-            match args.duration {
-                Some(secs) => tokio::time::sleep(Duration::from_secs_f64(secs.max(0.0))).await,
-                None => {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
-            }
-        };
+        let stop = until_stopped(args.duration);
         let mut ticker = tokio::time::interval(Duration::from_secs(10));
         ticker.tick().await;
         tokio::pin!(stop);
@@ -113,13 +106,51 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 _ = ticker.tick() => {
                     let s = fleet.summary();
                     println!("connected {}/{}, packets in {} out {}, commands {} applied {}", s.connected, s.bridges, s.packets_in, s.packets_out, s.commands, s.applied);
+                    if s.connects == 0 && s.connect_failures > 0 {
+                        println!("  no bridge has connected yet ({} attempts failed): is cyncd serve listening on {}?", s.connect_failures, args.server);
+                    }
                 }
             }
         }
         fleet.stop().await;
-        println!("{}", serde_json::to_string_pretty(&fleet.summary())?);
+        let summary = fleet.summary();
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+        anyhow::ensure!(
+            summary.connects > 0 || summary.bridges == 0,
+            "no bridge could connect to {} ({} attempts failed): is cyncd serve listening there{}?",
+            args.server,
+            summary.connect_failures,
+            if args.plain { " with --plain" } else { " (over TLS; add --plain for a --plain server)" }
+        );
         anyhow::Ok(())
     })
+}
+
+/// Resolves after `duration` seconds, or on Ctrl-C (SIGINT) or SIGTERM whichever comes first,
+/// so a run that is interrupted still ends with its summary.
+async fn until_stopped(duration: Option<f64>) {
+    let timer = async {
+        match duration {
+            Some(secs) => tokio::time::sleep(Duration::from_secs_f64(secs.max(0.0))).await,
+            None => std::future::pending().await,
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = timer => {}
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
 }
 
 /// Start the controller and a small simulated home in one process, to see cyncd work without
@@ -190,12 +221,7 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<()> {
             );
         }
         println!("Ctrl-C to stop.");
-        match args.duration {
-            Some(secs) => tokio::time::sleep(Duration::from_secs_f64(secs.max(0.0))).await,
-            None => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
+        until_stopped(args.duration).await;
         fleet.stop().await;
         running.shutdown().await;
         let _ = std::fs::remove_dir_all(&state);

@@ -115,6 +115,16 @@ impl CanaryMetrics {
         for t in [Transport::Legacy, Transport::Reliable] {
             let _ = m.routing.get_or_create(&[("transport", t.name())]);
         }
+        // Every pair of differing outcomes starts at zero, so the family is there from the start.
+        for legacy in super::legacy::OUTCOMES {
+            for reliable in cync_proto::delivery::Outcome::ALL {
+                if legacy != reliable.name() {
+                    let _ = m
+                        .shadow_diffs
+                        .get_or_create(&[("legacy", legacy), ("reliable", reliable.name())]);
+                }
+            }
+        }
         m
     }
 }

@@ -87,6 +87,9 @@ pub struct LegacyMetrics {
     pub commands: Family<[(&'static str, &'static str); 1], Counter>,
 }
 
+/// Every outcome the legacy transport reports.
+pub const OUTCOMES: [&str; 4] = ["applied", "no_ack", "failed", "queue_full"];
+
 impl LegacyMetrics {
     /// Creates and registers the metrics.
     pub fn new(registry: &mut prometheus_client::registry::Registry) -> Self {
@@ -96,7 +99,7 @@ impl LegacyMetrics {
             "Commands sent by the legacy transport, by outcome",
             m.commands.clone(),
         );
-        for o in ["applied", "no_ack", "failed", "queue_full"] {
+        for o in OUTCOMES {
             let _ = m.commands.get_or_create(&[("outcome", o)]);
         }
         m
