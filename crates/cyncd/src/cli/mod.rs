@@ -7,4 +7,5 @@
 pub mod client;
 pub mod decode;
 pub mod encode;
+pub mod http;
 pub mod sim;
