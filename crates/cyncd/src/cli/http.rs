@@ -258,7 +258,7 @@ mod tests {
         let a = parse(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n{\"a\": 1}\n").unwrap();
         assert_eq!((a.status, a.json["a"].as_u64()), (200, Some(1)));
         let a = parse(
-            b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"err\r\n10\r\nor\": \"no device\"}\r\n0\r\n\r\n",
+            b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"err\r\n11\r\nor\": \"no device\"}\r\n0\r\n\r\n",
         )
         .unwrap();
         assert_eq!(a.status, 404);
