@@ -78,44 +78,6 @@ pub struct Metrics {
     pub web_refused: Counter,
 }
 
-/// Every `reason` of `cyncd_connections_closed_total`: the connection task's own endings, the
-/// session's close reasons and the TLS handshake's failure. Each starts at zero, so the family
-/// is in `/metrics` from the start; a reason missing here still counts, from its first event.
-pub const CLOSE_REASONS: [&str; 10] = [
-    "peer_closed",
-    "read_error",
-    "write_error",
-    "write_stalled",
-    "silent",
-    "oversize",
-    "app_connection",
-    "replaced_or_shutdown",
-    "shutdown",
-    "tls_failure",
-];
-
-/// Every `reason` of `cyncd_tls_failures_total` (see `devices::tls::failure_reason`).
-pub const TLS_FAILURE_REASONS: [&str; 7] = [
-    "peer_closed",
-    "io",
-    "no_shared_cipher",
-    "wrong_version",
-    "protocol",
-    "timeout",
-    "other",
-];
-
-/// Every `reason` of `tcp_comm_decode_errors_total` (see `devices::server::error_label`).
-pub const DECODE_ERROR_REASONS: [&str; 7] = [
-    "truncated",
-    "length_mismatch",
-    "reserved_bytes",
-    "bad_size",
-    "auth_length",
-    "oversize",
-    "bad_checksum",
-];
-
 fn latency_histogram() -> Histogram {
     // 50 µs … ~1.6 s.
     Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
@@ -249,15 +211,6 @@ impl Metrics {
             "no_connection",
         ] {
             let _ = m.retransmits.get_or_create(&[("reason", reason)]);
-        }
-        for reason in DECODE_ERROR_REASONS {
-            let _ = m.decode_errors.get_or_create(&[("reason", reason)]);
-        }
-        for reason in CLOSE_REASONS {
-            let _ = m.connections_closed.get_or_create(&[("reason", reason)]);
-        }
-        for reason in TLS_FAILURE_REASONS {
-            let _ = m.tls_failures.get_or_create(&[("reason", reason)]);
         }
         let own = registry.sub_registry_with_prefix("cyncd");
         own.register(

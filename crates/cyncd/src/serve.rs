@@ -240,6 +240,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .with_context(|| format!("serving HTTP on {}", config.http))?;
     let mut prom = prometheus_client::registry::Registry::default();
     let metrics = Metrics::new(&mut prom);
+    crate::devices::server::register_labels(&metrics);
     let mqtt_metrics = crate::frontends::mqtt::MqttMetrics::new(&mut prom);
     let cert_path = tls.as_ref().map(|(_, f)| f.cert.clone());
     let cancel = CancellationToken::new();

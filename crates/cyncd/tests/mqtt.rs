@@ -53,7 +53,10 @@ impl Mosquitto {
     /// As [`Mosquitto::start`], with more configuration lines (another listener, say).
     async fn start_with(port: Option<u16>, extra: &str) -> Option<Self> {
         let Some(bin) = mosquitto_binary() else {
-            let test = std::thread::current().name().unwrap_or("an MQTT test").to_string();
+            let test = std::thread::current()
+                .name()
+                .unwrap_or("an MQTT test")
+                .to_string();
             skip(
                 &test,
                 "mosquitto is not installed (apt-get install mosquitto)",
