@@ -1,6 +1,8 @@
 //! Configuration: an optional TOML file, every key also a command-line flag (flags win), and
 //! defaults that need no file at all.
 
+pub mod options;
+
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 /// the server's CPU with the system allocator.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use cyncd::cli::{client, decode, encode, sim};
+use cyncd::cli::{client, decode, doctor, encode, sim};
 use cyncd::serve;
 use std::process::ExitCode;
 
@@ -30,6 +30,7 @@ enum Command {
     Serve(Box<serve::Args>),
     Set(client::SetArgs),
     Toggle(client::ToggleArgs),
+    Doctor(Box<doctor::Args>),
     Sim(sim::Args),
     Demo(sim::DemoArgs),
     Decode(decode::Args),
@@ -42,6 +43,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(&args),
         Command::Set(args) => client::set(&args),
         Command::Toggle(args) => client::toggle(&args),
+        Command::Doctor(args) => doctor::run(&args),
         Command::Sim(args) => sim::run(&args),
         Command::Demo(args) => sim::demo(&args),
         Command::Decode(args) => quiet_on_broken_pipe(decode::run(&args)),

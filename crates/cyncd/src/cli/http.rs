@@ -37,7 +37,7 @@ pub struct ApiArgs {
 impl ApiArgs {
     /// The client these arguments describe.
     pub fn client(&self) -> anyhow::Result<Client> {
-        Client::new(&self.api, self.token_file.as_deref())
+        Client::new(&self.api, self.token_file.as_deref(), &[])
     }
 }
 
@@ -97,9 +97,13 @@ impl Answer {
 }
 
 impl Client {
-    /// A client of `api` (`http://host:port`), with the token from `token_file` or the default
-    /// places.
-    pub fn new(api: &str, token_file: Option<&Path>) -> anyhow::Result<Self> {
+    /// A client of `api` (`http://host:port`), with the token from `token_file`, else from an
+    /// `api-token` file in one of `state_dirs`, else from the default places.
+    pub fn new(
+        api: &str,
+        token_file: Option<&Path>,
+        state_dirs: &[PathBuf],
+    ) -> anyhow::Result<Self> {
         let host = api
             .strip_prefix("http://")
             .context("--api must be an http:// URL such as http://127.0.0.1:8080")?
@@ -107,7 +111,7 @@ impl Client {
         if host.is_empty() || host.contains('/') {
             bail!("--api must be http://HOST:PORT, without a path; got {api}");
         }
-        let (token, token_source) = find_token(token_file)?;
+        let (token, token_source) = find_token(token_file, state_dirs)?;
         Ok(Self {
             host: host.to_string(),
             token,
@@ -212,7 +216,10 @@ fn dechunk(mut body: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// The token and the file it came from, if any.
-fn find_token(explicit: Option<&Path>) -> anyhow::Result<(Option<String>, Option<PathBuf>)> {
+fn find_token(
+    explicit: Option<&Path>,
+    state_dirs: &[PathBuf],
+) -> anyhow::Result<(Option<String>, Option<PathBuf>)> {
     if let Some(path) = explicit {
         let token = read_token(path)
             .with_context(|| format!("reading the API token from {}", path.display()))?;
@@ -224,10 +231,11 @@ fn find_token(explicit: Option<&Path>) -> anyhow::Result<(Option<String>, Option
     {
         return Ok((Some(token.trim().to_string()), None));
     }
-    for dir in [
+    let defaults = [
         crate::config::Config::default().state_dir,
         PathBuf::from("/var/lib/cyncd"),
-    ] {
+    ];
+    for dir in state_dirs.iter().chain(&defaults) {
         let path = dir.join(TOKEN_FILE);
         if let Ok(token) = read_token(&path) {
             return Ok((Some(token), Some(path)));
@@ -276,13 +284,17 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("t");
         std::fs::write(&file, "s3cret\nignored\n").unwrap();
-        let c = Client::new("http://127.0.0.1:1", Some(&file)).unwrap();
+        let c = Client::new("http://127.0.0.1:1", Some(&file), &[]).unwrap();
         assert!(c.has_token());
         assert!(!format!("{c:?}").contains("s3cret"));
         std::fs::write(&file, "\n").unwrap();
-        assert!(Client::new("http://127.0.0.1:1", Some(&file)).is_err());
-        assert!(Client::new("https://x", None).is_err());
-        assert!(Client::new("http://x/api", None).is_err());
+        assert!(Client::new("http://127.0.0.1:1", Some(&file), &[]).is_err());
+        assert!(Client::new("https://x", None, &[]).is_err());
+        assert!(Client::new("http://x/api", None, &[]).is_err());
+        // A state directory's api-token is found.
+        std::fs::write(dir.join(TOKEN_FILE), "from-dir\n").unwrap();
+        let c = Client::new("http://127.0.0.1:1", None, std::slice::from_ref(&dir)).unwrap();
+        assert_eq!(c.token_source, Some(dir.join(TOKEN_FILE)));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod decode;
+pub mod doctor;
 pub mod encode;
 pub mod http;
 pub mod sim;
