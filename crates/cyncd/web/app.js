@@ -102,7 +102,7 @@ function setLive(s, text) {
 
 function connect() {
   setLive('connecting', 'connecting…');
-  source = new EventSource('/api/events');
+  source = new EventSource('api/events');
   source.addEventListener('snapshot', (e) => {
     backoffMs = 1000;
     setLive('live', 'live');
@@ -340,8 +340,8 @@ const pending = new Map(); // key -> count of commands in flight
 /** Sends a state body to a device or group and shows the outcome; resolves when done. */
 async function send(target, body) {
   const path = target.kind === 'group'
-    ? `/api/groups/${encodeURIComponent(target.id)}/state`
-    : `/api/devices/${encodeURIComponent(target.id)}/state`;
+    ? `api/groups/${encodeURIComponent(target.id)}/state`
+    : `api/devices/${encodeURIComponent(target.id)}/state`;
   mark(target, +1);
   let result;
   try {
@@ -451,7 +451,7 @@ async function showTrace(id) {
   out.replaceChildren(el('p', { class: 'empty', text: 'Loading…' }));
   let answer;
   try {
-    const response = await fetch(`/api/trace/${id}`);
+    const response = await fetch(`api/trace/${id}`);
     answer = await response.json().catch(() => ({}));
     if (!response.ok) {
       out.replaceChildren(el('p', { class: 'empty', text: answer.error || `HTTP ${response.status}` }));
@@ -504,7 +504,7 @@ function percent(v) {
 
 async function loadCanary() {
   const out = $('#canary-out');
-  const [canary, slo] = await Promise.all([getJSON('/api/canary'), getJSON('/api/slo')]);
+  const [canary, slo] = await Promise.all([getJSON('api/canary'), getJSON('api/slo')]);
   if (canary.status === 404 && slo.status === 404) {
     out.replaceChildren(el('p', { class: 'empty', 'data-canary': 'unavailable', text: 'canary routing not available' }));
     return;

@@ -9,7 +9,7 @@
 
 use super::Config;
 use serde::Deserialize;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Where the add-on's page is served: the `ingress_port` of its `config.yaml`, on every
 /// interface of the add-on's container (the Supervisor's ingress proxy connects from outside
@@ -22,7 +22,8 @@ pub const ADDON_HTTP: &str = "0.0.0.0:8099";
 #[serde(deny_unknown_fields)]
 pub struct Options {
     /// A TOML configuration file read first (homes, devices, groups, advanced keys), e.g.
-    /// `/config/cyncd.toml` in the add-on's configuration folder.
+    /// `/config/cyncd.toml` in the add-on's configuration folder; a relative path is read next
+    /// to the options file.
     pub config_file: Option<String>,
     /// `trace`, `debug`, `info`, `warn`, `error`, or a tracing filter.
     pub log_level: Option<String>,
@@ -184,7 +185,8 @@ impl Options {
             ..Config::default()
         };
         if let Some(file) = set(&self.config_file) {
-            let path = PathBuf::from(file);
+            // A relative path is read next to the options file.
+            let path = state_dir.join(file);
             let loaded = Config::load(&path).map_err(|e| {
                 let mut text = e.to_string();
                 let mut source = std::error::Error::source(&e);
