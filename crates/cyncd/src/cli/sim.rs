@@ -80,6 +80,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
+        let mut interrupts = Interrupts::install()?;
         println!(
             "cyncd sim: {} bridges × {} devices against {} ({}), chaos {:?}, seed {}",
             config.bridges,
@@ -96,7 +97,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             let router = cync_sim::api::router(fleet.clone());
             tokio::spawn(async move { axum::serve(listener, router).await });
         }
-        let stop = until_stopped(args.duration);
+        let stop = interrupts.until(args.duration);
         let mut ticker = tokio::time::interval(Duration::from_secs(10));
         ticker.tick().await;
         tokio::pin!(stop);
@@ -126,30 +127,49 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     })
 }
 
-/// Resolves after `duration` seconds, or on Ctrl-C (SIGINT) or SIGTERM whichever comes first,
-/// so a run that is interrupted still ends with its summary.
-async fn until_stopped(duration: Option<f64>) {
-    let timer = async {
-        match duration {
-            Some(secs) => tokio::time::sleep(Duration::from_secs_f64(secs.max(0.0))).await,
-            None => std::future::pending().await,
-        }
-    };
+/// Ctrl-C (SIGINT) and SIGTERM, listened for from creation on, so a signal that comes while
+/// the fleet is still starting is not lost to the default action (which would end the process
+/// without its summary).
+struct Interrupts {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                term.recv().await;
-            }
-            Err(_) => std::future::pending().await,
+    int: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+}
+
+impl Interrupts {
+    fn install() -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                int: signal(SignalKind::interrupt())?,
+                term: signal(SignalKind::terminate())?,
+            })
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = timer => {}
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    /// Resolves after `duration` seconds or at an interrupt, whichever comes first.
+    async fn until(&mut self, duration: Option<f64>) {
+        let timer = async {
+            match duration {
+                Some(secs) => tokio::time::sleep(Duration::from_secs_f64(secs.max(0.0))).await,
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(unix)]
+        tokio::select! {
+            () = timer => {}
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+        #[cfg(not(unix))]
+        tokio::select! {
+            () = timer => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
     }
 }
 
@@ -181,6 +201,7 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
+        let mut interrupts = Interrupts::install()?;
         let state = std::env::temp_dir().join(format!("cyncd-demo-{}", std::process::id()));
         let config = crate::config::Config {
             listen: args.listen,
@@ -221,7 +242,7 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<()> {
             );
         }
         println!("Ctrl-C to stop.");
-        until_stopped(args.duration).await;
+        interrupts.until(args.duration).await;
         fleet.stop().await;
         running.shutdown().await;
         let _ = std::fs::remove_dir_all(&state);
