@@ -207,7 +207,7 @@ impl Canary {
     /// A controller with `policy` and `slo`.
     pub fn new(policy: Policy, slo: SloConfig, metrics: CanaryMetrics) -> Self {
         metrics.percentage.set(policy.percent);
-        Self {
+        let canary = Self {
             state: Mutex::new(State {
                 policy,
                 latched: None,
@@ -220,7 +220,10 @@ impl Canary {
             packets: [AtomicU64::new(0), AtomicU64::new(0)],
             errors: [AtomicU64::new(0), AtomicU64::new(0)],
             metrics,
-        }
+        };
+        // Compliance and budgets are in /metrics from the start, not from the first evaluation.
+        canary.export(&canary.lock(), Duration::ZERO);
+        canary
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
