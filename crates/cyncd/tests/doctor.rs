@@ -300,7 +300,7 @@ async fn doctor_passes_on_a_good_setup_and_names_the_dns_fix() {
         assert!(
             line.starts_with("✗ ")
                 && line.contains("192.0.2.1 is not this host")
-                && line.contains(&format!("— fix: on the DNS server the devices use"))
+                && line.contains("— fix: on the DNS server the devices use")
                 && line.contains(&format!("answer {name} with 127.0.0.1")),
             "{line}"
         );

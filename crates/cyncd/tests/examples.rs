@@ -47,21 +47,23 @@ fn keys(value: &serde_json::Value, out: &mut Vec<String>) {
 #[test]
 fn the_example_names_every_key() {
     // A configuration with one of everything, so nested keys are serialised too.
-    let mut config = Config::default();
-    config.homes = vec![Home {
-        name: "h".into(),
-        bridges: vec!["00000001".into()],
-        devices: vec![DeviceConfig {
-            id: 1,
-            name: "d".into(),
-            kind: Some(68),
+    let config = Config {
+        homes: vec![Home {
+            name: "h".into(),
+            bridges: vec!["00000001".into()],
+            devices: vec![DeviceConfig {
+                id: 1,
+                name: "d".into(),
+                kind: Some(68),
+            }],
+            groups: vec![GroupConfig {
+                id: 32769,
+                name: "g".into(),
+                members: vec![1],
+            }],
         }],
-        groups: vec![GroupConfig {
-            id: 32769,
-            name: "g".into(),
-            members: vec![1],
-        }],
-    }];
+        ..Config::default()
+    };
     let mut all = Vec::new();
     keys(&serde_json::to_value(&config).unwrap(), &mut all);
     all.sort();
