@@ -135,9 +135,9 @@ async fn the_page_controls_a_simulated_home_in_chromium() {
             r#"
             const real = window.fetch;
             const answers = {
-              '/api/canary': {mode: 'canary', percent: 10, kill: false, latched: true,
+              'api/canary': {mode: 'canary', percent: 10, kill: false, latched: true,
                               connections: {legacy: 7, reliable: 1}},
-              '/api/slo': {slos: [{name: 'command_success', cohort: 'canary', compliance: 0.9991,
+              'api/slo': {slos: [{name: 'command_success', cohort: 'canary', compliance: 0.9991,
                                    budget_remaining: 0.42, events: 1200}],
                            decisions: [{at: '2026-01-02T03:04:05Z', decision: 'rollback',
                                         reason: 'command_success broke rule "fast"'}, 'hold at 10 %'],
@@ -150,8 +150,8 @@ async fn the_page_controls_a_simulated_home_in_chromium() {
             const text = () => document.querySelector('#canary-out').textContent;
             return loadCanary().then(() => {
               const good = text();
-              answers['/api/canary'] = ['unexpected'];
-              answers['/api/slo'] = {slos: 'unexpected', decisions: 7};
+              answers['api/canary'] = ['unexpected'];
+              answers['api/slo'] = {slos: 'unexpected', decisions: 7};
               return loadCanary().then(() => { window.fetch = real; return [good, text()]; });
             });
             "#,
