@@ -970,13 +970,16 @@ fn attribute(action: &Action) -> &'static str {
     }
 }
 
-/// Whether a reported status shows what the action asked for.
+/// Whether a reported status shows what the action asked for. A colour counts as shown in the
+/// form the `avoid` escaping policy sends it too (125 as 124, 126 as 127).
 pub fn satisfies(action: &Action, s: &DeviceStatus) -> bool {
     match *action {
         Action::Power(on) => s.on == on,
         Action::Brightness(b) | Action::FanSpeed(b) => s.brightness == b && (b == 0 || s.on),
         Action::ColorTemp(t) => s.mode() == ColorMode::White(t),
-        Action::Rgb(rgb) => s.mode() == ColorMode::Rgb && s.rgb == rgb,
+        Action::Rgb(rgb) => {
+            s.mode() == ColorMode::Rgb && (s.rgb == rgb || s.rgb == crate::command::nudge_rgb(rgb))
+        }
         Action::Effect(_) => s.mode() == ColorMode::Effect,
         Action::SwitchMode(_) => false,
     }
@@ -1033,6 +1036,22 @@ mod tests {
             temperature: 20,
             rgb: [0; 3],
         }
+    }
+
+    #[test]
+    fn a_colour_is_satisfied_as_asked_or_as_nudged() {
+        let shown = |rgb| DeviceStatus {
+            temperature: 254,
+            rgb,
+            ..status(7, true, 50)
+        };
+        let asked = Action::Rgb([125, 126, 10]);
+        assert!(satisfies(&asked, &shown([125, 126, 10])));
+        assert!(satisfies(&asked, &shown([124, 127, 10])));
+        assert!(!satisfies(&asked, &shown([124, 126, 10])));
+        assert!(!satisfies(&asked, &shown([126, 127, 10])));
+        // Other colours match exactly.
+        assert!(!satisfies(&Action::Rgb([1, 2, 3]), &shown([1, 2, 4])));
     }
 
     /// The transmits and outcomes produced so far.

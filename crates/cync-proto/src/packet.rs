@@ -16,7 +16,8 @@
 use crate::frame::{Body, Frame};
 use crate::ids::{AuthCode, ConnId, MsgId};
 use crate::reply::LocalTime;
-use crate::status::{DeviceStatus, Firmware, MeshPage, Record};
+use crate::status::{DeviceStatus, Entry, Firmware, MeshPage, Record};
+use crate::thermostat::SensorReport;
 use thiserror::Error;
 
 /// Size of the outer header.
@@ -284,8 +285,16 @@ pub struct Info {
     pub body: InfoBody,
 }
 
-/// The body of a 0x43, by class: empty → ping, first byte ≥ 0xC0 → TLV, otherwise 19-byte
-/// status records. A body that fits none is kept as opaque bytes.
+/// The body of a 0x43, by class (PROTOCOL.md §6.6):
+/// - empty → [`InfoBody::Ping`];
+/// - first byte ≥ 0xC0 → [`InfoBody::Tlv`];
+/// - otherwise length-prefixed entries `tag | flags:4 length:12 | value` ([`Entry`]): all of
+///   them 19-byte status records (`tag 00 10` + 16) → [`InfoBody::Records`], any other mix →
+///   [`InfoBody::Entries`] (short status records, a thermostat's JSON);
+/// - a body the entries do not fill exactly → [`InfoBody::Opaque`].
+///
+/// A body is never cut into 19-byte records by its size alone: a thermostat's 608-byte JSON
+/// body is 32 × 19 bytes and must not become 32 statuses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InfoBody {
     /// Empty body.
@@ -294,6 +303,8 @@ pub enum InfoBody {
     Records(Vec<Record>),
     /// `tag type len value` items, e.g. the `c7 90 2a` timestamp string.
     Tlv(Vec<Tlv>),
+    /// Length-prefixed entries, not all of them 19-byte records.
+    Entries(Vec<Entry>),
     /// A body that fits no known class.
     Opaque(Vec<u8>),
 }
@@ -627,14 +638,18 @@ impl Packet {
         self.body().and_then(Body::frame)
     }
 
-    /// Every device status this packet carries: a `fa db` report, the records of a 0x43, or
-    /// the records of an `f9 52` mesh-info page.
+    /// Every device status this packet carries: a `fa db` report, the records and status
+    /// entries of a 0x43, or the records of an `f9 52` mesh-info page.
     pub fn statuses(&self) -> Vec<DeviceStatus> {
         match self {
             Self::Info(Info {
                 body: InfoBody::Records(records),
                 ..
             }) => records.iter().map(Record::status).collect(),
+            Self::Info(Info {
+                body: InfoBody::Entries(entries),
+                ..
+            }) => entries.iter().filter_map(Entry::status).collect(),
             Self::Report(r) => r
                 .body
                 .frame()
@@ -648,6 +663,24 @@ impl Packet {
                 .map(|page| page.records.iter().map(|r| r.status()).collect())
                 .unwrap_or_default(),
             _ => Vec::new(),
+        }
+    }
+
+    /// The thermostat sensor report this packet carries: a 0x43 entry, or a 0xAB whose bytes
+    /// after the 4-byte id are `sensorsData:[…]` (the thermostat's answer to 0xA3 has no
+    /// message id; PROTOCOL.md's 0xAB layout is a plug's).
+    pub fn sensors(&self) -> Option<SensorReport> {
+        match self {
+            Self::Info(Info {
+                body: InfoBody::Entries(entries),
+                ..
+            }) => entries.iter().find_map(|e| e.sensors().ok()),
+            Self::AnnounceReply(a) => {
+                let mut bytes = a.msg_id.0.to_vec();
+                bytes.extend_from_slice(&a.body);
+                SensorReport::parse(&bytes).ok()
+            }
+            _ => None,
         }
     }
 
@@ -666,6 +699,7 @@ impl Packet {
                 InfoBody::Ping => "ping".into(),
                 InfoBody::Records(r) => format!("records {}", r.len()),
                 InfoBody::Tlv(_) => "tlv".into(),
+                InfoBody::Entries(e) => format!("entries {}", e.len()),
                 InfoBody::Opaque(b) => format!("opaque {} bytes", b.len()),
             },
             Self::Report(Report { body, .. }) | Self::Data(Data { body, .. }) => match body {
@@ -818,12 +852,16 @@ impl InfoBody {
             Some(&b) if b >= 0xc0 => {
                 Tlv::decode_all(body).map_or_else(|| Self::Opaque(body.to_vec()), Self::Tlv)
             }
-            Some(_) if body.len() % Record::LEN == 0 => Self::Records(
-                body.chunks_exact(Record::LEN)
-                    .filter_map(|c| c.try_into().ok().map(Record))
-                    .collect(),
-            ),
-            Some(_) => Self::Opaque(body.to_vec()),
+            Some(_) => match Entry::split(body) {
+                Some(entries) => {
+                    let records: Option<Vec<Record>> = entries.iter().map(Entry::record).collect();
+                    match records {
+                        Some(records) => Self::Records(records),
+                        None => Self::Entries(entries),
+                    }
+                }
+                None => Self::Opaque(body.to_vec()),
+            },
         }
     }
 
@@ -832,6 +870,7 @@ impl InfoBody {
             Self::Ping => 0,
             Self::Records(r) => r.len() * Record::LEN,
             Self::Tlv(items) => items.iter().map(|t| 3 + t.value.len()).sum(),
+            Self::Entries(e) => e.iter().map(Entry::encoded_len).sum(),
             Self::Opaque(b) => b.len(),
         }
     }
@@ -847,6 +886,7 @@ impl InfoBody {
                     out.extend_from_slice(&t.value);
                 }
             }
+            Self::Entries(entries) => entries.iter().for_each(|e| e.encode(out)),
             Self::Opaque(b) => out.extend_from_slice(b),
         }
     }
@@ -881,7 +921,7 @@ impl Tlv {
 mod tests {
     use super::*;
 
-    use crate::test_util::hex;
+    use crate::test_util::{hex, pycync};
 
     #[track_caller]
     fn roundtrip(s: &str) -> Packet {
@@ -955,6 +995,159 @@ mod tests {
         );
         assert_eq!(p.statuses().len(), 1);
         assert_eq!(p.statuses()[0].id.0, 0xee);
+    }
+
+    /// Lengths of the entries of a body read with `e1..2` as a plain u16 BE length, the way
+    /// pycync reads it; `None` when they do not fill the body.
+    fn split_u16(mut body: &[u8]) -> Option<Vec<usize>> {
+        let mut lens = Vec::new();
+        while !body.is_empty() {
+            let len = usize::from(u16::from_be_bytes([*body.get(1)?, *body.get(2)?]));
+            lens.push(len);
+            body = body.get(3 + len..)?;
+        }
+        Some(lens)
+    }
+
+    #[test]
+    fn thermostat_json_is_one_entry_not_32_invented_statuses() {
+        let p = roundtrip(pycync::THERMOSTAT_43);
+        let Packet::Info(info) = &p else { panic!() };
+        let body = hex(pycync::THERMOSTAT_43)[12..].to_vec();
+        assert_eq!(body.len(), 608);
+        // The reading by size alone: 32 chunks of 19, whose r1..2 are not `00 10`.
+        assert_eq!(body.len() % Record::LEN, 0);
+        assert!(body.chunks(Record::LEN).all(|c| c[1..3] != [0, 0x10]));
+        // pycync's plain u16 length (0x925d) does not fit the body; flags + 12-bit length does.
+        assert_eq!(split_u16(&body), None);
+        let InfoBody::Entries(entries) = &info.body else {
+            panic!("{:?}", info.body)
+        };
+        assert_eq!(entries.len(), 1);
+        assert_eq!(
+            (entries[0].tag, entries[0].flags, entries[0].value.len()),
+            (0x57, 9, 605)
+        );
+        assert!(entries[0].status().is_none());
+        assert!(p.statuses().is_empty());
+        let report = p.sensors().unwrap();
+        assert_eq!(report.sensors.len(), 7);
+        let temps: Vec<i32> = report
+            .present()
+            .filter_map(|s| s.temperature())
+            .map(|t| t.tenths)
+            .collect();
+        assert_eq!(temps, [759, 757, 752]);
+        assert_eq!(p.summary(), "entries 1");
+    }
+
+    #[test]
+    fn outdoor_plug_entry_decodes_by_its_length() {
+        let p = roundtrip(pycync::OUTDOOR_PLUG_43);
+        let Packet::Info(info) = &p else { panic!() };
+        let body = hex(pycync::OUTDOOR_PLUG_43)[12..].to_vec();
+        // Both readings of `00 07` agree: one 7-byte entry.
+        assert_eq!(split_u16(&body), Some(vec![7]));
+        let InfoBody::Entries(entries) = &info.body else {
+            panic!("{:?}", info.body)
+        };
+        assert_eq!(
+            (entries[0].tag, entries[0].flags, entries[0].value.clone()),
+            (0, 0, vec![6, 1, 2, 0, 0, 0, 0])
+        );
+        let statuses = p.statuses();
+        assert_eq!(statuses.len(), 1);
+        let s = statuses[0];
+        assert_eq!(
+            (s.id, s.on, s.brightness, s.temperature, s.rgb, s.online),
+            (crate::MeshId(6), true, 2, 0, [0; 3], true)
+        );
+        // Type 67: mask 2 = the right outlet (2) on, the left (1) off.
+        let t = crate::catalog::DeviceType::of(Some(67));
+        assert_eq!(
+            (t.outlet_on(&s, 1), t.outlet_on(&s, 2)),
+            (Some(false), Some(true))
+        );
+        assert!(p.sensors().is_none());
+    }
+
+    #[test]
+    fn light_record_from_pycync() {
+        let p = roundtrip(pycync::LIGHT_43);
+        let Packet::Info(Info {
+            body: InfoBody::Records(records),
+            ..
+        }) = &p
+        else {
+            panic!()
+        };
+        assert_eq!((records.len(), records[0].index()), (1, 6));
+        let s = p.statuses()[0];
+        assert_eq!(
+            (s.id.0, s.on, s.brightness, s.mode(), s.rgb),
+            (7, true, 76, crate::ColorMode::Rgb, [0xf8, 0x38, 0x30])
+        );
+    }
+
+    #[test]
+    fn entries_that_are_all_records_stay_records() {
+        // A 19-byte record with a short entry after it: entries; the record alone: records.
+        let record = "05 00 10 ee 01 0a 0a ff ff ff 01 00 ee 00 00 00 00 00 00";
+        let body = hex(&format!("{record} 00 00 07 06 01 02 00 00 00 00"));
+        let InfoBody::Entries(e) = InfoBody::decode(&body) else {
+            panic!()
+        };
+        assert_eq!(e.iter().filter_map(Entry::status).count(), 2);
+        assert!(matches!(
+            InfoBody::decode(&hex(record)),
+            InfoBody::Records(_)
+        ));
+        // A record-sized body whose r1..2 is not a length is opaque, not a record.
+        let bad = hex("05 00 11 ee 01 0a 0a ff ff ff 01 00 ee 00 00 00 00 00 00");
+        assert!(matches!(InfoBody::decode(&bad), InfoBody::Opaque(_)));
+        // An entry too short for a state carries none.
+        let short = InfoBody::decode(&hex("06 00 02 07 01"));
+        let InfoBody::Entries(e) = short else {
+            panic!()
+        };
+        assert!(e[0].status().is_none());
+        // Eight bytes: the eighth is the online flag.
+        let offline = InfoBody::decode(&hex("06 00 08 07 01 64 00 00 00 00 00"));
+        let InfoBody::Entries(e) = offline else {
+            panic!()
+        };
+        assert!(!e[0].status().unwrap().online);
+    }
+
+    #[test]
+    fn thermostat_probe_answer_carries_sensors() {
+        let p = roundtrip(pycync::PROBE_AB);
+        assert_eq!(p.conn_id(), Some(ConnId([0x49, 0x96, 0x02, 0xd2])));
+        let report = p.sensors().unwrap();
+        assert_eq!(report.sensors.len(), 4);
+        assert_eq!(report.present().count(), 0);
+    }
+
+    #[test]
+    fn stuffed_mesh_page_from_pycync() {
+        let p = roundtrip(pycync::MESH_PAGE_73);
+        let frame = p.frame().unwrap();
+        assert!(frame.stuffed && frame.checksum_ok());
+        assert_eq!(frame.payload.len(), 0x7e);
+        let page = crate::MeshPage::from_frame(frame).unwrap();
+        assert_eq!((page.count, page.total), (5, 5));
+        assert_eq!(page.records[0].device_type(), 137);
+        let ids: Vec<u16> = p.statuses().iter().map(|s| s.id.0).collect();
+        assert_eq!(ids, [4, 7, 2, 0xe8, 0x1e]);
+        let t = crate::catalog::DeviceType::of(Some(page.records[0].device_type()));
+        assert_eq!(
+            (t.kind, t.product),
+            (crate::catalog::Kind::Light, "Full Color A19 Bulb")
+        );
+        // The same page with a wrong checksum is not taken as stuffed: no statuses, same bytes.
+        let bad = roundtrip(pycync::MESH_PAGE_BAD_73);
+        assert!(bad.frame().is_none());
+        assert!(bad.statuses().is_empty());
     }
 
     #[test]

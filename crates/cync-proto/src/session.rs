@@ -21,8 +21,10 @@
 //!
 //! Outgoing data-channel packets use the device's own id at `[5:9]` and a per-connection u16 BE
 //! counter + `00` as message id, so every device `0x7B` can be matched to what it acknowledges.
+//! Message ids and command seqs never hold 0x7D/0x7E; for the bytes cyncd does not choose, the
+//! configured [`FrameEscaping`] applies (see [`crate::command`]).
 
-use crate::command::{self, MESH_ACK_SEQ, MESH_REQUEST_SEQ};
+use crate::command::{self, FrameEscaping, MESH_ACK_SEQ, MESH_REQUEST_SEQ, SeqCounter};
 use crate::frame::{Body, Direction};
 use crate::framer::{Framer, FramerError};
 use crate::ids::{ConnId, MsgId, Seq};
@@ -63,6 +65,8 @@ pub struct SessionConfig {
     pub silence_multiple: u32,
     /// Ask the bridge for its mesh (0xA3 + `f8 52`); off for a passive session.
     pub discover_mesh: bool,
+    /// What to do with a 0x7D/0x7E cyncd cannot keep out of a command frame.
+    pub frame_escaping: FrameEscaping,
 }
 
 impl Default for SessionConfig {
@@ -74,6 +78,7 @@ impl Default for SessionConfig {
             heartbeat: Duration::from_secs(20),
             silence_multiple: 3,
             discover_mesh: true,
+            frame_escaping: FrameEscaping::Avoid,
         }
     }
 }
@@ -171,8 +176,8 @@ pub struct Session {
     last_rx: Duration,
     /// Next msg-id counter for packets we originate.
     next_msg: u16,
-    /// Last inner seq used for a command.
-    last_seq: u8,
+    /// Inner seqs for commands.
+    seqs: SeqCounter,
     /// Recently seen 0x83/0x73 packets.
     dedup: crate::dedup::Dedup,
     /// Whether repeated packets are recognised (off for the legacy transport, which never did).
@@ -202,7 +207,7 @@ impl Session {
             dropped_events: 0,
             last_rx: now,
             next_msg: first_msg,
-            last_seq: 0,
+            seqs: SeqCounter::new(),
             dedup: crate::dedup::Dedup::new(DEDUP_ENTRIES, DEDUP_WINDOW),
             dedup_on: true,
             last_info: None,
@@ -316,40 +321,42 @@ impl Session {
         sent
     }
 
-    /// Queues a control command for `target` with a fresh message id and seq. `None` before
-    /// the hello.
+    /// Queues a control command for `target` with a fresh message id and seq, under the
+    /// configured [`FrameEscaping`]. `None` before the hello. The packet returned is what was
+    /// sent (a colour may have been nudged, the frame stuffed).
     pub fn send_command(
         &mut self,
         target: command::Target,
         action: command::Action,
     ) -> Option<Result<(MsgId, Seq, Packet), command::CommandError>> {
         let conn = self.conn_id?;
-        let seq = self.next_seq();
         let msg = self.next_msg_id();
-        Some(
-            command::command(conn, msg, seq, target, action).map(|packet| {
-                packet.encode(&mut self.transmit);
-                (msg, seq, packet)
-            }),
-        )
+        Some(self.queue_command(conn, msg, target, action))
     }
 
     /// Queues a control command the way the legacy controllers did: an all-zero message id
-    /// (their 0x7B cannot be told apart) and the next seq. `None` before the hello.
+    /// (their 0x7B cannot be told apart) and the next seq, under the same escaping policy.
+    /// `None` before the hello.
     pub fn send_command_legacy(
         &mut self,
         target: command::Target,
         action: command::Action,
     ) -> Option<Result<(MsgId, Seq, Packet), command::CommandError>> {
         let conn = self.conn_id?;
-        let seq = self.next_seq();
-        let msg = MsgId([0; 3]);
-        Some(
-            command::command(conn, msg, seq, target, action).map(|packet| {
-                packet.encode(&mut self.transmit);
-                (msg, seq, packet)
-            }),
-        )
+        Some(self.queue_command(conn, MsgId([0; 3]), target, action))
+    }
+
+    fn queue_command(
+        &mut self,
+        conn: ConnId,
+        msg: MsgId,
+        target: command::Target,
+        action: command::Action,
+    ) -> Result<(MsgId, Seq, Packet), command::CommandError> {
+        let escaping = self.config.frame_escaping;
+        let built = command::build(conn, msg, &mut self.seqs, target, action, escaping)?;
+        built.packet.encode(&mut self.transmit);
+        Ok((msg, built.seq, built.packet))
     }
 
     /// Turns recognition of repeated packets on or off (the legacy transport had none: every
@@ -363,17 +370,6 @@ impl Session {
         self.idempotent_drops
     }
 
-    /// The next command seq: incremented before use, wrapping, and never the mesh request's
-    /// or mesh ACK's fixed seq (so a command's result cannot be taken for theirs).
-    fn next_seq(&mut self) -> Seq {
-        loop {
-            self.last_seq = self.last_seq.wrapping_add(1);
-            if self.last_seq != MESH_REQUEST_SEQ.0 && self.last_seq != MESH_ACK_SEQ.0 {
-                return Seq(self.last_seq);
-            }
-        }
-    }
-
     /// Whether these bytes repeat a packet just seen: 0x83/0x73 within the window (both carry
     /// a counter, so a byte-identical copy is a duplicate); a 0x43 with records only when it
     /// repeats the previous one (records carry no counter, and a device can legitimately go
@@ -384,7 +380,7 @@ impl Session {
         }
         match p {
             Packet::Report(_) | Packet::Data(_) => !self.dedup.first_seen(bytes, now),
-            Packet::Info(i) if matches!(i.body, InfoBody::Records(_)) => {
+            Packet::Info(i) if matches!(i.body, InfoBody::Records(_) | InfoBody::Entries(_)) => {
                 let key = crate::dedup::fingerprint(bytes);
                 let repeat = self
                     .last_info
@@ -406,10 +402,11 @@ impl Session {
         self.events.pop_front()
     }
 
+    /// The next message id: the counter, moved past values with a 0x7D/0x7E byte.
     fn next_msg_id(&mut self) -> MsgId {
-        let msg = MsgId::from_counter(self.next_msg);
-        self.next_msg = self.next_msg.wrapping_add(1);
-        msg
+        let counter = command::clean_msg_counter(self.next_msg);
+        self.next_msg = counter.wrapping_add(1);
+        MsgId::from_counter(counter)
     }
 
     fn event(&mut self, event: Event) {
@@ -480,15 +477,29 @@ impl Session {
                 }
             }
             Packet::Info(info) => {
-                if let InfoBody::Records(records) = &info.body {
-                    for r in records {
-                        let source = if r.index() == 5 {
-                            Source::Own
-                        } else {
-                            Source::Relayed
-                        };
-                        self.event(Event::Status(r.status(), source));
+                // Index 05 is the reporting device itself (PROTOCOL.md §6.6); any other index,
+                // the 00 of a short entry included, is another node's state.
+                let source = |index: u8| {
+                    if index == 5 {
+                        Source::Own
+                    } else {
+                        Source::Relayed
                     }
+                };
+                match &info.body {
+                    InfoBody::Records(records) => {
+                        for r in records {
+                            self.event(Event::Status(r.status(), source(r.index())));
+                        }
+                    }
+                    InfoBody::Entries(entries) => {
+                        for e in entries {
+                            if let Some(status) = e.status() {
+                                self.event(Event::Status(status, source(e.tag)));
+                            }
+                        }
+                    }
+                    InfoBody::Ping | InfoBody::Tlv(_) | InfoBody::Opaque(_) => {}
                 }
             }
             Packet::Data(d) => {
@@ -780,6 +791,121 @@ mod tests {
 }
 
 #[cfg(test)]
+mod type_tests {
+    use super::*;
+
+    use crate::catalog::{self, DeviceType};
+    use crate::test_util::{hex, pycync};
+
+    const HELLO: &str = "23 00 00 00 1a 03 32 5d 53 17 00 10 30 30 30 30 30 30 30 30 30 30 30 30 30 30 30 30 00 00 3c";
+
+    fn session() -> Session {
+        let mut s = Session::new(SessionConfig::default(), Duration::ZERO, 0x152b);
+        let mut steps = Vec::new();
+        s.receive(
+            &hex(HELLO),
+            Duration::ZERO,
+            LocalTime::from_unix(0, 0),
+            &mut steps,
+        );
+        s.take_transmit();
+        s
+    }
+
+    fn feed(s: &mut Session, bytes: &[u8]) -> Vec<Event> {
+        let mut steps = Vec::new();
+        s.receive(
+            bytes,
+            Duration::from_millis(10),
+            LocalTime::from_unix(0, 0),
+            &mut steps,
+        );
+        std::iter::from_fn(|| s.poll_event()).collect()
+    }
+
+    /// The cloud-trace mesh-info answer (PROTOCOL.md §7.3) with the responding device's type
+    /// byte `m2` set to `code` and the checksum made right again.
+    fn mesh_answer(code: u8) -> Vec<u8> {
+        let bytes = hex(
+            "73 00 00 00 78 32 5d 53 17 00 00 00 7e 1f 00 00 00 f9 52 66 00 04 00 00 00 04 00 \
+             05 00 44 01 00 00 44 01 00 00 00 00 64 00 00 00 00 00 00 00 00 00 00 00 \
+             07 00 00 01 00 00 00 01 01 00 00 00 64 00 00 00 64 00 00 00 00 00 00 00 \
+             03 00 00 01 00 00 00 01 00 00 00 00 00 00 00 00 32 00 00 00 00 00 00 00 \
+             02 00 00 01 00 00 00 01 00 00 00 00 00 00 00 00 32 00 00 00 00 00 00 00 f2 7e",
+        );
+        let Ok(Packet::Data(mut d)) = Packet::decode(&bytes) else {
+            panic!("the cloud-trace answer decodes")
+        };
+        let Body::Frame(f) = &mut d.body else {
+            panic!("and holds a frame")
+        };
+        f.payload[8] = code;
+        f.checksum = f.computed_checksum();
+        Packet::Data(d).to_bytes()
+    }
+
+    #[test]
+    fn every_catalogued_type_is_learned_from_a_mesh_page() {
+        let lists = [
+            catalog::ON_OFF,
+            catalog::THERMOSTAT,
+            catalog::SENSOR,
+            catalog::REMOTE,
+            catalog::CAMERA,
+        ];
+        let codes: Vec<u8> = lists.iter().flat_map(|l| l.iter().copied()).collect();
+        assert!(codes.len() > 140);
+        for code in codes.iter().copied().chain([0x44, 250]) {
+            let mut s = session();
+            let learned = feed(&mut s, &mesh_answer(code))
+                .into_iter()
+                .find_map(|e| match e {
+                    Event::MeshLearned { device_type, .. } => Some(device_type),
+                    _ => None,
+                });
+            assert_eq!(learned, Some(Some(code)), "{code}");
+            let t = DeviceType::of(Some(code));
+            assert_eq!(t.is_known(), code != 250, "{code}");
+            assert_eq!(t.code, Some(code));
+        }
+        // The plug of the cloud trace.
+        assert_eq!(
+            DeviceType::of(Some(0x44)).kind,
+            catalog::Kind::Plug,
+            "type 0x44 = 68"
+        );
+    }
+
+    #[test]
+    fn short_entries_report_state_and_thermostat_json_reports_none() {
+        let mut s = session();
+        let plug = feed(&mut s, &hex(pycync::OUTDOOR_PLUG_43));
+        assert_eq!(s.take_transmit(), hex("48 00 00 00 03 01 01 00"));
+        let statuses: Vec<(u16, bool, u8, Source)> = plug
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Status(st, src) => Some((st.id.0, st.on, st.brightness, src)),
+                _ => None,
+            })
+            .collect();
+        // Index 00 is not the reporter's own 05.
+        assert_eq!(statuses, [(6, true, 2, Source::Relayed)]);
+        let thermostat = feed(&mut s, &hex(pycync::THERMOSTAT_43));
+        assert_eq!(s.take_transmit(), hex("48 00 00 00 03 01 01 00"));
+        assert!(
+            !thermostat.iter().any(|e| matches!(e, Event::Status(..))),
+            "{thermostat:?}"
+        );
+        assert!(
+            !thermostat
+                .iter()
+                .any(|e| matches!(e, Event::DecodeError(_))),
+            "{thermostat:?}"
+        );
+    }
+}
+
+#[cfg(test)]
 mod dedup_tests {
     use super::*;
 
@@ -916,9 +1042,65 @@ mod dedup_tests {
         }
         assert_eq!(seqs[0], 1);
         assert!(!seqs.contains(&0x1e) && !seqs.contains(&0x1f));
+        assert!(!seqs.contains(&0x7d) && !seqs.contains(&0x7e));
         assert!(seqs.contains(&0), "wraps 255 → 0");
-        // Message ids: u16 counter + 00, wrapping.
+        // Message ids: u16 counter + 00, wrapping, past the values with a 7D/7E byte.
         assert_eq!(msgs[0], MsgId([0xff, 0xfe, 0]));
         assert_eq!(msgs[2], MsgId([0, 0, 0]));
+        let after_7c = msgs.iter().position(|m| *m == MsgId([0, 0x7c, 0])).unwrap();
+        assert_eq!(msgs[after_7c + 1], MsgId([0, 0x7f, 0]));
+        assert!(
+            msgs.iter()
+                .all(|m| !m.0.contains(&0x7d) && !m.0.contains(&0x7e))
+        );
+    }
+
+    #[test]
+    fn the_configured_escaping_applies_to_commands() {
+        let hello = "23 00 00 00 1a 03 32 5d 53 17 00 10 30 30 30 30 30 30 30 30 30 30 30 30 30 30 30 30 00 00 3c";
+        let sent = |escaping: FrameEscaping, legacy: bool| {
+            let config = SessionConfig {
+                frame_escaping: escaping,
+                discover_mesh: false,
+                ..SessionConfig::default()
+            };
+            let mut s = Session::new(config, Duration::ZERO, 0x1234);
+            let mut steps = Vec::new();
+            s.receive(
+                &hex(hello),
+                Duration::ZERO,
+                LocalTime::from_unix(0, 0),
+                &mut steps,
+            );
+            s.take_transmit();
+            let target = command::Target::Device(125);
+            let action = command::Action::Rgb([126, 0, 0]);
+            let (_, _, packet) = if legacy {
+                s.send_command_legacy(target, action)
+            } else {
+                s.send_command(target, action)
+            }
+            .and_then(Result::ok)
+            .expect("after the hello");
+            let bytes = s.take_transmit();
+            assert_eq!(bytes, packet.to_bytes());
+            bytes
+        };
+        for legacy in [false, true] {
+            // avoid: the colour nudged to 127, the unavoidable target stuffed.
+            let avoid = sent(FrameEscaping::Avoid, legacy);
+            assert!(avoid.windows(2).any(|w| w == [0x7d, 0x5d]));
+            assert!(!avoid.windows(2).any(|w| w == [0x7d, 0x5e]));
+            assert!(avoid.contains(&0x7f));
+            // stuff: both stuffed.
+            let stuff = sent(FrameEscaping::Stuff, legacy);
+            assert!(stuff.windows(2).any(|w| w == [0x7d, 0x5d]));
+            assert!(stuff.windows(2).any(|w| w == [0x7d, 0x5e]));
+            // raw: both as they are, one frame byte each.
+            let raw = sent(FrameEscaping::Raw, legacy);
+            let inner = &raw[13..raw.len() - 1];
+            assert_eq!(inner.iter().filter(|b| **b == 0x7d).count(), 1);
+            assert_eq!(inner.iter().filter(|b| **b == 0x7e).count(), 1);
+        }
     }
 }

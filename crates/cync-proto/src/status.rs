@@ -1,9 +1,10 @@
-//! Device state as devices report it: the 0x83 `fa db` status report, the 19-byte records of a
-//! 0x43, the 24-byte records of an `f9 52` mesh-info page, and the unbound firmware report.
-//! All three state sources are read into one [`DeviceStatus`].
+//! Device state as devices report it: the 0x83 `fa db` status report, the 19-byte records and
+//! other length-prefixed entries of a 0x43, the 24-byte records of an `f9 52` mesh-info page,
+//! and the unbound firmware report. Every state source is read into one [`DeviceStatus`].
 
 use crate::frame::{Direction, Frame};
 use crate::ids::MeshId;
+use crate::thermostat::{SensorError, SensorReport};
 
 /// One mesh device's state, whichever packet carried it. Values are as on the wire: brightness
 /// may be non-zero while the device is off (devices do report that), and the registry decides
@@ -107,6 +108,112 @@ impl Record {
             temperature: r[6],
             rgb: [r[7], r[8], r[9]],
         }
+    }
+}
+
+/// One length-prefixed entry of a 0x43 body; bodies whose entries are all 19-byte status
+/// records decode as [`Record`]s instead.
+///
+/// ```text
+/// e0 tag | e1..2 word: flags (high 4 bits) and length (low 12 bits) | value (length bytes)
+/// ```
+/// A 19-byte status record is the entry `tag 00 10 value(16)`: `r1..2 = 00 10` is this length
+/// (PROTOCOL.md §6.6 (inferred)), and the TLV items `c7 90 2a …`, `c6 20 02 …` have the same
+/// shape (flags 9 for text, 2 for numbers (inferred)). Two peer vectors decode only by it
+/// (Kinachi249/pycync `tests/test_packet_parser.py`):
+/// - an outdoor plug (type 67): `00 00 07 | 06 01 02 00 00 00 00` — tag 0, 7 bytes: mesh id 6,
+///   on, brightness byte 2 (the outlet mask: outlet 2 on), temperature 0, RGB 0;
+/// - a thermostat (type 224): `57 92 5d` + 605 bytes of `sensorsData:[…]` JSON — tag 0x57,
+///   flags 9, length 0x25d ([`crate::SensorReport`]).
+///
+/// pycync reads `e1..2` as a plain u16 length, which agrees for every flags-0 entry but not for
+/// the thermostat's (0x925d); the 12-bit reading fits every sample.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Entry {
+    /// `e0`: the record index for status entries (05 = the reporter itself), a tag otherwise.
+    pub tag: u8,
+    /// The high 4 bits of `e1` (0 for status entries; 9 for text).
+    pub flags: u8,
+    /// The bytes the length covers.
+    pub value: Vec<u8>,
+}
+
+impl Entry {
+    /// Longest value the 12-bit length can describe.
+    pub const MAX_VALUE: usize = 0x0fff;
+
+    /// Splits a whole body into entries; `None` unless they fill it exactly.
+    pub fn split(mut body: &[u8]) -> Option<Vec<Self>> {
+        let mut out = Vec::new();
+        while !body.is_empty() {
+            let (&[tag, hi, lo], rest) = body.split_first_chunk::<3>()?;
+            let len = usize::from(u16::from_be_bytes([hi & 0x0f, lo]));
+            let value = rest.get(..len)?;
+            out.push(Self {
+                tag,
+                flags: hi >> 4,
+                value: value.to_vec(),
+            });
+            body = rest.get(len..)?;
+        }
+        Some(out)
+    }
+
+    /// Whether this entry is a plain 19-byte status record (`tag 00 10` + 16 bytes).
+    pub fn is_record(&self) -> bool {
+        self.flags == 0 && self.value.len() == Record::LEN - 3
+    }
+
+    /// The entry as a 19-byte [`Record`], if it is one.
+    pub fn record(&self) -> Option<Record> {
+        if !self.is_record() {
+            return None;
+        }
+        let mut r = [0u8; Record::LEN];
+        r[0] = self.tag;
+        r[2] = 0x10;
+        r.get_mut(3..)?.copy_from_slice(&self.value);
+        Some(Record(r))
+    }
+
+    /// The device state of a status entry: flags 0 and at least the 7 bytes id, state,
+    /// brightness, temperature and RGB (the record layout from `r3`). The online byte (`r10`)
+    /// is read when present; a shorter entry counts as online, since the device it describes
+    /// just reported (inferred). `None` for anything else: no state is invented from text.
+    pub fn status(&self) -> Option<DeviceStatus> {
+        if self.flags != 0 {
+            return None;
+        }
+        let v = self.value.get(..7)?;
+        Some(DeviceStatus {
+            id: MeshId(u16::from(*v.first()?)),
+            online: self.value.get(7).is_none_or(|b| *b != 0),
+            on: *v.get(1)? != 0,
+            brightness: *v.get(2)?,
+            temperature: *v.get(3)?,
+            rgb: [*v.get(4)?, *v.get(5)?, *v.get(6)?],
+        })
+    }
+
+    /// The thermostat's sensor report this entry carries, or why it is not one.
+    pub fn sensors(&self) -> Result<SensorReport, SensorError> {
+        SensorReport::parse(&self.value)
+    }
+
+    /// Encoded size in bytes.
+    pub fn encoded_len(&self) -> usize {
+        3 + self.value.len()
+    }
+
+    /// Appends the wire bytes. A hand-built value longer than [`Entry::MAX_VALUE`] gets a
+    /// saturated (wrong) length; flags above 15 lose their high bits. Decoded entries have
+    /// neither.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let len = u16::try_from(self.value.len().min(Self::MAX_VALUE)).unwrap_or(0x0fff);
+        let word = (u16::from(self.flags & 0x0f) << 12) | len;
+        out.push(self.tag);
+        out.extend_from_slice(&word.to_be_bytes());
+        out.extend_from_slice(&self.value);
     }
 }
 

@@ -154,6 +154,7 @@ fn capture_a_conforms() {
                 InfoBody::Ping => "ping",
                 InfoBody::Records(_) => "records",
                 InfoBody::Tlv(_) => "tlv",
+                InfoBody::Entries(_) => "entries",
                 InfoBody::Opaque(_) => "opaque",
             };
             *classes.entry(class).or_default() += 1;

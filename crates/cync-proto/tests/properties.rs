@@ -8,12 +8,14 @@
     clippy::panic
 )]
 
-use cync_proto::command::{self, Action, Effect, SwitchMode, Target};
+use cync_proto::command::{self, Action, Effect, FrameEscaping, SeqCounter, SwitchMode, Target};
 use cync_proto::{
     Ack3, Announce, AnnounceReply, AppAnnounceAck, AuthCode, Body, ConnId, Data, DataAck,
-    Direction, Frame, Framer, Hello, HelloAck, Info, InfoBody, LocalTime, MsgId, Notice, Packet,
-    PacketType, Record, Report, Seq, TimeReply, Tlv, Unknown,
+    Direction, Entry, Frame, Framer, Hello, HelloAck, Info, InfoBody, LocalTime, MsgId, Notice,
+    Packet, PacketType, Record, Report, Sensor, SensorReport, SensorValue, Seq, TimeReply, Tlv,
+    Unknown,
 };
+use cync_proto::{DeviceStatus, MeshId, delivery};
 use proptest::prelude::*;
 
 fn conn() -> impl Strategy<Value = ConnId> {
@@ -53,11 +55,18 @@ fn frame() -> impl Strategy<Value = Frame> {
 }
 
 fn info_body() -> impl Strategy<Value = InfoBody> {
-    let record = (0u8..0xc0, any::<[u8; 18]>()).prop_map(|(first, rest)| {
+    // A record is the entry `index 00 10` + 16 bytes.
+    let record = (0u8..0xc0, any::<[u8; 16]>()).prop_map(|(first, rest)| {
         let mut r = [0u8; 19];
         r[0] = first;
-        r[1..].copy_from_slice(&rest);
+        r[2] = 0x10;
+        r[3..].copy_from_slice(&rest);
         Record(r)
+    });
+    let entry = (any::<u8>(), 0u8..16, bytes(40)).prop_map(|(tag, flags, value)| Entry {
+        tag,
+        flags,
+        value,
     });
     let tlv = (0xc0u8..=0xff, any::<u8>(), bytes(60)).prop_map(|(tag, kind, value)| Tlv {
         tag,
@@ -72,7 +81,37 @@ fn info_body() -> impl Strategy<Value = InfoBody> {
             InfoBody::Records(records)
         }),
         prop::collection::vec(tlv, 1..5).prop_map(InfoBody::Tlv),
+        (prop::collection::vec(entry, 1..5), 0u8..0xc0).prop_map(|(mut entries, first)| {
+            // Only the first tag decides the class; an entry that is not a 19-byte record
+            // keeps the body from being records.
+            entries[0].tag = first;
+            if entries.iter().all(Entry::is_record) {
+                entries[0].flags = 1;
+            }
+            InfoBody::Entries(entries)
+        }),
     ]
+}
+
+fn sensor_value() -> impl Strategy<Value = SensorValue> {
+    prop_oneof![
+        Just(SensorValue::Null),
+        any::<bool>().prop_map(SensorValue::Bool),
+        (any::<i32>(), prop::option::of(0u16..1000)).prop_map(|(i, f)| SensorValue::Number(
+            match f {
+                Some(f) => format!("{i}.{f}"),
+                None => i.to_string(),
+            }
+        )),
+        "[ -~\\t\\n\u{e9}\u{1}]{0,30}".prop_map(SensorValue::Text),
+    ]
+}
+
+fn sensor_report() -> impl Strategy<Value = SensorReport> {
+    let sensor = prop::collection::vec(("[ -~]{0,12}", sensor_value()), 0..8)
+        .prop_map(|fields| Sensor { fields });
+    ("[A-Za-z0-9_]{1,16}", prop::collection::vec(sensor, 0..8))
+        .prop_map(|(name, sensors)| SensorReport { name, sensors })
 }
 
 fn local_time() -> impl Strategy<Value = LocalTime> {
@@ -205,6 +244,70 @@ proptest! {
     }
 
     #[test]
+    fn escaped_commands_decode_and_keep_their_promises(
+        conn in conn(), msg in msg(), after in any::<u8>(), target in any::<u16>(),
+        group in any::<bool>(), action in action(),
+        escaping in prop::sample::select(FrameEscaping::ALL.to_vec())
+    ) {
+        let t = if group { Target::Group(target) } else { Target::Device(target) };
+        let b = command::build(conn, msg, &mut SeqCounter::starting_after(Seq(after)), t, action, escaping).unwrap();
+        let bytes = b.packet.to_bytes();
+        let back = Packet::decode(&bytes).unwrap();
+        prop_assert_eq!(&back, &b.packet);
+        let frame = back.frame().unwrap();
+        prop_assert!(frame.checksum_ok());
+        prop_assert_eq!(frame.stuffed, b.stuffed);
+        prop_assert_eq!(Action::from_frame(frame), Some((Target::Device(target), b.action)));
+        // Seqs are cyncd's own: never 1E/1F/7D/7E.
+        prop_assert!(![0x1e, 0x1f, 0x7d, 0x7e].contains(&b.seq.0));
+        let inner = &bytes[13..bytes.len() - 1];
+        let flags = |bytes: &[u8]| bytes.iter().filter(|b| command::is_flag_byte(**b)).count();
+        // A stuffed frame has no bare 7E inside and every 7D escapes 5D or 5E.
+        if b.stuffed {
+            prop_assert!(!inner.contains(&0x7e));
+            for (i, byte) in inner.iter().enumerate() {
+                if *byte == 0x7d {
+                    prop_assert!(matches!(inner.get(i + 1), Some(0x5d | 0x5e)));
+                }
+            }
+        }
+        let target_flag = target.to_le_bytes().iter().any(|b| command::is_flag_byte(*b));
+        let same_seq = command::command(conn, msg, b.seq, t, action).unwrap();
+        match escaping {
+            FrameEscaping::Avoid => {
+                // Only an unavoidable target is stuffed; a colour is nudged and still confirms.
+                prop_assert_eq!(b.stuffed, target_flag);
+                if !target_flag {
+                    prop_assert_eq!(flags(inner), 0);
+                }
+                if let (Action::Rgb(asked), Action::Rgb(sent)) = (action, b.action) {
+                    prop_assert_eq!(sent, command::nudge_rgb(asked));
+                    let shown = DeviceStatus { id: MeshId(1), online: true, on: true, brightness: 1, temperature: 254, rgb: sent };
+                    prop_assert!(delivery::satisfies(&action, &shown));
+                } else {
+                    prop_assert_eq!(b.action, action);
+                }
+            }
+            FrameEscaping::Stuff => {
+                // Stuffed exactly when the plain frame holds a 7D/7E.
+                prop_assert_eq!(b.action, action);
+                let plain = same_seq.frame().unwrap().to_bytes();
+                prop_assert_eq!(b.stuffed, flags(&plain[1..plain.len() - 1]) > 0);
+            }
+            FrameEscaping::Raw => {
+                prop_assert!(!b.stuffed);
+                prop_assert_eq!(&b.packet, &same_seq);
+            }
+        }
+        // A command that needs no escaping is the same under every policy.
+        let raw = command::build(conn, msg, &mut SeqCounter::starting_after(Seq(after)), t, action, FrameEscaping::Raw).unwrap();
+        let raw_bytes = raw.packet.to_bytes();
+        if flags(&raw_bytes[13..raw_bytes.len() - 1]) == 0 {
+            prop_assert_eq!(bytes, raw_bytes);
+        }
+    }
+
+    #[test]
     fn out_of_range_values_are_rejected(v in 101u8..) {
         let r = command::command(ConnId([1; 4]), MsgId([0; 3]), Seq(1), Target::Device(1), Action::Brightness(v));
         prop_assert!(r.is_err());
@@ -216,6 +319,32 @@ proptest! {
         prop_assert!((1..=12).contains(&t.month) && (1..=31).contains(&t.day));
         prop_assert!((1..=7).contains(&t.weekday) && t.hour < 24 && t.minute < 60 && t.second < 60);
         prop_assert_eq!(t.offset_minutes(), i32::from(offset));
+    }
+
+    #[test]
+    fn sensor_reports_round_trip(r in sensor_report()) {
+        prop_assert_eq!(SensorReport::parse(&r.to_bytes()), Ok(r));
+    }
+
+    #[test]
+    fn sensor_parsing_never_panics(data in bytes(700), prefix in any::<bool>()) {
+        // With the prefix, the JSON parser itself sees the arbitrary bytes.
+        let data = if prefix { [&b"sensorsData:"[..], &data].concat() } else { data };
+        let _ = SensorReport::parse(&data);
+    }
+
+    #[test]
+    fn info_bodies_decode_by_their_entries(entries in prop::collection::vec((0u8..0xc0, 0u8..16, bytes(30)), 0..6)) {
+        // Whatever the mix, a body built from entries re-encodes byte for byte, and statuses
+        // come only from flags-0 entries of at least 7 bytes.
+        let mut body = Vec::new();
+        for (tag, flags, value) in &entries {
+            Entry { tag: *tag, flags: *flags, value: value.clone() }.encode(&mut body);
+        }
+        let packet = Packet::Info(Info { conn_id: ConnId([1; 4]), msg_id: MsgId([1, 1, 6]), body: InfoBody::decode(&body) });
+        prop_assert_eq!(&packet.to_bytes()[12..], &body[..]);
+        let expected = entries.iter().filter(|(_, f, v)| *f == 0 && v.len() >= 7).count();
+        prop_assert_eq!(packet.statuses().len(), expected);
     }
 
     #[test]

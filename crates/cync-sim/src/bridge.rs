@@ -539,6 +539,57 @@ mod tests {
     }
 
     #[test]
+    fn commands_under_every_escaping_policy_are_applied() {
+        // A device whose mesh id is 125 (0x7D) can only be reached with that byte in the
+        // frame; a colour of 126 can be nudged. The simulated device must understand each form.
+        use cync_proto::command::{FrameEscaping, SeqCounter, build};
+        for (escaping, applied) in [
+            (FrameEscaping::Avoid, "127,0,9"),
+            (FrameEscaping::Stuff, "126,0,9"),
+            (FrameEscaping::Raw, "126,0,9"),
+        ] {
+            let home = Home::new(
+                "h",
+                vec![
+                    SimDevice::new(5, "h", Kind::Plug),
+                    SimDevice::new(125, "h", Kind::Rgb),
+                ],
+            );
+            let mut b = Bridge::new(BridgeSpec {
+                conn_id: ConnId([0x37, 0x96, 0x24, 0x69]),
+                auth: *b"0000000000000000",
+                home,
+                own: 5,
+                reach: vec![5, 125],
+                firmware: "10298".into(),
+            });
+            let built = build(
+                ConnId([1; 4]),
+                MsgId([0, 1, 0]),
+                &mut SeqCounter::new(),
+                Target::Device(125),
+                Action::Rgb([126, 0, 9]),
+                escaping,
+            )
+            .unwrap();
+            // Through the bytes, as a device receives them.
+            let cmd = Packet::decode(&built.packet.to_bytes()).unwrap();
+            let mut rng = fastrand::Rng::with_seed(1);
+            let r = b.on_packet(&cmd, &Chaos::none(), &mut rng);
+            assert!(r.applied, "{escaping}");
+            let truth = b.spec.home.devices()[&125].applied_commands.clone();
+            assert_eq!(
+                (truth[0].attribute, truth[0].value.as_str()),
+                ("rgb", applied),
+                "{escaping}"
+            );
+            // Its report decodes, whatever bytes the colour put in the frame.
+            let report = packets(&r.out[2].bytes);
+            assert_eq!(report[0].statuses()[0].id.0, 125, "{escaping}");
+        }
+    }
+
+    #[test]
     fn mesh_request_answered_with_pages_and_ack() {
         let mut b = bridge();
         let mut rng = fastrand::Rng::with_seed(1);

@@ -38,6 +38,11 @@ pub struct Config {
     pub handshake_timeout_secs: u64,
     /// Ask each bridge for its mesh after it connects.
     pub discover_mesh: bool,
+    /// How a 0x7D/0x7E byte that cyncd cannot choose away is sent inside a command frame:
+    /// `avoid` (nudge a colour component, re-pick the seq, stuff only an unavoidable target
+    /// id), `stuff` (escape every one as `7d 5d`/`7d 5e`) or `raw`; see
+    /// [`cync_proto::FrameEscaping`].
+    pub frame_escaping: String,
     /// The UTC offset sent to devices in 0xC8, e.g. `-06:00`; the system's when unset.
     pub utc_offset: Option<String>,
     /// `pretty` or `json`.
@@ -336,6 +341,7 @@ impl Default for Config {
             write_timeout_secs: 10,
             handshake_timeout_secs: 10,
             discover_mesh: true,
+            frame_escaping: cync_proto::FrameEscaping::default().to_string(),
             utc_offset: None,
             log_format: LogFormat::Pretty,
             log_level: "info".into(),
@@ -389,9 +395,24 @@ impl Config {
         })
     }
 
+    /// The frame escaping policy (validated: an unknown name was refused at load).
+    pub fn frame_escaping(&self) -> cync_proto::FrameEscaping {
+        self.frame_escaping.parse().unwrap_or_default()
+    }
+
     /// Checks ranges and consistency.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self
+            .frame_escaping
+            .parse::<cync_proto::FrameEscaping>()
+            .is_err()
+        {
+            return bad(format!(
+                "frame_escaping must be avoid, stuff or raw, got {:?}",
+                self.frame_escaping
+            ));
+        }
         if self.max_connections == 0 {
             return bad("max_connections must be at least 1".into());
         }
@@ -819,5 +840,22 @@ mod tests {
         }
         let e = Broker::parse("ftp://me:secret@x").unwrap_err();
         assert!(!e.contains("secret"), "{e}");
+    }
+
+    #[test]
+    fn frame_escaping_is_one_of_three_policies() {
+        let c: Config = toml::from_str("frame_escaping = \"stuff\"").unwrap_or_default();
+        assert_eq!(c.frame_escaping(), cync_proto::FrameEscaping::Stuff);
+        assert!(c.validate().is_ok());
+        assert_eq!(
+            Config::default().frame_escaping(),
+            cync_proto::FrameEscaping::Avoid
+        );
+        let bad = Config {
+            frame_escaping: "escape".into(),
+            ..Config::default()
+        };
+        let e = bad.validate().unwrap_err().to_string();
+        assert!(e.contains("avoid, stuff or raw"), "{e}");
     }
 }

@@ -73,6 +73,11 @@ pub struct Args {
     /// Do not ask bridges for their mesh (no 0xA3 or mesh-info request).
     #[arg(long)]
     pub no_discover_mesh: bool,
+    /// How a 0x7D/0x7E byte inside a command frame is sent when cyncd cannot choose it away:
+    /// avoid (nudge a colour by one, re-pick the seq, stuff only a target id), stuff or raw
+    /// [default: avoid].
+    #[arg(long, value_name = "POLICY")]
+    pub frame_escaping: Option<String>,
     /// Runtime threads [default: 1, one event loop; more spread TLS handshakes over cores].
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
@@ -164,6 +169,9 @@ impl Args {
         }
         if self.no_discover_mesh {
             c.discover_mesh = false;
+        }
+        if let Some(v) = &self.frame_escaping {
+            c.frame_escaping = v.clone();
         }
         if let Some(v) = &self.utc_offset {
             c.utc_offset = Some(v.clone());

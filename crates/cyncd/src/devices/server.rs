@@ -222,6 +222,7 @@ impl<H: Host> Conn<H> {
             heartbeat: c.heartbeat(),
             silence_multiple: c.silence_multiple,
             discover_mesh: c.discover_mesh,
+            frame_escaping: c.frame_escaping(),
             ..SessionConfig::default()
         };
         let start = Instant::now();

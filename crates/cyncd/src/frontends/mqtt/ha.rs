@@ -115,6 +115,8 @@ impl Shape {
             Kind::Plug | Kind::Switch => Self::Switch,
             Kind::Fan => Self::Fan,
             Kind::Light => Self::Light(t),
+            // Never lights; they refuse every command until they get an entity of their own.
+            Kind::Thermostat | Kind::Sensor | Kind::Remote | Kind::Camera => Self::Switch,
         }
     }
 
