@@ -1,7 +1,7 @@
 //! `cyncd set` and `cyncd toggle`: the toggle harness, a client of a running server's HTTP API.
 //! Values are in the units of the page and Home Assistant (brightness in percent, white in
-//! kelvin). It prints the outcome, attempts and latency, then the device's state as the server
-//! knows it afterwards, and exits non-zero unless the command was applied.
+//! kelvin). It prints the outcome, attempts and latency, then the device's state with the
+//! command applied, and exits non-zero unless the command was applied.
 
 use super::http::{ApiArgs, Client};
 use anyhow::bail;
@@ -106,28 +106,25 @@ pub fn set(args: &SetArgs) -> anyhow::Result<()> {
     let kind = if args.group { "groups" } else { "devices" };
     let path = format!("/api/{kind}/{}/state", encode(&args.device));
     let answer = client.post(&path, &body)?.ok()?;
-    finish(
-        &client,
-        &answer,
-        (!args.group).then_some(args.device.as_str()),
-    )
+    finish(&answer, device.map(|view| applied(view, &body)))
 }
 
 /// Runs `cyncd toggle`.
 pub fn toggle(args: &ToggleArgs) -> anyhow::Result<()> {
     let client = args.api.client()?;
+    let before = device(&client, &args.device)?;
     let path = format!("/api/devices/{}/toggle", encode(&args.device));
     let answer = client.post(&path, &serde_json::json!({}))?.ok()?;
-    finish(&client, &answer, Some(&args.device))
+    let on = before.get("on").and_then(serde_json::Value::as_bool) == Some(true);
+    finish(
+        &answer,
+        Some(applied(before, &serde_json::json!({ "on": !on }))),
+    )
 }
 
-/// Prints the outcome and, for a device, the state the server knows afterwards; fails unless
-/// the command was applied.
-fn finish(
-    client: &Client,
-    answer: &serde_json::Value,
-    device_id: Option<&str>,
-) -> anyhow::Result<()> {
+/// Prints the outcome and, for a device, its state with the command applied; fails unless the
+/// command was applied.
+fn finish(answer: &serde_json::Value, after: Option<serde_json::Value>) -> anyhow::Result<()> {
     let field = |k: &str| answer.get(k).unwrap_or(&serde_json::Value::Null);
     let outcome = field("outcome").as_str().unwrap_or("unknown");
     let command = field("command_id").as_str().unwrap_or("?");
@@ -136,11 +133,8 @@ fn finish(
         field("attempts"),
         field("latency_ms").as_f64().unwrap_or(0.0),
     );
-    if let Some(id) = device_id {
-        match device(client, id) {
-            Ok(view) => println!("{}", describe(&view)),
-            Err(e) => println!("(state not read: {e:#})"),
-        }
+    if let (Some(view), "applied") = (after, outcome) {
+        println!("{}", describe(&view));
     }
     if outcome != "applied" {
         bail!("the command ended {outcome}; see /api/trace/{command}");
@@ -151,6 +145,46 @@ fn finish(
 /// `GET /api/devices/{id}`.
 fn device(client: &Client, id: &str) -> anyhow::Result<serde_json::Value> {
     client.get(&format!("/api/devices/{}", encode(id)))?.ok()
+}
+
+/// The device's view with an applied command's attributes (`body`, as sent to the API): what
+/// the device now is, as the MQTT bridge publishes it, without waiting for the report that
+/// follows (the server may hold a relayed copy of it back for a few seconds).
+fn applied(mut view: serde_json::Value, body: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    let Some(v) = view.as_object_mut() else {
+        return view;
+    };
+    let get = |k: &str| body.get(k).cloned();
+    if let Some(on) = get("on") {
+        v.insert("on".into(), on);
+    }
+    if let Some(b) = get("brightness") {
+        if v.get("brightness").is_some_and(|x| !x.is_null()) {
+            v.insert("brightness".into(), b);
+        }
+        v.insert("on".into(), Value::Bool(true));
+    }
+    if let Some(t) = get("color_temp") {
+        v.insert("color_temp".into(), t);
+        v.insert("rgb".into(), Value::Null);
+    }
+    if let Some(rgb) = get("rgb") {
+        v.insert("rgb".into(), rgb);
+        v.insert("color_temp".into(), Value::Null);
+    }
+    if get("effect").is_some() {
+        v.insert("rgb".into(), Value::Null);
+        v.insert("color_temp".into(), Value::Null);
+    }
+    if let Some(speed) = get("fan_speed").and_then(|s| s.as_u64()) {
+        let speed = u8::try_from(speed).unwrap_or(100);
+        if v.get("fan_speed").is_some_and(|x| !x.is_null()) {
+            v.insert("fan_speed".into(), DeviceType::fan_step(speed).into());
+        }
+        v.insert("on".into(), Value::Bool(speed > 0));
+    }
+    view
 }
 
 fn type_code(view: &serde_json::Value) -> Option<u8> {
@@ -244,5 +278,29 @@ mod tests {
         let fan = serde_json::json!({"id": "h:6", "name": "Fan", "on": true, "fan_speed": 2,
             "online": true});
         assert_eq!(describe(&fan), "h:6 Fan: on, fan medium");
+    }
+
+    #[test]
+    fn an_applied_command_shows_in_the_state() {
+        let view = serde_json::json!({"id": "h:3", "name": "Bulb", "type": 5, "on": false,
+            "brightness": 0, "color_temp": 50, "rgb": null, "online": true});
+        let after = applied(view.clone(), &serde_json::json!({"brightness": 40}));
+        assert_eq!(
+            (after["on"].as_bool(), after["brightness"].as_u64()),
+            (Some(true), Some(40))
+        );
+        let after = applied(view.clone(), &serde_json::json!({"rgb": [1, 2, 3]}));
+        assert_eq!(after["rgb"], serde_json::json!([1, 2, 3]));
+        assert!(after["color_temp"].is_null());
+        let plug = serde_json::json!({"id": "h:4", "on": true, "brightness": null});
+        let after = applied(plug, &serde_json::json!({"on": false}));
+        assert_eq!(after["on"], false);
+        assert!(after["brightness"].is_null());
+        let fan = serde_json::json!({"id": "h:6", "on": false, "fan_speed": 0});
+        let after = applied(fan, &serde_json::json!({"fan_speed": 75}));
+        assert_eq!(
+            (after["on"].as_bool(), after["fan_speed"].as_u64()),
+            (Some(true), Some(3))
+        );
     }
 }
