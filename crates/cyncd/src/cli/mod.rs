@@ -1,6 +1,6 @@
 //! The command-line tools besides `serve`: lab tools over the wire format ([`decode`],
-//! [`encode`]), clients of a running server ([`client`]: `set`, `toggle`), and the simulator
-//! ([`sim`]: `sim`, `demo`).
+//! [`encode`]), clients of a running server ([`client`]: `set`, `toggle`, over [`http`]), the
+//! setup check ([`doctor`]), and the simulator ([`sim`]: `sim`, `demo`).
 //!
 //! The top layer: may import anything below it, including `serve`.
 
