@@ -26,6 +26,14 @@
 //! - Every command ends by its deadline. Answers to earlier attempts count toward the command
 //!   while it lives, and are recognised as late (never as another command's) for
 //!   [`LATE_TTL`] after it ends.
+//! - Commands can change owner: when the connection chosen for an attempt belongs to another
+//!   owner, the owner takes the command out unwritten ([`Dispatcher::hand_off`], keeping its
+//!   deadline and attempts in a [`Moved`]); a command another owner could not write comes in
+//!   the same way ([`Dispatcher::adopt`]) and waits in its target's queue in submission order.
+//!   A moving command never overtakes a newer one for the same attribute: it is superseded.
+//! - A command waiting for a bridge to come back (its connection was lost, or the owner found
+//!   none) is tried as soon as the owner reports that bridge connected
+//!   ([`Dispatcher::connected`]), not at the end of its backoff.
 //!
 //! Bounds: `max_queue` commands per device queue, `max_active` commands in all (beyond:
 //! `queue_full`), and [`MAX_LATE`] remembered answers (oldest dropped first).
@@ -268,6 +276,25 @@ pub enum Output {
     },
 }
 
+/// A command changing owner (see [`Dispatcher::hand_off`] and [`Dispatcher::adopt`]): what it
+/// asks for and what it has used up, so its deadline and attempts follow it. Times are on the
+/// clock origin of the dispatcher that produced it; owners with another origin translate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Moved {
+    /// The command.
+    pub req: Request,
+    /// When it was submitted.
+    pub submitted: Duration,
+    /// When it must have ended.
+    pub deadline: Duration,
+    /// Attempts made so far.
+    pub attempts: u8,
+    /// Of those, attempts whose connection was lost under them (they do not use up retries).
+    pub lost: u8,
+    /// Whether some attempt was written to a bridge.
+    pub written: bool,
+}
+
 /// Sizes of every internal structure (all zero but `late` and `bridges` once quiet).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Sizes {
@@ -299,6 +326,9 @@ struct Command {
     written: bool,
     /// Attempts whose connection was lost under them (they do not use up the retries).
     lost: u8,
+    /// Backing off because no connection could carry it: tried again as soon as one of its
+    /// bridges connects.
+    parked: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -463,6 +493,7 @@ impl Dispatcher {
                 acked: false,
                 written: false,
                 lost: 0,
+                parked: false,
             },
         );
         if ahead > 0 {
@@ -539,16 +570,18 @@ impl Dispatcher {
         }
     }
 
-    /// A `0x7B` on `conn` echoing message `msg`.
-    pub fn ack(&mut self, conn: ConnId, msg: MsgId, now: Duration) {
+    /// A `0x7B` on `conn` echoing message `msg`. Returns whether it answers one of this
+    /// dispatcher's commands, live or recently ended (the owner counts those that do not).
+    pub fn ack(&mut self, conn: ConnId, msg: MsgId, now: Duration) -> bool {
         let Some(&(command, attempt)) = self.by_msg.get(&(conn, msg)) else {
-            if let Some(&command) = self.late.get(&(conn, msg)) {
-                self.trace(command, now, TraceEvent::Late { what: "ack" });
-            }
-            return;
+            let Some(&command) = self.late.get(&(conn, msg)) else {
+                return false;
+            };
+            self.trace(command, now, TraceEvent::Late { what: "ack" });
+            return true;
         };
         let Some(c) = self.commands.get_mut(&command) else {
-            return;
+            return false;
         };
         c.acked = true;
         let sent = match c.state {
@@ -579,6 +612,7 @@ impl Dispatcher {
                 rtt: rtt.unwrap_or_default(),
             },
         );
+        true
     }
 
     /// An `f9` result on `conn` for seq `seq`.
@@ -668,6 +702,141 @@ impl Dispatcher {
         self.bridges.remove(&conn);
         self.sticky.retain(|_, b| *b != conn);
         self.advance(now);
+    }
+
+    /// A bridge connected (again): commands parked for want of a connection through it are
+    /// tried now rather than at the end of their backoff, and it is no longer avoided.
+    pub fn connected(&mut self, conn: ConnId, now: Duration) {
+        for c in self.commands.values_mut() {
+            if !c.req.bridges.contains(&conn) {
+                continue;
+            }
+            c.gone.retain(|b| *b != conn);
+            if let (true, State::Backoff { at }) = (c.parked, &mut c.state) {
+                *at = (*at).min(now);
+            }
+        }
+        self.advance(now);
+    }
+
+    /// The connection chosen for attempt `attempt` of `command` belongs to another owner: the
+    /// command leaves, unwritten, with its deadline and attempts, and the next command for its
+    /// target starts. Answers to its earlier attempts are still recognised as late. `None` when
+    /// the command is not waiting to be written as that attempt.
+    pub fn hand_off(&mut self, command: CommandId, attempt: u8, now: Duration) -> Option<Moved> {
+        let c = self.commands.get(&command)?;
+        if c.attempts != attempt || !matches!(c.state, State::Sending { .. }) {
+            return None;
+        }
+        let c = self.forget(command, now)?;
+        let key: Key = (c.req.home.clone(), c.req.target);
+        self.pump(&key, now);
+        // The attempt being handed over was not written here.
+        let attempts = c.attempts.saturating_sub(1);
+        Some(Moved {
+            req: c.req,
+            submitted: c.submitted,
+            deadline: c.deadline,
+            attempts,
+            lost: c.lost.min(attempts),
+            written: c.written,
+        })
+    }
+
+    /// Takes in a command another owner could not write (its connection ended first, or its
+    /// bridge was gone): it waits in its target's queue in submission order, keeping its
+    /// deadline and attempts; `gone` is the bridge that failed it, avoided while another is
+    /// left. It is superseded at once when its target has a newer command for the same
+    /// attribute (so it never overtakes one), and supersedes older queued ones.
+    pub fn adopt(&mut self, moved: Moved, gone: Option<ConnId>, now: Duration) {
+        let Moved {
+            req,
+            submitted,
+            deadline,
+            attempts,
+            lost,
+            written,
+        } = moved;
+        let id = req.id;
+        if now >= deadline {
+            let outcome = if written {
+                Outcome::NoAck
+            } else {
+                Outcome::Failed
+            };
+            // It ran out of time on its way here: it ended at its deadline.
+            self.done_now(id, submitted, deadline, attempts, outcome);
+            return;
+        }
+        if self.commands.contains_key(&id) {
+            // Already here: a command is in one place at a time, with one outcome.
+            return;
+        }
+        if self.commands.len() >= self.config.max_active {
+            self.done_now(id, submitted, now, attempts, Outcome::QueueFull);
+            return;
+        }
+        let key: Key = (req.home.clone(), req.target);
+        let wanted = attribute(&req.action);
+        let queue = self.queues.entry(key.clone()).or_default();
+        let same: Vec<(CommandId, bool)> = queue
+            .iter()
+            .filter_map(|other| {
+                let c = self.commands.get(other)?;
+                (attribute(&c.req.action) == wanted).then_some((*other, c.state == State::Queued))
+            })
+            .collect();
+        if same.iter().any(|(other, _)| *other > id) {
+            self.done_now(id, submitted, now, attempts, Outcome::Superseded);
+            return;
+        }
+        let older: Vec<CommandId> = same
+            .iter()
+            .filter(|(_, queued)| *queued)
+            .map(|(other, _)| *other)
+            .collect();
+        queue.retain(|c| !older.contains(c));
+        if queue.len() >= self.config.max_queue {
+            self.done_now(id, submitted, now, attempts, Outcome::QueueFull);
+        } else {
+            // After the command in flight, before the queued ones submitted later.
+            let in_flight = queue.front().is_some_and(|head| {
+                self.commands
+                    .get(head)
+                    .is_some_and(|c| c.state != State::Queued)
+            });
+            let at = queue
+                .iter()
+                .enumerate()
+                .skip(usize::from(in_flight))
+                .find(|(_, other)| **other > id)
+                .map_or(queue.len(), |(i, _)| i);
+            queue.insert(at, id);
+            self.commands.insert(
+                id,
+                Command {
+                    req,
+                    submitted,
+                    deadline,
+                    attempts,
+                    gone: gone.into_iter().collect(),
+                    state: State::Queued,
+                    acked: false,
+                    written,
+                    lost,
+                    parked: false,
+                },
+            );
+            if at > 0 {
+                self.trace(id, now, TraceEvent::Queued { ahead: at });
+            }
+        }
+        for old in older {
+            if let Some(c) = self.commands.remove(&old) {
+                self.done_now(old, c.submitted, now, c.attempts, Outcome::Superseded);
+            }
+        }
+        self.pump(&key, now);
     }
 
     /// When [`Dispatcher::on_timeout`] must be called next.
@@ -764,6 +933,7 @@ impl Dispatcher {
             return;
         };
         c.state = State::Backoff { at };
+        c.parked = matches!(reason, "no_connection" | "connection_lost");
         self.trace(
             id,
             now,
@@ -860,7 +1030,8 @@ impl Dispatcher {
         let Some(c) = self.commands.get_mut(&id) else {
             return;
         };
-        c.attempts += 1;
+        c.attempts = c.attempts.saturating_add(1);
+        c.parked = false;
         c.state = State::Sending { conn };
         let (attempt, target, action) = (c.attempts, c.req.target, c.req.action);
         self.trace(id, now, TraceEvent::Attempt { attempt, conn, rto });
@@ -874,9 +1045,18 @@ impl Dispatcher {
     }
 
     fn finish(&mut self, id: CommandId, now: Duration, outcome: Outcome) {
-        let Some(c) = self.commands.remove(&id) else {
+        let Some(c) = self.forget(id, now) else {
             return;
         };
+        let key: Key = (c.req.home.clone(), c.req.target);
+        self.done_now(id, c.submitted, now, c.attempts, outcome);
+        self.pump(&key, now);
+    }
+
+    /// Removes a command and its live routes and queue place; its message ids are remembered
+    /// for late answers.
+    fn forget(&mut self, id: CommandId, now: Duration) -> Option<Command> {
+        let c = self.commands.remove(&id)?;
         // Forget this command's live routes; remember its message ids for late answers.
         let mine: Vec<(ConnId, MsgId)> = self
             .by_msg
@@ -900,8 +1080,7 @@ impl Dispatcher {
         if let Some(q) = self.queues.get_mut(&key) {
             q.retain(|x| *x != id);
         }
-        self.done_now(id, c.submitted, now, c.attempts, outcome);
-        self.pump(&key, now);
+        Some(c)
     }
 
     fn done_now(
@@ -960,8 +1139,9 @@ impl Dispatcher {
     }
 }
 
-/// Which attribute an action sets (for coalescing).
-fn attribute(action: &Action) -> &'static str {
+/// Which attribute an action sets: a newer command for the same target and attribute supersedes
+/// an older one still queued, or one changing owner.
+pub fn attribute(action: &Action) -> &'static str {
     match action {
         Action::Power(_) => "on",
         Action::Brightness(_) | Action::FanSpeed(_) => "brightness",
@@ -1321,6 +1501,126 @@ mod tests {
     }
 
     #[test]
+    fn a_handed_off_command_leaves_unwritten_and_the_next_one_starts() {
+        let mut d = Dispatcher::new(DeliveryConfig::default());
+        d.submit(req(1, 5, Action::Power(true), &[A]), Duration::ZERO);
+        d.submit(req(2, 5, Action::Brightness(30), &[A]), MS);
+        assert_eq!(take(&mut d).0, [(A, CommandId(1), 1)]);
+        let moved = d.hand_off(CommandId(1), 1, 2 * MS).unwrap();
+        assert_eq!(
+            (moved.req.id, moved.attempts, moved.written, moved.deadline),
+            (CommandId(1), 0, false, Duration::from_secs(5))
+        );
+        // No outcome here: its new owner decides it. The next command for the device starts.
+        assert_eq!(take(&mut d), (vec![(A, CommandId(2), 1)], vec![]));
+        assert_eq!(d.hand_off(CommandId(1), 1, 3 * MS), None);
+        // Only a command waiting to be written can leave.
+        d.sent(CommandId(2), 1, msg(2), Seq(2), 3 * MS);
+        assert_eq!(d.hand_off(CommandId(2), 1, 4 * MS), None);
+        assert_eq!(d.sizes().active, 1);
+    }
+
+    #[test]
+    fn an_adopted_command_keeps_its_deadline_and_attempts() {
+        let mut d = Dispatcher::new(DeliveryConfig::default());
+        // Written once elsewhere, then its connection failed it: it avoids that bridge.
+        let moved = Moved {
+            req: req(1, 5, Action::Power(true), &[A, B]),
+            submitted: Duration::ZERO,
+            deadline: Duration::from_secs(5),
+            attempts: 1,
+            lost: 1,
+            written: true,
+        };
+        d.adopt(moved, Some(A), Duration::from_secs(1));
+        assert_eq!(take(&mut d).0, [(B, CommandId(1), 2)]);
+        d.sent(CommandId(1), 2, msg(1), Seq(1), Duration::from_secs(1));
+        run_until(&mut d, Duration::from_secs(6));
+        let (_, done) = take(&mut d);
+        let [(command, outcome, attempts)] = done[..] else {
+            panic!("{done:?}")
+        };
+        assert_eq!((command, outcome), (CommandId(1), Outcome::NoAck));
+        assert!(attempts >= 2);
+        // Already past its deadline: it ends at once.
+        let late = Moved {
+            req: req(2, 5, Action::Power(true), &[A]),
+            submitted: Duration::ZERO,
+            deadline: Duration::from_secs(5),
+            attempts: 0,
+            lost: 0,
+            written: false,
+        };
+        d.adopt(late, None, Duration::from_secs(7));
+        assert_eq!(
+            take(&mut d),
+            (vec![], vec![(CommandId(2), Outcome::Failed, 0)])
+        );
+    }
+
+    #[test]
+    fn an_adopted_command_never_overtakes_a_newer_one() {
+        let mut d = Dispatcher::new(DeliveryConfig::default());
+        let moved = |id: u64, device: u16, action: Action| Moved {
+            req: req(id, device, action, &[A]),
+            submitted: Duration::ZERO,
+            deadline: Duration::from_secs(5),
+            attempts: 0,
+            lost: 0,
+            written: false,
+        };
+        // A newer command for the same attribute is in flight: the older one is superseded.
+        d.submit(req(3, 6, Action::Power(false), &[A]), MS);
+        take(&mut d);
+        d.adopt(moved(2, 6, Action::Power(true)), None, 2 * MS);
+        assert_eq!(take(&mut d).1, [(CommandId(2), Outcome::Superseded, 0)]);
+        // Otherwise it takes its place in submission order, and supersedes an older queued one.
+        d.submit(req(10, 7, Action::Power(true), &[A]), MS);
+        d.submit(req(11, 7, Action::Brightness(20), &[A]), MS);
+        d.submit(req(13, 7, Action::ColorTemp(40), &[A]), MS);
+        take(&mut d);
+        d.adopt(moved(12, 7, Action::Brightness(60)), None, 2 * MS);
+        assert_eq!(take(&mut d).1, [(CommandId(11), Outcome::Superseded, 0)]);
+        d.sent(CommandId(10), 1, msg(10), Seq(10), 3 * MS);
+        d.result(A, Seq(10), 0, 4 * MS);
+        assert_eq!(take(&mut d).0, [(A, CommandId(12), 1)]);
+        d.sent(CommandId(12), 1, msg(12), Seq(12), 5 * MS);
+        d.result(A, Seq(12), 0, 6 * MS);
+        assert_eq!(take(&mut d).0, [(A, CommandId(13), 1)]);
+    }
+
+    #[test]
+    fn a_parked_command_is_tried_when_its_bridge_connects() {
+        let mut d = Dispatcher::new(DeliveryConfig {
+            backoff_base: Duration::from_secs(2),
+            ..DeliveryConfig::default()
+        });
+        d.submit(req(1, 5, Action::Power(true), &[A]), Duration::ZERO);
+        take(&mut d);
+        // No connection: it backs off, without using up an attempt.
+        d.unreachable(CommandId(1), 1, MS);
+        take(&mut d);
+        d.connected(B, 2 * MS);
+        assert!(take(&mut d).0.is_empty(), "another bridge changes nothing");
+        d.connected(A, 3 * MS);
+        assert_eq!(take(&mut d).0, [(A, CommandId(1), 1)]);
+    }
+
+    #[test]
+    fn an_ack_says_whether_it_answers_a_command() {
+        let mut d = Dispatcher::new(DeliveryConfig::default());
+        d.submit(req(1, 5, Action::Power(true), &[A]), Duration::ZERO);
+        take(&mut d);
+        d.sent(CommandId(1), 1, msg(1), Seq(1), MS);
+        assert!(d.ack(A, msg(1), 2 * MS));
+        assert!(!d.ack(A, msg(2), 2 * MS));
+        assert!(!d.ack(B, msg(1), 2 * MS));
+        d.result(A, Seq(1), 0, 3 * MS);
+        // A late copy still belongs to it.
+        assert!(d.ack(A, msg(1), 4 * MS));
+    }
+
+    #[test]
     fn rto_adapts_to_the_measured_round_trip() {
         let mut d = Dispatcher::new(DeliveryConfig::default());
         assert_eq!(d.rto(A), Duration::from_secs(1));
@@ -1361,6 +1661,8 @@ mod tests {
         wire: Vec<(ConnId, MsgId, Seq)>,
         counter: u16,
         outcomes: BTreeMap<CommandId, (Outcome, Duration)>,
+        /// Commands handed to another owner, with the bridge they were handed over on.
+        away: Vec<(Moved, ConnId)>,
     }
 
     impl Owner {
@@ -1373,8 +1675,13 @@ mod tests {
                         attempt,
                         ..
                     } => {
-                        if walk.next(8) == 0 {
+                        let fate = walk.next(8);
+                        if fate == 0 {
                             d.send_failed(command, attempt, now);
+                        } else if fate == 1 {
+                            let moved = d.hand_off(command, attempt, now).unwrap();
+                            assert!(moved.deadline >= now, "seed {seed}");
+                            self.away.push((moved, conn));
                         } else {
                             self.counter = self.counter.wrapping_add(1);
                             let s = Seq(u8::try_from(self.counter % 256).unwrap());
@@ -1395,6 +1702,25 @@ mod tests {
                 }
             }
         }
+
+        /// The other owner ends a command it took (by its deadline), or gives it back.
+        fn elsewhere(&mut self, d: &mut Dispatcher, walk: &mut Walk, now: Duration, seed: u64) {
+            if self.away.is_empty() {
+                return;
+            }
+            let i = usize::try_from(walk.next(self.away.len() as u64)).unwrap();
+            let (moved, conn) = self.away.swap_remove(i);
+            if walk.next(2) == 0 {
+                d.adopt(moved, Some(conn), now);
+            } else {
+                let end = now.min(moved.deadline);
+                let first = self
+                    .outcomes
+                    .insert(moved.req.id, (Outcome::Applied, end - moved.submitted))
+                    .is_none();
+                assert!(first, "seed {seed}: two outcomes for {}", moved.req.id);
+            }
+        }
     }
 
     #[test]
@@ -1413,6 +1739,7 @@ mod tests {
                 wire: Vec::new(),
                 counter: 0,
                 outcomes: BTreeMap::new(),
+                away: Vec::new(),
             };
             let mut submitted = 0usize;
             let mut now = Duration::ZERO;
@@ -1455,11 +1782,20 @@ mod tests {
                     6 if walk.next(20) == 0 => {
                         d.connection_lost(if walk.next(2) == 0 { A } else { B }, now);
                     }
+                    7 => owner.elsewhere(&mut d, &mut walk, now, seed),
+                    8 if walk.next(10) == 0 => {
+                        d.connected(if walk.next(2) == 0 { A } else { B }, now);
+                    }
                     _ => {}
                 }
                 owner.pump(&mut d, &mut walk, now, seed);
             }
-            while let Some(t) = d.next_deadline() {
+            loop {
+                while !owner.away.is_empty() {
+                    owner.elsewhere(&mut d, &mut walk, now, seed);
+                    owner.pump(&mut d, &mut walk, now, seed);
+                }
+                let Some(t) = d.next_deadline() else { break };
                 now = t;
                 d.on_timeout(now);
                 owner.pump(&mut d, &mut walk, now, seed);

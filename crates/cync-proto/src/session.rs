@@ -21,6 +21,10 @@
 //!
 //! Outgoing data-channel packets use the device's own id at `[5:9]` and a per-connection u16 BE
 //! counter + `00` as message id, so every device `0x7B` can be matched to what it acknowledges.
+//! The counter skips the all-zero id, which only legacy commands carry
+//! ([`Session::send_command_legacy`]), so a `0x7B` echoing it answers nothing else. A `0x7B`
+//! answering the session's own requests (the mesh-info request, the mesh ACK) is consumed here;
+//! every other one is an [`Event::DataAck`] for whoever owns the connection's commands.
 //! Message ids and command seqs never hold 0x7D/0x7E; for the bytes cyncd does not choose, the
 //! configured [`FrameEscaping`] applies (see [`crate::command`]).
 
@@ -39,6 +43,9 @@ pub const MESH_REQUEST_TRIES: u8 = 3;
 /// Events kept for the owner before the oldest are dropped (the owner drains after every read,
 /// so this only bounds a misbehaving owner).
 pub const MAX_EVENTS: usize = 1024;
+/// Message ids of the session's own requests whose `0x7B` is still awaited (the mesh-info
+/// request and its retries, the mesh ACK); the oldest is forgotten first.
+pub const OWN_REQUESTS: usize = 4;
 /// Largest number of mesh records collected over the pages of one mesh-info answer.
 pub const MAX_MESH_RECORDS: usize = 512;
 /// Packets remembered for dropping repeats. A bridge sends about one packet per 20 s when idle
@@ -191,6 +198,8 @@ pub struct Session {
     mesh_pages: Vec<DeviceStatus>,
     mesh_type: Option<u8>,
     mesh_done: bool,
+    /// Our own requests' message ids, whose 0x7B is ours to consume.
+    own_requests: VecDeque<MsgId>,
     closed: Option<CloseReason>,
 }
 
@@ -218,6 +227,7 @@ impl Session {
             mesh_pages: Vec::new(),
             mesh_type: None,
             mesh_done: false,
+            own_requests: VecDeque::with_capacity(OWN_REQUESTS),
             closed: None,
         }
     }
@@ -313,6 +323,7 @@ impl Session {
                 (self.mesh_tries < MESH_REQUEST_TRIES).then(|| now + self.config.mesh_delay * 4);
             self.mesh_pages.clear();
             let msg = self.next_msg_id();
+            self.own_request(msg);
             sent.push(command::mesh_info_request(conn, msg, MESH_REQUEST_SEQ));
         }
         for p in &sent {
@@ -402,11 +413,23 @@ impl Session {
         self.events.pop_front()
     }
 
-    /// The next message id: the counter, moved past values with a 0x7D/0x7E byte.
+    /// The next message id: the counter, moved past zero and past values with a 0x7D/0x7E byte.
     fn next_msg_id(&mut self) -> MsgId {
+        if self.next_msg == 0 {
+            // 00 00 00 is the legacy commands' id.
+            self.next_msg = 1;
+        }
         let counter = command::clean_msg_counter(self.next_msg);
         self.next_msg = counter.wrapping_add(1);
         MsgId::from_counter(counter)
+    }
+
+    /// Remembers one of our own requests, whose 0x7B is not a command's.
+    fn own_request(&mut self, msg: MsgId) {
+        if self.own_requests.len() >= OWN_REQUESTS {
+            self.own_requests.pop_front();
+        }
+        self.own_requests.push_back(msg);
     }
 
     fn event(&mut self, event: Event) {
@@ -517,7 +540,12 @@ impl Session {
                     });
                 }
             }
-            Packet::DataAck(ack) => self.event(Event::DataAck(ack.msg_id)),
+            Packet::DataAck(ack) => match self.own_requests.iter().position(|m| *m == ack.msg_id) {
+                Some(i) => {
+                    self.own_requests.remove(i);
+                }
+                None => self.event(Event::DataAck(ack.msg_id)),
+            },
             Packet::AnnounceReply(_) => self.event(Event::AnnounceReplied),
             _ => {}
         }
@@ -557,6 +585,7 @@ impl Session {
         self.mesh_done = false;
         let conn = self.conn_id?;
         let msg = self.next_msg_id();
+        self.own_request(msg);
         Some(command::mesh_status_ack(conn, msg, MESH_ACK_SEQ))
     }
 }
@@ -657,7 +686,8 @@ mod tests {
             _ => None,
         });
         assert_eq!(learned, Some((Some(0x44), 4)));
-        assert!(ev.contains(&Event::DataAck(MsgId([0x15, 0x2c, 0]))));
+        // The 0x7B answers our own request: it is nobody's command's.
+        assert!(!ev.iter().any(|e| matches!(e, Event::DataAck(_))), "{ev:?}");
         // No more mesh requests once learned; only the silence deadline remains.
         assert_eq!(s.next_deadline(), Some(2050 * MS + Duration::from_secs(60)));
     }
@@ -787,6 +817,27 @@ mod tests {
             s.take_transmit(),
             hex("7b 00 00 00 07 32 5d 53 17 00 02 00")
         );
+    }
+
+    #[test]
+    fn a_command_ack_reaches_the_owner_and_ours_do_not() {
+        let mut s = Session::new(SessionConfig::default(), Duration::ZERO, 0x0100);
+        feed(&mut s, &hex(HELLO), Duration::ZERO);
+        events(&mut s);
+        let (msg, _, _) = s
+            .send_command(command::Target::Device(5), command::Action::Power(true))
+            .and_then(Result::ok)
+            .expect("after the hello");
+        assert_eq!(msg, MsgId([1, 0, 0]));
+        // The mesh-info request goes out with the next id; its 0x7B is the session's own.
+        s.on_timeout(500 * MS);
+        s.on_timeout(2000 * MS);
+        feed(
+            &mut s,
+            &hex("7b 00 00 00 07 32 5d 53 17 01 02 00 7b 00 00 00 07 32 5d 53 17 01 00 00"),
+            2010 * MS,
+        );
+        assert_eq!(events(&mut s), [Event::DataAck(MsgId([1, 0, 0]))]);
     }
 }
 
@@ -1044,9 +1095,11 @@ mod dedup_tests {
         assert!(!seqs.contains(&0x1e) && !seqs.contains(&0x1f));
         assert!(!seqs.contains(&0x7d) && !seqs.contains(&0x7e));
         assert!(seqs.contains(&0), "wraps 255 → 0");
-        // Message ids: u16 counter + 00, wrapping, past the values with a 7D/7E byte.
+        // Message ids: u16 counter + 00, wrapping, past the legacy commands' all-zero id and
+        // the values with a 7D/7E byte.
         assert_eq!(msgs[0], MsgId([0xff, 0xfe, 0]));
-        assert_eq!(msgs[2], MsgId([0, 0, 0]));
+        assert_eq!(msgs[2], MsgId([0, 1, 0]));
+        assert!(!msgs.contains(&MsgId([0; 3])));
         let after_7c = msgs.iter().position(|m| *m == MsgId([0, 0x7c, 0])).unwrap();
         assert_eq!(msgs[after_7c + 1], MsgId([0, 0x7f, 0]));
         assert!(

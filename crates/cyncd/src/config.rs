@@ -60,6 +60,23 @@ pub struct Config {
     pub command_retries: u8,
     /// Commands queued per device.
     pub command_queue: usize,
+    /// A file whose first line is the HTTP API token; unset: `api-token` in the state
+    /// directory, generated at the first start.
+    pub http_token_file: Option<PathBuf>,
+    /// Serve the HTTP API without a token. Allowed only when `http` is a loopback address.
+    pub http_no_auth: bool,
+    /// Host names (besides IP addresses and localhost) the HTTP server answers to, e.g.
+    /// `cyncd.lan`; any other `Host` header is refused (DNS rebinding).
+    pub http_hosts: Vec<String>,
+    /// Most HTTP connections at once; further ones are accepted and closed at once.
+    pub http_max_connections: usize,
+    /// Close an HTTP connection whose request head has not arrived this long after it opened
+    /// (or after its previous answer), in seconds.
+    pub http_header_timeout_secs: f64,
+    /// Refuse a request whose body has not arrived this long after its head, in seconds.
+    pub http_request_timeout_secs: f64,
+    /// Close an HTTP connection on which no byte moved this long, in seconds.
+    pub http_idle_timeout_secs: f64,
     /// MQTT for Home Assistant; off until a broker URL is set.
     pub mqtt: MqttConfig,
     /// Routing between the legacy and the reliable command transports, SLOs and rollback.
@@ -73,7 +90,9 @@ pub struct Config {
 #[serde(default, deny_unknown_fields)]
 pub struct MqttConfig {
     /// Broker URL: `mqtt://host[:port]` (1883) or `mqtts://host[:port]` (8883); user and
-    /// password may be given as `mqtt://user:password@host`. Unset: MQTT is off.
+    /// password may be given as `mqtt://user:password@host`. Unset: MQTT is off. Shown with
+    /// its password redacted.
+    #[serde(serialize_with = "redacted_url")]
     pub url: Option<String>,
     /// User name.
     pub username: Option<String>,
@@ -269,6 +288,13 @@ fn redacted<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::
     }
 }
 
+fn redacted_url<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(url) => s.serialize_some(&redact_url(url)),
+        None => s.serialize_none(),
+    }
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -350,6 +376,13 @@ impl Default for Config {
             command_deadline_ms: 5000,
             command_retries: 2,
             command_queue: 16,
+            http_token_file: None,
+            http_no_auth: false,
+            http_hosts: Vec::new(),
+            http_max_connections: 256,
+            http_header_timeout_secs: 10.0,
+            http_request_timeout_secs: 30.0,
+            http_idle_timeout_secs: 120.0,
             mqtt: MqttConfig::default(),
             canary: CanaryConfig::default(),
             homes: Vec::new(),
@@ -451,6 +484,39 @@ impl Config {
         }
         if !(100..=60_000).contains(&self.canary.legacy_timeout_ms) {
             return bad("canary legacy_timeout_ms must be 100..=60000".into());
+        }
+        if self.http_no_auth && !self.http.ip().is_loopback() {
+            return bad(format!(
+                "http_no_auth needs a loopback http address (127.0.0.1 or [::1]), not {}: on any \
+                 other address everyone on the network could command the devices",
+                self.http
+            ));
+        }
+        if !(1..=65_536).contains(&self.http_max_connections) {
+            return bad(format!(
+                "http_max_connections must be 1..=65536, got {}",
+                self.http_max_connections
+            ));
+        }
+        for (name, v) in [
+            ("http_header_timeout_secs", self.http_header_timeout_secs),
+            ("http_request_timeout_secs", self.http_request_timeout_secs),
+            ("http_idle_timeout_secs", self.http_idle_timeout_secs),
+        ] {
+            if !(v.is_finite() && (0.01..=86_400.0).contains(&v)) {
+                return bad(format!("{name} must be 0.01..=86400 seconds, got {v}"));
+            }
+        }
+        for host in &self.http_hosts {
+            if host.is_empty()
+                || !host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-.".contains(c))
+            {
+                return bad(format!(
+                    "http_hosts: {host:?} is not a host name (letters, digits, - and . only)"
+                ));
+            }
         }
         if let Some(url) = &self.mqtt.url {
             Broker::parse(url).map_err(ConfigError::Invalid)?;
@@ -679,8 +745,8 @@ impl Broker {
     }
 }
 
-/// The URL with any password replaced, for messages.
-fn redact_url(url: &str) -> String {
+/// The URL with any password replaced, for messages and logs.
+pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => {
             let userinfo = url.get(s + 3..at).unwrap_or_default();
@@ -725,6 +791,20 @@ mod tests {
         let shown = serde_json::to_string(&config).unwrap();
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("<redacted>"));
+        // A password inside the URL is redacted in the effective configuration as well.
+        let config = Config {
+            mqtt: MqttConfig {
+                url: Some("mqtt://user:SECRET@broker.lan:1883".into()),
+                ..MqttConfig::default()
+            },
+            ..Config::default()
+        };
+        let shown = serde_json::to_string(&config).unwrap();
+        assert!(!shown.contains("SECRET"), "{shown}");
+        assert!(
+            shown.contains("mqtt://user:<redacted>@broker.lan:1883"),
+            "{shown}"
+        );
         for bad in [
             "[mqtt]\nurl = \"http://x\"",
             "[mqtt]\nbase_topic = \"cync/#\"",
@@ -804,6 +884,59 @@ mod tests {
                 .to_string()
                 .contains("8 hex digits")
         );
+    }
+
+    #[test]
+    fn http_options_are_checked() {
+        let ok = Config::default();
+        ok.validate().unwrap();
+        for (bad, why) in [
+            (
+                Config {
+                    http: "0.0.0.0:8080".parse().unwrap(),
+                    http_no_auth: true,
+                    ..Config::default()
+                },
+                "loopback",
+            ),
+            (
+                Config {
+                    http_max_connections: 0,
+                    ..Config::default()
+                },
+                "http_max_connections",
+            ),
+            (
+                Config {
+                    http_header_timeout_secs: 0.0,
+                    ..Config::default()
+                },
+                "http_header_timeout_secs",
+            ),
+            (
+                Config {
+                    http_idle_timeout_secs: f64::NAN,
+                    ..Config::default()
+                },
+                "http_idle_timeout_secs",
+            ),
+            (
+                Config {
+                    http_hosts: vec!["evil/host".into()],
+                    ..Config::default()
+                },
+                "http_hosts",
+            ),
+        ] {
+            let e = bad.validate().unwrap_err().to_string();
+            assert!(e.contains(why), "{e}");
+        }
+        let loopback = Config {
+            http: "[::1]:8080".parse().unwrap(),
+            http_no_auth: true,
+            ..Config::default()
+        };
+        loopback.validate().unwrap();
     }
 
     #[test]

@@ -70,6 +70,9 @@ pub struct Metrics {
     pub send_queue: Gauge,
     /// `tcp_comm_queue_full_total`: write queues found full.
     pub queue_full: Counter,
+    /// `tcp_comm_unmatched_answers_total{transport}`: 0x7Bs on a connection of `transport`
+    /// that answer none of its commands (counted, never credited to one).
+    pub unmatched_answers: Family<Labels1, Counter>,
     /// `cync_commands_in_flight`.
     pub in_flight: Gauge,
     /// `cyncd_web_clients`: live event streams open (the web page).
@@ -133,6 +136,7 @@ impl Metrics {
             idempotent_drops: Counter::default(),
             send_queue: Gauge::default(),
             queue_full: Counter::default(),
+            unmatched_answers: Family::default(),
             in_flight: Gauge::default(),
             web_clients: Gauge::default(),
             web_refused: Counter::default(),
@@ -188,6 +192,11 @@ impl Metrics {
             "Write queues found full",
             m.queue_full.clone(),
         );
+        tcp.register(
+            "unmatched_answers",
+            "0x7Bs that answer no command of the transport owning the connection",
+            m.unmatched_answers.clone(),
+        );
         let cync = registry.sub_registry_with_prefix("cync");
         cync.register("commands", "Commands by outcome", m.commands.clone());
         cync.register(
@@ -203,6 +212,11 @@ impl Metrics {
         // Every bounded label value exists from the start, so dashboards see zeros.
         for outcome in cync_proto::delivery::Outcome::ALL {
             let _ = m.commands.get_or_create(&[("outcome", outcome.name())]);
+        }
+        for transport in ["legacy", "reliable"] {
+            let _ = m
+                .unmatched_answers
+                .get_or_create(&[("transport", transport)]);
         }
         for reason in [
             "timeout",
@@ -279,6 +293,13 @@ impl Metrics {
     /// Counts a retransmission.
     pub fn retransmit(&self, reason: &'static str) {
         self.retransmits.get_or_create(&[("reason", reason)]).inc();
+    }
+
+    /// Counts a 0x7B that answers none of `transport`'s commands.
+    pub fn unmatched_answer(&self, transport: cync_proto::canary::Transport) {
+        self.unmatched_answers
+            .get_or_create(&[("transport", transport.name())])
+            .inc();
     }
 
     /// Counts a closed connection.

@@ -5,8 +5,11 @@ use crate::commands::Context;
 use crate::config::{Config, LogFormat};
 use crate::devices::registry::Registry;
 use crate::frontends::http::Api;
+use crate::frontends::http::guard::{Auth, Guard, Token};
+use crate::frontends::http::server::Limits;
 use crate::metrics::Metrics;
 use anyhow::Context as _;
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -109,6 +112,31 @@ pub struct Args {
     /// Home Assistant discovery prefix [default: homeassistant].
     #[arg(long, value_name = "TOPIC")]
     pub mqtt_discovery_prefix: Option<String>,
+    /// File whose first line is the HTTP API token [default: api-token in the state directory,
+    /// generated at the first start]. API clients send it as `Authorization: Bearer <token>`;
+    /// the web page asks for it once.
+    #[arg(long, value_name = "FILE")]
+    pub http_token_file: Option<PathBuf>,
+    /// Serve the HTTP API without a token: refused unless --http is a loopback address.
+    #[arg(long)]
+    pub http_no_auth: bool,
+    /// A host name the web page is reached by (besides IP addresses, localhost and this
+    /// machine's name), e.g. cyncd.lan; repeat for more. Other names are refused (DNS
+    /// rebinding).
+    #[arg(long = "http-host", value_name = "NAME")]
+    pub http_hosts: Vec<String>,
+    /// Most HTTP connections at once [default: 256].
+    #[arg(long, value_name = "N")]
+    pub http_max_connections: Option<usize>,
+    /// Seconds for a request head to arrive (also the keep-alive idle time) [default: 10].
+    #[arg(long, value_name = "SECS")]
+    pub http_header_timeout_secs: Option<f64>,
+    /// Seconds for a request body to arrive after its head [default: 30].
+    #[arg(long, value_name = "SECS")]
+    pub http_request_timeout_secs: Option<f64>,
+    /// Close an HTTP connection on which nothing moved for this many seconds [default: 120].
+    #[arg(long, value_name = "SECS")]
+    pub http_idle_timeout_secs: Option<f64>,
     /// Log format.
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
@@ -175,6 +203,23 @@ impl Args {
         }
         if let Some(v) = &self.utc_offset {
             c.utc_offset = Some(v.clone());
+        }
+        if let Some(v) = &self.http_token_file {
+            c.http_token_file = Some(v.clone());
+        }
+        c.http_no_auth |= self.http_no_auth;
+        c.http_hosts.extend(self.http_hosts.iter().cloned());
+        if let Some(v) = self.http_max_connections {
+            c.http_max_connections = v;
+        }
+        if let Some(v) = self.http_header_timeout_secs {
+            c.http_header_timeout_secs = v;
+        }
+        if let Some(v) = self.http_request_timeout_secs {
+            c.http_request_timeout_secs = v;
+        }
+        if let Some(v) = self.http_idle_timeout_secs {
+            c.http_idle_timeout_secs = v;
         }
         if let Some(v) = &self.mqtt {
             c.mqtt.url = Some(v.clone());
@@ -255,6 +300,8 @@ pub struct Running {
     pub devices: SocketAddr,
     /// Where the HTTP API is.
     pub http: SocketAddr,
+    /// The HTTP API token and its file; `None` in token-less mode (`http_no_auth`).
+    pub http_token: Option<crate::frontends::http::guard::TokenFile>,
     /// Shared state.
     pub ctx: Arc<Context>,
     /// Cancel to shut down.
@@ -298,10 +345,24 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let http = TcpListener::bind(config.http)
         .await
         .with_context(|| format!("serving HTTP on {}", config.http))?;
+    let http_token = if config.http_no_auth {
+        warn!(addr = %config.http, "the HTTP API is served without a token (http_no_auth)");
+        None
+    } else {
+        let file = crate::frontends::http::guard::load_or_create(
+            config.http_token_file.as_deref(),
+            &config.state_dir,
+        )?;
+        if file.generated {
+            info!(file = %file.path.display(), "generated the HTTP API token");
+        }
+        Some(file)
+    };
     let mut prom = prometheus_client::registry::Registry::default();
     let metrics = Metrics::new(&mut prom);
     crate::devices::server::register_labels(&metrics);
     let mqtt_metrics = crate::frontends::mqtt::MqttMetrics::new(&mut prom);
+    let http_metrics = crate::frontends::http::server::HttpMetrics::new(&mut prom);
     let cert_path = tls.as_ref().map(|(_, f)| f.cert.clone());
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -311,22 +372,26 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         config.canary.slo().map_err(anyhow::Error::msg)?,
         crate::commands::canary::CanaryMetrics::new(&mut prom),
     ));
+    // Each transport hands the other the commands whose connection it does not own.
+    let (legacy, legacy_inbox) = crate::commands::legacy::Legacy::channel();
     let commands = crate::commands::reliable::Commands::start(
         config.delivery(),
         registry.clone(),
         metrics.clone(),
         canary.clone(),
+        legacy.clone(),
         cancel.clone(),
         &tracker,
     );
-    let legacy = crate::commands::legacy::Legacy::start(
+    legacy.start(
+        legacy_inbox,
         Duration::from_millis(config.canary.legacy_timeout_ms),
         config.delivery(),
         config.canary.shadow_log_every,
         registry.clone(),
         commands.clone(),
         canary.clone(),
-        crate::commands::legacy::LegacyMetrics::new(&mut prom),
+        crate::commands::legacy::LegacyMetrics::new(&mut prom, &metrics),
         cancel.clone(),
         &tracker,
     );
@@ -347,6 +412,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let running = Running {
         devices: devices.local_addr()?,
         http: http.local_addr()?,
+        http_token: http_token.clone(),
         ctx: ctx.clone(),
         cancel: cancel.clone(),
         tracker: tracker.clone(),
@@ -365,20 +431,49 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         tracker.clone(),
     ));
     crate::frontends::mqtt::start(ctx.clone(), mqtt_metrics, cancel.clone(), &tracker)?;
+    let auth = match &http_token {
+        Some(file) => Auth::Token(Token::new(&file.token)),
+        None => Auth::Open,
+    };
+    let limits = http_limits(&ctx.config);
     let api = Api {
+        guard: Guard::new(
+            auth,
+            &ctx.config.http_hosts,
+            Duration::from_secs_f64(ctx.config.http_request_timeout_secs),
+        ),
         ctx,
         metrics: Arc::new(prom),
     };
-    let shutdown = cancel.clone();
-    tracker.spawn(async move {
-        let served = axum::serve(http, crate::frontends::http::router(api))
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-        if let Err(e) = served {
-            warn!(error = %e, "HTTP server stopped");
-        }
-    });
+    tracker.spawn(crate::frontends::http::server::serve(
+        http,
+        crate::frontends::http::router(api),
+        limits,
+        http_metrics,
+        cancel.clone(),
+        tracker.clone(),
+    ));
     Ok(running)
+}
+
+/// The HTTP server's bounds. Its connection cap stays within a quarter of the open-file limit,
+/// so that however the HTTP port is flooded, the rest stays for device connections.
+fn http_limits(config: &Config) -> Limits {
+    let files = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(u64::MAX, |(soft, _)| soft);
+    let share = usize::try_from(files / 4).unwrap_or(usize::MAX).max(1);
+    if share < config.http_max_connections {
+        warn!(
+            http_max_connections = config.http_max_connections,
+            open_file_limit = files,
+            used = share,
+            "HTTP connections capped lower than configured, to leave file descriptors for devices"
+        );
+    }
+    Limits {
+        max_connections: config.http_max_connections.min(share),
+        header_timeout: Duration::from_secs_f64(config.http_header_timeout_secs),
+        idle_timeout: Duration::from_secs_f64(config.http_idle_timeout_secs),
+    }
 }
 
 /// Runs `cyncd serve` until SIGINT or SIGTERM.
@@ -389,7 +484,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     for note in notes {
         info!("{note}");
     }
-    raise_file_limit(config.max_connections);
+    raise_file_limit(
+        config
+            .max_connections
+            .saturating_add(config.http_max_connections),
+    );
     let runtime = if config.threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -404,11 +503,21 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         let mut signals = Signals::install()?;
         let plain = config.plain;
         let running = start(config).await?;
-        println!(
-            "cyncd: devices on {} ({}), HTTP on http://{} (web page /, /api/devices, /api/connections, /metrics)",
+        let token = match &running.http_token {
+            Some(file) => format!(
+                "API token in {} (the page asks for it once; API clients send Authorization: Bearer <token>)",
+                file.path.display()
+            ),
+            None => "no API token (loopback only)".to_string(),
+        };
+        // One write, errors ignored: whoever started us may stop reading after the first line.
+        let _ = writeln!(
+            std::io::stdout(),
+            "cyncd: devices on {} ({}), HTTP on http://{} (/api/devices, /api/connections, /metrics)\ncyncd: web page http://{}/ ; {token}",
             running.devices,
             if plain { "plain TCP" } else { "TLS" },
-            running.http
+            running.http,
+            running.http,
         );
         let mut routing = running.ctx.config.canary.clone();
         while signals.recv().await == Signal::Reload {
@@ -421,7 +530,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 }
 
 /// Each connection is a file descriptor: raise the soft limit towards the hard one so the
-/// connection cap, not the OS default of 1,024, is what limits devices.
+/// connection caps (devices and HTTP), not the OS default of 1,024, are what limit them.
 fn raise_file_limit(max_connections: usize) {
     let want = u64::try_from(max_connections)
         .unwrap_or(u64::MAX)

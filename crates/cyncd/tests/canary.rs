@@ -1,8 +1,9 @@
 //! Canary routing end to end over real TLS sockets, in real time: simulated bridges, commands
 //! through the transport that owns each bridge, SLO rules with short windows (seconds instead of
-//! hours), rollback, the HTTP control (drain, kill switch), shadow. `canary_sim.rs` runs the
-//! same stack under a paused clock with the production rules; the rule logic itself is tested
-//! with exact times in `cync_proto::canary` and `cyncd::canary`.
+//! hours), rollback, the HTTP control (drain, kill switch), shadow, and commands sent across a
+//! drain. `canary_sim.rs` runs the same stack under a paused clock with the production rules;
+//! the rule logic itself is tested with exact times in `cync_proto::canary` and
+//! `cyncd::canary`.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -352,6 +353,115 @@ async fn the_shadow_counts_where_legacy_calls_a_refusal_applied() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    fleet[0].1.stop().await;
+    server.shutdown().await;
+}
+
+/// A command's trace events, once it has an outcome (10 s at most).
+async fn finished_trace(server: &Running, id: &str) -> Vec<serde_json::Value> {
+    let limit = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = get(server, &format!("/api/trace/{id}")).await;
+        if status == 200 {
+            let trace: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let events = trace["events"].as_array().unwrap().clone();
+            if events.iter().any(|e| e["event"] == "outcome") {
+                return events;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < limit,
+            "no outcome for {id}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_sent_across_a_drain_are_written_once_by_the_owner_of_the_new_connection() {
+    // A bridge whose devices refuse everything with a bare 0x7B, first on the reliable
+    // transport, then drained to legacy while three commands are sent to it.
+    let mut config = fast_config("drain-owner", "reliable", 0.0);
+    let ids = [0x7f00_0000u32];
+    config.homes = homes(&ids);
+    let server = start(config).await;
+    let fleet = fleets(&server, &ids, &Chaos::parse("reject=1.0").unwrap(), 6);
+    let sim = &fleet[0].1;
+    all_connected(&server, &ids).await;
+    assert!(on_transport(&server, ids[0], "reliable"));
+    let home = format!("b{:08x}", ids[0]);
+
+    // On the reliable transport a refusal is `rejected` after one attempt.
+    let (status, body) = post(
+        &server,
+        &format!("/api/devices/{home}:1/state"),
+        r#"{"on": true}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let first: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (first["outcome"].as_str(), first["attempts"].as_u64()),
+        (Some("rejected"), Some(1)),
+        "{body}"
+    );
+    assert_eq!(sim.summary().commands, 1);
+
+    // Drain to legacy, then at once three commands without waiting for them.
+    let (status, body) = put(
+        &server,
+        "/api/canary",
+        r#"{"mode": "legacy", "drain": true}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let mut commands = Vec::new();
+    for mesh in 1..=DEVICES {
+        let (status, body) = post(
+            &server,
+            &format!("/api/devices/{home}:{mesh}/state?wait=false"),
+            r#"{"on": true}"#,
+        )
+        .await;
+        assert_eq!(status, 202, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        commands.push(v["command_id"].as_str().unwrap().to_string());
+    }
+    let mut traces = Vec::new();
+    for id in &commands {
+        traces.push((id, finished_trace(&server, id).await));
+    }
+    until(&server, || on_transport(&server, ids[0], "legacy")).await;
+    let summary = sim.summary();
+    eprintln!("simulator after the drain: {summary:?}");
+    for (id, events) in &traces {
+        eprintln!("{id}: {}", serde_json::to_string(events).unwrap());
+    }
+    // Each command was written once, by legacy (zero message id) on its own connection, and
+    // the simulator received exactly the four commands (one before the drain), refusing each.
+    assert_eq!(summary.commands, 1 + DEVICES as u64, "{summary:?}");
+    assert_eq!(summary.faults.get("reject"), Some(&(1 + DEVICES as u64)));
+    for (id, events) in &traces {
+        let sent: Vec<_> = events.iter().filter(|e| e["event"] == "sent").collect();
+        assert_eq!(sent.len(), 1, "{id}: {events:?}");
+        assert_eq!(sent[0]["msg_id"], "000000", "{id}: {events:?}");
+        assert_eq!(sent[0]["owner"], "legacy", "{id}: {events:?}");
+        let outcomes: Vec<_> = events.iter().filter(|e| e["event"] == "outcome").collect();
+        assert_eq!(outcomes.len(), 1, "{id}: {events:?}");
+        // Legacy's own reading of a bare 0x7B ("0x7B seen"), as for any legacy command.
+        assert_eq!(outcomes[0]["outcome"], "applied", "{id}: {events:?}");
+    }
+    let (_, metrics) = get(&server, "/metrics").await;
+    eprintln!(
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("unmatched")
+                || l.contains("legacy_commands_total")
+                || l.starts_with("cync_commands_total"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     fleet[0].1.stop().await;
     server.shutdown().await;
 }

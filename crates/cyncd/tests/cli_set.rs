@@ -45,12 +45,80 @@ async fn set_and_toggle_print_the_outcome_and_exit_accordingly() {
     })
     .await;
     let api = format!("http://{}", server.http);
+    let token_file = server.http_token.as_ref().unwrap().path.clone();
     let arg = |s: &str| {
         s.split_whitespace()
             .map(String::from)
             .chain(["--api".into(), api.clone()])
+            .chain(["--token-file".into(), token_file.display().to_string()])
             .collect::<Vec<_>>()
     };
+
+    // Without the token the server refuses, and nothing is sent; the message says what to do.
+    let applied_before = fleet.device("home0", 3).unwrap().applied_commands.len();
+    let empty_state = temp_dir("cli-set-no-token");
+    let out = cyncd(vec![
+        "set".into(),
+        "default:3".into(),
+        "on".into(),
+        "--api".into(),
+        api.clone(),
+        "--state-dir".into(),
+        empty_state.display().to_string(),
+    ])
+    .await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("HTTP 401") && err.contains("--token-file"),
+        "{err}"
+    );
+    assert_eq!(
+        fleet.device("home0", 3).unwrap().applied_commands.len(),
+        applied_before
+    );
+    // The token from the server's state directory (the default place).
+    let out = cyncd(vec![
+        "set".into(),
+        "default:3".into(),
+        "on".into(),
+        "--api".into(),
+        api.clone(),
+        "--state-dir".into(),
+        server.ctx.config.state_dir.display().to_string(),
+    ])
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The token from the environment.
+    let token = server.http_token.as_ref().unwrap().token.clone();
+    let (api_env, state_env) = (api.clone(), empty_state.display().to_string());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_cyncd"))
+            .args([
+                "set",
+                "default:3",
+                "off",
+                "--api",
+                &api_env,
+                "--state-dir",
+                &state_env,
+            ])
+            .env("CYNCD_API_TOKEN", token)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!fleet.device("home0", 3).unwrap().on);
 
     // Device 3 is a tunable-white bulb.
     let out = cyncd(arg("set default:3 brightness 40")).await;

@@ -441,7 +441,7 @@ async fn discovery_states_and_commands_through_a_real_broker() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broker_restart_and_home_assistant_birth_republish_everything() {
+async fn broker_restart_republishes_everything_and_a_birth_the_states() {
     let Some(mut broker) = Mosquitto::start(None).await else {
         return;
     };
@@ -449,12 +449,10 @@ async fn broker_restart_and_home_assistant_birth_republish_everything() {
     let mut ha = Ha::connect(broker.port).await;
     ha.until("first publication", all_published).await;
 
-    // Home Assistant restarts: its birth message makes cyncd publish everything again.
-    let topic = "homeassistant/light/cyncd/default_group_32769/config";
-    let before = ha.seen().count(topic);
+    // Home Assistant restarts: its birth message makes cyncd publish the states again.
     ha.publish("homeassistant/status", "online").await;
-    ha.until("discovery again after the birth message", |s| {
-        s.count(topic) > before && s.count("cync/default_3/state") > 1
+    ha.until("states again after the birth message", |s| {
+        s.count("cync/default_3/state") > 1
     })
     .await;
 
@@ -687,4 +685,194 @@ async fn mqtts_with_a_private_ca_and_a_password_file() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     server.shutdown().await;
+}
+
+/// The value of an unlabelled counter in a Prometheus text body.
+fn counter(body: &str, name: &str) -> u64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversize_publish_is_dropped_and_the_session_stays_up() {
+    let Some(broker) = Mosquitto::start(None).await else {
+        return;
+    };
+    let (server, fleet) = home("mqtt-oversize", &broker).await;
+    let mut ha = Ha::connect(broker.port).await;
+    ha.until("first publication", all_published).await;
+    let availability = ha.seen().count("cync/bridge/availability");
+    // 200 KB and 1 MB on a command topic, and invalid JSON of 3,000 bytes.
+    for size in [200_000, 1_000_000] {
+        let body = format!(r#"{{"state":"ON","x":"{}"}}"#, "A".repeat(size));
+        ha.publish("cync/default_1/set", &body).await;
+    }
+    ha.publish("cync/default_1/set", &"{".repeat(3000)).await;
+    // A good command after them is applied: the session is up and nothing queued behind them.
+    let before = fleet.device("home0", 2).unwrap().on;
+    let want = if before { "OFF" } else { "ON" };
+    ha.publish("cync/default_2/set", want).await;
+    ha.until("the good command's state", |s| {
+        s.json("cync/default_2/state")
+            .is_some_and(|v| v["state"] == want)
+    })
+    .await;
+    assert_eq!(fleet.device("home0", 2).unwrap().on, !before);
+    let (_, metrics) = get(&server, "/metrics").await;
+    assert_eq!(
+        counter(&metrics, "cyncd_mqtt_connects_total"),
+        1,
+        "{metrics}"
+    );
+    assert_eq!(
+        counter(&metrics, "cyncd_mqtt_oversize_total"),
+        2,
+        "{metrics}"
+    );
+    assert_eq!(counter(&metrics, "cyncd_mqtt_connect_failures_total"), 0);
+    let seen = ha.seen();
+    assert_eq!(
+        seen.count("cync/bridge/availability"),
+        availability,
+        "availability re-published"
+    );
+    assert_eq!(
+        seen.text("cync/bridge/availability").as_deref(),
+        Some("online")
+    );
+    fleet.stop().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_births_republishes_states_once_and_no_discovery() {
+    let Some(broker) = Mosquitto::start(None).await else {
+        return;
+    };
+    let (server, fleet) = home("mqtt-births", &broker).await;
+    let mut ha = Ha::connect(broker.port).await;
+    ha.until("first publication", all_published).await;
+    let discovery = "homeassistant/light/cyncd/default_3/config";
+    let seen = ha.seen();
+    let (discovery_before, state_before) =
+        (seen.count(discovery), seen.count("cync/default_3/state"));
+    let (_, metrics) = get(&server, "/metrics").await;
+    let published_before = counter(&metrics, "cyncd_mqtt_published_total");
+    for _ in 0..50 {
+        ha.publish("homeassistant/status", "online").await;
+    }
+    ha.until("the states again", |s| {
+        s.count("cync/default_3/state") > state_before
+    })
+    .await;
+    // A command after the burst: once its state is seen, every birth was handled before it.
+    let before = fleet.device("home0", 2).unwrap().on;
+    let want = if before { "OFF" } else { "ON" };
+    ha.publish("cync/default_2/set", want).await;
+    ha.until("the command's state", |s| {
+        s.json("cync/default_2/state")
+            .is_some_and(|v| v["state"] == want)
+    })
+    .await;
+    let seen = ha.seen();
+    assert_eq!(
+        seen.count("cync/default_3/state"),
+        state_before + 1,
+        "one re-publication"
+    );
+    assert_eq!(
+        seen.count(discovery),
+        discovery_before,
+        "discovery re-published"
+    );
+    let (_, metrics) = get(&server, "/metrics").await;
+    let published = counter(&metrics, "cyncd_mqtt_published_total") - published_before;
+    // States and availability of 12 devices and the group, bridge states, cyncd's
+    // availability, and the command's own state: no discovery (17 topics) among them.
+    eprintln!("50 births cost {published} publishes");
+    assert!(published <= 12 * 2 + 1 + 2 + 1 + 2, "{published}");
+    fleet.stop().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_no_bridge_lists_get_no_entities_and_stale_ones_are_removed() {
+    let Some(broker) = Mosquitto::start(None).await else {
+        return;
+    };
+    let (server, fleet) = home("mqtt-listed", &broker).await;
+    let mut ha = Ha::connect(broker.port).await;
+    ha.until("first publication", all_published).await;
+    // Reports from ids no bridge listed and the configuration does not name (as forged 0x83s
+    // would make): in the registry, not in Home Assistant.
+    let bridge = cync_proto::ConnId([0x66, 0, 0, 0]);
+    for id in 500..600u16 {
+        server.ctx.registry.apply(
+            "default",
+            bridge,
+            cync_proto::DeviceStatus {
+                id: cync_proto::MeshId(id),
+                online: true,
+                on: true,
+                brightness: 50,
+                temperature: 10,
+                rgb: [0, 0, 0],
+            },
+            cync_proto::session::Source::Own,
+            tokio::time::Instant::now(),
+        );
+    }
+    assert!(server.ctx.registry.devices(&server.ctx.config).len() >= 100);
+    // A command afterwards proves a scan ran after the forged reports.
+    let before = fleet.device("home0", 2).unwrap().on;
+    let want = if before { "OFF" } else { "ON" };
+    ha.publish("cync/default_2/set", want).await;
+    ha.until("the command's state", |s| {
+        s.json("cync/default_2/state")
+            .is_some_and(|v| v["state"] == want)
+    })
+    .await;
+    ha.until("a scan after the forged reports", |s| {
+        s.count("cync/default_2/state") >= 2
+    })
+    .await;
+    let seen = ha.seen();
+    assert!(
+        !seen
+            .latest
+            .keys()
+            .any(|t| (500..600).any(|id| t.contains(&format!("default_{id}/")))),
+        "a forged device was announced"
+    );
+    // Every published topic is remembered in the state directory.
+    let file = server.ctx.config.state_dir.join("mqtt-entities.json");
+    let state_dir = server.ctx.config.state_dir.clone();
+    fleet.stop().await;
+    server.shutdown().await;
+    let remembered: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let topics = remembered["topics"].as_object().unwrap();
+    assert!(topics.contains_key("homeassistant/light/cyncd/default_3/config"));
+    assert!(topics.contains_key("cync/bridge_66000000/state"));
+    assert!(!topics.keys().any(|t| t.contains("default_555/")));
+
+    // An entity last wanted longer ago than the stale limit is removed at the next start.
+    let mut edited = remembered.clone();
+    let old = "homeassistant/light/cyncd/default_77/config";
+    edited["topics"][old] = serde_json::json!({"configured_only": false, "seen": 1});
+    std::fs::write(&file, serde_json::to_vec(&edited).unwrap()).unwrap();
+    ha.client
+        .publish(old, QoS::AtLeastOnce, true, b"{}".to_vec())
+        .await
+        .unwrap();
+    ha.until("the planted entity", |s| s.latest.contains_key(old))
+        .await;
+    let mut again = config("mqtt-listed-2");
+    again.state_dir = state_dir;
+    again.mqtt.url = Some(broker.url());
+    again.homes = vec![cyncd::cli::sim::demo_home(&fleet_config()).unwrap()];
+    let second = start(again).await;
+    ha.until("the stale entity removed", |s| !s.latest.contains_key(old))
+        .await;
+    second.shutdown().await;
 }

@@ -59,11 +59,13 @@ fn the_first_start_names_the_page_and_announces_the_certificate_once() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.contains("web page /"), "{line}");
+    // Where devices connect, then where the page is.
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let (mut first, mut second) = (String::new(), String::new());
+    stdout.read_line(&mut first).unwrap();
+    stdout.read_line(&mut second).unwrap();
+    assert!(first.contains("devices on 127.0.0.1:"), "{first}");
+    assert!(second.contains("web page http://127.0.0.1:"), "{second}");
     signal(child.id(), "TERM");
     let mut err = String::new();
     child

@@ -97,7 +97,7 @@ fn serve_starts_logs_and_stops_on_sigterm() {
     assert_eq!(read_n(&mut dev, 5), [0xd8, 0, 0, 0, 0]);
 
     let mut api = TcpStream::connect(&http).unwrap();
-    api.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    api.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
         .unwrap();
     let mut response = String::new();
     api.read_to_string(&mut response).unwrap();
@@ -230,10 +230,16 @@ fn demo_runs_a_simulated_home_and_stops() {
     assert!(logs.matches("hello").count() >= 2, "{logs}");
 }
 
-fn http_get(addr: &str, path: &str) -> String {
+/// A GET with the API token from `state`'s `api-token`; returns the whole answer.
+fn http_get(addr: &str, state: &std::path::Path, path: &str) -> String {
+    let token = std::fs::read_to_string(state.join("api-token")).unwrap();
     let mut api = TcpStream::connect(addr).unwrap();
     api.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+            token.trim()
+        )
+        .as_bytes(),
     )
     .unwrap();
     let mut response = String::new();
@@ -242,10 +248,10 @@ fn http_get(addr: &str, path: &str) -> String {
 }
 
 /// Polls `GET path` until its body contains `want`, failing after 10 s.
-fn until_body(addr: &str, path: &str, want: &str) {
+fn until_body(addr: &str, state: &std::path::Path, path: &str, want: &str) {
     let deadline = std::time::SystemTime::now() + Duration::from_secs(10);
     loop {
-        let body = http_get(addr, path);
+        let body = http_get(addr, state, path);
         if body.contains(want) {
             return;
         }
@@ -270,17 +276,112 @@ fn sighup_reloads_the_routing_without_a_restart() {
         Stdio::null(),
     );
     let http = http_of(&line);
-    assert!(http_get(&http, "/api/canary").contains("\"mode\":\"legacy\""));
+    assert!(http_get(&http, &state, "/api/canary").contains("\"mode\":\"legacy\""));
     std::fs::write(&config, "[canary]\nmode = \"canary\"\npercent = 25.0\n").unwrap();
     signal(&child, "HUP");
-    until_body(&http, "/api/canary", "\"mode\":\"canary\",\"percent\":25.0");
+    until_body(
+        &http,
+        &state,
+        "/api/canary",
+        "\"mode\":\"canary\",\"percent\":25.0",
+    );
     // A broken file is refused (logged) without stopping cyncd; the next good one applies.
     std::fs::write(&config, "[canary]\nmode = \"sideways\"\n").unwrap();
     signal(&child, "HUP");
     std::fs::write(&config, "[canary]\nmode = \"reliable\"\n").unwrap();
     signal(&child, "HUP");
-    until_body(&http, "/api/canary", "\"mode\":\"reliable\"");
+    until_body(&http, &state, "/api/canary", "\"mode\":\"reliable\"");
     assert!(child.try_wait().unwrap().is_none(), "cyncd exited");
     signal(&child, "TERM");
     assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn a_password_in_the_mqtt_url_is_never_printed() {
+    let state = temp_dir("secret");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cyncd"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--plain",
+        ])
+        .args([
+            "--log-level",
+            "debug",
+            "--mqtt",
+            "mqtt://user:SECRET@127.0.0.1:1/",
+        ])
+        .arg("--state-dir")
+        .arg(&state)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The broker refuses the connection: the failure is logged (with the broker) before we stop.
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut logs = String::new();
+    while !logs.contains("MQTT connection lost or refused") {
+        let mut l = String::new();
+        assert!(err.read_line(&mut l).unwrap() > 0, "{logs}");
+        logs.push_str(&l);
+    }
+    signal(&child, "TERM");
+    assert!(child.wait().unwrap().success());
+    err.read_to_string(&mut logs).unwrap();
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let all = format!("{out}{logs}");
+    assert!(all.contains("effective configuration"), "{all}");
+    assert!(all.contains("user:<redacted>@127.0.0.1:1"), "{all}");
+    assert!(!all.contains("SECRET"), "{all}");
+    // The ready lines say where the API token is, and do not print it.
+    assert!(
+        out.contains(&format!(
+            "API token in {}",
+            state.join("api-token").display()
+        )),
+        "{out}"
+    );
+    let token = std::fs::read_to_string(state.join("api-token")).unwrap();
+    assert!(!all.contains(token.trim()), "the API token was printed");
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+#[test]
+fn the_api_token_is_generated_once_and_token_less_mode_needs_loopback() {
+    let state = temp_dir("token");
+    let mut tokens = Vec::new();
+    for _ in 0..2 {
+        let (mut child, _) = serve(
+            &state,
+            &["--plain", "--log-level", "warn"],
+            Stdio::inherit(),
+        );
+        let file = state.join("api-token");
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        tokens.push(std::fs::read_to_string(&file).unwrap());
+        signal(&child, "TERM");
+        assert!(child.wait().unwrap().success());
+    }
+    assert_eq!(tokens[0], tokens[1]);
+    assert_eq!(tokens[0].trim().len(), 64);
+    let out = Command::new(env!("CARGO_BIN_EXE_cyncd"))
+        .args(["serve", "--http", "0.0.0.0:0", "--http-no-auth"])
+        .arg("--state-dir")
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("http_no_auth needs a loopback"), "{err}");
+    let _ = std::fs::remove_dir_all(&state);
 }

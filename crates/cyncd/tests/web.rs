@@ -81,6 +81,40 @@ async fn the_page_controls_a_simulated_home_in_chromium() {
     let driver = Driver::start().await;
     let page = driver.session(&["--window-size=1280,1000"], None).await;
     page.goto(&url).await;
+    // Signed out: the page shows only its sign-in form. A wrong token is refused; the right one
+    // sets an HttpOnly cookie the page's script cannot read.
+    page.until(
+        "the page asks for the token",
+        r#"return !document.querySelector('#login').hidden && document.querySelector('#live').dataset.state === 'offline';"#,
+    )
+    .await;
+    assert_eq!(
+        page.script("return document.querySelectorAll('article.card[data-device]').length;")
+            .await,
+        json!(0)
+    );
+    page.screenshot(&artifacts.join("login.png")).await;
+    let token = server.http_token.as_ref().unwrap().token.clone();
+    let input = page.find("#login-token").await;
+    page.type_text(&input, "not-the-token-at-all").await;
+    page.click(&page.find("#login-form button").await).await;
+    page.until(
+        "the page says the token is wrong",
+        r#"return document.querySelector('#login-error').textContent === 'Wrong token.';"#,
+    )
+    .await;
+    page.type_text(&input, &token).await;
+    page.click(&page.find("#login-form button").await).await;
+    page.until(
+        "the sign-in form goes away",
+        r#"return document.querySelector('#login').hidden;"#,
+    )
+    .await;
+    let cookie = page.command("GET", "/cookie/cyncd_session", None).await;
+    assert_eq!(cookie["httpOnly"], true, "{cookie}");
+    assert_eq!(cookie["sameSite"], "Strict", "{cookie}");
+    assert_ne!(cookie["value"], json!(token), "the cookie is not the token");
+    assert_eq!(page.script("return document.cookie;").await, json!(""));
     // Loaded and live: every device under the home's one group, both bridges.
     let summary = page
         .until(
@@ -304,7 +338,9 @@ async fn the_page_controls_a_simulated_home_in_chromium() {
             Some(json!({"width": 390, "height": 844, "pixelRatio": 3.0})),
         )
         .await;
-    phone.goto(&url).await;
+    // A fresh browser signs in through a login link (as `cyncd demo` prints); the token leaves
+    // the address bar at once.
+    phone.goto(&format!("{url}#token={token}")).await;
     let fit = phone
         .until(
             "the phone page shows the home",
@@ -313,6 +349,10 @@ async fn the_page_controls_a_simulated_home_in_chromium() {
         )
         .await;
     assert_eq!(fit["width"], 390, "{fit}");
+    assert_eq!(
+        phone.script("return window.location.hash;").await,
+        json!("")
+    );
     assert!(fit["scroll"].as_u64().unwrap() <= 390, "{fit}");
     phone.screenshot(&artifacts.join("phone.png")).await;
     phone
@@ -509,6 +549,22 @@ impl Session<'_> {
             )
             .await;
         found[ELEMENT].as_str().unwrap().to_string()
+    }
+
+    /// Clears an input and types `text` into it.
+    async fn type_text(&self, element: &str, text: &str) {
+        self.command(
+            "POST",
+            &format!("/element/{element}/clear"),
+            Some(json!({})),
+        )
+        .await;
+        self.command(
+            "POST",
+            &format!("/element/{element}/value"),
+            Some(json!({ "text": text })),
+        )
+        .await;
     }
 
     async fn click(&self, element: &str) {

@@ -3,6 +3,10 @@
 //
 // Shown state comes only from the server's events: a control sends a command and marks its card
 // pending, and the card changes when the device's report reaches cyncd and is pushed here.
+//
+// Sign-in: the API needs cyncd's token. When GET /api/session answers 401 the page shows a form;
+// the token typed there (or given once in a `#token=…` link) is posted to POST /api/session, which
+// sets an HttpOnly, SameSite=Strict cookie. This script never stores the token itself.
 'use strict';
 
 const state = {
@@ -101,6 +105,7 @@ function setLive(s, text) {
 }
 
 function connect() {
+  if (source) source.close();
   setLive('connecting', 'connecting…');
   source = new EventSource('api/events');
   source.addEventListener('snapshot', (e) => {
@@ -115,10 +120,11 @@ function connect() {
   });
   source.addEventListener('error', () => {
     if (source.readyState === EventSource.CLOSED) {
-      // Refused (503 over the client cap) or gone for good: the browser will not retry, we do.
+      // Refused (401 signed out, 503 over the client cap) or gone for good: the browser will
+      // not retry, we do, after checking the session.
       setLive('offline', `offline, retrying in ${Math.round(backoffMs / 1000)} s`);
       source.close();
-      setTimeout(connect, backoffMs);
+      setTimeout(start, backoffMs);
       backoffMs = Math.min(backoffMs * 2, 30000);
     } else {
       setLive('reconnecting', 'reconnecting…');
@@ -350,6 +356,7 @@ async function send(target, body) {
       headers: { 'Content-Type': 'application/json' },
       body: JSON.stringify(body),
     });
+    if (response.status === 401) showLogin('Signed out: sign in again.');
     const answer = await response.json().catch(() => ({}));
     result = response.ok ? answer : { error: answer.error || `HTTP ${response.status}` };
   } catch (err) {
@@ -554,17 +561,83 @@ async function loadCanary() {
   out.replaceChildren(...parts);
 }
 
+// ---------------------------------------------------------------- sign-in
+
+function showLogin(message) {
+  document.body.dataset.auth = 'out';
+  $('#login').hidden = false;
+  $('#login-error').textContent = message || '';
+  setLive('offline', 'signed out');
+  $('#login-token').focus();
+}
+
+/** Posts a token to get the session cookie; true when accepted. */
+async function signIn(token) {
+  try {
+    const r = await fetch('api/session', {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ token }),
+    });
+    return r.ok;
+  } catch (err) {
+    return false;
+  }
+}
+
+let started = false;
+
+/** Checks the session; shows the sign-in form or starts the live view. */
+async function start() {
+  let status = 0;
+  try {
+    status = (await fetch('api/session', { headers: { Accept: 'application/json' } })).status;
+  } catch (err) {
+    status = 0;
+  }
+  if (status === 401) {
+    if (source) source.close();
+    showLogin('');
+    return;
+  }
+  if (status !== 200) {
+    setLive('offline', `offline, retrying in ${Math.round(backoffMs / 1000)} s`);
+    setTimeout(start, backoffMs);
+    backoffMs = Math.min(backoffMs * 2, 30000);
+    return;
+  }
+  $('#login').hidden = true;
+  delete document.body.dataset.auth;
+  connect();
+  loadCanary();
+  if (!started) {
+    started = true;
+    setInterval(() => { if (document.visibilityState === 'visible' && $('#login').hidden) loadCanary(); }, 60000);
+  }
+}
+
 // ---------------------------------------------------------------- start
 
-document.addEventListener('DOMContentLoaded', () => {
+document.addEventListener('DOMContentLoaded', async () => {
   $('#trace-form').addEventListener('submit', (e) => {
     e.preventDefault();
     showTrace($('#trace-id').value);
   });
   $('#canary-refresh').addEventListener('click', loadCanary);
-  connect();
-  loadCanary();
+  $('#login-form').addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const input = $('#login-token');
+    const ok = await signIn(input.value.trim());
+    input.value = '';
+    if (ok) start(); else showLogin('Wrong token.');
+  });
+  // A login link (`cyncd demo` prints one): use the token once, then drop it from the address.
+  const link = /^#token=([^&]+)$/.exec(window.location.hash);
+  if (link) {
+    history.replaceState(null, '', window.location.pathname + window.location.search);
+    await signIn(decodeURIComponent(link[1]));
+  }
+  start();
   // Local only (no request): ages and bridge health move on between server events.
   setInterval(renderBridges, 5000);
-  setInterval(() => { if (document.visibilityState === 'visible') loadCanary(); }, 60000);
 });

@@ -3,9 +3,9 @@
 //! as `Authorization: Bearer <token>` when one is found.
 //!
 //! Where the token comes from, first found wins: `--token-file FILE`; the `CYNCD_API_TOKEN`
-//! environment variable; the file `api-token` in the default state directory
-//! (`$XDG_STATE_HOME/cyncd`, else `~/.local/state/cyncd`), then in `/var/lib/cyncd` (the systemd
-//! unit's and the container's). A server that needs no token ignores it.
+//! environment variable; the file `api-token` in `--state-dir`, else in the default state
+//! directory (`$XDG_STATE_HOME/cyncd`, else `~/.local/state/cyncd`), then in `/var/lib/cyncd`
+//! (the systemd unit's and the container's). A server that needs no token ignores it.
 
 use anyhow::{Context as _, bail};
 use std::io::{Read, Write};
@@ -28,16 +28,20 @@ pub struct ApiArgs {
         value_name = "URL"
     )]
     pub api: String,
-    /// File whose first line is the API token [default: $CYNCD_API_TOKEN, else api-token in the
-    /// state directory, else /var/lib/cyncd/api-token].
+    /// File whose first line is the API token [default: $CYNCD_API_TOKEN, else api-token in
+    /// --state-dir, the default state directory or /var/lib/cyncd].
     #[arg(long, global = true, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// The server's state directory, where its api-token is.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 impl ApiArgs {
     /// The client these arguments describe.
     pub fn client(&self) -> anyhow::Result<Client> {
-        Client::new(&self.api, self.token_file.as_deref(), &[])
+        let dirs: Vec<PathBuf> = self.state_dir.iter().cloned().collect();
+        Client::new(&self.api, self.token_file.as_deref(), &dirs)
     }
 }
 
@@ -88,8 +92,8 @@ impl Answer {
         };
         if self.status == 401 {
             bail!(
-                "HTTP 401: {reason} (the API needs its token: --token-file FILE, or the api-token \
-                 file in the server's state directory)"
+                "HTTP 401: {reason} (the server wants its API token: give --token-file FILE or \
+                 set {TOKEN_ENV}; the server keeps it in api-token in its state directory)"
             );
         }
         bail!("HTTP {}: {reason}", self.status)
@@ -225,7 +229,7 @@ fn find_token(
             .with_context(|| format!("reading the API token from {}", path.display()))?;
         return Ok((Some(token), Some(path.to_path_buf())));
     }
-    if let Some(token) = std::env::var("CYNCD_API_TOKEN")
+    if let Some(token) = std::env::var(TOKEN_ENV)
         .ok()
         .filter(|t| !t.trim().is_empty())
     {
@@ -244,8 +248,11 @@ fn find_token(
     Ok((None, None))
 }
 
+/// The environment variable with the API token.
+pub const TOKEN_ENV: &str = "CYNCD_API_TOKEN";
+
 /// The name of the token file in a state directory.
-pub const TOKEN_FILE: &str = "api-token";
+pub use crate::frontends::http::guard::TOKEN_FILE;
 
 /// The first line of a token file, trimmed; an empty one is an error.
 fn read_token(path: &Path) -> anyhow::Result<String> {

@@ -231,9 +231,20 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<()> {
             "cyncd demo: a simulated home of 2 bridges and 12 devices is connecting to {}",
             running.devices
         );
-        println!("  web page:    http://{http}/");
-        println!("  try:         cyncd set default:3 brightness 40 --api http://{http}");
-        println!("  devices:     http://{http}/api/devices");
+        match &running.http_token {
+            Some(token) => {
+                println!("  web page:    http://{http}/#token={} (signs this browser in)", token.token);
+                println!(
+                    "  try:         cyncd set default:3 brightness 40 --api http://{http} --token-file {}",
+                    token.path.display()
+                );
+            }
+            None => {
+                println!("  web page:    http://{http}/");
+                println!("  try:         cyncd set default:3 brightness 40 --api http://{http}");
+            }
+        }
+        println!("  devices:     http://{http}/api/devices (in a browser signed in by the link)");
         println!("  connections: http://{http}/api/connections");
         println!("  metrics:     http://{http}/metrics");
         if let Some(url) = &args.mqtt {

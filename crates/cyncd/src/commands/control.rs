@@ -107,12 +107,22 @@ pub fn group(ctx: &Context, id: &str) -> Result<Resolved, ControlError> {
     }
 }
 
-/// A configured group by home and group id.
+/// A configured group by home and group id. Its bridges: the home's connected ones, then
+/// those that reach its members while they are away (a group command waits for one to come
+/// back, as a device command does).
 pub fn group_in(ctx: &Context, home: &str, gid: u16) -> Resolved {
+    let mut bridges = ctx.registry.home_bridges(home);
+    for member in ctx.config.group_members(home, gid) {
+        for bridge in ctx.registry.bridges_for(home, *member) {
+            if !bridges.contains(&bridge) {
+                bridges.push(bridge);
+            }
+        }
+    }
     Resolved {
         home: home.to_string(),
         target: Target::Group(gid),
-        bridges: ctx.registry.home_bridges(home),
+        bridges,
         device_type: DeviceType::unknown(None),
         on: false,
     }
@@ -162,6 +172,9 @@ pub async fn submit(ctx: &Context, resolved: &Resolved, steps: Vec<Step>, wait: 
             action,
             bridges: bridges.clone(),
         };
+        // Whichever transport takes it, a command that later changes transport must not
+        // overtake this one.
+        ctx.commands.latest().note(&req);
         let transport: &dyn CommandTransport = match route.transport {
             Transport::Legacy => &ctx.legacy,
             Transport::Reliable => &ctx.commands,
@@ -200,7 +213,8 @@ pub async fn submit(ctx: &Context, resolved: &Resolved, steps: Vec<Step>, wait: 
 
 /// The transport of a command: the one that owns its best bridge's connection (one stack owns
 /// each connection), and the bridges that transport may use. With no connected bridge the
-/// reliable transport takes it (it waits for one within the deadline).
+/// command service takes it: its queue is where a command waits for a connection, whichever
+/// transport that connection turns out to belong to (see [`super::transport`]).
 pub fn transport_for(ctx: &Context, bridges: &[ConnId]) -> (Route, Vec<ConnId>) {
     let routes = ctx.registry.routes(bridges);
     let Some(route) = routes.iter().find_map(|(_, r)| *r) else {

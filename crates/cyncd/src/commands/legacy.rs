@@ -7,6 +7,16 @@
 //! 0x7B is seen in time, else `no_ack` (`failed` when the write did not happen in time). A bare
 //! 0x7B — a device refusing — counts as applied, as it did there.
 //!
+//! Ownership (the rule is in [`super::transport`]): legacy writes only on connections it owns.
+//! Only a 0x7B echoing the all-zero id can answer a legacy command, and only one written on
+//! that connection; any other 0x7B is counted
+//! (`tcp_comm_unmatched_answers_total{transport="legacy"}`), never credited. A command the
+//! command service hands over (its chosen connection is legacy's) is written once like any
+//! other, keeping its deadline and attempt count, unless a newer command for its target and
+//! attribute came since (`superseded`). A command not yet written when its connection ends, or
+//! whose bridge is no longer on a legacy connection, goes back to the command service to wait
+//! for a connection; one written on a connection that ends ends `no_ack` at once.
+//!
 //! **Shadow**: for connections routed with `shadow`, the same command is also given to a
 //! passive reliable [`Dispatcher`]. Its transmissions are never written: its first attempt is
 //! bound to the legacy write (same seq, and a private message id to which each 0x7B is given as
@@ -16,8 +26,9 @@
 //! (`tcp_comm_shadow_diff_total{legacy, reliable}`) and logged (the first ten, then one in
 //! `shadow_log_every`). A command legacy writes while the reliable transport would still hold it
 //! back (an earlier command to the same device in flight), or one it would have superseded, is
-//! not comparable and only counted (`tcp_comm_shadow_skipped_total`). No device receives
-//! anything twice because of the shadow.
+//! not comparable and only counted (`tcp_comm_shadow_skipped_total`), as is one that goes back
+//! to the command service. Commands handed over by the command service are not shadowed. No
+//! device receives anything twice because of the shadow.
 //!
 //! Bounds: at most [`MAX_PENDING`] legacy commands in flight (more end `queue_full` at once);
 //! the message queue holds [`QUEUE`] (a full queue drops connection events, counted, and
@@ -26,6 +37,7 @@
 
 use super::canary::Canary;
 use super::reliable::{Commands, Completion};
+use super::transport::Moving;
 use crate::devices::link::{ConnCommand, ConnEvent};
 use crate::devices::registry::Registry;
 use cync_proto::canary::{CommandSample, Transport};
@@ -46,6 +58,11 @@ use tracing::{info, warn};
 pub const MAX_PENDING: usize = 4096;
 /// Messages waiting for the service.
 pub const QUEUE: usize = 16_384;
+/// The message id every legacy command carries.
+const ZERO_ID: MsgId = MsgId([0; 3]);
+/// The legacy outcome of a shadowed command that went back to the command service: its
+/// shadow outcome is not compared.
+const MOVED: &str = "moved";
 
 /// What the legacy service hears.
 #[derive(Debug)]
@@ -59,21 +76,36 @@ pub enum LegacyEvent {
         /// Who waits for the outcome.
         reply: Option<oneshot::Sender<Completion>>,
     },
+    /// A command the command service hands over: the connection chosen for it is legacy's.
+    Adopt {
+        /// The command, with its waiter, deadline and attempts.
+        moving: Moving,
+        /// The connection to write it on.
+        conn: ConnId,
+        /// Whether that connection is shadowed.
+        shadow: bool,
+    },
     /// The connection wrote it.
     Written {
         /// The command.
         command: CommandId,
         /// The bridge.
         conn: ConnId,
+        /// The transport owning the connection it was written on.
+        owner: Transport,
         /// Its seq.
         seq: Seq,
         /// Its message id (all zero).
         msg: MsgId,
     },
-    /// The command could not be written (or not within the drain timeout).
+    /// The command was not written.
     Unwritten {
         /// The command.
         command: CommandId,
+        /// `true`: the connection's write queue stayed full for the drain timeout (the device
+        /// stopped reading; the command fails). `false`: the connection ended or is not
+        /// legacy's (the command goes back to the command service).
+        stalled: bool,
     },
     /// What a legacy connection heard: a 0x7B, an `f9` result or a status report (the last two
     /// only matter to the shadow), or its end. Other [`ConnEvent`]s are ignored.
@@ -81,19 +113,30 @@ pub enum LegacyEvent {
 }
 
 /// Legacy metrics.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct LegacyMetrics {
     /// `tcp_comm_legacy_commands_total{outcome}`.
     pub commands: Family<[(&'static str, &'static str); 1], Counter>,
+    /// `tcp_comm_unmatched_answers_total{transport="legacy"}`.
+    pub unmatched: Counter,
 }
 
 /// Every outcome the legacy transport reports.
-pub const OUTCOMES: [&str; 4] = ["applied", "no_ack", "failed", "queue_full"];
+pub const OUTCOMES: [&str; 5] = ["applied", "no_ack", "failed", "queue_full", "superseded"];
 
 impl LegacyMetrics {
-    /// Creates and registers the metrics.
-    pub fn new(registry: &mut prometheus_client::registry::Registry) -> Self {
-        let m = Self::default();
+    /// Creates and registers the metrics; the count of unmatched answers is `metrics`'.
+    pub fn new(
+        registry: &mut prometheus_client::registry::Registry,
+        metrics: &crate::metrics::Metrics,
+    ) -> Self {
+        let m = Self {
+            commands: Family::default(),
+            unmatched: metrics
+                .unmatched_answers
+                .get_or_create(&[("transport", Transport::Legacy.name())])
+                .clone(),
+        };
         registry.sub_registry_with_prefix("tcp_comm").register(
             "legacy_commands",
             "Commands sent by the legacy transport, by outcome",
@@ -113,10 +156,27 @@ pub struct Legacy {
     dropped: Arc<AtomicU64>,
 }
 
+/// The legacy service's queue, made before the service starts (the command service needs a
+/// [`Legacy`] handle to hand commands over, and legacy one to [`Commands`] to hand them back).
+#[derive(Debug)]
+pub struct Inbox(mpsc::Receiver<LegacyEvent>);
+
 impl Legacy {
-    /// Starts the service.
+    /// A handle and the queue its service will read ([`Legacy::start`]).
+    pub fn channel() -> (Self, Inbox) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let handle = Self {
+            tx,
+            dropped: Arc::default(),
+        };
+        (handle, Inbox(rx))
+    }
+
+    /// Starts the service on the queue of [`Legacy::channel`].
     #[allow(clippy::too_many_arguments)]
     pub fn start(
+        &self,
+        inbox: Inbox,
         timeout: Duration,
         delivery: DeliveryConfig,
         shadow_log_every: u64,
@@ -126,19 +186,15 @@ impl Legacy {
         metrics: LegacyMetrics,
         cancel: CancellationToken,
         tracker: &tokio_util::task::TaskTracker,
-    ) -> Self {
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let handle = Self {
-            tx: tx.clone(),
-            dropped: Arc::default(),
-        };
+    ) {
         let service = Service {
             timeout,
+            deadline: delivery.deadline,
             registry,
             commands,
             canary,
             metrics,
-            tx,
+            tx: self.tx.clone(),
             pending: HashMap::new(),
             written: HashMap::new(),
             shadow: Dispatcher::new(delivery),
@@ -152,8 +208,13 @@ impl Legacy {
             next_shadow_id: 0,
             start: Instant::now(),
         };
-        tracker.spawn(service.run(rx, cancel));
-        handle
+        tracker.spawn(service.run(inbox.0, cancel));
+    }
+
+    /// A place in the queue, for the command service to hand a command over without losing it
+    /// when the queue is full.
+    pub(super) fn reserve(&self) -> Option<mpsc::Permit<'_, LegacyEvent>> {
+        self.tx.try_reserve().ok()
     }
 
     /// Submits a command; the receiver yields its outcome.
@@ -184,16 +245,21 @@ impl Legacy {
             ConnEvent::Sent {
                 command,
                 conn,
+                owner,
                 seq,
                 msg,
                 ..
             } => LegacyEvent::Written {
                 command,
                 conn,
+                owner,
                 seq,
                 msg,
             },
-            ConnEvent::Unsent { command, .. } => LegacyEvent::Unwritten { command },
+            ConnEvent::Unsent { command, .. } => LegacyEvent::Unwritten {
+                command,
+                stalled: false,
+            },
             other => LegacyEvent::Device(other),
         };
         self.event(event);
@@ -206,16 +272,26 @@ impl Legacy {
 }
 
 struct Pending {
+    req: Request,
     conn: Option<ConnId>,
     submitted: Instant,
+    /// The next timer: the write, then the 0x7B wait (never after `limit`).
     deadline: Instant,
+    /// The command's own deadline, wherever it has been.
+    limit: Instant,
     written: bool,
+    /// Attempts made (and whether one was written) before it reached legacy.
+    attempts: u8,
+    lost: u8,
+    written_before: bool,
     reply: Option<oneshot::Sender<Completion>>,
     shadow: bool,
 }
 
 struct Service {
     timeout: Duration,
+    /// A command's deadline from its submission (the command service's).
+    deadline: Duration,
     registry: Registry,
     commands: Commands,
     canary: Arc<Canary>,
@@ -284,21 +360,29 @@ impl Service {
         let now = self.now();
         match event {
             LegacyEvent::Submit { req, shadow, reply } => self.submit(req, shadow, reply),
+            LegacyEvent::Adopt {
+                moving,
+                conn,
+                shadow,
+            } => self.adopt(moving, conn, shadow),
             LegacyEvent::Written {
                 command,
                 conn,
+                owner,
                 seq,
                 msg,
             } => {
                 if let Some(p) = self.pending.get_mut(&command) {
                     p.written = true;
-                    p.deadline = Instant::now() + self.timeout;
+                    p.deadline = (Instant::now() + self.timeout).min(p.limit);
                     self.written.entry(conn).or_default().push_back(command);
                     self.commands.trace_event(
                         command,
                         "sent",
                         &[
+                            ("transport", "legacy".into()),
                             ("bridge", conn.to_string()),
+                            ("owner", owner.name().into()),
                             ("seq", seq.0.to_string()),
                             ("msg_id", msg.to_string()),
                         ],
@@ -318,22 +402,33 @@ impl Service {
                     }
                 }
             }
-            LegacyEvent::Unwritten { command } => {
-                if self.pending.contains_key(&command) {
-                    self.finish(command, "failed");
+            LegacyEvent::Unwritten { command, stalled } => match self.pending.get(&command) {
+                Some(p) if p.written => {}
+                Some(_) if stalled => self.finish(command, "failed"),
+                Some(p) => {
+                    let gone = p.conn;
+                    self.hand_back(command, gone);
                 }
-            }
+                None => {}
+            },
             LegacyEvent::Device(ConnEvent::Ack { conn, msg }) => {
-                // All-zero ids: the oldest command written on the connection takes the 0x7B.
-                let taken = self.written.get_mut(&conn).and_then(VecDeque::pop_front);
+                // Legacy writes all-zero ids: only a 0x7B echoing one can answer a legacy
+                // command, and the oldest written on this connection takes it.
+                let taken = if msg == ZERO_ID {
+                    self.written.get_mut(&conn).and_then(VecDeque::pop_front)
+                } else {
+                    None
+                };
                 match taken {
                     Some(command) => {
                         if let Some(private) = self.shadow_ids.get(&command).copied() {
-                            self.shadow.ack(conn, private, now);
+                            let _ = self.shadow.ack(conn, private, now);
                         }
                         self.finish(command, "applied");
                     }
-                    None => self.shadow.ack(conn, msg, now),
+                    None => {
+                        self.metrics.unmatched.inc();
+                    }
                 }
             }
             LegacyEvent::Device(ConnEvent::Result { conn, seq, code }) => {
@@ -342,7 +437,18 @@ impl Service {
             LegacyEvent::Device(ConnEvent::Status { home, status }) => {
                 self.shadow.status(&home, &status, now);
             }
-            LegacyEvent::Device(ConnEvent::Lost(conn)) => self.shadow.connection_lost(conn, now),
+            LegacyEvent::Device(ConnEvent::Lost(conn)) => {
+                self.shadow.connection_lost(conn, now);
+                // Their 0x7B can no longer be read, and legacy never resends.
+                let written: Vec<CommandId> = self
+                    .written
+                    .remove(&conn)
+                    .map(Vec::from)
+                    .unwrap_or_default();
+                for command in written {
+                    self.finish(command, "no_ack");
+                }
+            }
             LegacyEvent::Device(_) => {}
         }
     }
@@ -351,20 +457,7 @@ impl Service {
         let id = req.id;
         let now = Instant::now();
         if self.pending.len() >= MAX_PENDING {
-            let _ = reply.map(|r| r.send(Completion::refused(id)));
-            self.metrics
-                .commands
-                .get_or_create(&[("outcome", "queue_full")])
-                .inc();
-            self.canary.command(
-                Transport::Legacy,
-                CommandSample {
-                    applied: false,
-                    superseded: false,
-                    queue_full: true,
-                    latency: Duration::ZERO,
-                },
-            );
+            self.refuse(id, reply);
             return;
         }
         let conn = req.bridges.first().copied();
@@ -376,45 +469,182 @@ impl Service {
                 ("shadow", shadow.to_string()),
             ],
         );
-        self.pending.insert(
-            id,
-            Pending {
-                conn,
-                submitted: now,
-                // Writing may take the drain timeout; the 0x7B wait starts once written.
-                deadline: now + self.timeout * 2,
-                written: false,
-                reply,
-                shadow,
-            },
-        );
         if shadow {
             let mut shadow_req = req.clone();
             shadow_req.bridges = conn.into_iter().collect();
             self.shadow.submit(shadow_req, self.now());
         }
-        let Some(conn) = conn else {
+        let limit = now + self.deadline;
+        self.pending.insert(
+            id,
+            Pending {
+                req,
+                conn,
+                submitted: now,
+                // Writing may take the drain timeout; the 0x7B wait starts once written.
+                deadline: (now + self.timeout * 2).min(limit),
+                limit,
+                written: false,
+                attempts: 0,
+                lost: 0,
+                written_before: false,
+                reply,
+                shadow,
+            },
+        );
+        self.write(id);
+    }
+
+    /// A command handed over by the command service, for the connection `conn` it chose.
+    fn adopt(&mut self, moving: Moving, conn: ConnId, shadow: bool) {
+        let id = moving.req.id;
+        let now = Instant::now();
+        if self.pending.len() >= MAX_PENDING {
+            self.refuse(id, moving.reply);
+            return;
+        }
+        self.commands.trace_event(
+            id,
+            "adopted",
+            &[
+                ("transport", "legacy".into()),
+                ("bridge", conn.to_string()),
+                ("shadow", shadow.to_string()),
+            ],
+        );
+        let superseded = self.commands.latest().newer(&moving.req);
+        self.pending.insert(
+            id,
+            Pending {
+                req: moving.req,
+                conn: Some(conn),
+                submitted: moving.submitted,
+                deadline: (now + self.timeout * 2).min(moving.deadline),
+                limit: moving.deadline,
+                written: false,
+                attempts: moving.attempts,
+                lost: moving.lost,
+                written_before: moving.written,
+                reply: moving.reply,
+                // Not comparable: it waited in the command service's queue first.
+                shadow: false,
+            },
+        );
+        if superseded {
+            // A newer command for its target and attribute came since: it would undo it.
+            self.finish(id, "superseded");
+            return;
+        }
+        self.write(id);
+    }
+
+    /// Refuses a command at once: too many in flight.
+    fn refuse(&mut self, id: CommandId, reply: Option<oneshot::Sender<Completion>>) {
+        let _ = reply.map(|r| r.send(Completion::refused(id)));
+        self.metrics
+            .commands
+            .get_or_create(&[("outcome", "queue_full")])
+            .inc();
+        self.canary.command(
+            Transport::Legacy,
+            CommandSample {
+                applied: false,
+                superseded: false,
+                queue_full: true,
+                latency: Duration::ZERO,
+            },
+        );
+    }
+
+    /// Writes a pending command once on its connection, when that connection is legacy's.
+    fn write(&mut self, id: CommandId) {
+        let Some(p) = self.pending.get(&id) else {
+            return;
+        };
+        let (target, action) = (p.req.target, p.req.action);
+        let Some(conn) = p.conn else {
             self.finish(id, "failed");
             return;
         };
-        let Some(writer) = self.registry.writer(conn) else {
-            self.finish(id, "failed");
-            return;
+        let writer = match self.registry.writer(conn) {
+            Some((route, writer)) if route.transport == Transport::Legacy => writer,
+            // Now the reliable transport's: the command service writes it there.
+            Some(_) => {
+                self.hand_back(id, None);
+                return;
+            }
+            // Away or closing: the command waits for a connection in the command service's
+            // queue.
+            None => {
+                self.hand_back(id, Some(conn));
+                return;
+            }
         };
-        // One write, given the drain timeout to get into the connection's queue.
-        let tx = self.tx.clone();
-        let timeout = self.timeout;
         let send = ConnCommand::SendLegacy {
             command: id,
-            target: req.target,
-            action: req.action,
+            target,
+            action,
         };
-        tokio::spawn(async move {
-            let queued = tokio::time::timeout(timeout, writer.send(send)).await;
-            if !matches!(queued, Ok(Ok(()))) {
-                let _ = tx.send(LegacyEvent::Unwritten { command: id }).await;
+        match writer.try_send(send) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => self.hand_back(id, Some(conn)),
+            Err(mpsc::error::TrySendError::Full(send)) => {
+                // One write, given the drain timeout to get into the connection's queue.
+                let tx = self.tx.clone();
+                let timeout = self.timeout;
+                tokio::spawn(async move {
+                    let stalled = match tokio::time::timeout(timeout, writer.send(send)).await {
+                        Ok(Ok(())) => return,
+                        Ok(Err(_)) => false,
+                        Err(_) => true,
+                    };
+                    let _ = tx
+                        .send(LegacyEvent::Unwritten {
+                            command: id,
+                            stalled,
+                        })
+                        .await;
+                });
             }
-        });
+        }
+    }
+
+    /// Gives an unwritten command back to the command service (its connection ended, or its
+    /// bridge is not on a legacy connection): it waits there for one, keeping its deadline.
+    /// `gone` is the bridge that failed it.
+    fn hand_back(&mut self, id: CommandId, gone: Option<ConnId>) {
+        let Some(mut p) = self.pending.remove(&id) else {
+            return;
+        };
+        if p.shadow {
+            self.abandon_shadow(id);
+            p.shadow = false;
+        }
+        let moving = Moving {
+            req: p.req.clone(),
+            submitted: p.submitted,
+            deadline: p.limit,
+            attempts: p.attempts,
+            lost: p.lost,
+            written: p.written_before,
+            reply: p.reply.take(),
+        };
+        match self.commands.adopt(moving, gone) {
+            Ok(()) => {
+                info!(command_id = %id, "legacy could not write the command: it waits for a connection");
+                let bridge = gone.map(|c| c.to_string()).unwrap_or_default();
+                self.commands.trace_event(
+                    id,
+                    "moved",
+                    &[("to", "reliable".into()), ("bridge", bridge)],
+                );
+            }
+            Err(moving) => {
+                p.reply = moving.reply;
+                self.pending.insert(id, p);
+                self.finish(id, "failed");
+            }
+        }
     }
 
     fn expire(&mut self) {
@@ -423,7 +653,7 @@ impl Service {
             .pending
             .iter()
             .filter(|(_, p)| p.deadline <= now)
-            .map(|(id, p)| (*id, p.written))
+            .map(|(id, p)| (*id, p.written || p.written_before))
             .collect();
         for (id, written) in due {
             self.finish(id, if written { "no_ack" } else { "failed" });
@@ -451,7 +681,7 @@ impl Service {
             Transport::Legacy,
             CommandSample {
                 applied: outcome == "applied",
-                superseded: false,
+                superseded: outcome == "superseded",
                 queue_full: false,
                 latency,
             },
@@ -459,7 +689,7 @@ impl Service {
         let completion = Completion {
             command_id: id.to_string(),
             outcome,
-            attempts: u8::from(p.written),
+            attempts: p.attempts.saturating_add(u8::from(p.written)),
             latency_ms: latency.as_secs_f64() * 1000.0,
         };
         info!(command_id = %id, transport = "legacy", outcome, latency_ms = completion.latency_ms, "command done");
@@ -526,9 +756,22 @@ impl Service {
         id
     }
 
+    /// A shadowed command went back to the command service: its shadow outcome is not
+    /// compared (counted as skipped when it comes).
+    fn abandon_shadow(&mut self, id: CommandId) {
+        match self.shadow_outcomes.remove(&id) {
+            Some(reliable) => self.compare(id, MOVED, reliable),
+            None if self.legacy_outcomes.len() < MAX_PENDING => {
+                self.legacy_outcomes.insert(id, MOVED);
+            }
+            None => {}
+        }
+    }
+
     fn compare(&mut self, id: CommandId, legacy: &'static str, reliable: Outcome) {
         self.shadow_ready.remove(&id);
-        if self.unbound.remove(&id) || reliable == Outcome::Superseded {
+        let moved = legacy == MOVED;
+        if self.unbound.remove(&id) || reliable == Outcome::Superseded || moved {
             self.canary.metrics.shadow_skipped.inc();
             return;
         }

@@ -6,7 +6,8 @@
 //! ([`transport`]), routing between them with SLOs and rollback ([`canary`]), and the one way
 //! every front end resolves, checks and submits a command ([`control`]). [`Context`] is what the
 //! process shares; it implements the device layer's [`Host`], through which connection tasks
-//! hand device answers to the transport that owns them.
+//! hand device answers to the transport that owns them. The rule that keeps each connection to
+//! one transport across drains, reconnects and rollbacks is stated in [`transport`].
 //!
 //! May import `devices`, `config`, `metrics` and `logging`; must not import `frontends`, `cli`
 //! or `serve`.

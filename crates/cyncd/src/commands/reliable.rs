@@ -14,12 +14,23 @@
 //! ([`crate::devices::registry::ConnStats::count_outcome`]), for the per-bridge view of the web page and
 //! `GET /api/connections`; commands never handed to a bridge (superseded while queued, no
 //! bridge at all) count on none.
+//!
+//! The service is also where a command without a connection waits, whichever transport will
+//! carry it (the rule is in [`super::transport`]): it writes only on connections the reliable
+//! transport owns. When the connection chosen for an attempt belongs to legacy, the command is
+//! handed to the legacy transport unwritten, with its waiter, deadline and attempts; legacy
+//! hands back the commands it could not write. A bridge that connects wakes the commands
+//! waiting for it. A 0x7B that answers none of its commands is counted
+//! (`tcp_comm_unmatched_answers_total{transport="reliable"}`).
 
 use super::canary::Canary;
+use super::legacy::{Legacy, LegacyEvent};
+use super::transport::{Latest, Moving};
 use crate::devices::link::{ConnCommand, ConnEvent};
 use crate::devices::registry::Registry;
 use crate::metrics::Metrics;
 use cync_proto::ConnId;
+use cync_proto::canary::Transport;
 use cync_proto::delivery::{
     CommandId, DeliveryConfig, Dispatcher, Outcome, Output, Request, TraceEvent,
 };
@@ -99,6 +110,11 @@ enum Msg {
         req: Request,
         reply: Option<oneshot::Sender<Completion>>,
     },
+    /// A command legacy could not write; `gone` is the bridge that failed it.
+    Adopt {
+        moving: Moving,
+        gone: Option<ConnId>,
+    },
 }
 
 /// Handle to the command service.
@@ -111,12 +127,14 @@ pub struct Commands {
     dropped_events: Arc<AtomicU64>,
     sizes: Arc<Mutex<cync_proto::delivery::Sizes>>,
     done: Arc<tokio::sync::watch::Sender<u64>>,
+    latest: Arc<Latest>,
 }
 
 impl std::fmt::Debug for Msg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Msg::Submit { req, .. } => write!(f, "Submit({})", req.id),
+            Msg::Adopt { moving, .. } => write!(f, "Adopt({})", moving.req.id),
         }
     }
 }
@@ -128,12 +146,13 @@ struct Traces {
 }
 
 impl Commands {
-    /// Starts the service task.
+    /// Starts the service task; `legacy` takes the commands whose connection it owns.
     pub fn start(
         config: DeliveryConfig,
         registry: Registry,
         metrics: Metrics,
         canary: Arc<Canary>,
+        legacy: Legacy,
         cancel: CancellationToken,
         tracker: &tokio_util::task::TaskTracker,
     ) -> Self {
@@ -147,17 +166,20 @@ impl Commands {
             dropped_events: Arc::default(),
             sizes: Arc::default(),
             done: Arc::new(tokio::sync::watch::Sender::new(0)),
+            latest: Arc::default(),
         };
         let service = Service {
             dispatcher: Dispatcher::new(config),
             registry,
             metrics,
             canary,
+            legacy,
+            latest: handle.latest.clone(),
             waiters: HashMap::new(),
             start: Instant::now(),
             traces: handle.traces.clone(),
             sizes: handle.sizes.clone(),
-            last_hex: None,
+            last_sent: None,
             done: handle.done.clone(),
             via: HashMap::new(),
         };
@@ -188,6 +210,25 @@ impl Commands {
         }
     }
 
+    /// Takes back a command legacy could not write (its connection ended first, or its bridge
+    /// was gone); it waits for a connection like any other. Gives it back when the service's
+    /// queue is full.
+    pub fn adopt(&self, moving: Moving, gone: Option<ConnId>) -> Result<(), Moving> {
+        match self.submit.try_reserve() {
+            Ok(permit) => {
+                permit.send(Msg::Adopt { moving, gone });
+                Ok(())
+            }
+            Err(_) => Err(moving),
+        }
+    }
+
+    /// The newest command per target and attribute, noted by the front door
+    /// ([`super::control::submit`]) for both transports.
+    pub fn latest(&self) -> &Latest {
+        &self.latest
+    }
+
     /// Reports a connection event without ever waiting (a full queue drops it and counts).
     pub fn event(&self, event: ConnEvent) {
         if self.events.try_send(event).is_err() {
@@ -202,15 +243,7 @@ impl Commands {
 
     /// Adds an event to a command's trace (for the legacy transport, which shares the ring).
     pub fn trace_event(&self, id: CommandId, event: &'static str, detail: &[(&str, String)]) {
-        let record = TraceRecord {
-            at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-            event,
-            detail: detail
-                .iter()
-                .map(|(k, v)| ((*k).to_string(), serde_json::Value::String(v.clone())))
-                .collect(),
-        };
-        push_trace(&self.traces, id, record);
+        push_event(&self.traces, id, event, detail);
     }
 
     /// A command's trace, oldest event first.
@@ -248,12 +281,16 @@ struct Service {
     registry: Registry,
     metrics: Metrics,
     canary: Arc<Canary>,
+    /// Takes the commands whose chosen connection legacy owns.
+    legacy: Legacy,
+    latest: Arc<Latest>,
     waiters: HashMap<CommandId, oneshot::Sender<Completion>>,
     start: Instant,
     traces: Arc<Mutex<Traces>>,
     sizes: Arc<Mutex<cync_proto::delivery::Sizes>>,
-    /// The hex of the packet just written, for the trace's `sent` event.
-    last_hex: Option<(CommandId, String)>,
+    /// The packet just written (hex, bridge, the connection's owner), for the trace's `sent`
+    /// event.
+    last_sent: Option<(CommandId, String, ConnId, Transport)>,
     done: Arc<tokio::sync::watch::Sender<u64>>,
     /// The bridge each live command was last handed to; an entry lives from its first transmit
     /// to its outcome, so it is bounded by the dispatcher's own bound on live commands.
@@ -278,12 +315,17 @@ impl Service {
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 msg = submit.recv() => {
-                    let Some(Msg::Submit { req, reply }) = msg else { break };
-                    if let Some(reply) = reply {
-                        self.waiters.insert(req.id, reply);
-                    }
                     let now = self.now();
-                    self.dispatcher.submit(req, now);
+                    match msg {
+                        None => break,
+                        Some(Msg::Submit { req, reply }) => {
+                            if let Some(reply) = reply {
+                                self.waiters.insert(req.id, reply);
+                            }
+                            self.dispatcher.submit(req, now);
+                        }
+                        Some(Msg::Adopt { moving, gone }) => self.adopt(moving, gone, now),
+                    }
                 }
                 event = events.recv() => {
                     let Some(event) = event else { break };
@@ -323,13 +365,14 @@ impl Service {
             ConnEvent::Sent {
                 command,
                 attempt,
-                conn: _,
+                conn,
+                owner,
                 msg,
                 seq,
                 hex,
             } => {
                 info!(command_id = %command, attempt, msg_id = %msg, seq = seq.0, hex = %hex, "command sent");
-                self.last_hex = Some((command, hex));
+                self.last_sent = Some((command, hex, conn, owner));
                 self.dispatcher.sent(command, attempt, msg, seq, now);
             }
             ConnEvent::SendFailed { command, attempt } => {
@@ -338,11 +381,67 @@ impl Service {
             ConnEvent::Unsent { command, attempt } => {
                 self.dispatcher.unreachable(command, attempt, now);
             }
-            ConnEvent::Ack { conn, msg } => self.dispatcher.ack(conn, msg, now),
+            ConnEvent::Ack { conn, msg } => {
+                if !self.dispatcher.ack(conn, msg, now) {
+                    self.metrics.unmatched_answer(Transport::Reliable);
+                }
+            }
             ConnEvent::Result { conn, seq, code } => self.dispatcher.result(conn, seq, code, now),
             ConnEvent::Status { home, status } => self.dispatcher.status(&home, &status, now),
+            ConnEvent::Connected(conn) => self.dispatcher.connected(conn, now),
             ConnEvent::Lost(conn) => self.dispatcher.connection_lost(conn, now),
         }
+    }
+
+    /// A command legacy gives back: it waits here for a connection, unless a newer command
+    /// for its target and attribute came since (then it is superseded: it would undo it).
+    fn adopt(&mut self, moving: Moving, gone: Option<ConnId>, now: Duration) {
+        let id = moving.req.id;
+        let (moved, reply) = moving.into_moved(self.start);
+        if let Some(reply) = reply {
+            self.waiters.insert(id, reply);
+        }
+        if self.latest.newer(&moved.req) {
+            self.record(id, &TraceEvent::Done(Outcome::Superseded));
+            let latency = now.saturating_sub(moved.submitted);
+            self.complete(id, Outcome::Superseded, moved.attempts, latency);
+            self.done.send_modify(|n| *n = n.wrapping_add(1));
+            return;
+        }
+        self.dispatcher.adopt(moved, gone, now);
+    }
+
+    /// Hands attempt `attempt` of `command` to legacy, which owns the connection `conn` chosen
+    /// for it. A full legacy queue counts as a full write queue (the command moves to another
+    /// bridge, or ends `backpressure`).
+    fn hand_to_legacy(&mut self, command: CommandId, attempt: u8, conn: ConnId, shadow: bool) {
+        let now = self.now();
+        let Some(permit) = self.legacy.reserve() else {
+            self.metrics.queue_full.inc();
+            warn!(command_id = %command, conn_id = %conn, "legacy queue full: cannot hand the command over");
+            self.dispatcher.send_failed(command, attempt, now);
+            return;
+        };
+        let Some(moved) = self.dispatcher.hand_off(command, attempt, now) else {
+            return;
+        };
+        self.via.remove(&command);
+        let reply = self.waiters.remove(&command);
+        info!(command_id = %command, conn_id = %conn, "command handed to legacy, which owns the connection");
+        push_event(
+            &self.traces,
+            command,
+            "moved",
+            &[("to", "legacy".into()), ("bridge", conn.to_string())],
+        );
+        let mut moving = Moving::from_moved(moved, self.start, reply);
+        // Legacy writes once, on the connection chosen here.
+        moving.req.bridges = vec![conn];
+        permit.send(LegacyEvent::Adopt {
+            moving,
+            conn,
+            shadow,
+        });
     }
 
     /// Carries out everything the dispatcher asked for.
@@ -357,8 +456,15 @@ impl Service {
                     target,
                     action,
                 } => {
+                    let writer = match self.registry.writer(conn) {
+                        Some((route, _)) if route.transport == Transport::Legacy => {
+                            self.hand_to_legacy(command, attempt, conn, route.shadow);
+                            continue;
+                        }
+                        writer => writer,
+                    };
                     self.via.insert(command, conn);
-                    let sent = self.registry.writer(conn).map(|w| {
+                    let sent = writer.map(|(_, w)| {
                         w.try_send(ConnCommand::Send {
                             command,
                             attempt,
@@ -387,41 +493,7 @@ impl Service {
                     attempts,
                     latency,
                 } => {
-                    self.metrics
-                        .commands
-                        .get_or_create(&[("outcome", outcome.name())])
-                        .inc();
-                    self.metrics.command_latency.observe(latency.as_secs_f64());
-                    if outcome == Outcome::NoAck {
-                        self.metrics.ack_timeouts.inc();
-                    }
-                    self.canary.command(
-                        cync_proto::canary::Transport::Reliable,
-                        cync_proto::canary::CommandSample {
-                            applied: outcome == Outcome::Applied,
-                            superseded: outcome == Outcome::Superseded,
-                            queue_full: matches!(
-                                outcome,
-                                Outcome::QueueFull | Outcome::Backpressure
-                            ),
-                            latency,
-                        },
-                    );
-                    if let Some(conn) = self.via.remove(&command) {
-                        if let Some(stats) = self.registry.conn_stats(conn) {
-                            stats.count_outcome(outcome);
-                        }
-                    }
-                    let completion = Completion {
-                        command_id: command.to_string(),
-                        outcome: outcome.name(),
-                        attempts,
-                        latency_ms: latency.as_secs_f64() * 1000.0,
-                    };
-                    info!(command_id = %command, outcome = outcome.name(), attempts, latency_ms = completion.latency_ms, "command done");
-                    if let Some(w) = self.waiters.remove(&command) {
-                        let _ = w.send(completion);
-                    }
+                    self.complete(command, outcome, attempts, latency);
                     finished = true;
                 }
                 Output::Trace { command, event, .. } => {
@@ -453,12 +525,51 @@ impl Service {
         }
     }
 
+    /// Counts, reports and announces a command's outcome.
+    fn complete(&mut self, command: CommandId, outcome: Outcome, attempts: u8, latency: Duration) {
+        self.metrics
+            .commands
+            .get_or_create(&[("outcome", outcome.name())])
+            .inc();
+        self.metrics.command_latency.observe(latency.as_secs_f64());
+        if outcome == Outcome::NoAck {
+            self.metrics.ack_timeouts.inc();
+        }
+        self.canary.command(
+            Transport::Reliable,
+            cync_proto::canary::CommandSample {
+                applied: outcome == Outcome::Applied,
+                superseded: outcome == Outcome::Superseded,
+                queue_full: matches!(outcome, Outcome::QueueFull | Outcome::Backpressure),
+                latency,
+            },
+        );
+        if let Some(conn) = self.via.remove(&command) {
+            if let Some(stats) = self.registry.conn_stats(conn) {
+                stats.count_outcome(outcome);
+            }
+        }
+        let completion = Completion {
+            command_id: command.to_string(),
+            outcome: outcome.name(),
+            attempts,
+            latency_ms: latency.as_secs_f64() * 1000.0,
+        };
+        info!(command_id = %command, outcome = outcome.name(), attempts, latency_ms = completion.latency_ms, "command done");
+        if let Some(w) = self.waiters.remove(&command) {
+            let _ = w.send(completion);
+        }
+    }
+
     fn record(&mut self, command: CommandId, event: &TraceEvent) {
         let (name, mut detail) = describe(event);
         if name == "sent" {
-            if let Some((id, hex)) = self.last_hex.take() {
+            if let Some((id, hex, conn, owner)) = self.last_sent.take() {
                 if id == command {
                     detail.insert("hex".into(), serde_json::Value::String(hex));
+                    detail.insert("bridge".into(), serde_json::Value::from(conn.to_string()));
+                    detail.insert("owner".into(), serde_json::Value::from(owner.name()));
+                    detail.insert("transport".into(), serde_json::Value::from("reliable"));
                 }
             }
         }
@@ -469,6 +580,24 @@ impl Service {
         };
         push_trace(&self.traces, command, record);
     }
+}
+
+/// Appends an event with text details to a command's trace.
+fn push_event(
+    traces: &Mutex<Traces>,
+    command: CommandId,
+    event: &'static str,
+    detail: &[(&str, String)],
+) {
+    let record = TraceRecord {
+        at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        event,
+        detail: detail
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), serde_json::Value::String(v.clone())))
+            .collect(),
+    };
+    push_trace(traces, command, record);
 }
 
 /// Appends to a command's trace: at most [`TRACE_COMMANDS`] commands (oldest forgotten first),

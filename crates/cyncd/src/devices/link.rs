@@ -5,6 +5,10 @@
 //! happened and what the device answered as [`ConnEvent`]s through [`super::Host::deliver`],
 //! addressed to the transport that owns the command or the connection. Defining both here keeps
 //! the device layer free of any import from the layers above it.
+//!
+//! A connection's owner is the transport its route names, decided at its hello and fixed for
+//! its whole life. Only the owner writes on it: a [`ConnCommand`] from the other transport is
+//! refused ([`ConnEvent::Unsent`]), and every 0x7B and `f9` result goes to the owner.
 
 use cync_proto::canary::Transport;
 use cync_proto::delivery::CommandId;
@@ -50,6 +54,8 @@ pub enum ConnEvent {
         attempt: u8,
         /// The bridge that wrote it.
         conn: ConnId,
+        /// The transport that owns the connection it was written on.
+        owner: Transport,
         /// Outer message id.
         msg: MsgId,
         /// Inner seq.
@@ -57,7 +63,8 @@ pub enum ConnEvent {
         /// The packet, hex.
         hex: String,
     },
-    /// A command was not written: the connection ended first, or had not said hello.
+    /// A command was not written: the connection ended first, had not said hello, or is owned
+    /// by the other transport.
     Unsent {
         /// The command.
         command: CommandId,
@@ -94,7 +101,10 @@ pub enum ConnEvent {
         /// The status.
         status: DeviceStatus,
     },
-    /// The connection ended.
+    /// A bridge's connection said hello and is registered: commands waiting for it can go.
+    Connected(ConnId),
+    /// The connection ended (or a newer one with the same id replaced it). Delivered before
+    /// the connection that replaces it is registered.
     Lost(ConnId),
 }
 

@@ -23,7 +23,7 @@ use cync_proto::delivery::Outcome;
 use cync_proto::session::Source;
 use cync_proto::{ConnId, DeviceStatus};
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -73,6 +73,9 @@ struct Shared {
 struct State {
     devices: BTreeMap<(String, u16), Device>,
     connections: HashMap<ConnId, Connection>,
+    /// (home, mesh id) of every device a bridge's mesh listing named since the start; at most
+    /// [`MAX_DEVICES`] (further ones are not remembered).
+    listed: HashSet<(String, u16)>,
 }
 
 /// One mesh device.
@@ -258,6 +261,7 @@ pub struct Registration {
     registry: Registry,
     conn: ConnId,
     generation: u64,
+    released: bool,
 }
 
 impl Registry {
@@ -322,6 +326,7 @@ impl Registry {
             registry: self.clone(),
             conn,
             generation,
+            released: false,
         }
     }
 
@@ -396,6 +401,12 @@ impl Registry {
                 .take(cync_proto::session::MAX_MESH_RECORDS)
                 .collect();
         }
+        for id in mesh.iter().take(cync_proto::session::MAX_MESH_RECORDS) {
+            if state.listed.len() >= MAX_DEVICES {
+                break;
+            }
+            state.listed.insert((home.to_string(), *id));
+        }
         if let (Some(kind), Some(first)) = (device_type, mesh.first()) {
             if let Some(d) = state.devices.get_mut(&(home.to_string(), *first)) {
                 d.device_type = Some(kind);
@@ -411,6 +422,13 @@ impl Registry {
             c.firmware.insert(kind, version);
         }
         self.notify();
+    }
+
+    /// Whether a bridge's mesh listing has named this device (since the start): the devices
+    /// front ends announce beyond the configured ones, so a report from an id no bridge lists
+    /// creates no Home Assistant entity.
+    pub fn listed(&self, home: &str, mesh: u16) -> bool {
+        self.lock().listed.contains(&(home.to_string(), mesh))
     }
 
     /// Every device, sorted by home and mesh id, with names from `config`.
@@ -498,12 +516,13 @@ impl Registry {
         (state.connections.len() - reliable, reliable)
     }
 
-    /// The write queue of a connected bridge.
-    pub fn writer(&self, conn: ConnId) -> Option<mpsc::Sender<ConnCommand>> {
-        self.lock()
-            .connections
-            .get(&conn)
-            .and_then(|c| c.writer.clone())
+    /// The write queue of a connected bridge and the route of its connection (which says the
+    /// only transport that may write on it); `None` while it is away or closing.
+    pub fn writer(&self, conn: ConnId) -> Option<(Route, mpsc::Sender<ConnCommand>)> {
+        let state = self.lock();
+        let c = state.connections.get(&conn)?;
+        let writer = c.writer.as_ref().filter(|w| !w.is_closed())?;
+        Some((c.route, writer.clone()))
     }
 
     /// Bridges that reach a device: connected ones first, the one whose own device it is
@@ -524,6 +543,11 @@ impl Registry {
             )
         });
         out
+    }
+
+    /// Whether a session with this id is registered.
+    pub fn is_connected(&self, conn: ConnId) -> bool {
+        self.lock().connections.contains_key(&conn)
     }
 
     /// The counters of a connected bridge.
@@ -615,23 +639,34 @@ impl Registration {
         self.conn
     }
 
-    /// Ends the registration (also done on drop).
-    pub fn release(self) {}
-}
+    /// Ends the registration (also done on drop). Returns whether this session was still the
+    /// registered one; `false` when a newer session with the same id replaced it.
+    pub fn release(mut self) -> bool {
+        self.remove()
+    }
 
-impl Drop for Registration {
-    fn drop(&mut self) {
+    fn remove(&mut self) -> bool {
+        if std::mem::replace(&mut self.released, true) {
+            return false;
+        }
         let mut state = self.registry.lock();
         // Only remove our own entry: a newer session with the same id may have replaced it.
-        if state
+        let ours = state
             .connections
             .get(&self.conn)
-            .is_some_and(|c| c.generation == self.generation)
-        {
+            .is_some_and(|c| c.generation == self.generation);
+        if ours {
             state.connections.remove(&self.conn);
         }
         drop(state);
         self.registry.notify();
+        ours
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.remove();
     }
 }
 
@@ -833,10 +868,11 @@ mod tests {
             route,
         );
         assert!(old.is_cancelled() && !new.is_cancelled());
-        // The old session ending must not remove the new one.
-        drop(first);
+        assert!(r.is_connected(A));
+        // The old session ending must not remove the new one (and does not announce a loss).
+        assert!(!first.release());
         assert_eq!(r.connections()[0].peer, "127.0.0.1:2");
-        drop(second);
+        assert!(second.release());
         assert_eq!(r.connection_count(), 0);
     }
 

@@ -5,6 +5,12 @@
 //! order), and its events update the registry. Nothing the task waits on is another
 //! connection: the registry is touched only on status events, with short critical sections.
 //!
+//! Ownership: the route decided at the hello names the one transport that writes on the
+//! connection and hears its 0x7Bs and results (see [`super::link`]); a command from the other
+//! one is refused unwritten. The end of a connection ([`ConnEvent::Lost`]) is announced before
+//! a connection that replaces it is registered, so no transport takes an answer on the new
+//! connection for a command written on the old one.
+//!
 //! Bounds: at most `max_connections` connections (a semaphore; one over the cap is accepted and
 //! closed at once, and counted); one read buffer of `max_packet` bytes and the session's framer
 //! per connection; a write that stalls for `write_timeout_secs` closes the connection (the
@@ -174,15 +180,17 @@ where
         info!(%peer, "connected");
         let mut conn = Conn::new(peer, ctx.clone(), cancel.clone());
         let reason = conn.run(&mut stream).await;
-        if let Some(id) = conn.session.conn_id() {
-            // Commands waiting on this bridge move elsewhere now, not at their timeout.
-            conn.ctx.deliver(Transport::Reliable, ConnEvent::Lost(id));
-            if conn.is_legacy() {
-                conn.ctx.deliver(Transport::Legacy, ConnEvent::Lost(id));
+        // Nothing more is written here: the bridge is away from now on.
+        conn.queue.close();
+        if let Some(registration) = conn.registration.take() {
+            let id = registration.conn();
+            // Commands waiting on this bridge move elsewhere now, not at their timeout. A
+            // newer connection with the same id already announced this one's end.
+            if registration.release() {
+                conn.lost(id);
             }
         }
         // Queued commands that were never written.
-        conn.queue.close();
         while let Ok(queued) = conn.queue.try_recv() {
             conn.unsent(queued);
         }
@@ -258,6 +266,13 @@ impl<H: Host> Conn<H> {
         self.route.is_some_and(|r| r.transport == Transport::Legacy)
     }
 
+    /// Announces the end of the connection `id` to both transports: the owner's commands on it
+    /// end or move, and the other may hold commands waiting for it.
+    fn lost(&self, id: cync_proto::ConnId) {
+        self.ctx.deliver(Transport::Reliable, ConnEvent::Lost(id));
+        self.ctx.deliver(Transport::Legacy, ConnEvent::Lost(id));
+    }
+
     fn id_text(&self) -> String {
         self.session
             .conn_id()
@@ -302,6 +317,11 @@ impl<H: Host> Conn<H> {
             tokio::select! {
                 _ = &mut cancelled => return "replaced_or_shutdown",
                 Some(command) = self.queue.recv() => {
+                    if self.cancel.is_cancelled() {
+                        // Drained or replaced: nothing more is written here.
+                        self.unsent(command);
+                        return "replaced_or_shutdown";
+                    }
                     let sent = self.write_command(command);
                     if let Err(reason) = self.flush(stream).await {
                         for (owner, written) in sent {
@@ -379,6 +399,14 @@ impl<H: Host> Conn<H> {
         while let Some(queued) = next.take() {
             let owner = queued.owner();
             let (command, attempt) = queued.id();
+            next = self.queue.try_recv().ok();
+            if self.route.map(|r| r.transport) != Some(owner) {
+                // Only the owner writes here (and before the hello, nobody): the other
+                // transport learns it was not written and takes it elsewhere.
+                self.ctx
+                    .deliver(owner, ConnEvent::Unsent { command, attempt });
+                continue;
+            }
             let built = match queued {
                 ConnCommand::Send { target, action, .. } => {
                     self.session.send_command(target, action)
@@ -394,6 +422,7 @@ impl<H: Host> Conn<H> {
                         command,
                         attempt,
                         conn,
+                        owner,
                         msg,
                         seq,
                         hex,
@@ -404,7 +433,6 @@ impl<H: Host> Conn<H> {
                     .ctx
                     .deliver(owner, ConnEvent::Unsent { command, attempt }),
             }
-            next = self.queue.try_recv().ok();
         }
         events
     }
@@ -527,6 +555,19 @@ impl<H: Host> Conn<H> {
                     self.session
                         .set_dedup(route.transport == Transport::Reliable);
                     info!(peer = %self.peer, conn_id = %conn, transport = route.transport.name(), shadow = route.shadow, "routed");
+                    if let Some(previous) = self.registration.take() {
+                        // A second hello with another id: that id's session ends here.
+                        let old = previous.conn();
+                        if previous.release() {
+                            self.lost(old);
+                        }
+                    }
+                    if self.ctx.registry().is_connected(conn) {
+                        // The session this one replaces ends before anything of this one can
+                        // be written (its own end, if it comes first, announces it again:
+                        // harmless, nothing is on this connection yet).
+                        self.lost(conn);
+                    }
                     self.registration = Some(self.ctx.registry().register(
                         conn,
                         self.peer,
@@ -536,6 +577,9 @@ impl<H: Host> Conn<H> {
                         Some(self.writer.clone()),
                         route,
                     ));
+                    // Commands waiting for this bridge go now, through its owner.
+                    self.ctx
+                        .deliver(Transport::Reliable, ConnEvent::Connected(conn));
                 }
                 Event::AppConnection(conn) => {
                     info!(peer = %self.peer, conn_id = %conn, "phone-app connection: not served, closing");

@@ -432,7 +432,7 @@ fn certificate(
 /// holds either the old content or all of the new. The temporary file is created with `mode`
 /// (before any byte is written) and exclusively, so it never follows a planted link. One daemon
 /// per state directory is assumed.
-fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError> {
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError> {
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     let tmp = dir.join(format!(".{name}.tmp"));

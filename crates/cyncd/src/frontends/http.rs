@@ -17,9 +17,19 @@
 //! | `PUT /api/canary` | body any of `{mode, percent, kill, drain}`; answers as GET plus `drained` |
 //! | `GET /api/slo` | `{mode, percent, latched, slos: [{name, cohort, target, compliance, budget_remaining, events, rules}], decisions, last_rollback}` |
 //! | `GET /api/trace/{command_id}` | `{command_id, events: [{at, event, …}]}` |
+//! | `POST /api/session` | body `{"token"}`: sets the page's session cookie (204), 401 for a wrong token |
+//! | `GET /api/session` | `{authenticated, auth}` when the request carries the token or the cookie |
+//! | `DELETE /api/session` | forgets the cookie |
+//!
+//! Every request first passes [`guard`] (host, cross-site, token, body size and deadline); the
+//! server itself ([`server`]) bounds connections and their idle time.
 //!
 //! Errors are JSON `{"error": "..."}` with 400 (bad id or body; nothing is sent), 404 (unknown,
-//! including any unknown path) or 409 (ambiguous).
+//! including any unknown path) or 409 (ambiguous); messages quote at most
+//! [`guard::MAX_ECHO`] characters of what they refuse.
+
+pub mod guard;
+pub mod server;
 
 use crate::commands::Context;
 use crate::commands::control::{self, ControlError};
@@ -38,6 +48,8 @@ pub struct Api {
     pub ctx: Arc<Context>,
     /// The metrics registry to render.
     pub metrics: Arc<prometheus_client::registry::Registry>,
+    /// What every request passes first.
+    pub guard: guard::Guard,
 }
 
 /// The router.
@@ -52,9 +64,21 @@ pub fn router(api: Api) -> axum::Router {
         .route("/api/slo", get(slo))
         .with_state(api.clone())
         .merge(super::live::routes(api.ctx.clone()))
-        .merge(command_routes(api))
+        .merge(command_routes(api.clone()))
         .merge(super::web::routes())
+        .merge(
+            axum::Router::new()
+                .route(
+                    "/api/session",
+                    get(guard::whoami).post(guard::login).delete(guard::logout),
+                )
+                .with_state(api.guard.clone()),
+        )
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such path") })
+        .layer(axum::middleware::from_fn_with_state(
+            api.guard,
+            guard::check,
+        ))
 }
 
 async fn canary_get(State(api): State<Api>) -> Response {
@@ -138,7 +162,7 @@ where
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
-    (status, Json(serde_json::json!({ "error": message }))).into_response()
+    guard::refuse(status, message)
 }
 
 /// The body of `POST /api/devices/{id}/state` and `POST /api/groups/{id}/state`.

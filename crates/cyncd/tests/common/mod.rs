@@ -53,8 +53,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 /// Connects as a device: TLS (any certificate accepted, TLS 1.2, the devices' RSA suites)
 /// unless the server is plain.
 pub async fn connect(server: &Running) -> Box<dyn Stream> {
-    let tcp = TcpStream::connect(server.devices).await.unwrap();
-    if server.ctx.config.plain {
+    connect_to(server.devices, server.ctx.config.plain).await
+}
+
+/// As [`connect`], to a device address.
+pub async fn connect_to(devices: std::net::SocketAddr, plain: bool) -> Box<dyn Stream> {
+    let tcp = TcpStream::connect(devices).await.unwrap();
+    if plain {
         return Box::new(tcp);
     }
     let mut builder = SslConnector::builder(SslMethod::tls_client()).unwrap();
@@ -129,11 +134,23 @@ pub async fn write(stream: &mut (impl AsyncWrite + Unpin + ?Sized), bytes: &[u8]
     stream.flush().await.unwrap();
 }
 
-/// A plain HTTP/1.1 GET; returns (status, body).
+/// The `Authorization` header line for the server's API token (empty without one).
+pub fn auth(server: &Running) -> String {
+    server
+        .http_token
+        .as_ref()
+        .map(|t| format!("Authorization: Bearer {}\r\n", t.token))
+        .unwrap_or_default()
+}
+
+/// A plain HTTP/1.1 GET with the API token; returns (status, body).
 pub async fn get(server: &Running, path: &str) -> (u16, String) {
     http(
         server,
-        &format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"),
+        &format!(
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\n{}Connection: close\r\n\r\n",
+            auth(server)
+        ),
     )
     .await
 }
@@ -150,14 +167,15 @@ pub async fn put(server: &Running, path: &str, body: &str) -> (u16, String) {
 
 async fn send_json(server: &Running, method: &str, path: &str, body: &str) -> (u16, String) {
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        auth(server),
         body.len()
     );
     http(server, &request).await
 }
 
 /// Sends one request and reads the whole answer (the server closes); returns (status, body).
-async fn http(server: &Running, request: &str) -> (u16, String) {
+pub async fn http(server: &Running, request: &str) -> (u16, String) {
     let mut tcp = TcpStream::connect(server.http).await.unwrap();
     tcp.write_all(request.as_bytes()).await.unwrap();
     let mut response = Vec::new();
@@ -206,11 +224,14 @@ pub async fn until(server: &Running, mut check: impl FnMut() -> bool) {
     }
 }
 
-/// A GET with extra header lines (each ending in `\r\n`); returns (status, head, body).
+/// A GET with the API token and extra header lines (each ending in `\r\n`); returns (status,
+/// head, body).
 pub async fn get_with(server: &Running, path: &str, headers: &str) -> (u16, String, String) {
     let mut tcp = TcpStream::connect(server.http).await.unwrap();
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{headers}Connection: close\r\n\r\n");
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\n{}{headers}Connection: close\r\n\r\n",
+        auth(server)
+    );
     tcp.write_all(request.as_bytes()).await.unwrap();
     let mut response = Vec::new();
     tokio::time::timeout(Duration::from_secs(30), tcp.read_to_end(&mut response))
@@ -239,7 +260,11 @@ pub struct Events {
 pub async fn events(server: &Running) -> (u16, String, Events) {
     let mut tcp = TcpStream::connect(server.http).await.unwrap();
     tcp.write_all(
-        b"GET /api/events HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n",
+        format!(
+            "GET /api/events HTTP/1.1\r\nHost: localhost\r\n{}Accept: text/event-stream\r\nConnection: close\r\n\r\n",
+            auth(server)
+        )
+        .as_bytes(),
     )
     .await
     .unwrap();

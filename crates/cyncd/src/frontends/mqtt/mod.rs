@@ -6,11 +6,17 @@
 //!   (0.5 s doubling to 30 s, full jitter), reports "connected" through a `watch` (never lost,
 //!   never blocks) and forwards incoming messages through a bounded queue
 //!   ([`INCOMING_QUEUE`]; a full queue drops the message and counts it in
-//!   `cyncd_mqtt_dropped_total`);
+//!   `cyncd_mqtt_dropped_total`). Incoming packets up to [`MAX_INCOMING_PACKET`] are read
+//!   (rumqttc drops the whole session on a larger one, so the limit is far above any sane
+//!   message); a message over [`MAX_COMMAND_PAYLOAD`] is dropped there, logged by its size and
+//!   counted in `cyncd_mqtt_oversize_total`, and never queued;
 //! - the *bridge* turns registry changes into retained messages and commands into the command
-//!   service. On every (re)connect and on Home Assistant's birth message it re-publishes
-//!   everything; otherwise it publishes a topic only when its payload changed (it keeps a
-//!   64-bit hash per topic, one per entity topic, so the map is bounded by the device table).
+//!   service. On every (re)connect (the broker may have restarted empty) it re-publishes
+//!   everything. Home Assistant's birth messages are debounced ([`BIRTH_DEBOUNCE`]: a burst is
+//!   one re-publication) and re-publish states and availability only — discovery is retained
+//!   by the broker and was not lost while this session stayed up. Otherwise a topic is
+//!   published only when its payload changed (it keeps a 64-bit hash per topic, one per entity
+//!   topic, so the map is bounded by the device table).
 //!   Registry changes are coalesced: at most one scan per [`SCAN_INTERVAL`], and never more
 //!   often than [`SCAN_DUTY`] times the last scan's own duration, so a large home's scans
 //!   cannot take more than about 5% of the event loop that also serves the devices.
@@ -21,8 +27,14 @@
 //! the registry for up to [`OVERLAY_HOLD`] until the device's own report agrees); any other
 //! outcome re-publishes the true state so Home Assistant does not show what did not happen.
 //!
-//! Entities that disappear from the configuration are removed (empty retained config): the
-//! configuration's entities are remembered in `mqtt-entities.json` in the state directory.
+//! Entities are announced for the devices the configuration names or a bridge's mesh listing
+//! named ([`crate::devices::registry::Registry::listed`]); a report from an id no bridge lists
+//! creates nothing in Home Assistant. Every topic ever published is remembered in
+//! `mqtt-entities.json` in the state directory (at most [`MAX_REMEMBERED_TOPICS`]; further ones
+//! are not remembered, with a warning), so stale entities are removed (empty retained
+//! payloads): at the next start those only the configuration wanted and it no longer names, and
+//! any not wanted for [`STALE_AFTER`]. Payloads quoted in logs are cut to
+//! [`LOG_PREVIEW`] bytes, with their length.
 
 pub mod ha;
 
@@ -66,6 +78,22 @@ const REQUEST_QUEUE: usize = 1024;
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(30));
 /// How long shutdown waits for `offline` to reach the broker.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
+/// Largest incoming MQTT packet read. rumqttc ends the session on a larger one (its last will
+/// would then say `offline`), so this is far above any command; [`MAX_COMMAND_PAYLOAD`] is the
+/// real limit.
+pub const MAX_INCOMING_PACKET: usize = 16 * 1024 * 1024;
+/// Largest incoming message handled; larger ones are dropped (commands are under 200 bytes).
+pub const MAX_COMMAND_PAYLOAD: usize = 4096;
+/// Home Assistant's birth messages within this window after the first cause one re-publication.
+pub const BIRTH_DEBOUNCE: Duration = Duration::from_secs(2);
+/// Most retained topics remembered in `mqtt-entities.json`.
+pub const MAX_REMEMBERED_TOPICS: usize = 100_000;
+/// A remembered entity not wanted for this long is removed from Home Assistant.
+pub const STALE_AFTER: Duration = Duration::from_secs(7 * 86_400);
+/// How often remembered entities are written out (when changed) and swept for stale ones.
+const HOUSEKEEPING: Duration = Duration::from_secs(60);
+/// Bytes of a payload or topic quoted in a log line.
+pub const LOG_PREVIEW: usize = 64;
 /// Environment variable with the broker password.
 pub const PASSWORD_ENV: &str = "CYNCD_MQTT_PASSWORD";
 
@@ -82,6 +110,8 @@ pub struct MqttMetrics {
     pub published: Counter,
     /// `cyncd_mqtt_dropped_total`: incoming messages dropped by a full queue.
     pub dropped: Counter,
+    /// `cyncd_mqtt_oversize_total`: incoming messages over [`MAX_COMMAND_PAYLOAD`], dropped.
+    pub oversize: Counter,
     /// `cyncd_mqtt_commands_total{outcome}`: `applied`, `not_applied`, `invalid`, `busy`,
     /// `unknown_entity`.
     pub commands: Family<[(&'static str, &'static str); 1], Counter>,
@@ -100,6 +130,7 @@ impl Default for MqttMetrics {
             connect_failures: Counter::default(),
             published: Counter::default(),
             dropped: Counter::default(),
+            oversize: Counter::default(),
             commands: Family::default(),
             scan_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 14)),
             ha_births: Counter::default(),
@@ -132,6 +163,11 @@ impl MqttMetrics {
             "dropped",
             "Incoming MQTT messages dropped by a full queue",
             m.dropped.clone(),
+        );
+        r.register(
+            "oversize",
+            "Incoming MQTT messages dropped for their size",
+            m.oversize.clone(),
         );
         r.register(
             "commands",
@@ -184,7 +220,7 @@ fn options(ctx: &Context, broker: &Broker) -> anyhow::Result<MqttOptions> {
     let mut o = broker_options(&ctx.config.mqtt, broker, &ctx.config.mqtt.client_id)?;
     o.set_keep_alive(Duration::from_secs(30));
     o.set_clean_session(true);
-    o.set_max_packet_size(64 * 1024, 256 * 1024);
+    o.set_max_packet_size(MAX_INCOMING_PACKET, 256 * 1024);
     o.set_request_channel_capacity(REQUEST_QUEUE);
     let topics = topics(ctx);
     o.set_last_will(LastWill::new(
@@ -274,7 +310,10 @@ pub fn start(
         warned: HashSet::new(),
         connected: false,
         cleaned: false,
-        state_file,
+        memory: Memory::load(state_file),
+        scanned: HashMap::new(),
+        birth: None,
+        births: 0,
         slots: Arc::new(Semaphore::new(MAX_COMMANDS_IN_FLIGHT)),
     };
     info!(broker = %broker, "MQTT enabled");
@@ -327,7 +366,10 @@ async fn link(
                 link.send_replace(Link::Up(connects));
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                if messages.try_send(p).is_err() {
+                if p.payload.len() > MAX_COMMAND_PAYLOAD {
+                    metrics.oversize.inc();
+                    warn!(topic = %preview(p.topic.as_bytes()), bytes = p.payload.len(), "MQTT message dropped: larger than any command");
+                } else if messages.try_send(p).is_err() {
                     metrics.dropped.inc();
                 }
             }
@@ -392,7 +434,14 @@ struct Bridge {
     warned: HashSet<String>,
     connected: bool,
     cleaned: bool,
-    state_file: PathBuf,
+    /// Every topic ever published, in the state directory.
+    memory: Memory,
+    /// Topics the last scan wanted → whether only the configuration wanted them.
+    scanned: HashMap<String, bool>,
+    /// When the pending re-publication for Home Assistant's birth is due.
+    birth: Option<Instant>,
+    /// Birth messages folded into it.
+    births: u64,
     slots: Arc<Semaphore>,
 }
 
@@ -402,6 +451,16 @@ struct Done {
     entity: Entity,
     steps: Vec<Step>,
     applied: bool,
+}
+
+/// At most [`LOG_PREVIEW`] bytes of `bytes` for a log line, with the length when cut.
+pub fn preview(bytes: &[u8]) -> String {
+    let head = String::from_utf8_lossy(bytes.get(..LOG_PREVIEW).unwrap_or(bytes));
+    if bytes.len() > LOG_PREVIEW {
+        format!("{head}… ({} bytes)", bytes.len())
+    } else {
+        head.into_owned()
+    }
 }
 
 fn hash(payload: &[u8]) -> u64 {
@@ -422,10 +481,25 @@ impl Bridge {
         let mut next_scan: Option<Instant> = None;
         let mut last_scan = Instant::now();
         let mut gap = SCAN_INTERVAL;
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
+        housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let scan_at = next_scan.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            let birth_at = self
+                .birth
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
                 () = cancel.cancelled() => break,
+                () = tokio::time::sleep_until(birth_at), if self.birth.is_some() => {
+                    self.birth = None;
+                    self.on_birth().await;
+                }
+                _ = housekeeping.tick() => {
+                    if self.connected && self.cleaned {
+                        self.sweep(false).await;
+                    }
+                    self.memory.save();
+                }
                 changed = link.changed() => {
                     if changed.is_err() {
                         break;
@@ -471,10 +545,14 @@ impl Bridge {
                 .await;
             let _ = self.client.disconnect().await;
         }
+        self.note_scanned(unix_now());
+        self.memory.save();
     }
 
     async fn on_connect(&mut self) {
         self.connected = true;
+        // Everything is published again below; a pending birth re-publication is part of it.
+        self.birth = None;
         let subscribed = self
             .client
             .subscribe_many([
@@ -489,9 +567,27 @@ impl Bridge {
             .await;
         if !self.cleaned {
             self.cleaned = true;
-            self.remove_stale().await;
+            self.sweep(true).await;
         }
         self.resync().await;
+    }
+
+    /// Home Assistant came online (after [`BIRTH_DEBOUNCE`]): states and availability again.
+    /// Discovery is not: the broker retains it, and a broker that lost it dropped this session
+    /// too, whose reconnect publishes everything.
+    async fn on_birth(&mut self) {
+        let births = std::mem::take(&mut self.births);
+        self.put(self.topics.availability(), b"online".to_vec(), true)
+            .await;
+        let prefix = format!("{}/", self.topics.prefix);
+        self.published.retain(|topic, _| topic.starts_with(&prefix));
+        let before = self.metrics.published.get();
+        self.scan().await;
+        info!(
+            births,
+            published = self.metrics.published.get() - before,
+            "Home Assistant came online: states and availability published again"
+        );
     }
 
     /// Forgets what was published and publishes everything again.
@@ -507,11 +603,11 @@ impl Bridge {
     async fn on_message(&mut self, message: rumqttc::Publish, done: &mpsc::Sender<Done>) {
         if message.topic == self.topics.ha_status() {
             if message.payload.as_ref() == b"online" {
-                info!("Home Assistant came online: publishing discovery and states again");
+                self.births += 1;
                 self.metrics.ha_births.inc();
-                self.put(self.topics.availability(), b"online".to_vec(), true)
-                    .await;
-                self.resync().await;
+                if self.birth.is_none() {
+                    self.birth = Some(Instant::now() + BIRTH_DEBOUNCE);
+                }
             }
             return;
         }
@@ -520,7 +616,7 @@ impl Bridge {
         };
         let object = object.to_string();
         let Some(entity) = self.entities.get(&object).cloned() else {
-            warn!(topic = %message.topic, "MQTT command for an unknown entity");
+            warn!(topic = %preview(message.topic.as_bytes()), "MQTT command for an unknown entity");
             self.metrics.command("unknown_entity");
             return;
         };
@@ -537,7 +633,7 @@ impl Bridge {
         let steps = match steps {
             Ok(s) => s,
             Err(e) => {
-                warn!(topic = %message.topic, payload = %String::from_utf8_lossy(&message.payload), error = %e, "MQTT command refused");
+                warn!(topic = %message.topic, payload = %preview(&message.payload), error = %preview(e.as_bytes()), "MQTT command refused");
                 self.metrics.command("invalid");
                 self.republish(&object).await;
                 return;
@@ -628,6 +724,10 @@ impl Bridge {
 
     /// Publishes `payload` on `topic` (retained) unless the same payload was published last.
     async fn put(&mut self, topic: String, payload: Vec<u8>, force: bool) {
+        if !payload.is_empty() {
+            let configured_only = self.scanned.get(&topic).copied().unwrap_or(false);
+            self.memory.remember(&topic, configured_only);
+        }
         let h = hash(&payload);
         if !force && self.published.get(&topic) == Some(&h) {
             return;
@@ -657,10 +757,16 @@ impl Bridge {
         self.put(topic, payload, false).await;
     }
 
-    /// Every device view Home Assistant should know: the registry's, plus configured devices
-    /// not seen yet (offline until they report).
+    /// Every device view Home Assistant should know: the registry's devices that the
+    /// configuration names or a bridge listed, plus configured devices not seen yet (offline
+    /// until they report).
     fn views(&self) -> Vec<DeviceView> {
-        let mut views = self.ctx.registry.devices(&self.ctx.config);
+        let registry = &self.ctx.registry;
+        let mut views = registry.devices(&self.ctx.config);
+        views.retain(|v| {
+            self.ctx.config.device(&v.home, v.mesh_id).is_some()
+                || registry.listed(&v.home, v.mesh_id)
+        });
         let seen: HashSet<(String, u16)> =
             views.iter().map(|v| (v.home.clone(), v.mesh_id)).collect();
         for home in &self.ctx.config.homes {
@@ -688,6 +794,7 @@ impl Bridge {
         if !self.connected {
             return;
         }
+        self.scanned.clear();
         let now = Instant::now();
         self.overlays.retain(|_, (_, until)| *until > now);
         let views = self.views();
@@ -714,6 +821,14 @@ impl Bridge {
                 None => view.clone(),
             };
             let via = view.bridges.first().map(String::as_str);
+            let configured_only = !self.ctx.registry.listed(&view.home, view.mesh_id);
+            for topic in [
+                self.topics.discovery(shape.component(), &object),
+                self.topics.state(&object),
+                self.topics.entity_availability(&object),
+            ] {
+                self.scanned.insert(topic, configured_only);
+            }
             let discovery = ha::discovery(
                 &self.topics,
                 &object,
@@ -764,6 +879,9 @@ impl Bridge {
                 .filter_map(|m| by_key.get(&(home.clone(), *m)))
                 .collect();
             let state = ha::group_state(&members, shape);
+            self.scanned
+                .insert(self.topics.discovery(shape.component(), &object), true);
+            self.scanned.insert(self.topics.state(&object), true);
             let discovery = ha::discovery(
                 &self.topics,
                 &object,
@@ -841,7 +959,11 @@ impl Bridge {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         for (conn, seen) in list {
+            self.scanned
+                .insert(self.topics.state(&ha::bridge_object(&conn)), false);
             for (component, object, discovery) in ha::bridge_discovery(&self.topics, &conn) {
+                self.scanned
+                    .insert(self.topics.discovery(component, &object), false);
                 self.put_json(self.topics.discovery(component, &object), &discovery)
                     .await;
             }
@@ -872,31 +994,177 @@ impl Bridge {
         out
     }
 
-    /// Clears the retained topics of entities the previous configuration had and this one
-    /// does not, then remembers this configuration's.
-    async fn remove_stale(&mut self) {
+    /// Marks the last scan's topics as wanted at `now`.
+    fn note_scanned(&mut self, now: u64) {
+        for (topic, configured_only) in &self.scanned {
+            self.memory.wanted(topic, *configured_only, now);
+        }
+    }
+
+    /// Clears remembered topics that are stale: at the start (`starting`), those only the
+    /// configuration wanted and it no longer names; at any time, those not wanted for
+    /// [`STALE_AFTER`]. The last scan's topics are marked as wanted now first.
+    async fn sweep(&mut self, starting: bool) {
+        let now = unix_now();
         let current = self.config_topics();
-        let previous: BTreeSet<String> = std::fs::read(&self.state_file)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
-        let stale: Vec<String> = previous.difference(&current).cloned().collect();
+        self.note_scanned(now);
+        let stale = self.memory.stale(|topic, entry| {
+            let wanted = current.contains(topic) || self.scanned.contains_key(topic);
+            !wanted
+                && ((starting && entry.configured_only)
+                    || now.saturating_sub(entry.seen) > STALE_AFTER.as_secs())
+        });
         for topic in &stale {
             self.put(topic.clone(), Vec::new(), true).await;
+            self.published.remove(topic);
         }
         if !stale.is_empty() {
             info!(
                 topics = stale.len(),
-                "MQTT: removed entities no longer in the configuration"
+                "MQTT: removed entities no longer configured or listed by a bridge"
             );
         }
-        let body = serde_json::to_vec_pretty(&current).unwrap_or_default();
-        let tmp = self.state_file.with_extension("json.tmp");
-        let written = std::fs::create_dir_all(self.state_file.parent().unwrap_or(&self.state_file))
+        // The configuration's entities are wanted now, published or not yet.
+        for topic in &current {
+            self.memory
+                .wanted(topic, !self.scanned.contains_key(topic), now);
+        }
+        self.memory.save();
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// One remembered topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Remembered {
+    /// Only the configuration wanted it (no bridge listed the device) when last wanted.
+    configured_only: bool,
+    /// Unix seconds when last wanted.
+    seen: u64,
+}
+
+/// `mqtt-entities.json`: every retained topic cyncd published, so that stale ones can be
+/// cleared later, even after a restart. Bounded by [`MAX_REMEMBERED_TOPICS`].
+struct Memory {
+    file: PathBuf,
+    topics: BTreeMap<String, Remembered>,
+    dirty: bool,
+    warned_full: bool,
+}
+
+/// The file's shape.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct MemoryFile {
+    topics: BTreeMap<String, Remembered>,
+}
+
+impl Memory {
+    /// Reads the file; an older file (a list of the configuration's topics) counts as topics
+    /// only the configuration wanted.
+    fn load(file: PathBuf) -> Self {
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        let topics = if let Ok(f) = serde_json::from_slice::<MemoryFile>(&bytes) {
+            f.topics
+        } else if let Ok(list) = serde_json::from_slice::<Vec<String>>(&bytes) {
+            list.into_iter()
+                .map(|t| {
+                    let entry = Remembered {
+                        configured_only: true,
+                        seen: unix_now(),
+                    };
+                    (t, entry)
+                })
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
+        let mut topics = topics;
+        while topics.len() > MAX_REMEMBERED_TOPICS {
+            topics.pop_last();
+        }
+        Self {
+            file,
+            topics,
+            dirty: false,
+            warned_full: false,
+        }
+    }
+
+    /// Notes a published topic, wanted now.
+    fn remember(&mut self, topic: &str, configured_only: bool) {
+        if self.topics.contains_key(topic) {
+            return;
+        }
+        if self.topics.len() >= MAX_REMEMBERED_TOPICS {
+            if !self.warned_full {
+                self.warned_full = true;
+                warn!(
+                    limit = MAX_REMEMBERED_TOPICS,
+                    "MQTT: too many entities to remember; later ones will not be removed when stale"
+                );
+            }
+            return;
+        }
+        self.topics.insert(
+            topic.to_string(),
+            Remembered {
+                configured_only,
+                seen: unix_now(),
+            },
+        );
+        self.dirty = true;
+    }
+
+    /// Marks a remembered topic wanted at `now`. The file is rewritten for a changed flag, or
+    /// when the time moved by more than an hour (not for every scan).
+    fn wanted(&mut self, topic: &str, configured_only: bool, now: u64) {
+        if let Some(e) = self.topics.get_mut(topic) {
+            if e.configured_only != configured_only || now.saturating_sub(e.seen) > 3600 {
+                self.dirty = true;
+            }
+            e.configured_only = configured_only;
+            e.seen = now;
+        }
+    }
+
+    /// Removes and returns the topics `stale` picks.
+    fn stale(&mut self, stale: impl Fn(&str, &Remembered) -> bool) -> Vec<String> {
+        let gone: Vec<String> = self
+            .topics
+            .iter()
+            .filter(|(t, e)| stale(t, e))
+            .map(|(t, _)| t.clone())
+            .collect();
+        for t in &gone {
+            self.topics.remove(t);
+        }
+        if !gone.is_empty() {
+            self.dirty = true;
+        }
+        gone
+    }
+
+    /// Writes the file when something changed.
+    fn save(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        self.dirty = false;
+        let body = serde_json::to_vec(&MemoryFile {
+            topics: self.topics.clone(),
+        })
+        .unwrap_or_default();
+        let tmp = self.file.with_extension("json.tmp");
+        let written = std::fs::create_dir_all(self.file.parent().unwrap_or(&self.file))
             .and_then(|()| std::fs::write(&tmp, body))
-            .and_then(|()| std::fs::rename(&tmp, &self.state_file));
+            .and_then(|()| std::fs::rename(&tmp, &self.file));
         if let Err(e) = written {
-            error!(file = %self.state_file.display(), error = %e, "could not remember the MQTT entities; entities removed from the configuration will stay in Home Assistant");
+            error!(file = %self.file.display(), error = %e, "could not remember the MQTT entities; stale entities will stay in Home Assistant");
         }
     }
 }
