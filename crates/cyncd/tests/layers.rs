@@ -15,6 +15,10 @@ const RULES: &[(&str, &[&str])] = &[
         &["devices", "commands", "frontends", "cli", "serve"],
     ),
     (
+        "config",
+        &["devices", "commands", "frontends", "cli", "serve"],
+    ),
+    (
         "metrics.rs",
         &["devices", "commands", "frontends", "cli", "serve"],
     ),

@@ -107,7 +107,7 @@ function setLive(s, text) {
 function connect() {
   if (source) source.close();
   setLive('connecting', 'connecting…');
-  source = new EventSource('/api/events');
+  source = new EventSource('api/events');
   source.addEventListener('snapshot', (e) => {
     backoffMs = 1000;
     setLive('live', 'live');
@@ -346,8 +346,8 @@ const pending = new Map(); // key -> count of commands in flight
 /** Sends a state body to a device or group and shows the outcome; resolves when done. */
 async function send(target, body) {
   const path = target.kind === 'group'
-    ? `/api/groups/${encodeURIComponent(target.id)}/state`
-    : `/api/devices/${encodeURIComponent(target.id)}/state`;
+    ? `api/groups/${encodeURIComponent(target.id)}/state`
+    : `api/devices/${encodeURIComponent(target.id)}/state`;
   mark(target, +1);
   let result;
   try {
@@ -458,7 +458,7 @@ async function showTrace(id) {
   out.replaceChildren(el('p', { class: 'empty', text: 'Loading…' }));
   let answer;
   try {
-    const response = await fetch(`/api/trace/${id}`);
+    const response = await fetch(`api/trace/${id}`);
     answer = await response.json().catch(() => ({}));
     if (!response.ok) {
       out.replaceChildren(el('p', { class: 'empty', text: answer.error || `HTTP ${response.status}` }));
@@ -511,7 +511,7 @@ function percent(v) {
 
 async function loadCanary() {
   const out = $('#canary-out');
-  const [canary, slo] = await Promise.all([getJSON('/api/canary'), getJSON('/api/slo')]);
+  const [canary, slo] = await Promise.all([getJSON('api/canary'), getJSON('api/slo')]);
   if (canary.status === 404 && slo.status === 404) {
     out.replaceChildren(el('p', { class: 'empty', 'data-canary': 'unavailable', text: 'canary routing not available' }));
     return;
@@ -574,7 +574,7 @@ function showLogin(message) {
 /** Posts a token to get the session cookie; true when accepted. */
 async function signIn(token) {
   try {
-    const r = await fetch('/api/session', {
+    const r = await fetch('api/session', {
       method: 'POST',
       headers: { 'Content-Type': 'application/json' },
       body: JSON.stringify({ token }),
@@ -591,7 +591,7 @@ let started = false;
 async function start() {
   let status = 0;
   try {
-    status = (await fetch('/api/session', { headers: { Accept: 'application/json' } })).status;
+    status = (await fetch('api/session', { headers: { Accept: 'application/json' } })).status;
   } catch (err) {
     status = 0;
   }

@@ -262,9 +262,9 @@ pub struct DeviceView {
     pub online: bool,
     /// On.
     pub on: bool,
-    /// 0–100.
-    pub brightness: u8,
-    /// 0–100, or null in RGB/effect mode.
+    /// 0–100; null when the device's type does not dim (plugs, switches, fans).
+    pub brightness: Option<u8>,
+    /// 0–100, or null in RGB/effect mode and when the device's type has no tunable white.
     pub color_temp: Option<u8>,
     /// `[r, g, b]` in RGB mode, else null.
     pub rgb: Option<[u8; 3]>,
@@ -295,7 +295,7 @@ impl DeviceView {
             fan_speed: (t.fan_speeds > 0).then_some(0),
             online: false,
             on: false,
-            brightness: 0,
+            brightness: shows_brightness(&t).then_some(0),
             color_temp: None,
             rgb: None,
             bridges: Vec::new(),
@@ -876,14 +876,21 @@ fn view(
         online: d.online,
         on: s.on,
         // Devices report a stale brightness while off; show 0 then.
-        brightness: if s.on { s.brightness } else { 0 },
-        color_temp,
-        rgb,
+        brightness: shows_brightness(&device_type).then_some(if s.on { s.brightness } else { 0 }),
+        // Plugs and switches report a white value too; it means nothing for them.
+        color_temp: color_temp.filter(|_| device_type.color_temp || !device_type.known),
+        rgb: rgb.filter(|_| device_type.rgb || !device_type.known),
         bridges: d.bridges.iter().map(ConnId::to_string).collect(),
         reachable: d.bridges.iter().any(|b| state.connections.contains_key(b)),
         last_seen: rfc3339(d.last_seen),
         firmware: firmware.or_else(|| d.firmware.clone()),
     }
+}
+
+/// Whether a device of this type has a brightness to show: a known type only when it dims; an
+/// unknown one always (what it reports is all there is to know).
+fn shows_brightness(t: &DeviceType) -> bool {
+    t.brightness || !t.known
 }
 
 fn rfc3339(t: SystemTime) -> String {
@@ -978,6 +985,52 @@ mod tests {
         )
         .unwrap();
         assert!(!r.device(&config, "7").unwrap().on);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_plug_has_no_brightness_or_white_and_an_unknown_type_shows_what_it_reports() {
+        let r = Registry::new();
+        let mut config = crate::config::Config::default();
+        config.homes = vec![crate::config::Home {
+            name: "h".into(),
+            bridges: Vec::new(),
+            devices: vec![
+                crate::config::DeviceConfig {
+                    id: 4,
+                    name: "Plug".into(),
+                    kind: Some(68),
+                },
+                crate::config::DeviceConfig {
+                    id: 9,
+                    name: "Not seen yet".into(),
+                    kind: Some(68),
+                },
+            ],
+            groups: Vec::new(),
+        }];
+        let _a = connect(&r, A, "h");
+        let now = Instant::now();
+        r.apply("h", A, status(4, true, 50, true), Source::Own, now)
+            .unwrap();
+        r.apply("h", A, status(5, true, 50, true), Source::Own, now)
+            .unwrap();
+        let plug = r.device(&config, "h:4").unwrap();
+        assert_eq!(
+            (plug.brightness, plug.color_temp, plug.rgb),
+            (None, None, None)
+        );
+        let json = serde_json::to_value(&plug).unwrap();
+        assert!(
+            json["brightness"].is_null() && json["color_temp"].is_null(),
+            "{json}"
+        );
+        let unseen = DeviceView::configured("h", &config.homes[0].devices[1]);
+        assert_eq!(unseen.brightness, None);
+        let unknown = r.device(&config, "h:5").unwrap();
+        assert_eq!(
+            (unknown.brightness, unknown.color_temp),
+            (Some(50), Some(50))
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -405,3 +405,15 @@ impl Events {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 }
+
+/// Says why a test cannot run here: fails under CI (the `CI` environment variable set), and
+/// otherwise writes one line to the process's stderr directly, which the test harness does not
+/// capture (its print macros are), so the skip shows without `--nocapture`.
+pub fn skip(test: &str, why: &str) {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI is set, and {test} cannot run: {why}"
+    );
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+}
