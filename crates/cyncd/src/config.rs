@@ -1,6 +1,8 @@
 //! Configuration: an optional TOML file, every key also a command-line flag (flags win), and
 //! defaults that need no file at all.
 
+pub mod options;
+
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -508,16 +510,17 @@ impl Default for Config {
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file could not be read.
-    #[error("reading {path}: {source}")]
+    /// The file could not be read. (The cause is the error's source, not repeated in its
+    /// message, so a chain printed with `{:#}` names it once.)
+    #[error("reading {path}")]
     Read {
         /// The file.
         path: PathBuf,
         /// Why.
         source: std::io::Error,
     },
-    /// The file is not valid TOML for cyncd.
-    #[error("{path}: {source}")]
+    /// The file is not valid TOML for cyncd (the cause, with line and column, is the source).
+    #[error("{path}")]
     Parse {
         /// The file.
         path: PathBuf,

@@ -2,7 +2,7 @@
 //!
 //! Layers, each importing only the ones below it:
 //!
-//! - [`cli`]: `decode`, `encode`, `set`/`toggle`, `sim`/`demo`;
+//! - [`cli`]: `decode`, `encode`, `set`/`toggle`, `doctor`, `sim`/`demo`;
 //! - [`serve`]: `cyncd serve`, the wiring of everything below into one process;
 //! - [`frontends`]: the HTTP API, the web page and its live stream, MQTT for Home Assistant;
 //! - [`commands`]: the reliable and legacy transports, canary routing and SLOs, and the one way

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 /// the server's CPU with the system allocator.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use cyncd::cli::{account, client, decode, devices, encode, sim};
+use cyncd::cli::{account, client, decode, devices, doctor, encode, sim};
 use cyncd::serve;
 use std::process::ExitCode;
 
@@ -32,6 +32,7 @@ enum Command {
     Set(client::SetArgs),
     Toggle(client::ToggleArgs),
     Devices(devices::Args),
+    Doctor(Box<doctor::Args>),
     Sim(sim::Args),
     Demo(sim::DemoArgs),
     Decode(decode::Args),
@@ -46,9 +47,10 @@ fn main() -> ExitCode {
         Command::Set(args) => client::set(&args),
         Command::Toggle(args) => client::toggle(&args),
         Command::Devices(args) => devices::run(&args),
+        Command::Doctor(args) => doctor::run(&args),
         Command::Sim(args) => sim::run(&args),
         Command::Demo(args) => sim::demo(&args),
-        Command::Decode(args) => decode::run(&args),
+        Command::Decode(args) => quiet_on_broken_pipe(decode::run(&args)),
         Command::Encode(args) => encode::run(&args),
     };
     match result {
@@ -57,5 +59,21 @@ fn main() -> ExitCode {
             eprintln!("cyncd: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A reader that stopped reading our output (`cyncd decode … | head`) is not a failure: stop
+/// quietly with success, as line-oriented tools do.
+fn quiet_on_broken_pipe(result: anyhow::Result<()>) -> anyhow::Result<()> {
+    match result {
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            Ok(())
+        }
+        other => other,
     }
 }

@@ -32,6 +32,11 @@ pub struct Args {
     /// TOML configuration file.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Home Assistant add-on options (the Supervisor's /data/options.json), mapped onto the
+    /// configuration; its folder becomes the state directory. Replaces --config (the options'
+    /// config_file names a TOML file).
+    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    pub options_json: Option<PathBuf>,
     /// Address for device connections [default: 0.0.0.0:23779].
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
@@ -167,11 +172,18 @@ pub struct Args {
 }
 
 impl Args {
-    /// The effective configuration: defaults, then the file, then flags.
+    /// The effective configuration: defaults, then the file (or the add-on's options), then
+    /// flags.
     pub fn config(&self) -> anyhow::Result<Config> {
-        let mut c = match &self.config {
-            Some(path) => Config::load(path)?,
-            None => Config::default(),
+        self.config_noting(&mut Vec::new())
+    }
+
+    /// As [`Args::config`], adding to `notes` where parts of it came from (logged at start).
+    pub fn config_noting(&self, notes: &mut Vec<String>) -> anyhow::Result<Config> {
+        let mut c = match (&self.options_json, &self.config) {
+            (Some(path), _) => addon_config(path, notes)?,
+            (None, Some(path)) => Config::load(path)?,
+            (None, None) => Config::default(),
         };
         if let Some(v) = self.listen {
             c.listen = v;
@@ -287,6 +299,46 @@ impl Args {
     }
 }
 
+/// The configuration from the add-on's options file, with the broker from the Supervisor when
+/// the options name none.
+fn addon_config(path: &std::path::Path, notes: &mut Vec<String>) -> anyhow::Result<Config> {
+    use crate::config::options::{Options, SUPERVISOR_TOKEN_ENV, SUPERVISOR_URL, SupervisorMqtt};
+    let options = Options::load(path).map_err(anyhow::Error::msg)?;
+    let state_dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let mut supervisor = None;
+    if options.wants_supervisor_mqtt() {
+        match std::env::var(SUPERVISOR_TOKEN_ENV) {
+            Ok(token) if !token.is_empty() => {
+                let base = std::env::var("CYNCD_SUPERVISOR_URL")
+                    .unwrap_or_else(|_| SUPERVISOR_URL.to_string());
+                match SupervisorMqtt::fetch(&base, &token, Duration::from_secs(10)) {
+                    Ok(s) => {
+                        notes.push(format!(
+                            "MQTT broker from the Supervisor's MQTT service: {}:{}",
+                            s.host, s.port
+                        ));
+                        supervisor = Some(s);
+                    }
+                    Err(e) => notes.push(format!(
+                        "no MQTT broker: {e}; install the Mosquitto broker add-on or set mqtt_url"
+                    )),
+                }
+            }
+            _ => notes.push(format!(
+                "no MQTT broker: mqtt_url is empty and {SUPERVISOR_TOKEN_ENV} is not set (not run by the Supervisor)"
+            )),
+        }
+    }
+    let config = options
+        .to_config(state_dir, supervisor.as_ref())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    notes.push(format!("add-on options read from {}", path.display()));
+    Ok(config)
+}
+
 /// A running controller.
 #[derive(Debug)]
 pub struct Running {
@@ -331,9 +383,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             config.cert.as_deref(),
             config.key.as_deref(),
         )?;
-        if files.generated {
-            info!(cert = %files.cert.display(), "generated a new self-signed certificate");
-        }
         Some((
             crate::devices::tls::acceptor(&files, config.tls_encrypt_then_mac)?,
             files,
@@ -360,6 +409,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     };
     let mut prom = prometheus_client::registry::Registry::default();
     let metrics = Metrics::new(&mut prom);
+    crate::devices::server::register_labels(&metrics);
     let mqtt_metrics = crate::frontends::mqtt::MqttMetrics::new(&mut prom);
     let http_metrics = crate::frontends::http::server::HttpMetrics::new(&mut prom);
     let cert_path = tls.as_ref().map(|(_, f)| f.cert.clone());
@@ -522,8 +572,12 @@ fn restore_routing(canary: &crate::commands::canary::Canary, config: &Config) {
 
 /// Runs `cyncd serve` until SIGINT or SIGTERM.
 pub fn run(args: &Args) -> anyhow::Result<()> {
-    let config = args.config()?;
+    let mut notes = Vec::new();
+    let config = args.config_noting(&mut notes)?;
     crate::logging::init(config.log_format, &config.log_level)?;
+    for note in notes {
+        info!("{note}");
+    }
     raise_file_limit(
         config
             .max_connections

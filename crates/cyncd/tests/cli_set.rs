@@ -127,6 +127,37 @@ async fn set_and_toggle_print_the_outcome_and_exit_accordingly() {
     );
     assert!(text.starts_with("applied: 1 attempt(s)"), "{text}");
     assert_eq!(fleet.device("home0", 3).unwrap().brightness, 40);
+    // The resulting state follows the outcome, in the units the command took.
+    let state = text.lines().nth(1).unwrap_or_default();
+    assert!(
+        state.starts_with("default:3 ") && state.contains(": on, 40 %"),
+        "{text}"
+    );
+
+    // White in kelvin, as on the page and in Home Assistant: 2700 K is 14 on the 0-100 scale of
+    // the 2000-7000 K range.
+    let out = cyncd(arg("set default:3 color-temp 2700")).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(fleet.device("home0", 3).unwrap().color_temp, Some(14));
+    assert!(text.contains("2700 K"), "{text}");
+
+    // Out of range: refused before anything is sent, with the real range.
+    let applied_before = fleet.device("home0", 3).unwrap().applied_commands.len();
+    for (args, range) in [
+        ("set 3 brightness 300", "0-100"),
+        ("set 3 color-temp 50", "2000-7000"),
+        ("set 3 fan-speed 101", "0-100"),
+    ] {
+        let out = cyncd(arg(args)).await;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args}");
+        assert!(err.contains(range) && !err.contains("255"), "{args}: {err}");
+    }
+    assert_eq!(
+        fleet.device("home0", 3).unwrap().applied_commands.len(),
+        applied_before
+    );
 
     let before = fleet.device("home0", 2).unwrap().on;
     let out = cyncd(arg("toggle 2")).await;
@@ -136,6 +167,14 @@ async fn set_and_toggle_print_the_outcome_and_exit_accordingly() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(fleet.device("home0", 2).unwrap().on, !before);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let shown = if before { ": off" } else { ": on" };
+    assert!(
+        text.lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with("default:2 ") && l.contains(shown)),
+        "{text}"
+    );
 
     // Device 1 reported its type (a plug): cyncd refuses colours before sending anything.
     let applied_before = fleet.device("home0", 1).unwrap().applied_commands.len();

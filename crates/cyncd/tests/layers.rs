@@ -15,7 +15,7 @@ const RULES: &[(&str, &[&str])] = &[
         &["devices", "commands", "frontends", "cli", "serve"],
     ),
     (
-        "config.rs",
+        "config",
         &["homes", "devices", "commands", "frontends", "cli", "serve"],
     ),
     (

@@ -73,6 +73,10 @@ fn all_published(seen: &Seen) -> bool {
                     == Some("online")
         })
         && seen.text("cync/bridge/availability").as_deref() == Some("online")
+        // A bridge's state follows its discovery in the same scan.
+        && ["cync/bridge_66000000/state", "cync/bridge_66000001/state"]
+            .iter()
+            .all(|t| seen.json(t).is_some())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -609,11 +613,12 @@ async fn devices_no_bridge_lists_get_no_entities_and_stale_ones_are_removed() {
     // Reports from ids no bridge listed and the configuration does not name, from a bridge
     // that never answers the mesh request (as forged 0x83s would come): in the registry, not
     // in Home Assistant.
+    // (Its own id: the simulated bridges' ids are pinned to their codes.)
     let mut forger = connect(&server).await;
-    write(&mut forger, &hello([0x66, 0, 0, 0])).await;
+    write(&mut forger, &hello([0x66, 0, 0, 0x99])).await;
     read_packets(&mut forger, 1, answers).await;
     let mut reports: Vec<u8> = (500..600u16)
-        .flat_map(|id| report(0x6600_0000, id, id))
+        .flat_map(|id| report(0x6600_0099, id, id))
         .collect();
     reports.extend(hex("d3 00 00 00 00"));
     write(&mut forger, &reports).await;

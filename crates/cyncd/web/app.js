@@ -107,7 +107,7 @@ function setLive(s, text) {
 function connect() {
   if (source) source.close();
   setLive('connecting', 'connecting…');
-  source = new EventSource('/api/events');
+  source = new EventSource('api/events');
   source.addEventListener('snapshot', (e) => {
     backoffMs = 1000;
     setLive('live', 'live');
@@ -417,8 +417,8 @@ const pending = new Map(); // key -> count of commands in flight
 /** Sends a state body to a device or group and shows the outcome; resolves when done. */
 async function send(target, body) {
   const path = target.kind === 'group'
-    ? `/api/groups/${encodeURIComponent(target.id)}/state`
-    : `/api/devices/${encodeURIComponent(target.id)}/state`;
+    ? `api/groups/${encodeURIComponent(target.id)}/state`
+    : `api/devices/${encodeURIComponent(target.id)}/state`;
   mark(target, +1);
   let result;
   try {
@@ -529,7 +529,7 @@ async function showTrace(id) {
   out.replaceChildren(el('p', { class: 'empty', text: 'Loading…' }));
   let answer;
   try {
-    const response = await fetch(`/api/trace/${id}`);
+    const response = await fetch(`api/trace/${id}`);
     answer = await response.json().catch(() => ({}));
     if (!response.ok) {
       out.replaceChildren(el('p', { class: 'empty', text: answer.error || `HTTP ${response.status}` }));
@@ -582,7 +582,7 @@ function percent(v) {
 
 async function loadCanary() {
   const out = $('#canary-out');
-  const [canary, slo] = await Promise.all([getJSON('/api/canary'), getJSON('/api/slo')]);
+  const [canary, slo] = await Promise.all([getJSON('api/canary'), getJSON('api/slo')]);
   if (canary.status === 404 && slo.status === 404) {
     out.replaceChildren(el('p', { class: 'empty', 'data-canary': 'unavailable', text: 'canary routing not available' }));
     return;
@@ -662,7 +662,7 @@ function setupStep(...steps) {
 
 /** Shows what cyncd has (homes file, Cync login) and the next step. */
 async function loadSetup() {
-  const { status, body } = await call('GET', '/api/account');
+  const { status, body } = await call('GET', 'api/account');
   if (status !== 200) return;
   const f = body.homes_file || {};
   const file = f.present
@@ -696,7 +696,7 @@ function setupEvents() {
     e.preventDefault();
     const email = $('#setup-email-input').value.trim();
     setupMessage('Asking Cync for a code…');
-    const { status, body } = await call('POST', '/api/account/code', { email });
+    const { status, body } = await call('POST', 'api/account/code', { email });
     if (status !== 200) { setupMessage(body.error || `HTTP ${status}`, true); return; }
     setupMessage(`Cync e-mailed a code to ${email}. Enter your Cync password and the code.`);
     setupStep('login');
@@ -710,7 +710,7 @@ function setupEvents() {
     // The password leaves the page in this request only.
     password.value = '';
     setupMessage('Logging in…');
-    const r = await call('POST', '/api/account/login', body);
+    const r = await call('POST', 'api/account/login', body);
     if (r.status !== 200) { setupMessage(r.body.error || `HTTP ${r.status}`, true); return; }
     code.value = '';
     setupMessage(`Logged in as ${r.body.email}. Read your homes, check them, then save.`);
@@ -718,7 +718,7 @@ function setupEvents() {
   });
   $('#setup-read').addEventListener('click', async () => {
     setupMessage('Reading your homes from Cync…');
-    const { status, body } = await call('POST', '/api/account/preview');
+    const { status, body } = await call('POST', 'api/account/preview');
     if (status !== 200) {
       setupMessage(body.error || `HTTP ${status}`, true);
       if (status === 412) await loadSetup();
@@ -730,14 +730,14 @@ function setupEvents() {
   });
   $('#setup-save').addEventListener('click', async () => {
     setupMessage('Saving…');
-    const { status, body } = await call('POST', '/api/account/save');
+    const { status, body } = await call('POST', 'api/account/save');
     if (status !== 200) { setupMessage(body.error || `HTTP ${status}`, true); return; }
     setupMessage(`Saved: ${body.homes} home(s), ${body.devices} device(s), ${body.rooms} room(s). The devices now show their names and rooms.`);
     $('#setup-preview').replaceChildren();
     await loadSetup();
   });
   $('#setup-logout').addEventListener('click', async () => {
-    await call('POST', '/api/account/logout');
+    await call('POST', 'api/account/logout');
     setupMessage('Logged out of the Cync account.');
     await loadSetup();
   });
@@ -756,7 +756,7 @@ function showLogin(message) {
 /** Posts a token to get the session cookie; true when accepted. */
 async function signIn(token) {
   try {
-    const r = await fetch('/api/session', {
+    const r = await fetch('api/session', {
       method: 'POST',
       headers: { 'Content-Type': 'application/json' },
       body: JSON.stringify({ token }),
@@ -773,7 +773,7 @@ let started = false;
 async function start() {
   let status = 0;
   try {
-    status = (await fetch('/api/session', { headers: { Accept: 'application/json' } })).status;
+    status = (await fetch('api/session', { headers: { Accept: 'application/json' } })).status;
   } catch (err) {
     status = 0;
   }

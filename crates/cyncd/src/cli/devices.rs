@@ -33,7 +33,7 @@ struct ForgetArgs {
     #[arg(long)]
     offline: bool,
     #[command(flatten)]
-    api: super::client::ApiArgs,
+    api: super::http::ApiArgs,
 }
 
 /// Runs `cyncd devices`.
@@ -48,11 +48,15 @@ fn forget(args: &ForgetArgs) -> anyhow::Result<()> {
         .with_context(|| format!("{:?} is not a bridge id (8 hex digits)", args.bridge))?;
     if !args.offline {
         let path = format!("/api/bridges/{conn}/auth");
-        super::client::request(&args.api, "DELETE", &path, "")?;
+        args.api.client()?.delete(&path)?.ok()?;
         println!("bridge {conn}: pin forgotten; its next hello is pinned again");
         return Ok(());
     }
-    let dir = &args.api.state_dir();
+    let dir = &args
+        .api
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| crate::config::Config::default().state_dir);
     let store = AuthStore::open(dir, true)?;
     match store.forget(conn) {
         Forgot::Removed => {

@@ -80,6 +80,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
+        let mut interrupts = Interrupts::install()?;
         println!(
             "cyncd sim: {} bridges × {} devices against {} ({}), chaos {:?}, seed {}",
             config.bridges,
@@ -96,14 +97,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             let router = cync_sim::api::router(fleet.clone());
             tokio::spawn(async move { axum::serve(listener, router).await });
         }
-        let stop = async {
-            match args.duration {
-                Some(secs) => tokio::time::sleep(Duration::from_secs_f64(secs.max(0.0))).await,
-                None => {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
-            }
-        };
+        let stop = interrupts.until(args.duration);
         let mut ticker = tokio::time::interval(Duration::from_secs(10));
         ticker.tick().await;
         tokio::pin!(stop);
@@ -113,13 +107,70 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 _ = ticker.tick() => {
                     let s = fleet.summary();
                     println!("connected {}/{}, packets in {} out {}, commands {} applied {}", s.connected, s.bridges, s.packets_in, s.packets_out, s.commands, s.applied);
+                    if s.connects == 0 && s.connect_failures > 0 {
+                        println!("  no bridge has connected yet ({} attempts failed): is cyncd serve listening on {}?", s.connect_failures, args.server);
+                    }
                 }
             }
         }
         fleet.stop().await;
-        println!("{}", serde_json::to_string_pretty(&fleet.summary())?);
+        let summary = fleet.summary();
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+        anyhow::ensure!(
+            summary.connects > 0 || summary.bridges == 0,
+            "no bridge could connect to {} ({} attempts failed): is cyncd serve listening there{}?",
+            args.server,
+            summary.connect_failures,
+            if args.plain { " with --plain" } else { " (over TLS; add --plain for a --plain server)" }
+        );
         anyhow::Ok(())
     })
+}
+
+/// Ctrl-C (SIGINT) and SIGTERM, listened for from creation on, so a signal that comes while
+/// the fleet is still starting is not lost to the default action (which would end the process
+/// without its summary).
+struct Interrupts {
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+}
+
+impl Interrupts {
+    fn install() -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                int: signal(SignalKind::interrupt())?,
+                term: signal(SignalKind::terminate())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    /// Resolves after `duration` seconds or at an interrupt, whichever comes first.
+    async fn until(&mut self, duration: Option<f64>) {
+        let timer = async {
+            match duration {
+                Some(secs) => tokio::time::sleep(Duration::from_secs_f64(secs.max(0.0))).await,
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(unix)]
+        tokio::select! {
+            () = timer => {}
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+        #[cfg(not(unix))]
+        tokio::select! {
+            () = timer => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
 }
 
 /// Start the controller and a small simulated home in one process, to see cyncd work without
@@ -150,6 +201,7 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
+        let mut interrupts = Interrupts::install()?;
         let state = std::env::temp_dir().join(format!("cyncd-demo-{}", std::process::id()));
         let config = crate::config::Config {
             listen: args.listen,
@@ -201,12 +253,7 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<()> {
             );
         }
         println!("Ctrl-C to stop.");
-        match args.duration {
-            Some(secs) => tokio::time::sleep(Duration::from_secs_f64(secs.max(0.0))).await,
-            None => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
+        interrupts.until(args.duration).await;
         fleet.stop().await;
         running.shutdown().await;
         let _ = std::fs::remove_dir_all(&state);

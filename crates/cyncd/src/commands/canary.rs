@@ -118,6 +118,16 @@ impl CanaryMetrics {
         for t in [Transport::Legacy, Transport::Reliable] {
             let _ = m.routing.get_or_create(&[("transport", t.name())]);
         }
+        // Every pair of differing outcomes starts at zero, so the family is there from the start.
+        for legacy in super::legacy::OUTCOMES {
+            for reliable in cync_proto::delivery::Outcome::ALL {
+                if legacy != reliable.name() {
+                    let _ = m
+                        .shadow_diffs
+                        .get_or_create(&[("legacy", legacy), ("reliable", reliable.name())]);
+                }
+            }
+        }
         m
     }
 }
@@ -202,7 +212,7 @@ impl Canary {
     /// A controller with `policy` and `slo`.
     pub fn new(policy: Policy, slo: SloConfig, metrics: CanaryMetrics) -> Self {
         metrics.percentage.set(policy.percent);
-        Self {
+        let canary = Self {
             state: Mutex::new(State {
                 policy,
                 latched: None,
@@ -216,7 +226,10 @@ impl Canary {
             errors: [AtomicU64::new(0), AtomicU64::new(0)],
             metrics,
             file: std::sync::OnceLock::new(),
-        }
+        };
+        // Compliance and budgets are in /metrics from the start, not from the first evaluation.
+        canary.export(&canary.lock(), Duration::ZERO);
+        canary
     }
 
     /// Keeps the routing and the rollback latch in `file` from now on, starting from what it

@@ -121,6 +121,9 @@ pub struct LegacyMetrics {
     pub unmatched: Counter,
 }
 
+/// Every outcome the legacy transport reports.
+pub const OUTCOMES: [&str; 5] = ["applied", "no_ack", "failed", "queue_full", "superseded"];
+
 impl LegacyMetrics {
     /// Creates and registers the metrics; the count of unmatched answers is `metrics`'.
     pub fn new(
@@ -139,7 +142,7 @@ impl LegacyMetrics {
             "Commands sent by the legacy transport, by outcome",
             m.commands.clone(),
         );
-        for o in ["applied", "no_ack", "failed", "queue_full", "superseded"] {
+        for o in OUTCOMES {
             let _ = m.commands.get_or_create(&[("outcome", o)]);
         }
         m

@@ -349,9 +349,9 @@ pub struct DeviceView {
     pub online: bool,
     /// On.
     pub on: bool,
-    /// 0–100.
-    pub brightness: u8,
-    /// 0–100, or null in RGB/effect mode.
+    /// 0–100; null when the device's type does not dim (plugs, switches, fans).
+    pub brightness: Option<u8>,
+    /// 0–100, or null in RGB/effect mode and when the device's type has no tunable white.
     pub color_temp: Option<u8>,
     /// `[r, g, b]` in RGB mode, else null.
     pub rgb: Option<[u8; 3]>,
@@ -395,7 +395,7 @@ impl DeviceView {
             sensors: (t.kind == Kind::Thermostat).then(Vec::new),
             online: false,
             on: false,
-            brightness: 0,
+            brightness: shows_brightness(&t).then_some(0),
             color_temp: None,
             rgb: None,
             bridges: Vec::new(),
@@ -685,6 +685,16 @@ impl Registry {
                 .devices
                 .get(&(home.to_string(), mesh))
                 .is_some_and(|d| d.listed)
+    }
+
+    /// Whether a bridge's mesh listing named this device (since the start), whatever the homes
+    /// say: an entity that exists only because the homes name the device goes when they stop
+    /// naming it.
+    pub fn listed_by_bridge(&self, home: &str, mesh: u16) -> bool {
+        self.lock()
+            .devices
+            .get(&(home.to_string(), mesh))
+            .is_some_and(|d| d.listed)
     }
 
     /// Takes the devices the homes name (configuration and homes file) as the ones always
@@ -1290,9 +1300,10 @@ fn view(homes: &Homes, state: &State, home: &str, id: u16, d: &Device) -> Device
         online: d.online,
         on: s.on,
         // Devices report a stale brightness while off; show 0 then.
-        brightness: if s.on { s.brightness } else { 0 },
-        color_temp,
-        rgb,
+        brightness: shows_brightness(&device_type).then_some(if s.on { s.brightness } else { 0 }),
+        // Plugs and switches report a white value too; it means nothing for them.
+        color_temp: color_temp.filter(|_| device_type.color_temp || !device_type.known),
+        rgb: rgb.filter(|_| device_type.rgb || !device_type.known),
         bridges: d.bridges.iter().map(ConnId::to_string).collect(),
         reachable: d.bridges.iter().any(|b| state.connections.contains_key(b)),
         last_seen: Some(rfc3339(d.last_seen)),
@@ -1301,6 +1312,12 @@ fn view(homes: &Homes, state: &State, home: &str, id: u16, d: &Device) -> Device
             .or_else(|| d.firmware.clone())
             .or_else(|| named.and_then(|c| c.firmware.clone())),
     }
+}
+
+/// Whether a device of this type has a brightness to show: a known type only when it dims; an
+/// unknown one always (what it reports is all there is to know).
+fn shows_brightness(t: &DeviceType) -> bool {
+    t.brightness || !t.known
 }
 
 fn rfc3339(t: SystemTime) -> String {
@@ -1395,6 +1412,56 @@ mod tests {
         )
         .unwrap();
         assert!(!r.device(&config, "7").unwrap().on);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_plug_has_no_brightness_or_white_and_an_unknown_type_shows_what_it_reports() {
+        let r = Registry::new();
+        let config = vec![crate::config::Home {
+            name: "h".into(),
+            bridges: Vec::new(),
+            devices: vec![
+                crate::config::DeviceConfig {
+                    id: 4,
+                    name: Some("Plug".into()),
+                    kind: Some(68),
+                    room: None,
+                    enabled: None,
+                },
+                crate::config::DeviceConfig {
+                    id: 9,
+                    name: Some("Not seen yet".into()),
+                    kind: Some(68),
+                    room: None,
+                    enabled: None,
+                },
+            ],
+            groups: Vec::new(),
+        }];
+        let (homes, _) = Homes::merge(&config, None);
+        let _a = connect(&r, A, "h");
+        let now = Instant::now();
+        r.apply("h", A, status(4, true, 50, true), Source::Own, now)
+            .unwrap();
+        r.apply("h", A, status(5, true, 50, true), Source::Own, now)
+            .unwrap();
+        let plug = r.device(&homes, "h:4").unwrap();
+        assert_eq!(
+            (plug.brightness, plug.color_temp, plug.rgb),
+            (None, None, None)
+        );
+        let json = serde_json::to_value(&plug).unwrap();
+        assert!(
+            json["brightness"].is_null() && json["color_temp"].is_null(),
+            "{json}"
+        );
+        let unseen = DeviceView::configured("h", homes.device("h", 9).unwrap());
+        assert_eq!(unseen.brightness, None);
+        let unknown = r.device(&homes, "h:5").unwrap();
+        assert_eq!(
+            (unknown.brightness, unknown.color_temp),
+            (Some(50), Some(50))
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -1687,6 +1754,7 @@ mod tests {
             .unwrap();
         assert!(r.listed("cabin", 2) && r.listed("cabin", 5));
         assert!(!r.listed("cabin", 1), "seen in reports only");
+        assert!(r.listed_by_bridge("cabin", 2) && !r.listed_by_bridge("cabin", 5));
         // The home cap: another bridge of the home adds one more, then no more.
         let _b = connect(&r, B, "cabin");
         r.apply("cabin", B, status(6, true, 1, true), Source::Own, t)

@@ -51,6 +51,49 @@ use tracing::{Instrument, debug, info, warn};
 /// Bytes read from a connection at a time.
 pub const READ_BUFFER: usize = 512;
 
+/// Every `reason` of `cyncd_connections_closed_total`: the connection task's own endings, the
+/// session's close reasons and a failed TLS handshake.
+pub const CLOSE_REASONS: [&str; 10] = [
+    "peer_closed",
+    "read_error",
+    "write_error",
+    "write_stalled",
+    "silent",
+    "oversize",
+    "app_connection",
+    "replaced_or_shutdown",
+    "shutdown",
+    "tls_failure",
+];
+
+/// Every `reason` of `tcp_comm_decode_errors_total`: [`error_label`]'s, an oversize header and a
+/// bad inner-frame checksum.
+pub const DECODE_ERROR_REASONS: [&str; 7] = [
+    "truncated",
+    "length_mismatch",
+    "reserved_bytes",
+    "bad_size",
+    "auth_length",
+    "oversize",
+    "bad_checksum",
+];
+
+/// Creates every known label of the connection metrics at zero, so each family is in
+/// `/metrics` from the start (a label missing from the lists still counts, from its first use).
+pub fn register_labels(metrics: &crate::metrics::Metrics) {
+    for reason in CLOSE_REASONS {
+        let _ = metrics
+            .connections_closed
+            .get_or_create(&[("reason", reason)]);
+    }
+    for reason in DECODE_ERROR_REASONS {
+        let _ = metrics.decode_errors.get_or_create(&[("reason", reason)]);
+    }
+    for reason in super::tls::FAILURE_REASONS.into_iter().chain(["timeout"]) {
+        let _ = metrics.tls_failures.get_or_create(&[("reason", reason)]);
+    }
+}
+
 /// Accepts device connections until `cancel` fires, then waits for the connection tasks on
 /// `tracker`.
 pub async fn serve<H: Host>(

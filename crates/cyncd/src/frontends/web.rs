@@ -43,9 +43,11 @@ const ASSETS: [Asset; 4] = [
     },
 ];
 
-/// Only this origin's script, styles and connections; no framing.
+/// Only this origin's script, styles and connections; framed only by this origin (Home
+/// Assistant's ingress shows the page in a frame of its own origin, through which the page is
+/// served).
 const CSP: &str = "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; \
-                   connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+                   connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'self'";
 
 /// The routes: `GET /` and the page's files.
 pub fn routes() -> axum::Router {
@@ -105,9 +107,21 @@ mod tests {
     #[test]
     fn the_page_links_only_embedded_files() {
         let page = std::str::from_utf8(ASSETS[0].body).unwrap();
-        for link in ["/app.js", "/style.css", "/favicon.svg"] {
-            assert!(page.contains(link), "{link}");
-            assert!(ASSETS.iter().any(|a| a.path == link));
+        // Relative links, so the page also works under a path prefix (Home Assistant's
+        // ingress serves it at /api/hassio_ingress/<token>/).
+        for link in ["app.js", "style.css", "favicon.svg"] {
+            assert!(page.contains(&format!("\"{link}\"")), "{link}");
+            assert!(ASSETS.iter().any(|a| a.path == format!("/{link}")));
+        }
+        for asset in ASSETS.iter().filter(|a| !a.path.ends_with(".svg")) {
+            let text = String::from_utf8_lossy(asset.body);
+            for absolute in ["\"/", "'/", "`/"] {
+                assert!(
+                    !text.contains(absolute),
+                    "{} has an absolute path ({absolute})",
+                    asset.path
+                );
+            }
         }
         // Nothing from elsewhere: no CDN, no absolute URL.
         for asset in &ASSETS {

@@ -369,7 +369,12 @@ impl Homes {
             .iter()
             .enumerate()
             .map(|(i, h)| {
-                let ids = h.devices.iter().enumerate().map(|(j, d)| (d.id, j)).collect();
+                let ids = h
+                    .devices
+                    .iter()
+                    .enumerate()
+                    .map(|(j, d)| (d.id, j))
+                    .collect();
                 (h.name.clone(), (i, ids))
             })
             .collect();

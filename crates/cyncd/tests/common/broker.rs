@@ -41,11 +41,14 @@ impl Mosquitto {
     /// As [`Mosquitto::start`], with more configuration lines (another listener, say).
     pub async fn start_with(port: Option<u16>, extra: &str) -> Option<Self> {
         let Some(bin) = mosquitto_binary() else {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "mosquitto is not installed, and CI needs it for the MQTT tests"
+            let test = std::thread::current()
+                .name()
+                .unwrap_or("an MQTT test")
+                .to_string();
+            super::skip(
+                &test,
+                "mosquitto is not installed (apt-get install mosquitto)",
             );
-            eprintln!("SKIPPED: mosquitto is not installed (apt-get install mosquitto)");
             return None;
         };
         let port = port.unwrap_or_else(|| {

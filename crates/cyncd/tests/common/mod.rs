@@ -162,7 +162,7 @@ pub async fn post(server: &Running, path: &str, body: &str) -> (u16, String) {
     send_json(server, "POST", path, body).await
 }
 
-/// A plain HTTP/1.1 DELETE; returns (status, body).
+/// A plain HTTP/1.1 DELETE with the API token; returns (status, body).
 pub async fn delete(server: &Running, path: &str) -> (u16, String) {
     // With the token and a JSON content type, as every write to the API needs.
     send_json(server, "DELETE", path, "").await
@@ -400,4 +400,16 @@ impl Events {
         self.dechunk();
         String::from_utf8_lossy(&self.body).into_owned()
     }
+}
+
+/// Says why a test cannot run here: fails under CI (the `CI` environment variable set), and
+/// otherwise writes one line to the process's stderr directly, which the test harness does not
+/// capture (its print macros are), so the skip shows without `--nocapture`.
+pub fn skip(test: &str, why: &str) {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI is set, and {test} cannot run: {why}"
+    );
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
 }

@@ -7,10 +7,10 @@
 //!    host name (also under `.local`) or a name in `http_hosts`; otherwise 403. A web page
 //!    that rebinds its own DNS name to cyncd's address still sends its own name, so it is
 //!    refused (DNS rebinding).
-//! 2. `POST`, `PUT`, `PATCH` and `DELETE` need `Content-Type: application/json` (415
-//!    otherwise: a cross-site form or `fetch` without a CORS preflight cannot send it), and
-//!    are refused (403) when `Sec-Fetch-Site` says `cross-site` or `same-site`, or `Origin` is
-//!    not this server.
+//! 2. `POST`, `PUT`, `PATCH` and `DELETE` are refused (403) when `Sec-Fetch-Site` says
+//!    `cross-site` or `same-site`, or `Origin` is not this server; those with a body (all but
+//!    `DELETE`, which carries none) need `Content-Type: application/json` (415 otherwise: a
+//!    cross-site form or `fetch` without a CORS preflight cannot send it).
 //! 3. The token: `Authorization: Bearer <token>` or the page's session cookie ([`COOKIE`],
 //!    `HttpOnly; SameSite=Strict`, set by `POST /api/session`). Open without it: `GET
 //!    /healthz`, the page's static files (they hold no data), `POST /api/session` itself, and
@@ -299,7 +299,7 @@ pub async fn check(State(guard): State<Guard>, request: Request, next: Next) -> 
         if let Some(why) = cross_site(&parts.headers) {
             return refuse(StatusCode::FORBIDDEN, why);
         }
-        if !json_content(&parts.headers) {
+        if parts.method != Method::DELETE && !json_content(&parts.headers) {
             return refuse(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "send the body as Content-Type: application/json",

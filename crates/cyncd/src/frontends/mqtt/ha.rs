@@ -528,7 +528,7 @@ pub fn device_state(view: &DeviceView, shape: Shape) -> Value {
             s.insert("state".into(), json!(on_off(view.on)));
             if view.on {
                 if t.brightness || t.color_temp || t.rgb {
-                    s.insert("brightness".into(), json!(view.brightness));
+                    s.insert("brightness".into(), json!(view.brightness.unwrap_or(0)));
                 }
                 if let (true, Some(rgb)) = (t.rgb, view.rgb) {
                     s.insert("color_mode".into(), json!("rgb"));
@@ -578,7 +578,10 @@ pub fn group_state(members: &[&DeviceView], shape: Shape) -> Value {
             let mut s = Map::new();
             s.insert("state".into(), json!(on_off(any)));
             if any && (t.brightness || t.color_temp || t.rgb) {
-                let sum: usize = on.iter().map(|v| usize::from(v.brightness)).sum();
+                let sum: usize = on
+                    .iter()
+                    .map(|v| usize::from(v.brightness.unwrap_or(0)))
+                    .sum();
                 s.insert("brightness".into(), json!(sum / on.len()));
             }
             Value::Object(s)
@@ -759,7 +762,7 @@ pub fn applied_view(view: &DeviceView, t: &DeviceType, steps: &[Step]) -> Device
         match *action {
             Action::Power(on) => v.on = on,
             Action::Brightness(b) => {
-                v.brightness = b;
+                v.brightness = Some(b);
                 v.on = true;
             }
             Action::ColorTemp(temp) => {
@@ -776,13 +779,13 @@ pub fn applied_view(view: &DeviceView, t: &DeviceType, steps: &[Step]) -> Device
             }
             Action::FanSpeed(s) => {
                 v.fan_speed = Some(DeviceType::fan_step(s));
-                v.brightness = s;
+                v.brightness = v.brightness.map(|_| s);
             }
             Action::SwitchMode(_) => {}
         }
     }
     if !t.brightness && !t.color_temp && !t.rgb && t.fan_speeds == 0 {
-        v.brightness = if v.on { 100 } else { 0 };
+        v.brightness = v.brightness.map(|_| if v.on { 100 } else { 0 });
     }
     v
 }
@@ -817,7 +820,7 @@ mod tests {
             sensors: None,
             online: true,
             on: true,
-            brightness: 40,
+            brightness: Some(40),
             color_temp: Some(50),
             rgb: None,
             bridges: vec!["1a2b3c4d".into()],

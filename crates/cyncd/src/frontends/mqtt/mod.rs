@@ -117,6 +117,9 @@ pub struct MqttMetrics {
     pub commands: Family<[(&'static str, &'static str); 1], Counter>,
     /// `cyncd_mqtt_scan_seconds`: one pass over the registry (states compared, changes sent).
     pub scan_seconds: Histogram,
+    /// `cyncd_mqtt_ha_births_total`: Home Assistant's `online` on its status topic (it sends one
+    /// when it or its MQTT integration starts); `cyncd doctor` reads it.
+    pub ha_births: Counter,
 }
 
 impl Default for MqttMetrics {
@@ -130,6 +133,7 @@ impl Default for MqttMetrics {
             oversize: Counter::default(),
             commands: Family::default(),
             scan_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 14)),
+            ha_births: Counter::default(),
         }
     }
 }
@@ -171,6 +175,11 @@ impl MqttMetrics {
             m.commands.clone(),
         );
         r.register(
+            "ha_births",
+            "Home Assistant birth messages seen on its status topic",
+            m.ha_births.clone(),
+        );
+        r.register(
             "scan_seconds",
             "One pass of the registry for MQTT",
             m.scan_seconds.clone(),
@@ -208,8 +217,7 @@ fn password(config: &crate::config::MqttConfig, broker: &Broker) -> anyhow::Resu
 }
 
 fn options(ctx: &Context, broker: &Broker) -> anyhow::Result<MqttOptions> {
-    let config = &ctx.config.mqtt;
-    let mut o = MqttOptions::new(config.client_id.clone(), broker.host.clone(), broker.port);
+    let mut o = broker_options(&ctx.config.mqtt, broker, &ctx.config.mqtt.client_id)?;
     o.set_keep_alive(Duration::from_secs(30));
     o.set_clean_session(true);
     o.set_max_packet_size(MAX_INCOMING_PACKET, 256 * 1024);
@@ -221,6 +229,17 @@ fn options(ctx: &Context, broker: &Broker) -> anyhow::Result<MqttOptions> {
         QoS::AtLeastOnce,
         true,
     ));
+    Ok(o)
+}
+
+/// The options to reach `broker` as `client_id` with the configured credentials and TLS (also
+/// used by `cyncd doctor` to check them).
+pub fn broker_options(
+    config: &crate::config::MqttConfig,
+    broker: &Broker,
+    client_id: &str,
+) -> anyhow::Result<MqttOptions> {
+    let mut o = MqttOptions::new(client_id, broker.host.clone(), broker.port);
     let user = config.username.clone().or_else(|| broker.username.clone());
     let pass = password(config, broker)?;
     match (user, pass) {
@@ -586,6 +605,7 @@ impl Bridge {
         if message.topic == self.topics.ha_status() {
             if message.payload.as_ref() == b"online" {
                 self.births += 1;
+                self.metrics.ha_births.inc();
                 if self.birth.is_none() {
                     self.birth = Some(Instant::now() + BIRTH_DEBOUNCE);
                 }
@@ -836,7 +856,7 @@ impl Bridge {
             let block = ha::device_block(&view, &t, via);
             let (home, mesh) = (view.home.clone(), view.mesh_id);
             // Entities only the homes name (no bridge listed them) go when the homes drop them.
-            let configured_only = !self.ctx.registry.listed(&home, mesh);
+            let configured_only = !self.ctx.registry.listed_by_bridge(&home, mesh);
             for (component, entity) in shape.objects(&home, mesh) {
                 self.scanned
                     .insert(self.topics.discovery(component, &entity), configured_only);
