@@ -21,7 +21,7 @@ use std::time::Duration;
 /// `login` then `export` read the account (an e-mailed one-time code is needed to log in);
 /// `import` reads the cync_mesh.yaml of cync-lan or the Cync add-on. Both write the homes file
 /// (homes.json in the state directory, the previous version kept as homes.json.previous),
-/// which `cyncd serve` reads at start and again on SIGHUP. The configuration's [[homes]] win
+/// which `cyncd serve` reads at start and again on SIGHUP. The configuration's `[[homes]]` win
 /// where both set a value.
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -15,7 +15,7 @@
 //!
 //! Who may speak for a device: a status is applied only from a registered connection (one whose
 //! hello was admitted), and only for a device that connection vouches for. The devices the
-//! configuration names always pass. Any other device passes when the bridge listed it in its
+//! homes name (the configuration and the homes file, [`Registry::set_named`]) always pass. Any other device passes when the bridge listed it in its
 //! mesh-info answer; before a bridge has listed its mesh (or when it never does), it may speak
 //! for at most [`Limits::per_bridge`] distinct devices per connection. A new device is created
 //! only while its home holds fewer than [`Limits::per_home`] unconfigured devices and the whole
@@ -23,9 +23,16 @@
 //! and reports from bridges of one home never crowd out another home's devices. Every status
 //! refused is reported to the caller ([`Refusal`]), which counts and logs it.
 //!
-//! Bounds: at most [`MAX_DEVICES`] devices (configured ones on top) and `max_connections`
+//! Names, rooms, types and MACs come from [`Homes`] when a view is built: the views list the
+//! devices bridges reported and those the homes name (offline until reported), and leave out
+//! the ones the homes hide. A bridge whose mesh listing places it in another home moves there
+//! with the devices only it reported ([`Registry::rehome`]); a thermostat's sensor report is
+//! kept on its connection and its device ([`Registry::sensors`]).
+//!
+//! Bounds: at most [`MAX_DEVICES`] devices (named ones on top) and `max_connections`
 //! connections; per connection at most [`Limits::per_bridge`] devices spoken for and
-//! [`cync_proto::session::MAX_MESH_RECORDS`] listed.
+//! [`cync_proto::session::MAX_MESH_RECORDS`] listed; [`MAX_UNKNOWN_TYPES`] unknown type codes
+//! reported and [`MAX_LEARNED_HOMES`] learned homes remembered.
 
 use super::link::ConnCommand;
 use crate::homes::Homes;

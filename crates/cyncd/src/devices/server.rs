@@ -730,17 +730,20 @@ impl<H: Host> Conn<H> {
         match (homes.match_mesh(own_type, ids), listed) {
             (MeshMatch::One(home), None) => {
                 if let Some(from) = self.ctx.registry().rehome(conn, home) {
-                    info!(conn_id = %conn, home, from = %from, "bridge home found from its mesh listing");
+                    if self.ctx.log_limits().lifecycle() {
+                        info!(conn_id = %conn, home, from = %from, "bridge home found from its mesh listing");
+                    }
                     self.home = home.to_string();
                 }
             }
-            (MeshMatch::One(home), Some((listed, how))) if home != listed => {
+            // Peer-caused (any bridge can send any listing): rate-limited like other warnings.
+            (MeshMatch::One(home), Some((listed, how))) if home != listed && self.may_warn() => {
                 warn!(conn_id = %conn, home = listed, matches = home, "bridge listed in {listed:?} ({}) has a mesh that matches {home:?}; it stays in {listed:?} (the listing decides)", match how {
                     Listed::Configuration => "configuration",
                     Listed::Account => "account",
                 });
             }
-            (MeshMatch::Several(candidates), None) => {
+            (MeshMatch::Several(candidates), None) if self.may_warn() => {
                 warn!(conn_id = %conn, home = %self.home, candidates = ?candidates, "bridge mesh matches several homes equally; it stays in {:?}. Add \"{conn}\" to the bridges of the right home in the configuration", self.home);
             }
             _ => {}
@@ -767,9 +770,6 @@ impl<H: Host> Conn<H> {
         while let Some(event) = self.session.poll_event() {
             match event {
                 Event::Hello(conn) => {
-                    if self.registration.as_ref().is_some_and(|r| r.conn() == conn) {
-                        continue;
-                    }
                     let homes = self.ctx.homes();
                     self.home = self
                         .ctx

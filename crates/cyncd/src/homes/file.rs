@@ -18,16 +18,16 @@
 //! group), so nothing of the user's data is lost on the way. The file may hold the Wi-Fi
 //! devices' auth codes (`auth_code`, from the account): it is written with mode 0600.
 //!
-//! Writing ([`HomesFile::save`]): the whole file goes to a temporary file in the same directory,
-//! is synced, the current file is copied to `homes.json.previous`, and the temporary file is
-//! renamed over `homes.json` — so `homes.json` is always either the old or the new version, and
-//! the version before the last write is kept. Reading is bounded ([`MAX_FILE_BYTES`]) and a
-//! file that does not parse or breaks a rule ([`HomesFile::check`]) is an error that names the
+//! Writing ([`HomesFile::save`]): the current file is first written as `homes.json.previous`,
+//! then the new one, each whole through a temporary file and a rename
+//! ([`crate::state::write_atomic`]) — so `homes.json` is always either the old or the new
+//! version, and the version before the last write is kept. Reading is bounded
+//! ([`MAX_FILE_BYTES`]) and a file that does not parse or breaks a rule ([`HomesFile::check`])
+//! is an error that names the
 //! file and what to do, never silently ignored.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 /// The file's name in the state directory.
@@ -329,82 +329,38 @@ pub fn clean_mac(text: &str) -> Option<String> {
 
 /// Reads a whole file of at most [`MAX_FILE_BYTES`]; `Ok(None)` when it does not exist.
 pub(crate) fn read_bounded(path: &Path) -> Result<Option<Vec<u8>>, FileError> {
-    let io = |source| FileError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let file = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io(e)),
-    };
-    let mut bytes = Vec::new();
-    file.take(MAX_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(io)?;
-    if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(FileError::TooLarge {
-            path: path.to_path_buf(),
-        });
-    }
-    Ok(Some(bytes))
+    crate::state::read_bounded(path, MAX_FILE_BYTES).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::InvalidData {
+            FileError::TooLarge {
+                path: path.to_path_buf(),
+            }
+        } else {
+            FileError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    })
 }
 
-/// Writes `bytes` as the file `name` of `dir` (created 0700 when missing), mode 0600, through a
-/// temporary file and a rename; with `previous`, the current version is first copied to that
-/// name beside it.
+/// Writes `bytes` as the file `name` of `dir` (created 0700 when missing), mode 0600, whole
+/// ([`crate::state::write_atomic`]); with `previous`, the current version is first written
+/// under that name beside it, the same way.
 pub(crate) fn write_private(
     dir: &Path,
     name: &str,
     bytes: &[u8],
     previous: Option<&str>,
 ) -> Result<(), FileError> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let io = |path: PathBuf| move |source| FileError::Io { path, source };
     let path = dir.join(name);
-    let io = |p: &Path| {
-        let p = p.to_path_buf();
-        move |source| FileError::Io { path: p, source }
-    };
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(io(dir))?;
-    let tmp = dir.join(format!(".{name}.tmp"));
-    match std::fs::remove_file(&tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io(&tmp)(e)),
-    }
-    // Created exclusively with its final mode before any byte is written: it never follows a
-    // planted link and never shows the auth codes to others.
-    let written = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .and_then(|mut f| {
-            f.write_all(bytes)?;
-            f.sync_all()
-        });
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io(&tmp)(e));
-    }
-    if let (Some(previous), true) = (previous, path.exists()) {
-        let staged = dir.join(format!(".{previous}.tmp"));
-        let previous = dir.join(previous);
-        let kept = std::fs::copy(&path, &staged).and_then(|_| std::fs::rename(&staged, &previous));
-        if let Err(e) = kept {
-            let _ = std::fs::remove_file(&tmp);
-            let _ = std::fs::remove_file(&staged);
-            return Err(io(&previous)(e));
+    if let Some(previous) = previous {
+        if let Some(old) = read_bounded(&path)? {
+            let kept = dir.join(previous);
+            crate::state::write_atomic(&kept, &old, 0o600).map_err(io(kept))?;
         }
     }
-    std::fs::rename(&tmp, &path).map_err(io(&path))?;
-    // Make the rename durable; a filesystem that cannot sync a directory only loses durability.
-    let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
-    Ok(())
+    crate::state::write_atomic(&path, bytes, 0o600).map_err(io(path.clone()))
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! ([`cloud`], [`export`]), from the Python controllers' `cync_mesh.yaml` ([`mesh_yaml`]) or
 //! from the configuration, and which home a bridge belongs to.
 //!
-//! Owns: the homes file in the state directory ([`file`]), the Cync account client
+//! Owns: the homes file in the state directory ([`mod@file`]), the Cync account client
 //! ([`cloud`]), and [`Homes`], the merged view every other layer reads: the configuration's
 //! `[[homes]]` over the homes file, value by value (the configuration wins where both set one).
 //! The view is swapped whole ([`HomesCell`]) when the page's setup screen saves a new export.
@@ -15,7 +15,7 @@
 //! it). Until then, and where two homes match equally, the bridge is in home
 //! [`DEFAULT_HOME`], and the log says to list it in the configuration.
 //!
-//! May import `config` and `logging`; must not import `devices`, `commands`, `frontends`, `cli`
+//! May import `config`, `state` and `logging`; must not import `devices`, `commands`, `frontends`, `cli`
 //! or `serve` (it sits beside `config`, below all of them).
 
 pub mod cloud;
