@@ -405,3 +405,59 @@ async fn import_says_what_it_took_and_what_it_ignored() {
     );
     assert_eq!(std::fs::read(state.join("homes.json")).unwrap(), before);
 }
+
+#[tokio::test]
+async fn https_is_spoken_and_an_untrusted_certificate_refused() {
+    // A TLS server with cyncd's own self-signed certificate: the client speaks TLS to an
+    // https:// base and refuses a certificate no trusted authority signed.
+    let dir = common::temp_dir("account-tls");
+    let files = cyncd::devices::tls::ensure_certificate(&dir, None, None).unwrap();
+    let acceptor = cyncd::devices::tls::acceptor(&files, false).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (handshake_tx, mut handshake) = tokio::sync::mpsc::channel::<bool>(4);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let ssl = openssl::ssl::Ssl::new(acceptor.context()).unwrap();
+            let mut stream = tokio_openssl::SslStream::new(ssl, tcp).unwrap();
+            let done = std::pin::Pin::new(&mut stream).accept().await.is_ok();
+            let _ = handshake_tx.send(done).await;
+        }
+    });
+    let state = dir.join("state");
+    let out = login(
+        &state,
+        &format!("https://127.0.0.1:{}/v2/", addr.port()),
+        "1",
+    )
+    .await;
+    assert!(!out.status.success());
+    let shown = text(&out);
+    assert!(shown.contains("TLS handshake"), "{shown}");
+    assert!(shown.contains("certificate verify failed"), "{shown}");
+    // The server saw a TLS ClientHello, and no finished handshake.
+    assert_eq!(handshake.recv().await, Some(false));
+}
+
+#[tokio::test]
+async fn an_oversize_answer_is_refused_unread() {
+    let (mut list, props) = cync_api::account();
+    // The home list padded past the 8 MiB bound.
+    list.push(serde_json::json!({"id": 1, "source": 1, "pad": "x".repeat(9 << 20)}));
+    let api = CyncApi::start(list, props).await;
+    let state = common::temp_dir("account-large").join("state");
+    assert!(
+        login(&state, &api.base, cync_api::CODE)
+            .await
+            .status
+            .success()
+    );
+    let out = account(args(&["export"], &state, &api.base), "").await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("answered more than 8388608 bytes"),
+        "{}",
+        text(&out)
+    );
+    assert!(!state.join("homes.json").exists());
+}

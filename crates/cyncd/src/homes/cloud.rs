@@ -527,34 +527,27 @@ where
     let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
         .await
         .map_err(|e| closed(&e))?;
-    // The connection is driven beside the request and ends with it (or with the timeout that
-    // drops this future).
-    let driven = async move {
+    // The connection runs on its own until the answer is read and the sender dropped (or the
+    // server closes it); it cannot outlive this request for long.
+    tokio::spawn(async move {
         let _ = connection.await;
-    };
-    let exchange = async {
-        let response = sender.send_request(request).await.map_err(|e| closed(&e))?;
-        let status = response.status().as_u16();
-        let body = Limited::new(response.into_body(), MAX_ANSWER)
-            .collect()
-            .await
-            .map_err(|e| {
-                if e.is::<http_body_util::LengthLimitError>() {
-                    CloudError::TooLarge {
-                        url: url.to_string(),
-                    }
-                } else {
-                    closed(&e)
+    });
+    let response = sender.send_request(request).await.map_err(|e| closed(&e))?;
+    let status = response.status().as_u16();
+    let body = Limited::new(response.into_body(), MAX_ANSWER)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                CloudError::TooLarge {
+                    url: url.to_string(),
                 }
-            })?
-            .to_bytes();
-        Ok((status, body))
-    };
-    tokio::pin!(driven);
-    tokio::select! {
-        r = exchange => r,
-        () = &mut driven => Err(CloudError::Closed { url: url.to_string(), why: "connection ended".into() }),
-    }
+            } else {
+                closed(&e)
+            }
+        })?
+        .to_bytes();
+    Ok((status, body))
 }
 
 impl Token {
