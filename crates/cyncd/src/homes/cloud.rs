@@ -268,11 +268,6 @@ impl Client {
         })
     }
 
-    /// The base URL as given.
-    pub fn base(&self) -> &str {
-        &self.base.text
-    }
-
     fn url(&self, path: &str) -> String {
         let scheme = if self.base.https { "https" } else { "http" };
         let host = if self.base.host.contains(':') {

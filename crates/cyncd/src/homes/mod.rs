@@ -115,8 +115,6 @@ pub struct Homes {
     bridges: HashMap<ConnId, (usize, Listed)>,
     /// Auth codes of Wi-Fi devices from the account (secrets; never in `Debug`).
     auth: Vec<(ConnId, String)>,
-    /// Where the homes file's data came from, when there is one.
-    source: Option<String>,
 }
 
 impl std::fmt::Debug for Homes {
@@ -124,7 +122,6 @@ impl std::fmt::Debug for Homes {
         f.debug_struct("Homes")
             .field("homes", &self.homes)
             .field("auth_codes", &self.auth.len())
-            .field("source", &self.source)
             .finish_non_exhaustive()
     }
 }
@@ -384,7 +381,6 @@ impl Homes {
                 index,
                 bridges,
                 auth,
-                source,
             },
             notes,
         )
@@ -510,16 +506,6 @@ impl Homes {
             .iter()
             .map(|(id, code)| (*id, cync_proto::AuthCode::new(code.as_bytes().to_vec())))
             .collect()
-    }
-
-    /// Where the homes file's data came from, when one was read.
-    pub fn source(&self) -> Option<&str> {
-        self.source.as_deref()
-    }
-
-    /// Devices over all homes.
-    pub fn device_count(&self) -> usize {
-        self.homes.iter().map(|h| h.devices.len()).sum()
     }
 }
 
