@@ -173,6 +173,10 @@ pub struct Request {
     pub action: Action,
     /// Bridges that reach the target, in the owner's order of preference.
     pub bridges: Vec<ConnId>,
+    /// The outlet (1–8) of a multi-outlet plug this command switches; its target carries the
+    /// outlet as a sub id ([`crate::catalog::outlet_target`]), and the device's status confirms
+    /// it by that outlet's bit of the mask in its brightness byte (PROTOCOL.md §8).
+    pub outlet: Option<u8>,
 }
 
 /// Something for the command's trace.
@@ -373,6 +377,8 @@ pub struct Dispatcher {
     bridges: HashMap<ConnId, Rtt>,
     /// The bridge each target last used.
     sticky: HashMap<Key, ConnId>,
+    /// Live commands for an outlet: while there are none, a status looks up one queue only.
+    outlet_commands: usize,
     rng: u64,
     out: VecDeque<Output>,
 }
@@ -391,6 +397,7 @@ impl Dispatcher {
             late_order: VecDeque::new(),
             bridges: HashMap::new(),
             sticky: HashMap::new(),
+            outlet_commands: 0,
             out: VecDeque::new(),
         }
     }
@@ -472,7 +479,7 @@ impl Dispatcher {
         }
         let ahead = queue.len().saturating_sub(1);
         for old in superseded {
-            if let Some(c) = self.commands.remove(&old) {
+            if let Some(c) = self.take(old) {
                 self.done_now(old, c.submitted, now, c.attempts, Outcome::Superseded);
             }
         }
@@ -481,7 +488,7 @@ impl Dispatcher {
             return;
         }
         let deadline = now + self.config.deadline;
-        self.commands.insert(
+        self.keep(
             id,
             Command {
                 req,
@@ -648,9 +655,23 @@ impl Dispatcher {
         );
     }
 
-    /// A status report for a device of `home`, from any bridge.
+    /// A status report for a device of `home`, from any bridge: it confirms the command waiting
+    /// for that device, and those waiting for its outlets, when it shows what they asked for.
     pub fn status(&mut self, home: &str, status: &DeviceStatus, now: Duration) {
-        let key: Key = (home.to_string(), Target::Device(status.id.0));
+        self.confirm((home.to_string(), Target::Device(status.id.0)), status, now);
+        if self.outlet_commands == 0 {
+            return;
+        }
+        let Ok(id) = u8::try_from(status.id.0) else {
+            return;
+        };
+        for outlet in 1..=8 {
+            let target = Target::Device(u16::from_le_bytes([id, outlet]));
+            self.confirm((home.to_string(), target), status, now);
+        }
+    }
+
+    fn confirm(&mut self, key: Key, status: &DeviceStatus, now: Duration) {
         let Some(&command) = self.queues.get(&key).and_then(|q| q.front()) else {
             return;
         };
@@ -660,7 +681,11 @@ impl Dispatcher {
         let State::Waiting { sent, conn, .. } = c.state else {
             return;
         };
-        if now < sent || !satisfies(&c.req.action, status) {
+        let shown = match c.req.outlet {
+            None => satisfies(&c.req.action, status),
+            Some(outlet) => satisfies_outlet(&c.req.action, outlet, status),
+        };
+        if now < sent || !shown {
             return;
         }
         self.trace(command, now, TraceEvent::Confirmed);
@@ -812,7 +837,7 @@ impl Dispatcher {
                 .find(|(_, other)| **other > id)
                 .map_or(queue.len(), |(i, _)| i);
             queue.insert(at, id);
-            self.commands.insert(
+            self.keep(
                 id,
                 Command {
                     req,
@@ -832,7 +857,7 @@ impl Dispatcher {
             }
         }
         for old in older {
-            if let Some(c) = self.commands.remove(&old) {
+            if let Some(c) = self.take(old) {
                 self.done_now(old, c.submitted, now, c.attempts, Outcome::Superseded);
             }
         }
@@ -1053,10 +1078,25 @@ impl Dispatcher {
         self.pump(&key, now);
     }
 
+    /// Holds a command (and counts it when it switches an outlet).
+    fn keep(&mut self, id: CommandId, c: Command) {
+        self.outlet_commands += usize::from(c.req.outlet.is_some());
+        if let Some(old) = self.commands.insert(id, c) {
+            self.outlet_commands -= usize::from(old.req.outlet.is_some());
+        }
+    }
+
+    /// Lets go of a command (the counterpart of [`Dispatcher::keep`]).
+    fn take(&mut self, id: CommandId) -> Option<Command> {
+        let c = self.commands.remove(&id)?;
+        self.outlet_commands -= usize::from(c.req.outlet.is_some());
+        Some(c)
+    }
+
     /// Removes a command and its live routes and queue place; its message ids are remembered
     /// for late answers.
     fn forget(&mut self, id: CommandId, now: Duration) -> Option<Command> {
-        let c = self.commands.remove(&id)?;
+        let c = self.take(id)?;
         // Forget this command's live routes; remember its message ids for late answers.
         let mine: Vec<(ConnId, MsgId)> = self
             .by_msg
@@ -1165,6 +1205,17 @@ pub fn satisfies(action: &Action, s: &DeviceStatus) -> bool {
     }
 }
 
+/// Whether a status shows what an outlet command asked for: only power, read from the outlet's
+/// bit of the mask in the brightness byte, gated by the state byte (PROTOCOL.md §8).
+pub fn satisfies_outlet(action: &Action, outlet: u8, s: &DeviceStatus) -> bool {
+    match *action {
+        Action::Power(on) => {
+            crate::catalog::outlet_bit(s.brightness, outlet).is_some_and(|bit| on == (s.on && bit))
+        }
+        _ => false,
+    }
+}
+
 /// Groups the outputs of one call by kind, for tests.
 pub fn drain(
     d: &mut Dispatcher,
@@ -1204,6 +1255,7 @@ mod tests {
             target: Target::Device(device),
             action,
             bridges: bridges.to_vec(),
+            outlet: None,
         }
     }
 
@@ -1312,6 +1364,52 @@ mod tests {
         assert!(take(&mut d).1.is_empty());
         d.status("h", &status(5, true, 40), 60 * MS);
         assert_eq!(take(&mut d).1, [(CommandId(1), Outcome::Applied, 1)]);
+    }
+
+    #[test]
+    fn an_outlet_command_is_confirmed_by_its_bit_of_the_mask() {
+        let mut d = Dispatcher::new(DeliveryConfig::default());
+        // Right outlet (2) of the dual plug at mesh id 6 on: target 06 02.
+        let target = crate::catalog::outlet_target(6, 2).unwrap();
+        d.submit(
+            Request {
+                target,
+                outlet: Some(2),
+                ..req(1, 6, Action::Power(true), &[A])
+            },
+            Duration::ZERO,
+        );
+        take(&mut d);
+        d.sent(CommandId(1), 1, msg(1), Seq(3), MS);
+        // The plug on with only the left outlet (mask 1): not what was asked.
+        d.status("h", &status(6, true, 1), 20 * MS);
+        assert!(take(&mut d).1.is_empty());
+        // pycync's outdoor-plug vector: state 1, mask 2 = right on.
+        d.status("h", &status(6, true, 2), 30 * MS);
+        assert_eq!(take(&mut d).1, [(CommandId(1), Outcome::Applied, 1)]);
+        assert_eq!(d.outlet_commands, 0);
+        // Outlet off is read through the state byte too.
+        assert!(satisfies_outlet(
+            &Action::Power(false),
+            1,
+            &status(6, false, 3)
+        ));
+        assert!(!satisfies_outlet(
+            &Action::Power(false),
+            1,
+            &status(6, true, 3)
+        ));
+        assert!(!satisfies_outlet(
+            &Action::Brightness(3),
+            1,
+            &status(6, true, 3)
+        ));
+        // A plain command for the device itself still confirms as before.
+        d.submit(req(2, 6, Action::Power(false), &[A]), 40 * MS);
+        take(&mut d);
+        d.sent(CommandId(2), 1, msg(2), Seq(4), 41 * MS);
+        d.status("h", &status(6, false, 0), 50 * MS);
+        assert_eq!(take(&mut d).1, [(CommandId(2), Outcome::Applied, 1)]);
     }
 
     #[test]

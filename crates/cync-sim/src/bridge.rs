@@ -105,7 +105,37 @@ impl Bridge {
             ]),
         });
         tlv.encode(&mut first);
+        if let Some(report) = self.sensor_report() {
+            first.extend(report);
+        }
         vec![first, vec![0xc3, 0, 0, 0, 1, 0x0c]]
+    }
+
+    /// A thermostat's sensor report, as its 0x43 carries it (tag 0x57, flags 9, the JSON of
+    /// pycync's `test_thermostat_sync_packet`): its own sensor and one remote sensor. `None`
+    /// unless this bridge is a thermostat.
+    pub fn sensor_report(&self) -> Option<Vec<u8>> {
+        let home = self.spec.home.clone();
+        let devices = home.devices();
+        let own = devices.get(&self.spec.own)?;
+        if own.kind != crate::mesh::Kind::Thermostat {
+            return None;
+        }
+        let text = concat!(
+            r#"sensorsData:[{"Type":"internal","Temperature":"71.6F","Humidity":44,"Active":true},"#,
+            r#"{"Type":"savant sensor","PinCode":5324,"Temperature":"68.9F","Humidity":51,"Active":false,"Batt":"2.87"},"#,
+            r#"{"Type":"None","Temperature":null,"Humidity":null,"Active":false,"Batt":null}]"#
+        );
+        let info = Packet::Info(cync_proto::Info {
+            conn_id: self.spec.conn_id,
+            msg_id: MsgId([1, 1, 6]),
+            body: cync_proto::InfoBody::Entries(vec![cync_proto::Entry {
+                tag: 0x57,
+                flags: 9,
+                value: text.as_bytes().to_vec(),
+            }]),
+        });
+        Some(info.to_bytes())
     }
 
     /// An unbound firmware report: device firmware, or (false) the network module's "0".
@@ -312,8 +342,18 @@ impl Bridge {
     ) {
         let Target::Device(id) = target else { return };
         let home = self.spec.home.clone();
+        // An outlet of a multi-outlet plug: the device id byte, then the outlet as sub id.
+        let [low, outlet] = id.to_le_bytes();
+        let outlet_of = u16::from(low);
+        let is_outlet = (1..=8).contains(&outlet)
+            && self.spec.reach.contains(&outlet_of)
+            && home
+                .devices()
+                .get(&outlet_of)
+                .is_some_and(|d| d.kind == crate::mesh::Kind::DualPlug);
         // A group id addresses its members anywhere in the home's mesh.
         let members: Vec<u16> = match home.groups.get(&id) {
+            _ if is_outlet => vec![outlet_of],
             Some(members) => members.clone(),
             None if self.spec.reach.contains(&id) => vec![id],
             None => return,
@@ -324,7 +364,14 @@ impl Bridge {
             let mut devices = home.devices();
             for m in &members {
                 if let Some(dev) = devices.get_mut(m) {
-                    if dev.apply(action, d.msg_id, frame.seq, &bridge) {
+                    let applied = match (is_outlet, action) {
+                        (true, Action::Power(on)) => {
+                            dev.apply_outlet(outlet, *on, d.msg_id, frame.seq, &bridge)
+                        }
+                        (true, _) => false,
+                        (false, _) => dev.apply(action, d.msg_id, frame.seq, &bridge),
+                    };
+                    if applied {
                         changed.push(*m);
                     }
                 }
@@ -394,7 +441,7 @@ impl Bridge {
                 let s = dev.status();
                 let mut m = [0u8; 24];
                 m[0] = u8::try_from(s.id.0).unwrap_or(0);
-                m[2] = dev.kind.type_code();
+                m[2] = dev.type_code;
                 m[3] = 1;
                 m[7] = 1;
                 m[8] = u8::from(s.on);
@@ -515,6 +562,82 @@ mod tests {
             ),
             ("on", "true", "153700")
         );
+    }
+
+    #[test]
+    fn a_dual_plug_switches_one_outlet_and_reports_the_mask() {
+        let home = Home::new(
+            "h",
+            vec![SimDevice::typed(6, "h", 67), SimDevice::typed(9, "h", 224)],
+        );
+        let mut b = Bridge::new(BridgeSpec {
+            conn_id: ConnId([1, 2, 3, 4]),
+            auth: *b"0000000000000000",
+            home,
+            own: 6,
+            reach: vec![6, 9],
+            firmware: "10298".into(),
+        });
+        let mut rng = fastrand::Rng::with_seed(1);
+        let right_on = command::command(
+            ConnId([1, 2, 3, 4]),
+            MsgId([0, 1, 0]),
+            Seq(4),
+            cync_proto::catalog::outlet_target(6, 2).unwrap(),
+            Action::Power(true),
+        )
+        .unwrap();
+        let r = b.on_packet(&right_on, &Chaos::none(), &mut rng);
+        assert!(r.applied);
+        let report = packets(&r.out[2].bytes);
+        // Mask 2: the right outlet on, the left off — pycync's outdoor-plug reading.
+        let s = report[1].statuses()[0];
+        assert_eq!((s.id.0, s.on, s.brightness), (6, true, 2));
+        let t = cync_proto::catalog::DeviceType::of(Some(67));
+        assert_eq!(
+            (t.outlet_on(&s, 1), t.outlet_on(&s, 2)),
+            (Some(false), Some(true))
+        );
+        assert_eq!(
+            b.spec.home.devices()[&6].applied_commands[0].value,
+            "2=true"
+        );
+        // A thermostat takes nothing, and the plug's outlets take only power.
+        for (target, action) in [
+            (Target::Device(9), Action::Power(true)),
+            (
+                cync_proto::catalog::outlet_target(6, 1).unwrap(),
+                Action::Brightness(5),
+            ),
+        ] {
+            let cmd =
+                command::command(ConnId([1; 4]), MsgId([0, 2, 0]), Seq(5), target, action).unwrap();
+            assert!(!b.on_packet(&cmd, &Chaos::none(), &mut rng).applied);
+        }
+        // The mesh listing reports each device's own type.
+        assert!(b.sensor_report().is_none(), "the plug is no thermostat");
+    }
+
+    #[test]
+    fn a_thermostat_sends_its_sensor_report_after_the_hello() {
+        let home = Home::new("h", vec![SimDevice::typed(9, "h", 224)]);
+        let mut b = Bridge::new(BridgeSpec {
+            conn_id: ConnId([9, 9, 9, 9]),
+            auth: *b"0000000000000000",
+            home,
+            own: 9,
+            reach: vec![9],
+            firmware: "10298".into(),
+        });
+        let first = b.after_hello().remove(0);
+        let report = packets(&first)
+            .iter()
+            .find_map(Packet::sensors)
+            .expect("a sensor report");
+        let internal = report.sensors.first().unwrap();
+        assert_eq!(internal.kind(), Some("internal"));
+        assert_eq!(internal.temperature().unwrap().tenths, 716);
+        assert_eq!(report.present().count(), 2);
     }
 
     #[test]

@@ -55,6 +55,31 @@ pub struct FleetConfig {
     /// Connect through this in-memory network instead of TCP (plain, no TLS): for tests that
     /// run the server and the fleet in one runtime under a paused clock.
     pub memory: Option<MemoryNet>,
+    /// Homes laid out by hand (devices by mesh id and type code, bridges and their reach)
+    /// instead of `bridges` × `devices_per_bridge`.
+    pub layout: Option<Vec<HomeLayout>>,
+}
+
+/// A home laid out by hand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HomeLayout {
+    /// Name.
+    pub name: String,
+    /// Devices: (mesh id, Cync type code); each plays the behaviour its type has.
+    pub devices: Vec<(u16, u8)>,
+    /// Its Wi-Fi bridges.
+    pub bridges: Vec<BridgeLayout>,
+}
+
+/// A bridge of a [`HomeLayout`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeLayout {
+    /// Its id (hello bytes 6–9).
+    pub id: u32,
+    /// Its own mesh id.
+    pub own: u16,
+    /// The mesh ids it reaches besides its own.
+    pub reach: Vec<u16>,
 }
 
 /// An in-memory network: each connection is a [`tokio::io::duplex`] pair whose server half is
@@ -119,6 +144,7 @@ impl Default for FleetConfig {
             id_base: 0x5100_0000,
             max_connecting: 200,
             memory: None,
+            layout: None,
         }
     }
 }
@@ -191,6 +217,7 @@ pub struct Fleet {
     pub homes: Vec<Arc<Home>>,
     /// Counters.
     pub stats: Arc<Stats>,
+    bridges: usize,
     config: FleetConfig,
     cancel: CancellationToken,
     tracker: TaskTracker,
@@ -217,6 +244,7 @@ impl Fleet {
     /// Builds the homes and bridges and starts every bridge.
     pub fn start(config: FleetConfig) -> Result<Self, FleetError> {
         let (homes, specs) = build(&config)?;
+        let bridges = specs.len();
         let connector = if config.plain {
             None
         } else {
@@ -266,6 +294,7 @@ impl Fleet {
         Ok(Self {
             homes,
             stats,
+            bridges,
             config,
             cancel,
             tracker,
@@ -303,7 +332,7 @@ impl Fleet {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         Summary {
             seed: self.config.seed,
-            bridges: self.config.bridges,
+            bridges: self.bridges,
             devices: self.homes.iter().map(|h| h.devices().len()).sum(),
             connected: get(&s.connected),
             connects: get(&s.connects),
@@ -328,6 +357,46 @@ impl Fleet {
     }
 }
 
+/// Homes and bridges from a hand-made layout; a bridge's reach is its own id first.
+fn build_layout(layout: &[HomeLayout]) -> (Vec<Arc<Home>>, Vec<BridgeSpec>) {
+    let mut homes = Vec::new();
+    let mut specs = Vec::new();
+    for h in layout {
+        let devices = h
+            .devices
+            .iter()
+            .map(|(id, code)| SimDevice::typed(*id, &h.name, *code))
+            .collect();
+        let home = Home::new(&h.name, devices);
+        for b in &h.bridges {
+            let mut reach = vec![b.own];
+            reach.extend(b.reach.iter().filter(|r| **r != b.own));
+            specs.push(BridgeSpec {
+                conn_id: ConnId(b.id.to_be_bytes()),
+                auth: auth_code(b.id),
+                home: home.clone(),
+                own: b.own,
+                reach,
+                firmware: "11158".into(),
+            });
+        }
+        homes.push(home);
+    }
+    (homes, specs)
+}
+
+/// A bridge's made-up 16-character auth code, stable per id.
+fn auth_code(id: u32) -> [u8; 16] {
+    let mut auth = [b'0'; 16];
+    for (slot, c) in auth
+        .iter_mut()
+        .zip(format!("{:016x}", u64::from(id).wrapping_mul(0x2545_f491_4f6c_dd1d)).bytes())
+    {
+        *slot = c;
+    }
+    auth
+}
+
 /// The TLS client real devices are: TLS 1.2, the RSA-key-exchange CBC suites, no certificate
 /// check.
 pub fn connector() -> Result<SslConnector, openssl::error::ErrorStack> {
@@ -343,6 +412,9 @@ pub fn connector() -> Result<SslConnector, openssl::error::ErrorStack> {
 /// device of the next bridge of its home, so several bridges report one device. Kinds cycle
 /// through every kind.
 pub fn build(config: &FleetConfig) -> Result<(Vec<Arc<Home>>, Vec<BridgeSpec>), FleetError> {
+    if let Some(layout) = &config.layout {
+        return Ok(build_layout(layout));
+    }
     let m = config.devices_per_bridge;
     if config.bridges == 0 || m == 0 {
         return Err(FleetError::Empty);
@@ -397,13 +469,7 @@ pub fn build(config: &FleetConfig) -> Result<(Vec<Arc<Home>>, Vec<BridgeSpec>), 
         let id = config
             .id_base
             .wrapping_add(u32::try_from(b).unwrap_or(u32::MAX));
-        let mut auth = [b'0'; 16];
-        for (slot, c) in auth
-            .iter_mut()
-            .zip(format!("{:016x}", u64::from(id).wrapping_mul(0x2545_f491_4f6c_dd1d)).bytes())
-        {
-            *slot = c;
-        }
+        let auth = auth_code(id);
         let Some(home) = home_arcs.get(h).cloned() else {
             continue;
         };

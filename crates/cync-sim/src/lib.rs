@@ -17,5 +17,5 @@ pub mod fleet;
 pub mod mesh;
 
 pub use chaos::Chaos;
-pub use fleet::{Fleet, FleetConfig, MemoryListener, MemoryNet, Summary};
+pub use fleet::{BridgeLayout, Fleet, FleetConfig, HomeLayout, MemoryListener, MemoryNet, Summary};
 pub use mesh::{Applied, Kind, SimDevice};

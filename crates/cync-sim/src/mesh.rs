@@ -28,6 +28,13 @@ pub enum Kind {
     Fan,
     /// On/off wall switch.
     Switch,
+    /// Two-outlet outdoor plug (type 67): the brightness byte is the outlet bit mask, and a
+    /// command addresses one outlet by a sub id after the device id.
+    DualPlug,
+    /// Thermostat (type 224): reports a JSON sensor report, takes no mesh command.
+    Thermostat,
+    /// A device that takes no command (a battery sensor, a remote): it is only seen.
+    Inert,
 }
 
 impl Kind {
@@ -50,12 +57,37 @@ impl Kind {
             Self::Rgb => 30,         // Full Color A19
             Self::Fan => 81,
             Self::Switch => 51, // switch paddle
+            Self::DualPlug => 67,
+            Self::Thermostat => 224,
+            Self::Inert => 96, // motion sensor
+        }
+    }
+
+    /// The behaviour that plays a Cync type code, from the device-type table; a code the
+    /// table does not know plays as an on/off plug.
+    pub fn for_type(code: u8) -> Self {
+        use cync_proto::catalog::{DeviceType, Kind as K};
+        let t = DeviceType::of(Some(code));
+        match t.kind {
+            _ if !t.is_known() => Self::Plug,
+            K::Plug if t.outlets > 1 => Self::DualPlug,
+            K::Plug => Self::Plug,
+            K::Switch => Self::Switch,
+            K::Fan => Self::Fan,
+            K::Light if t.rgb => Self::Rgb,
+            K::Light if t.color_temp => Self::TunableWhite,
+            K::Light if t.brightness => Self::Dimmable,
+            K::Light => Self::Switch,
+            K::Thermostat => Self::Thermostat,
+            K::Sensor | K::Remote | K::Camera => Self::Inert,
         }
     }
 
     fn accepts(self, action: &Action) -> bool {
         match action {
+            _ if matches!(self, Self::Thermostat | Self::Inert) => false,
             Action::Power(_) => true,
+            _ if self == Self::DualPlug => false,
             Action::Brightness(_) => !matches!(self, Self::Plug | Self::Switch),
             Action::FanSpeed(_) => self == Self::Fan,
             Action::ColorTemp(_) => matches!(self, Self::TunableWhite | Self::Rgb),
@@ -89,6 +121,9 @@ pub struct SimDevice {
     pub home: String,
     /// Kind.
     pub kind: Kind,
+    /// The Cync type code it reports.
+    #[serde(rename = "type")]
+    pub type_code: u8,
     /// On.
     pub on: bool,
     /// 0–100.
@@ -115,6 +150,7 @@ impl SimDevice {
             id,
             home: home.to_string(),
             kind,
+            type_code: kind.type_code(),
             on: false,
             brightness: 50,
             color_temp: Some(50),
@@ -124,6 +160,18 @@ impl SimDevice {
             applied_dropped: 0,
             counter: 0,
         }
+    }
+
+    /// A device of Cync type `code`, played by the kind the type table gives it. A dual plug
+    /// starts with both outlets off.
+    pub fn typed(id: u16, home: &str, code: u8) -> Self {
+        let kind = Kind::for_type(code);
+        let mut d = Self::new(id, home, kind);
+        d.type_code = code;
+        if kind == Kind::DualPlug {
+            d.brightness = 0;
+        }
+        d
     }
 
     /// The state as a status record carries it.
@@ -149,6 +197,12 @@ impl SimDevice {
             return false;
         }
         let (attribute, value) = match *action {
+            Action::Power(on) if self.kind == Kind::DualPlug => {
+                // The whole plug: every outlet.
+                self.on = on;
+                self.brightness = if on { 0b11 } else { 0 };
+                ("on", on.to_string())
+            }
             Action::Power(on) => {
                 self.on = on;
                 ("on", on.to_string())
@@ -182,6 +236,40 @@ impl SimDevice {
         self.applied_commands.push(Applied {
             attribute,
             value,
+            msg_id: msg.to_string(),
+            seq,
+            bridge: bridge.to_string(),
+        });
+        true
+    }
+}
+
+impl SimDevice {
+    /// Switches one outlet (1 or 2) of a dual plug and records it; false for any other device
+    /// or outlet.
+    pub fn apply_outlet(
+        &mut self,
+        outlet: u8,
+        on: bool,
+        msg: MsgId,
+        seq: u8,
+        bridge: &str,
+    ) -> bool {
+        if self.kind != Kind::DualPlug || !(1..=2).contains(&outlet) {
+            return false;
+        }
+        let Some(mask) = cync_proto::catalog::outlet_mask(self.brightness, outlet, on) else {
+            return false;
+        };
+        self.brightness = mask;
+        self.on = mask != 0;
+        if self.applied_commands.len() >= MAX_APPLIED {
+            self.applied_commands.remove(0);
+            self.applied_dropped += 1;
+        }
+        self.applied_commands.push(Applied {
+            attribute: "outlet",
+            value: format!("{outlet}={on}"),
             msg_id: msg.to_string(),
             seq,
             bridge: bridge.to_string(),

@@ -94,7 +94,7 @@ async fn run(s: &Scenario, commands: usize) -> Result {
     .unwrap();
     // Ready when every device is known.
     let mut changes = server.ctx.registry.watch();
-    while server.ctx.registry.devices(&server.ctx.config).len() < s.devices {
+    while server.ctx.registry.device_count() < s.devices {
         tokio::time::timeout(Duration::from_secs(60), changes.changed())
             .await
             .unwrap()
@@ -103,7 +103,7 @@ async fn run(s: &Scenario, commands: usize) -> Result {
     let devices: Vec<(String, u16)> = server
         .ctx
         .registry
-        .devices(&server.ctx.config)
+        .devices(&server.ctx.homes.get())
         .into_iter()
         .map(|d| (d.home, d.mesh_id))
         .collect();
@@ -123,6 +123,7 @@ async fn run(s: &Scenario, commands: usize) -> Result {
                     target: Target::Device(*mesh),
                     action: Action::Power(i % 2 == 0),
                     bridges: ctx.registry.bridges_for(home, *mesh),
+                    outlet: None,
                 };
                 let rx = ctx.commands.submit(req, true).unwrap().unwrap();
                 let done = rx.await.unwrap();

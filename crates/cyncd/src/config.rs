@@ -99,9 +99,33 @@ pub struct Config {
     pub mqtt: MqttConfig,
     /// Routing between the legacy and the reliable command transports, SLOs and rollback.
     pub canary: CanaryConfig,
-    /// Homes, with their bridges, device names and groups.
+    /// Homes, with their bridges, device names and groups (over the homes file's).
     pub homes: Vec<Home>,
+    /// The Cync account API (`cyncd account`, the page's setup screen).
+    pub account: AccountConfig,
 }
+
+/// The `[account]` section: where the Cync account API is.
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AccountConfig {
+    /// Base URL of the API.
+    pub api_base: String,
+    /// Time allowed for one request, in seconds.
+    pub timeout_secs: u64,
+}
+
+impl Default for AccountConfig {
+    fn default() -> Self {
+        Self {
+            api_base: DEFAULT_ACCOUNT_API.into(),
+            timeout_secs: 20,
+        }
+    }
+}
+
+/// The Cync account API's base URL.
+pub const DEFAULT_ACCOUNT_API: &str = "https://api.gelighting.com/v2/";
 
 /// The `[mqtt]` section.
 #[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
@@ -156,6 +180,9 @@ pub struct DeviceAuthConfig {
     /// hello. Never logged.
     #[serde(serialize_with = "redacted_codes")]
     pub codes: BTreeMap<String, String>,
+    /// Pin the auth codes the Cync account export gave for the Wi-Fi devices (in the homes
+    /// file). Off: they are ignored, and first use (or `codes`) decides.
+    pub account_codes: bool,
 }
 
 impl Default for DeviceAuthConfig {
@@ -163,6 +190,7 @@ impl Default for DeviceAuthConfig {
         Self {
             first_use: true,
             codes: BTreeMap::new(),
+            account_codes: true,
         }
     }
 }
@@ -390,20 +418,29 @@ pub struct Home {
     pub groups: Vec<GroupConfig>,
 }
 
-/// A device's name and type.
+/// A device's name, type, room and visibility; each one set here wins over the homes file
+/// (the Cync account's data).
 #[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceConfig {
     /// Mesh id.
     pub id: u16,
     /// Name shown to people.
-    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// Cync device type code.
-    #[serde(default, rename = "type")]
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
     pub kind: Option<u8>,
+    /// Room (a Home Assistant area).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room: Option<String>,
+    /// False hides the device from the API, the page and Home Assistant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
 }
 
-/// A group of devices commanded together.
+/// A group of devices commanded together; it replaces a group of the same id from the homes
+/// file.
 #[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GroupConfig {
@@ -414,6 +451,10 @@ pub struct GroupConfig {
     /// Member mesh ids.
     #[serde(default)]
     pub members: Vec<u16>,
+    /// Whether it is a room (its devices are shown under it and get it as their area); true
+    /// unless set, or unless the homes file says it is a subgroup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room: Option<bool>,
 }
 
 /// The home used when the config names none for a bridge.
@@ -461,6 +502,7 @@ impl Default for Config {
             mqtt: MqttConfig::default(),
             canary: CanaryConfig::default(),
             homes: Vec::new(),
+            account: AccountConfig::default(),
         }
     }
 }
@@ -638,6 +680,17 @@ impl Config {
                     .into(),
             );
         }
+        if !(self.account.api_base.starts_with("https://")
+            || self.account.api_base.starts_with("http://"))
+        {
+            return bad(format!(
+                "account api_base must be an http:// or https:// URL, got {:?}",
+                self.account.api_base
+            ));
+        }
+        if !(1..=600).contains(&self.account.timeout_secs) {
+            return bad("account timeout_secs must be 1..=600".into());
+        }
         if self.mqtt.client_id.is_empty() || self.mqtt.client_id.len() > 64 {
             return bad("mqtt client_id must be 1-64 characters".into());
         }
@@ -662,27 +715,6 @@ impl Config {
         Ok(())
     }
 
-    /// The home a bridge belongs to.
-    pub fn home_of(&self, conn: cync_proto::ConnId) -> &str {
-        self.homes
-            .iter()
-            .find(|h| {
-                h.bridges
-                    .iter()
-                    .any(|b| cync_proto::ConnId::from_hex(b) == Some(conn))
-            })
-            .map_or(DEFAULT_HOME, |h| h.name.as_str())
-    }
-
-    /// Whether a home lists this bridge.
-    pub fn knows_bridge(&self, conn: cync_proto::ConnId) -> bool {
-        self.homes.iter().any(|h| {
-            h.bridges
-                .iter()
-                .any(|b| cync_proto::ConnId::from_hex(b) == Some(conn))
-        })
-    }
-
     /// The mesh ids the configuration names, by home.
     pub fn configured_devices(&self) -> HashMap<String, HashSet<u16>> {
         self.homes
@@ -697,25 +729,6 @@ impl Config {
                 (h.name.clone(), ids)
             })
             .collect()
-    }
-
-    /// The configured name and type of a device.
-    pub fn device(&self, home: &str, id: u16) -> Option<&DeviceConfig> {
-        self.homes
-            .iter()
-            .find(|h| h.name == home)?
-            .devices
-            .iter()
-            .find(|d| d.id == id)
-    }
-
-    /// The member mesh ids of a configured group (empty when there is no such group).
-    pub fn group_members(&self, home: &str, gid: u16) -> &[u16] {
-        self.homes
-            .iter()
-            .find(|h| h.name == home)
-            .and_then(|h| h.groups.iter().find(|g| g.id == gid))
-            .map_or(&[], |g| g.members.as_slice())
     }
 
     /// The delivery settings.
@@ -967,8 +980,7 @@ mod tests {
         config.validate().unwrap();
         assert!(!config.device_auth.first_use);
         assert_eq!(config.device_auth.pins().len(), 1);
-        assert!(config.knows_bridge(cync_proto::ConnId([0x32, 0x5d, 0x53, 0x17])));
-        assert!(!config.knows_bridge(cync_proto::ConnId([1, 2, 3, 4])));
+        assert_eq!(config.homes[0].bridges, ["325d5317"]);
         let shown = serde_json::to_string(&config).unwrap();
         assert!(!shown.contains("1e07d8cdf4f53c50"), "{shown}");
         assert!(shown.contains(r#""325d5317":"<redacted>""#), "{shown}");
@@ -1002,15 +1014,7 @@ mod tests {
         config.validate().unwrap();
         assert_eq!(config.listen.port(), 24000);
         assert_eq!(config.offset_minutes(), -360);
-        assert_eq!(
-            config.home_of(cync_proto::ConnId([0x32, 0x5d, 0x53, 0x17])),
-            "cabin"
-        );
-        assert_eq!(
-            config.home_of(cync_proto::ConnId([1, 2, 3, 4])),
-            DEFAULT_HOME
-        );
-        assert_eq!(config.device("cabin", 5).unwrap().name, "Porch");
+        assert_eq!(config.homes[0].devices[0].name.as_deref(), Some("Porch"));
     }
 
     #[test]

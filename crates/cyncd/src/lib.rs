@@ -8,6 +8,8 @@
 //! - [`commands`]: the reliable and legacy transports, canary routing and SLOs, and the one way
 //!   every front end commands a device or group;
 //! - [`devices`]: TLS, the accept loop and connection tasks, the device registry;
+//! - [`homes`]: the user's homes, names, types and rooms (the homes file, the Cync account
+//!   client and export, `cync_mesh.yaml` import), merged with the configuration;
 //! - [`config`], [`metrics`], [`logging`], [`state`] (files in the state directory): used by all.
 //!
 //! `crates/cyncd/tests/layers.rs` checks the rule on the sources.
@@ -18,6 +20,7 @@ pub mod commands;
 pub mod config;
 pub mod devices;
 pub mod frontends;
+pub mod homes;
 pub mod logging;
 pub mod metrics;
 pub mod serve;

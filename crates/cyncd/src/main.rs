@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 /// the server's CPU with the system allocator.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use cyncd::cli::{client, decode, devices, doctor, encode, sim};
+use cyncd::cli::{account, client, decode, devices, doctor, encode, sim};
 use cyncd::serve;
 use std::process::ExitCode;
 
@@ -28,6 +28,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Serve(Box<serve::Args>),
+    Account(account::Args),
     Set(client::SetArgs),
     Toggle(client::ToggleArgs),
     Devices(devices::Args),
@@ -42,6 +43,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve::run(&args),
+        Command::Account(args) => account::run(&args),
         Command::Set(args) => client::set(&args),
         Command::Toggle(args) => client::toggle(&args),
         Command::Devices(args) => devices::run(&args),

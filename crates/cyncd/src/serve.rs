@@ -159,6 +159,10 @@ pub struct Args {
     /// Close an HTTP connection on which nothing moved for this many seconds [default: 120].
     #[arg(long, value_name = "SECS")]
     pub http_idle_timeout_secs: Option<f64>,
+    /// Base URL of the Cync account API for the page's setup screen
+    /// [default: https://api.gelighting.com/v2/].
+    #[arg(long, value_name = "URL")]
+    pub account_api_base: Option<String>,
     /// Log format.
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
@@ -281,6 +285,9 @@ impl Args {
         if let Some(v) = &self.mqtt_discovery_prefix {
             c.mqtt.discovery_prefix = v.clone();
         }
+        if let Some(v) = &self.account_api_base {
+            c.account.api_base = v.clone();
+        }
         if let Some(v) = self.log_format {
             c.log_format = v;
         }
@@ -365,6 +372,9 @@ impl Running {
 
 /// Starts the device server and the HTTP API (the caller has set up logging).
 pub async fn start(config: Config) -> anyhow::Result<Running> {
+    // The homes first: a homes file that cannot be read stops the start with what to do,
+    // before anything listens.
+    let (homes, notes) = crate::homes::Homes::load(&config)?;
     let tls = if config.plain {
         None
     } else {
@@ -406,14 +416,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     let registry = Registry::with_limits(crate::devices::registry::Limits::of(&config));
+    registry.set_named(&homes);
     let auth = Arc::new(
         crate::devices::auth::AuthStore::open(&config.state_dir, config.device_auth.first_use)
             .context("device auth pins")?,
     );
-    auth.import(
-        crate::devices::auth::PinSource::Configured,
-        config.device_auth.pins(),
-    );
+    crate::commands::pin_codes(&auth, &config, &homes);
     let canary = Arc::new(crate::commands::canary::Canary::new(
         config.canary.policy().map_err(anyhow::Error::msg)?,
         config.canary.slo().map_err(anyhow::Error::msg)?,
@@ -443,8 +451,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         cancel.clone(),
         &tracker,
     );
+    for note in &notes {
+        info!("{note}");
+    }
+    for (home, code, names) in homes.unknown_types() {
+        registry.unknown_type(home, code, &names.join(", "));
+    }
     let ctx = Arc::new(Context {
         config,
+        homes: crate::homes::HomesCell::new(homes),
         registry,
         metrics,
         tls: tls.map(|(a, _)| a),
@@ -625,13 +640,22 @@ fn raise_file_limit(max_connections: usize) {
     }
 }
 
-/// SIGHUP: re-reads the configuration file and applies what changed in its `[canary]` routing
-/// (mode, percent, kill) since the file was last read, without a restart; other keys take effect
-/// at the next start. An unchanged file changes nothing — in particular it does not lift a
-/// rollback latch (editing the percentage or mode does, as a person's decision). The routing
-/// file in the state directory then records the new configuration routing, so the next start
-/// keeps what is in force now.
+/// SIGHUP: re-reads the homes file (a `cyncd account export` or `import` ran), and the
+/// configuration file, applying what changed in its `[canary]` routing (mode, percent, kill)
+/// since the file was last read, without a restart; other keys take effect at the next start.
+/// An unchanged file changes nothing — in particular it does not lift a rollback latch
+/// (editing the percentage or mode does, as a person's decision). The routing file in the state
+/// directory then records the new configuration routing, so the next start keeps what is in
+/// force now.
 fn reload(args: &Args, ctx: &Context, last: &mut crate::config::CanaryConfig) {
+    match ctx.reload_homes() {
+        Ok(notes) => {
+            for note in notes {
+                info!("SIGHUP: {note}");
+            }
+        }
+        Err(e) => warn!(error = %e, "SIGHUP: homes file not reloaded; the homes in use are kept"),
+    }
     let loaded = match args.config() {
         Ok(c) => c,
         Err(e) => {

@@ -341,6 +341,7 @@ async fn routing_flips_drains_and_reconnects_never_let_a_transport_write_on_a_co
                 id: ALL_GROUP,
                 name: "All".into(),
                 members: (1..=DEVICES as u16).collect(),
+                room: None,
             });
         }
         // Slow answers, so drains and reconnects catch commands in flight.
@@ -539,6 +540,7 @@ fn power(server: &Running, id: u32) -> tokio::task::JoinHandle<Completion> {
         bridges: vec![ConnId(id.to_be_bytes())],
         device_type: cync_proto::catalog::DeviceType::unknown(None),
         on: false,
+        outlet: None,
     };
     let ctx = server.ctx.clone();
     tokio::spawn(async move {
@@ -615,6 +617,7 @@ async fn a_legacy_command_its_connection_never_wrote_waits_for_the_next_owner() 
         target: cync_proto::Target::Device(5),
         action: cync_proto::Action::Power(true),
         bridges,
+        outlet: None,
     };
     let pending = server.ctx.legacy.submit(req, false, true).unwrap().unwrap();
     expect_closed(&mut old, Duration::from_secs(5)).await;

@@ -48,10 +48,7 @@ async fn run(profile: &str, chaos: &str, storm: Option<Duration>, seed: u64) -> 
         })
         .unwrap(),
     );
-    until(&server, || {
-        server.ctx.registry.devices(&server.ctx.config).len() == 12
-    })
-    .await;
+    until(&server, || server.ctx.registry.device_count() == 12).await;
     let devices = fleet.devices();
     let deadline = Duration::from_millis(server.ctx.config.command_deadline_ms);
     let mut rng = fastrand::Rng::with_seed(seed);
@@ -77,6 +74,7 @@ async fn run(profile: &str, chaos: &str, storm: Option<Duration>, seed: u64) -> 
                     target: Target::Device(id),
                     action,
                     bridges: registry.bridges_for("default", id),
+                    outlet: None,
                 };
                 let rx = commands.submit(req, true).unwrap().unwrap();
                 let done = tokio::time::timeout(deadline + Duration::from_secs(2), rx).await;

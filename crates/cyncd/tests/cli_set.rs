@@ -40,10 +40,7 @@ async fn set_and_toggle_print_the_outcome_and_exit_accordingly() {
         ..FleetConfig::default()
     })
     .unwrap();
-    until(&server, || {
-        server.ctx.registry.devices(&server.ctx.config).len() == 4
-    })
-    .await;
+    until(&server, || server.ctx.registry.device_count() == 4).await;
     let api = format!("http://{}", server.http);
     let token_file = server.http_token.as_ref().unwrap().path.clone();
     let arg = |s: &str| {

@@ -24,6 +24,7 @@ async fn setup(name: &str) -> (cyncd::serve::Running, Fleet) {
             id: 0x8001,
             name: "All".into(),
             members: vec![],
+            room: None,
         }],
     }];
     let server = start(cfg).await;
@@ -40,10 +41,7 @@ async fn setup(name: &str) -> (cyncd::serve::Running, Fleet) {
     })
     .unwrap();
     // Ready when both bridges reported their mesh.
-    until(&server, || {
-        server.ctx.registry.devices(&server.ctx.config).len() == 12
-    })
-    .await;
+    until(&server, || server.ctx.registry.device_count() == 12).await;
     (server, fleet)
 }
 

@@ -29,8 +29,10 @@ fn cabin(config: &mut Config) {
         bridges: vec![format!("{REAL:08x}")],
         devices: vec![DeviceConfig {
             id: 1,
-            name: "Porch".into(),
+            name: Some("Porch".into()),
             kind: None,
+            room: None,
+            enabled: None,
         }],
         groups: vec![],
     }];
@@ -53,7 +55,7 @@ async fn real_bridge(server: &Running) -> Fleet {
         server
             .ctx
             .registry
-            .devices(&server.ctx.config)
+            .devices(&server.ctx.homes.get())
             .iter()
             .filter(|d| d.home == "cabin" && d.reachable)
             .count()
@@ -283,7 +285,7 @@ async fn forged_reports_from_an_unknown_bridge_never_crowd_out_a_configured_home
         server.ctx.registry.rejected_devices(),
         65_536 - per_bridge as u64
     );
-    let devices = server.ctx.registry.devices(&server.ctx.config);
+    let devices = server.ctx.registry.devices(&server.ctx.homes.get());
     assert_eq!(
         devices.iter().filter(|d| d.home == "default").count(),
         per_bridge
@@ -321,7 +323,7 @@ async fn forged_reports_from_an_unknown_bridge_never_crowd_out_a_configured_home
     let in_default = server
         .ctx
         .registry
-        .devices(&server.ctx.config)
+        .devices(&server.ctx.homes.get())
         .iter()
         .filter(|d| d.home == "default")
         .count();

@@ -53,13 +53,16 @@ fn the_example_names_every_key() {
             bridges: vec!["00000001".into()],
             devices: vec![DeviceConfig {
                 id: 1,
-                name: "d".into(),
+                name: Some("d".into()),
                 kind: Some(68),
+                room: Some("r".into()),
+                enabled: Some(true),
             }],
             groups: vec![GroupConfig {
                 id: 32769,
                 name: "g".into(),
                 members: vec![1],
+                room: Some(true),
             }],
         }],
         ..Config::default()

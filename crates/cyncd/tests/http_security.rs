@@ -63,10 +63,7 @@ async fn home(name: &str, tweak: impl FnOnce(&mut cyncd::config::Config)) -> (Ru
         ..FleetConfig::default()
     })
     .unwrap();
-    until(&server, || {
-        server.ctx.registry.devices(&server.ctx.config).len() == 3
-    })
-    .await;
+    until(&server, || server.ctx.registry.device_count() == 3).await;
     (server, fleet)
 }
 

@@ -86,14 +86,12 @@ async fn events_start_with_a_snapshot_and_push_changes() {
             id: 7,
             name: "Kitchen".into(),
             members: vec![2, 3],
+            room: None,
         }],
     }];
     let server = start(cfg).await;
     let fleet = Fleet::start(fleet_config(&server, 0x6200_0000)).unwrap();
-    until(&server, || {
-        server.ctx.registry.devices(&server.ctx.config).len() == 4
-    })
-    .await;
+    until(&server, || server.ctx.registry.device_count() == 4).await;
 
     let (status, head, mut stream) = events(&server).await;
     assert_eq!(status, 200);
@@ -203,10 +201,7 @@ async fn shutdown_ends_open_event_streams() {
 async fn outcomes_are_counted_on_the_bridge_that_carried_them() {
     let server = start(config("web-outcomes")).await;
     let fleet = Fleet::start(fleet_config(&server, 0x6300_0000)).unwrap();
-    until(&server, || {
-        server.ctx.registry.devices(&server.ctx.config).len() == 4
-    })
-    .await;
+    until(&server, || server.ctx.registry.device_count() == 4).await;
     // Device 3 is a tunable-white bulb: applied. Device 2 is a dimmable bulb whose type cyncd
     // does not know: the command goes out and the bulb refuses colour.
     let (status, body) = post(

@@ -386,6 +386,79 @@ fn the_api_token_is_generated_once_and_token_less_mode_needs_loopback() {
     let _ = std::fs::remove_dir_all(&state);
 }
 
+#[test]
+fn sighup_applies_an_import_made_while_cyncd_runs() {
+    let state = temp_dir("homes-hup");
+    let (mut child, line) = serve(&state, &["--plain"], Stdio::piped());
+    let http = http_of(&line);
+    // The log, line by line, for what cyncd says about each SIGHUP.
+    let (log_tx, log) = std::sync::mpsc::channel::<String>();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = log_tx.send(line);
+        }
+    });
+    let expect_log = |needle: &str| loop {
+        let line = log
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("no log line with {needle:?}"));
+        if line.contains(needle) {
+            return line;
+        }
+    };
+    assert!(http_get(&http, &state, "/api/devices").ends_with("[]"));
+    let yaml = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/cync_mesh.yaml");
+    let imported = Command::new(env!("CARGO_BIN_EXE_cyncd"))
+        .args(["account", "import"])
+        .arg(&yaml)
+        .arg("--state-dir")
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(imported.status.success());
+    signal(&child, "HUP");
+    expect_log("40 devices and 8 rooms");
+    // The imported homes' devices are listed (offline until a bridge reports them).
+    until_body(
+        &http,
+        &state,
+        "/api/devices",
+        "\"name\":\"Kitchen Pendant\"",
+    );
+    let body = http_get(&http, &state, "/api/devices");
+    assert!(body.contains("\"room\":\"Great Room\""), "{body}");
+    assert!(!body.contains("Old Lamp"), "hidden: {body}");
+    // A broken homes file on SIGHUP keeps the homes in use.
+    std::fs::write(state.join("homes.json"), "{not json").unwrap();
+    signal(&child, "HUP");
+    let said = expect_log("homes file not reloaded");
+    assert!(said.contains("not a valid homes file"), "{said}");
+    assert!(http_get(&http, &state, "/api/devices").contains("Kitchen Pendant"));
+    signal(&child, "TERM");
+    assert!(child.wait().unwrap().success());
+    // And refuses the next start, saying what to do.
+    let out = Command::new(env!("CARGO_BIN_EXE_cyncd"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--plain",
+        ])
+        .arg("--state-dir")
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not a valid homes file") && err.contains("homes.json.previous"),
+        "{err}"
+    );
+}
+
 /// A PUT request with a JSON body and the server's token; returns the whole answer.
 fn http_put(addr: &str, state: &std::path::Path, path: &str, body: &str) -> String {
     let token = std::fs::read_to_string(state.join("api-token")).unwrap();

@@ -177,10 +177,7 @@ async fn capture_a_statuses_end_in_the_registry() {
     for t in tasks {
         devs.push(t.await.unwrap());
     }
-    until(&server, || {
-        server.ctx.registry.devices(&server.ctx.config).len() == 7
-    })
-    .await;
+    until(&server, || server.ctx.registry.device_count() == 7).await;
     let (status, body) = get(&server, "/api/devices").await;
     assert_eq!(status, 200);
     let devices: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
@@ -379,8 +376,10 @@ async fn http_api_shapes() {
         bridges: vec!["38e8cf46".into()],
         devices: vec![cyncd::config::DeviceConfig {
             id: 0xee,
-            name: "Porch".into(),
+            name: Some("Porch".into()),
             kind: Some(68),
+            room: None,
+            enabled: None,
         }],
         groups: vec![],
     }];
@@ -391,10 +390,7 @@ async fn http_api_shapes() {
     write(&mut dev, &hex("83 00 00 00 25 38 e8 cf 46 00 09 00 7e 1f 00 00 00 fa db 13 00 87 25 11 ee 00 ee 00 db 11 02 01 01 0a 0a ff ff ff 00 00 88 7e \
                           43 00 00 00 1a 38 e8 cf 46 01 01 06 05 00 10 ee 01 0a 0a ff ff ff 01 00 ee 00 00 00 00 00 00")).await;
     read_packets(&mut dev, 3, answers).await;
-    until(&server, || {
-        server.ctx.registry.devices(&server.ctx.config).len() == 1
-    })
-    .await;
+    until(&server, || server.ctx.registry.device_count() == 1).await;
 
     assert_eq!(get(&server, "/healthz").await, (200, "ok\n".into()));
     let (status, body) = get(&server, "/api/devices/cabin:238").await;

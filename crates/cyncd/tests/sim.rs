@@ -45,11 +45,8 @@ async fn a_fleet_connects_and_its_mesh_reaches_the_registry() {
             })
     })
     .await;
-    until(&server, || {
-        server.ctx.registry.devices(&server.ctx.config).len() == 12
-    })
-    .await;
-    let devices = server.ctx.registry.devices(&server.ctx.config);
+    until(&server, || server.ctx.registry.device_count() == 12).await;
+    let devices = server.ctx.registry.devices(&server.ctx.homes.get());
     // The registry's view equals the simulator's truth.
     for d in &devices {
         let truth = fleet.device("home0", d.mesh_id).unwrap();

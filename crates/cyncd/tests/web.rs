@@ -72,8 +72,7 @@ async fn the_page_controls_a_simulated_home_in_chromium() {
     fleet_config.server = server.devices.to_string();
     let fleet = Fleet::start(fleet_config).unwrap();
     until(&server, || {
-        server.ctx.registry.devices(&server.ctx.config).len() == 12
-            && server.ctx.registry.connection_count() == 2
+        server.ctx.registry.device_count() == 12 && server.ctx.registry.connection_count() == 2
     })
     .await;
     let url = format!("http://{}/", server.http);
@@ -369,6 +368,221 @@ async fn the_page_controls_a_simulated_home_in_chromium() {
         started.elapsed(),
         artifacts.display()
     );
+}
+
+/// The setup screen against a local server of the Cync account API's shapes: e-mail, a wrong
+/// code (refused, with what to do), the right code, the preview of homes and rooms, save; then
+/// the page shows the devices by room with their names, the dual plug's two outlets and the
+/// thermostat's readings, and the homes file is written — without the password anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_setup_screen_exports_the_cync_account_in_chromium() {
+    use common::cync_api::{self, CyncApi};
+    let (driver_path, browser_path) = (chromedriver(), chromium());
+    if !driver_path.exists() || !browser_path.exists() {
+        let missing = format!(
+            "{} or {} is missing (apt-get install chromium chromium-driver)",
+            driver_path.display(),
+            browser_path.display()
+        );
+        assert!(std::env::var_os("CI").is_none(), "CI is set but {missing}");
+        eprintln!("skipping the browser test: {missing}");
+        return;
+    }
+    let artifacts = artifacts();
+    let (homes, properties) = cync_api::account();
+    let api = CyncApi::start(homes, properties).await;
+    let mut cfg = config("web-setup");
+    cfg.account.api_base = api.base.clone();
+    cfg.account.timeout_secs = 5;
+    let state = cfg.state_dir.clone();
+    let server = start(cfg).await;
+    let token = server.http_token.as_ref().unwrap().token.clone();
+    let driver = Driver::start().await;
+    let page = driver.session(&["--window-size=1280,1000"], None).await;
+    page.goto(&format!("http://{}/#token={token}", server.http))
+        .await;
+    page.until(
+        "the setup screen offers the e-mail step",
+        r#"return !document.querySelector('#setup-email').hidden
+             && document.querySelector('#setup-status').textContent.includes('No homes file yet')
+             && !document.querySelector('#setup-hint').hidden;"#,
+    )
+    .await;
+    page.script("document.querySelector('#setup').scrollIntoView();")
+        .await;
+    let email = page.find("#setup-email-input").await;
+    page.type_text(&email, cync_api::EMAIL).await;
+    page.click(&page.find("#setup-email button").await).await;
+    page.until(
+        "Cync e-mails a code",
+        r#"return document.querySelector('#setup-message').textContent.includes('e-mailed a code')
+             && !document.querySelector('#setup-login').hidden;"#,
+    )
+    .await;
+    // A wrong code: refused, with what to do; nothing cached.
+    let password = page.find("#setup-password").await;
+    let code = page.find("#setup-code").await;
+    page.type_text(&password, cync_api::PASSWORD).await;
+    page.type_text(&code, "000000").await;
+    page.click(&page.find("#setup-login button").await).await;
+    let refused = page
+        .until(
+            "the wrong code is refused",
+            r#"const m = document.querySelector('#setup-message');
+               return m.classList.contains('bad') && m.textContent;"#,
+        )
+        .await;
+    let refused = refused.as_str().unwrap();
+    assert!(refused.contains("Verification code error"), "{refused}");
+    assert!(refused.contains("newest code"), "{refused}");
+    assert!(!state.join("cync-account.json").exists());
+    assert_eq!(
+        page.script("return document.querySelector('#setup-password').value;")
+            .await,
+        json!(""),
+        "the password field is cleared once sent"
+    );
+    // The right code.
+    page.script("document.querySelector('#setup-code').value = '';")
+        .await;
+    page.type_text(&password, cync_api::PASSWORD).await;
+    page.type_text(&code, cync_api::CODE).await;
+    page.click(&page.find("#setup-login button").await).await;
+    page.until(
+        "logged in",
+        r#"return document.querySelector('#setup-status').textContent.includes('Logged in to Cync as owner@example.com')
+             && !document.querySelector('[data-step="read"]').hidden;"#,
+    )
+    .await;
+    page.click(&page.find("#setup-read").await).await;
+    let preview = page
+        .until(
+            "the preview shows the homes and rooms",
+            r#"const home = document.querySelector('#setup-preview [data-home="Maple Street"]');
+               if (!home || document.querySelector('[data-step="save"]').hidden) return null;
+               return {
+                 rooms: Array.from(home.querySelectorAll('[data-room]')).map((r) => r.dataset.room),
+                 kitchen: Array.from(home.querySelectorAll('[data-room="Kitchen"] li')).map((l) => l.textContent),
+                 text: document.querySelector('#setup-preview').textContent,
+               };"#,
+        )
+        .await;
+    assert_eq!(
+        preview["rooms"],
+        json!(["Kitchen", "Patio", "Living Room", ""]),
+        "{preview}"
+    );
+    assert_eq!(
+        preview["kitchen"],
+        json!([
+            "Kitchen Pendant — Full Color A19 Bulb",
+            "Counter Strip — Dynamic Effects Premium Light Strip 16 ft"
+        ]),
+        "{preview}"
+    );
+    assert!(
+        preview["text"].as_str().unwrap().contains("Old Apartment"),
+        "the note about the home without properties: {preview}"
+    );
+    assert!(
+        !state.join("homes.json").exists(),
+        "nothing saved before Save"
+    );
+    page.screenshot(&artifacts.join("setup-preview.png")).await;
+    page.click(&page.find("#setup-save").await).await;
+    page.until(
+        "saved",
+        r#"return document.querySelector('#setup-message').textContent.startsWith('Saved: 2 home(s), 8 device(s), 4 room(s)');"#,
+    )
+    .await;
+    // The page now shows the devices by room, named, with their outlets and readings.
+    let shown = page
+        .until(
+            "the devices by room",
+            r#"const room = (home, name) => document.querySelector(`.home[data-home="${home}"] [data-room="${name}"]`);
+               const kitchen = room('Maple Street', 'Kitchen');
+               const patio = room('Maple Street', 'Patio');
+               const living = room('Maple Street', 'Living Room');
+               if (!kitchen || !patio || !living) return null;
+               const names = (r) => Array.from(r.querySelectorAll('article.card h5')).map((h) => h.textContent);
+               const plug = patio.querySelector('article.card');
+               const thermostat = document.querySelector('article.card[data-device="Maple Street:9"]');
+               return {
+                 kitchen: names(kitchen), patio: names(patio), living: names(living),
+                 porch: names(room('Lake Cabin', 'Porch')),
+                 outlets: Array.from(plug.querySelectorAll('.outlet')).map((o) => o.textContent),
+                 plugSwitches: plug.querySelectorAll('.outlet .switch').length,
+                 thermostatSwitches: thermostat.querySelectorAll('.switch').length,
+                 readings: thermostat.querySelector('.readings').textContent,
+                 model: thermostat.querySelector('.sub').textContent,
+                 count: kitchen.querySelector('.count').textContent,
+               };"#,
+        )
+        .await;
+    assert_eq!(
+        shown["kitchen"],
+        json!(["Counter Strip", "Kitchen Pendant"]),
+        "{shown}"
+    );
+    assert_eq!(
+        shown["patio"],
+        json!(["String Lights / Fountain"]),
+        "{shown}"
+    );
+    assert_eq!(
+        shown["living"],
+        json!(["Ceiling Fan", "Hallway Thermostat"]),
+        "{shown}"
+    );
+    assert_eq!(shown["porch"], json!(["Porch Light"]), "{shown}");
+    assert_eq!(
+        shown["outlets"],
+        json!(["String Lights", "Fountain"]),
+        "{shown}"
+    );
+    assert_eq!(shown["plugSwitches"], 2, "{shown}");
+    assert_eq!(
+        shown["thermostatSwitches"], 0,
+        "a thermostat has no switch: {shown}"
+    );
+    assert_eq!(shown["readings"], "no reading yet", "{shown}");
+    assert_eq!(shown["count"], "2 devices, 0 on, 2 not seen yet", "{shown}");
+    assert!(
+        shown["model"].as_str().unwrap().contains("Thermostat"),
+        "{shown}"
+    );
+    page.script("window.scrollTo(0, 0);").await;
+    page.screenshot(&artifacts.join("setup-saved.png")).await;
+    page.close().await;
+    drop(driver);
+
+    // The homes file and the cached login are written; the password is in neither, and went
+    // to Cync in the two login requests only.
+    let file: Value =
+        serde_json::from_slice(&std::fs::read(state.join("homes.json")).unwrap()).unwrap();
+    assert_eq!(file["homes"][0]["name"], "Maple Street");
+    for entry in std::fs::read_dir(&state).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            let bytes = std::fs::read(&path).unwrap();
+            assert!(
+                !String::from_utf8_lossy(&bytes).contains(cync_api::PASSWORD),
+                "{}",
+                path.display()
+            );
+        }
+    }
+    let with_password = api
+        .requests()
+        .iter()
+        .filter(|r| r.2.contains(cync_api::PASSWORD))
+        .map(|r| r.1.clone())
+        .collect::<Vec<_>>();
+    assert_eq!(
+        with_password,
+        ["user_auth/two_factor", "user_auth/two_factor"]
+    );
+    server.shutdown().await;
 }
 
 /// `target/web-artifacts/` in the workspace, created.

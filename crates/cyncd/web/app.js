@@ -160,6 +160,11 @@ function update(frame) {
   clock(frame);
   for (const d of frame.devices || []) state.devices.set(d.id, d);
   for (const id of frame.removed || []) state.devices.delete(id);
+  if (frame.meta && typeof frame.meta === 'object') {
+    // New homes were saved: names, rooms and groups may all have changed.
+    state.meta = frame.meta;
+    state.layout = '';
+  }
   if (layoutKey() !== state.layout) {
     renderDevices();
   } else {
@@ -174,10 +179,13 @@ function update(frame) {
 
 // ---------------------------------------------------------------- devices
 
-/** What decides the structure: which devices, in which home, with which controls. */
+/** What decides the structure: which devices, in which home and room, with which controls. */
 function layoutKey() {
   const parts = [];
-  for (const d of state.devices.values()) parts.push(`${d.id}|${d.name}|${d.kind}|${(d.capabilities || []).join(',')}`);
+  for (const d of state.devices.values()) {
+    parts.push([d.id, d.name, d.room || '', d.kind, (d.capabilities || []).join(','),
+      Array.isArray(d.outlets) ? d.outlets.map((o) => o.name).join(',') : '', Array.isArray(d.sensors)].join('|'));
+  }
   return parts.sort().join(';');
 }
 
@@ -185,39 +193,56 @@ function cardsOf(id) {
   return $$('article.card[data-device]').filter((c) => c.dataset.device === id);
 }
 
+const byName = (a, b) => String(a.name).localeCompare(String(b.name)) || num(a.mesh_id) - num(b.mesh_id);
+
+/** Devices by home, then by room (rooms as the account or the configuration give them), with
+ * each room's group controls; devices in no room under "Other"; subgroups as a row of controls. */
 function renderDevices() {
   state.layout = layoutKey();
   const root = $('#homes');
   const homes = new Map(); // name -> {groups, devices}
-  const configured = (state.meta && Array.isArray(state.meta.homes)) ? state.meta.homes : [];
-  for (const h of configured) homes.set(h.name, { groups: Array.isArray(h.groups) ? h.groups : [], devices: [] });
+  const known = (state.meta && Array.isArray(state.meta.homes)) ? state.meta.homes : [];
+  for (const h of known) homes.set(h.name, { groups: Array.isArray(h.groups) ? h.groups : [], devices: [] });
   for (const d of state.devices.values()) {
     if (!homes.has(d.home)) homes.set(d.home, { groups: [], devices: [] });
     homes.get(d.home).devices.push(d);
   }
+  const unnamed = [...state.devices.values()].some((d) => d.name === `device ${d.mesh_id}`);
+  $('#setup-hint').hidden = !(unnamed || known.length === 0);
   const out = [];
   for (const [name, home] of [...homes.entries()].sort((a, b) => a[0].localeCompare(b[0]))) {
-    home.devices.sort((a, b) => a.mesh_id - b.mesh_id);
-    const byMesh = new Map(home.devices.map((d) => [d.mesh_id, d]));
+    home.devices.sort(byName);
     const section = el('div', { class: 'home', 'data-home': name },
       el('h3', { text: homes.size > 1 || name !== 'default' ? `Home: ${name}` : 'Home' }));
-    const grouped = new Set();
-    for (const g of home.groups) {
-      const members = (Array.isArray(g.members) ? g.members : []).map((m) => byMesh.get(m)).filter(Boolean);
-      members.forEach((d) => grouped.add(d.id));
-      const missing = (g.members || []).length - members.length;
-      section.append(el('div', { class: 'group', 'data-group': `${name}:${g.id}` },
+    const rooms = home.groups.filter((g) => g.room !== false);
+    const subgroups = home.groups.filter((g) => g.room === false);
+    if (subgroups.length > 0) {
+      section.append(el('div', { class: 'subgroups', 'aria-label': 'Groups' }, subgroups.map((g) => {
+        const target = { kind: 'group', id: `${name}:${g.id}`, key: `group:${name}:${g.id}` };
+        return el('div', { class: 'subgroup', 'data-group': target.id },
+          el('span', { text: g.name || `group ${g.id}` }),
+          el('button', { type: 'button', text: 'On', onclick: () => send(target, { on: true }) }),
+          el('button', { type: 'button', text: 'Off', onclick: () => send(target, { on: false }) }));
+      })));
+    }
+    const placed = new Set();
+    for (const g of rooms) {
+      const roomName = g.name || `group ${g.id}`;
+      const members = home.devices.filter((d) => d.room === roomName && !placed.has(d.id));
+      if (members.length === 0) continue;
+      members.forEach((d) => placed.add(d.id));
+      section.append(el('div', { class: 'group room', 'data-group': `${name}:${g.id}`, 'data-room': roomName },
         el('div', { class: 'group-head' },
-          el('h4', { text: g.name || `group ${g.id}` }),
-          el('span', { class: 'count', 'data-members': members.map((d) => d.id).join(' '), 'data-missing': missing }),
+          el('h4', { text: roomName }),
+          el('span', { class: 'count', 'data-members': JSON.stringify(members.map((d) => d.id)) }),
           groupControls(name, g)),
         el('p', { class: 'last', 'data-last': `group:${name}:${g.id}` }),
         el('div', { class: 'grid' }, members.map(card))));
     }
-    const rest = home.devices.filter((d) => !grouped.has(d.id));
-    if (rest.length > 0 || home.groups.length === 0) {
+    const rest = home.devices.filter((d) => !placed.has(d.id));
+    if (rest.length > 0 || placed.size === 0) {
       section.append(el('div', { class: 'group', 'data-group': `${name}:other` },
-        el('div', { class: 'group-head' }, el('h4', { text: home.groups.length > 0 ? 'Other' : 'Devices' }),
+        el('div', { class: 'group-head' }, el('h4', { text: placed.size > 0 ? 'Other' : 'Devices' }),
           el('span', { class: 'count', text: `${rest.length} device${rest.length === 1 ? '' : 's'}` })),
         rest.length > 0 ? el('div', { class: 'grid' }, rest.map(card)) : el('p', { class: 'empty', text: 'No device has reported yet.' })));
     }
@@ -228,13 +253,16 @@ function renderDevices() {
   countGroups();
 }
 
-/** "12 devices, 3 on" under each group's name. */
+/** "12 devices, 3 on" under each room's name. */
 function countGroups() {
   for (const span of $$('.count[data-members]')) {
-    const ids = span.dataset.members ? span.dataset.members.split(' ') : [];
-    const on = ids.filter((id) => { const d = state.devices.get(id); return d && d.on; }).length;
-    const missing = Number(span.dataset.missing) || 0;
-    span.textContent = `${ids.length} device${ids.length === 1 ? '' : 's'}, ${on} on${missing > 0 ? `, ${missing} not seen yet` : ''}`;
+    // Device ids hold home names, which may hold spaces: the list is JSON.
+    let ids = [];
+    try { ids = JSON.parse(span.dataset.members || '[]'); } catch (err) { ids = []; }
+    const devices = ids.map((id) => state.devices.get(id)).filter(Boolean);
+    const on = devices.filter((d) => d.on).length;
+    const unseen = devices.filter((d) => !d.last_seen).length;
+    span.textContent = `${ids.length} device${ids.length === 1 ? '' : 's'}, ${on} on${unseen > 0 ? `, ${unseen} not seen yet` : ''}`;
   }
 }
 
@@ -253,12 +281,29 @@ function groupControls(home, g) {
 function card(d) {
   const target = { kind: 'device', id: d.id, key: `device:${d.id}` };
   const controls = [];
-  const power = el('button', { type: 'button', class: 'switch', role: 'switch', 'aria-checked': 'false', 'aria-label': `${d.name} power` });
-  power.addEventListener('click', () => {
-    const now = state.devices.get(d.id);
-    send(target, { on: !(now && now.on) });
-  });
-  controls.push(el('div', { class: 'power' }, power, el('span', { class: 'state' })));
+  if (Array.isArray(d.outlets) && d.outlets.length > 0) {
+    // A multi-outlet plug: one switch per outlet.
+    controls.push(el('div', { class: 'outlets' }, d.outlets.map((o) => {
+      const sw = el('button', { type: 'button', class: 'switch', role: 'switch', 'aria-checked': 'false',
+        'data-outlet': o.outlet, 'aria-label': `${d.name} ${o.name}` });
+      sw.addEventListener('click', () => {
+        const now = state.devices.get(d.id);
+        const cur = now && Array.isArray(now.outlets) ? now.outlets.find((x) => x.outlet === o.outlet) : null;
+        send(target, { outlet: o.outlet, on: !(cur && cur.on) });
+      });
+      return el('div', { class: 'outlet' }, sw, el('span', { class: 'name', text: o.name }));
+    })), el('span', { class: 'state' }));
+  } else if (has(d, 'on_off')) {
+    const power = el('button', { type: 'button', class: 'switch', role: 'switch', 'aria-checked': 'false', 'aria-label': `${d.name} power` });
+    power.addEventListener('click', () => {
+      const now = state.devices.get(d.id);
+      send(target, { on: !(now && now.on) });
+    });
+    controls.push(el('div', { class: 'power' }, power, el('span', { class: 'state' })));
+  } else {
+    controls.push(el('span', { class: 'state' }));
+  }
+  if (Array.isArray(d.sensors)) controls.push(el('ul', { class: 'readings', 'aria-label': `${d.name} readings` }));
   if (has(d, 'brightness')) controls.push(slider(target, 'Brightness', 'brightness', 0, 100, 1, (v) => `${v} %`, (v) => ({ brightness: v })));
   if (has(d, 'color_temp')) {
     const [lo, hi] = kelvinRange();
@@ -290,8 +335,8 @@ function card(d) {
   }
   const c = el('article', { class: 'card', 'data-device': d.id },
     el('div', { class: 'card-head' }, el('h5', { text: d.name }), el('span', { class: 'badge', text: d.kind || 'light' })),
-    el('div', { class: 'sub' }, el('span', { class: 'dot' }), ' ', el('span', { class: 'online' }), ` · ${d.id}`,
-      d.model ? ` · ${d.model}` : ''),
+    el('div', { class: 'sub' }, el('span', { class: 'dot' }), ' ', el('span', { class: 'online' }),
+      d.model ? ` · ${d.model}` : '', ` · ${d.id}`),
     el('div', { class: 'controls' }, controls),
     el('p', { class: 'last', 'data-last': target.key }));
   fillCard(c, d);
@@ -316,9 +361,35 @@ function slider(target, label, ctl, min, max, step, show, body) {
 function fillCard(c, d) {
   c.dataset.on = String(!!d.on);
   c.dataset.online = String(!!d.online);
-  $('.switch', c).setAttribute('aria-checked', String(!!d.on));
+  const power = $('.power .switch', c);
+  if (power) power.setAttribute('aria-checked', String(!!d.on));
+  for (const sw of $$('.outlet .switch', c)) {
+    const o = Array.isArray(d.outlets) ? d.outlets.find((x) => x.outlet === Number(sw.dataset.outlet)) : null;
+    sw.setAttribute('aria-checked', String(!!(o && o.on)));
+  }
   $('.dot', c).classList.toggle('up', !!d.online);
-  $('.online', c).textContent = d.online ? 'online' : 'offline';
+  $('.online', c).textContent = d.online ? 'online' : (d.last_seen ? 'offline' : 'not seen yet');
+  const readings = $('.readings', c);
+  if (readings) {
+    const list = Array.isArray(d.sensors) ? d.sensors : [];
+    readings.replaceChildren(...(list.length > 0 ? list.map((r) => {
+      const label = r.kind === 'internal' ? 'Here' : (r.kind || `sensor ${r.slot}`);
+      const parts = [];
+      if (typeof r.temperature === 'number') parts.push(`${r.temperature} °${r.unit || ''}`);
+      if (typeof r.humidity === 'number') parts.push(`${r.humidity} %`);
+      if (typeof r.battery_volts === 'number') parts.push(`battery ${r.battery_volts} V`);
+      return el('li', { 'data-slot': r.slot }, `${label}${r.active ? ' (followed)' : ''}: `,
+        el('span', { class: 'value', text: parts.join(' · ') || '—' }));
+    }) : [el('li', { class: 'empty', text: 'no reading yet' })]));
+  }
+  if (!has(d, 'on_off') && !(Array.isArray(d.outlets) && d.outlets.length > 0)) {
+    $('.state', c).textContent = Array.isArray(d.sensors) ? '' : 'takes no command';
+    return;
+  }
+  if (Array.isArray(d.outlets) && d.outlets.length > 0) {
+    $('.state', c).textContent = d.outlets.map((o) => `${o.name} ${o.on ? 'on' : 'off'}`).join(' · ');
+    return;
+  }
   const parts = [d.on ? 'On' : 'Off'];
   if (d.on && has(d, 'brightness')) parts.push(`${num(d.brightness)} %`);
   if (d.on && has(d, 'color_temp') && typeof d.color_temp === 'number') parts.push(`${toKelvin(d.color_temp)} K`);
@@ -561,6 +632,117 @@ async function loadCanary() {
   out.replaceChildren(...parts);
 }
 
+// ---------------------------------------------------------------- setup from the Cync account
+
+/** A JSON request to cyncd (a POST always carries a JSON body, as cyncd requires). */
+async function call(method, path, body) {
+  const payload = method === 'GET' ? undefined : JSON.stringify(body === undefined ? {} : body);
+  try {
+    const r = await fetch(path, {
+      method,
+      headers: payload === undefined ? { Accept: 'application/json' } : { 'Content-Type': 'application/json' },
+      body: payload,
+    });
+    if (r.status === 401) showLogin('Signed out: sign in again.');
+    return { status: r.status, body: await r.json().catch(() => ({})) };
+  } catch (err) {
+    return { status: 0, body: { error: 'could not reach cyncd' } };
+  }
+}
+
+function setupMessage(text, bad) {
+  const m = $('#setup-message');
+  m.textContent = text;
+  m.classList.toggle('bad', !!bad);
+}
+
+function setupStep(...steps) {
+  for (const node of $$('#setup [data-step]')) node.hidden = !steps.includes(node.dataset.step);
+}
+
+/** Shows what cyncd has (homes file, Cync login) and the next step. */
+async function loadSetup() {
+  const { status, body } = await call('GET', 'api/account');
+  if (status !== 200) return;
+  const f = body.homes_file || {};
+  const file = f.present
+    ? (f.error ? `The homes file cannot be read: ${f.error}`
+      : `Homes file: ${f.homes} home(s), ${f.devices} device(s), ${f.rooms} room(s), from ${f.source}, written ${f.written}.`)
+    : 'No homes file yet: devices behind a bridge show as "device N".';
+  const login = body.logged_in ? `Logged in to Cync as ${body.email} until ${body.expires}.` : 'Not logged in to Cync.';
+  $('#setup-status').replaceChildren(el('p', { text: file }), el('p', { text: login }));
+  if (body.logged_in) setupStep('read', ...(body.pending ? ['save'] : []));
+  else setupStep('email');
+}
+
+function renderPreview(p) {
+  const homes = Array.isArray(p.homes) ? p.homes : [];
+  const unknown = (d) => (typeof d.type === 'number' ? ` (type ${d.type}, not known to cyncd yet)` : ' (no type in the account)');
+  const device = (d) => el('li', { 'data-device': d.id, text: `${d.name} — ${d.model}${d.known ? '' : unknown(d)}` });
+  $('#setup-preview').replaceChildren(
+    el('p', { text: `${homes.length} home(s), ${num(p.devices)} device(s), ${num(p.rooms)} room(s):` }),
+    ...homes.map((h) => el('div', { class: 'preview-home', 'data-home': h.name },
+      el('h3', { text: h.name }),
+      ...(h.rooms || []).map((r) => el('div', { class: 'preview-room', 'data-room': r.name },
+        el('h4', { text: r.name }), el('ul', {}, (r.devices || []).map(device)))),
+      (h.other || []).length > 0 ? el('div', { class: 'preview-room', 'data-room': '' },
+        el('h4', { text: 'In no room' }), el('ul', {}, h.other.map(device))) : null,
+      (h.groups || []).length > 0 ? el('p', { class: 'sub', text: `Groups: ${h.groups.map((g) => g.name).join(', ')}` }) : null)),
+    (p.notes || []).length > 0 ? el('ul', { class: 'preview-notes' }, p.notes.map((n) => el('li', { text: n }))) : null);
+}
+
+function setupEvents() {
+  $('#setup-email').addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const email = $('#setup-email-input').value.trim();
+    setupMessage('Asking Cync for a code…');
+    const { status, body } = await call('POST', 'api/account/code', { email });
+    if (status !== 200) { setupMessage(body.error || `HTTP ${status}`, true); return; }
+    setupMessage(`Cync e-mailed a code to ${email}. Enter your Cync password and the code.`);
+    setupStep('login');
+    $('#setup-password').focus();
+  });
+  $('#setup-login').addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const password = $('#setup-password');
+    const code = $('#setup-code');
+    const body = { email: $('#setup-email-input').value.trim(), password: password.value, code: code.value.trim() };
+    // The password leaves the page in this request only.
+    password.value = '';
+    setupMessage('Logging in…');
+    const r = await call('POST', 'api/account/login', body);
+    if (r.status !== 200) { setupMessage(r.body.error || `HTTP ${r.status}`, true); return; }
+    code.value = '';
+    setupMessage(`Logged in as ${r.body.email}. Read your homes, check them, then save.`);
+    await loadSetup();
+  });
+  $('#setup-read').addEventListener('click', async () => {
+    setupMessage('Reading your homes from Cync…');
+    const { status, body } = await call('POST', 'api/account/preview');
+    if (status !== 200) {
+      setupMessage(body.error || `HTTP ${status}`, true);
+      if (status === 412) await loadSetup();
+      return;
+    }
+    renderPreview(body);
+    setupMessage('Check the homes and rooms below, then save them.');
+    setupStep('read', 'save');
+  });
+  $('#setup-save').addEventListener('click', async () => {
+    setupMessage('Saving…');
+    const { status, body } = await call('POST', 'api/account/save');
+    if (status !== 200) { setupMessage(body.error || `HTTP ${status}`, true); return; }
+    setupMessage(`Saved: ${body.homes} home(s), ${body.devices} device(s), ${body.rooms} room(s). The devices now show their names and rooms.`);
+    $('#setup-preview').replaceChildren();
+    await loadSetup();
+  });
+  $('#setup-logout').addEventListener('click', async () => {
+    await call('POST', 'api/account/logout');
+    setupMessage('Logged out of the Cync account.');
+    await loadSetup();
+  });
+}
+
 // ---------------------------------------------------------------- sign-in
 
 function showLogin(message) {
@@ -610,6 +792,7 @@ async function start() {
   delete document.body.dataset.auth;
   connect();
   loadCanary();
+  loadSetup();
   if (!started) {
     started = true;
     setInterval(() => { if (document.visibilityState === 'visible' && $('#login').hidden) loadCanary(); }, 60000);
@@ -624,6 +807,7 @@ document.addEventListener('DOMContentLoaded', async () => {
     showTrace($('#trace-id').value);
   });
   $('#canary-refresh').addEventListener('click', loadCanary);
+  setupEvents();
   $('#login-form').addEventListener('submit', async (e) => {
     e.preventDefault();
     const input = $('#login-token');

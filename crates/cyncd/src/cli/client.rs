@@ -21,6 +21,9 @@ pub struct SetArgs {
     /// The target is a group from the configuration.
     #[arg(long, global = true)]
     group: bool,
+    /// One outlet (1 = left, 2 = right) of a two-outlet plug, with on or off.
+    #[arg(long, global = true, value_name = "N")]
+    outlet: Option<u8>,
     #[command(flatten)]
     api: ApiArgs,
 }
@@ -103,6 +106,15 @@ pub fn set(args: &SetArgs) -> anyhow::Result<()> {
         SetState::Effect { name } => serde_json::json!({"effect": name}),
         SetState::FanSpeed { value } => serde_json::json!({"fan_speed": value}),
     };
+    let body = match (args.outlet, body) {
+        (None, body) => body,
+        (Some(_), _) if args.group => anyhow::bail!("--outlet is for a device, not a group"),
+        (Some(n), serde_json::Value::Object(mut map)) if map.contains_key("on") => {
+            map.insert("outlet".into(), n.into());
+            serde_json::Value::Object(map)
+        }
+        (Some(_), _) => anyhow::bail!("--outlet goes with on or off"),
+    };
     let kind = if args.group { "groups" } else { "devices" };
     let path = format!("/api/{kind}/{}/state", encode(&args.device));
     let answer = client.post(&path, &body)?.ok()?;
@@ -156,6 +168,15 @@ fn applied(mut view: serde_json::Value, body: &serde_json::Value) -> serde_json:
         return view;
     };
     let get = |k: &str| body.get(k).cloned();
+    if let (Some(n), Some(on)) = (get("outlet").and_then(|n| n.as_u64()), get("on")) {
+        // One outlet switched: the others keep their state.
+        if let Some(Value::Array(outlets)) = v.get_mut("outlets") {
+            for o in outlets.iter_mut().filter(|o| o["outlet"] == n) {
+                o["on"] = on.clone();
+            }
+        }
+        return view;
+    }
     if let Some(on) = get("on") {
         v.insert("on".into(), on);
     }
@@ -222,6 +243,19 @@ pub fn describe(view: &serde_json::Value) -> String {
             .and_then(|i| ["off", "low", "medium", "high", "max"].get(i).copied())
             .unwrap_or("?");
         parts.push(format!("fan {name}"));
+    }
+    if let Some(outlets) = view.get("outlets").and_then(serde_json::Value::as_array) {
+        parts = outlets
+            .iter()
+            .map(|o| {
+                let name = o
+                    .get("name")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or("?");
+                let on = o.get("on").and_then(serde_json::Value::as_bool) == Some(true);
+                format!("{name} {}", if on { "on" } else { "off" })
+            })
+            .collect();
     }
     if view.get("online").and_then(serde_json::Value::as_bool) != Some(true) {
         parts.push("offline".into());
@@ -301,6 +335,15 @@ mod tests {
         assert_eq!(
             (after["on"].as_bool(), after["fan_speed"].as_u64()),
             (Some(true), Some(3))
+        );
+        // One outlet of a two-outlet plug: only it changes, and both are shown.
+        let dual = serde_json::json!({"id": "h:6", "name": "Patio", "on": true, "online": true,
+            "outlets": [{"outlet": 1, "name": "Left outlet", "on": false},
+                        {"outlet": 2, "name": "Right outlet", "on": true}]});
+        let after = applied(dual, &serde_json::json!({"outlet": 1, "on": true}));
+        assert_eq!(
+            describe(&after),
+            "h:6 Patio: Left outlet on, Right outlet on"
         );
     }
 }

@@ -280,11 +280,16 @@ pub fn demo_home(fleet: &FleetConfig) -> anyhow::Result<crate::config::Home> {
                 Kind::Rgb => "Colour bulb",
                 Kind::Fan => "Fan",
                 Kind::Switch => "Switch",
+                Kind::DualPlug => "Outdoor plug",
+                Kind::Thermostat => "Thermostat",
+                Kind::Inert => "Sensor",
             };
             crate::config::DeviceConfig {
                 id: d.id,
-                name: format!("{label} {}", d.id),
+                name: Some(format!("{label} {}", d.id)),
                 kind: Some(d.kind.type_code()),
+                room: None,
+                enabled: None,
             }
         })
         .collect();
@@ -295,6 +300,7 @@ pub fn demo_home(fleet: &FleetConfig) -> anyhow::Result<crate::config::Home> {
             id: cync_sim::mesh::ALL_GROUP,
             name: "Whole home".into(),
             members: devices.iter().map(|d| d.id).collect(),
+            room: None,
         }],
         devices,
     })

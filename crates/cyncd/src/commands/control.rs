@@ -26,8 +26,8 @@ pub enum ControlError {
     /// No such device.
     #[error("no such device")]
     NoDevice,
-    /// No such group in the configuration.
-    #[error("no such group in the configuration")]
+    /// No such group in the homes.
+    #[error("no such group")]
     NoGroup,
     /// Several homes have the id.
     #[error("several homes have this id: use home:id")]
@@ -58,13 +58,15 @@ pub struct Resolved {
     pub bridges: Vec<ConnId>,
     /// The device's type (groups: the type table's unknown, which accepts everything).
     pub device_type: DeviceType,
-    /// Whether the device is on now (groups: false).
+    /// Whether the device (or the outlet) is on now (groups: false).
     pub on: bool,
+    /// The outlet of a multi-outlet plug the commands switch (the target carries it).
+    pub outlet: Option<u8>,
 }
 
 /// Resolves an API device id (`home:mesh_id` or a bare mesh id).
 pub fn device(ctx: &Context, id: &str) -> Result<Resolved, ControlError> {
-    let (home, mesh) = ctx.registry.resolve(id)?;
+    let (home, mesh) = ctx.registry.resolve(&ctx.homes.get(), id)?;
     Ok(device_in(ctx, &home, mesh))
 }
 
@@ -76,25 +78,69 @@ pub fn device_in(ctx: &Context, home: &str, mesh: u16) -> Resolved {
         bridges: ctx.registry.bridges_for(home, mesh),
         device_type: type_of(ctx, home, mesh),
         on: ctx.registry.status(home, mesh).is_some_and(|s| s.on),
+        outlet: None,
     }
 }
 
-/// The device type of a device: the configuration's `type` wins over the one its bridge reported.
-pub fn type_of(ctx: &Context, home: &str, mesh: u16) -> DeviceType {
-    let configured = ctx.config.device(home, mesh).and_then(|d| d.kind);
-    DeviceType::of(configured.or_else(|| ctx.registry.device_type(home, mesh)))
+/// Resolves one outlet of a multi-outlet plug: an API device id and an outlet number.
+pub fn outlet(ctx: &Context, id: &str, outlet: u8) -> Result<Resolved, ControlError> {
+    let (home, mesh) = ctx.registry.resolve(&ctx.homes.get(), id)?;
+    outlet_in(ctx, &home, mesh, outlet)
 }
 
-/// Resolves a group id (`home:group_id`, or a group id one home has) from the configuration.
+/// One outlet of a known device: its own target (the outlet as sub id after the device id,
+/// [`cync_proto::catalog::outlet_target`]), its state from the outlet mask.
+pub fn outlet_in(
+    ctx: &Context,
+    home: &str,
+    mesh: u16,
+    outlet: u8,
+) -> Result<Resolved, ControlError> {
+    let device_type = type_of(ctx, home, mesh);
+    if outlet == 0 || outlet > device_type.outlets || device_type.outlets < 2 {
+        return Err(ControlError::Unsupported(format!(
+            "a {} ({}) has no outlet {outlet}; outlets exist only on multi-outlet plugs, numbered from 1",
+            device_type.kind.name(),
+            device_type.product
+        )));
+    }
+    let target = cync_proto::catalog::outlet_target(mesh, outlet).ok_or_else(|| {
+        ControlError::Unsupported(format!(
+            "outlet commands need a mesh id below 256, and this plug is {mesh}"
+        ))
+    })?;
+    let on = ctx
+        .registry
+        .status(home, mesh)
+        .and_then(|s| device_type.outlet_on(&s, outlet))
+        .unwrap_or(false);
+    Ok(Resolved {
+        home: home.to_string(),
+        target,
+        bridges: ctx.registry.bridges_for(home, mesh),
+        device_type,
+        on,
+        outlet: Some(outlet),
+    })
+}
+
+/// The device type of a device: the homes' `type` (configuration, then account) wins over the
+/// one its bridge reported.
+pub fn type_of(ctx: &Context, home: &str, mesh: u16) -> DeviceType {
+    let named = ctx.homes.get().device(home, mesh).and_then(|d| d.kind);
+    DeviceType::of(named.or_else(|| ctx.registry.device_type(home, mesh)))
+}
+
+/// Resolves a group id (`home:group_id`, or a group id one home has) from the homes.
 pub fn group(ctx: &Context, id: &str) -> Result<Resolved, ControlError> {
     let (home_filter, gid) = match id.split_once(':') {
         Some((h, g)) => (Some(h), g),
         None => (None, id),
     };
     let gid: u16 = gid.parse().map_err(|_| ControlError::BadGroupId)?;
-    let homes: Vec<&str> = ctx
-        .config
-        .homes
+    let all = ctx.homes.get();
+    let homes: Vec<&str> = all
+        .homes()
         .iter()
         .filter(|h| home_filter.is_none_or(|f| f == h.name))
         .filter(|h| h.groups.iter().any(|g| g.id == gid))
@@ -112,7 +158,8 @@ pub fn group(ctx: &Context, id: &str) -> Result<Resolved, ControlError> {
 /// back, as a device command does).
 pub fn group_in(ctx: &Context, home: &str, gid: u16) -> Resolved {
     let mut bridges = ctx.registry.home_bridges(home);
-    for member in ctx.config.group_members(home, gid) {
+    let homes = ctx.homes.get();
+    for member in homes.group_members(home, gid) {
         for bridge in ctx.registry.bridges_for(home, *member) {
             if !bridges.contains(&bridge) {
                 bridges.push(bridge);
@@ -125,12 +172,26 @@ pub fn group_in(ctx: &Context, home: &str, gid: u16) -> Resolved {
         bridges,
         device_type: DeviceType::unknown(None),
         on: false,
+        outlet: None,
     }
 }
 
-/// Checks every step against the device type; nothing is sent when one does not fit.
+/// Checks every step against the device type; nothing is sent when one does not fit. An
+/// outlet only switches on and off.
 pub fn check(resolved: &Resolved, steps: &[Step]) -> Result<(), ControlError> {
     let t = &resolved.device_type;
+    if let Some(n) = resolved.outlet {
+        if let Some((name, _)) = steps
+            .iter()
+            .find(|(_, a)| !matches!(a, cync_proto::Action::Power(_)))
+        {
+            return Err(ControlError::Unsupported(format!(
+                "outlet {n} of a {} only switches on and off, not {name}",
+                t.product
+            )));
+        }
+        return Ok(());
+    }
     let unsupported: Vec<&str> = steps
         .iter()
         .filter(|(_, action)| !t.supports(action))
@@ -139,10 +200,17 @@ pub fn check(resolved: &Resolved, steps: &[Step]) -> Result<(), ControlError> {
     if unsupported.is_empty() {
         return Ok(());
     }
+    if !t.controllable() {
+        return Err(ControlError::Unsupported(format!(
+            "a {} ({}) takes no command from cyncd",
+            t.kind.name(),
+            t.product
+        )));
+    }
     Err(ControlError::Unsupported(format!(
         "a {} ({}) cannot do {}; it supports {}",
         t.kind.name(),
-        t.model,
+        t.product,
         unsupported.join(", "),
         t.capabilities().join(", ")
     )))
@@ -171,6 +239,7 @@ pub async fn submit(ctx: &Context, resolved: &Resolved, steps: Vec<Step>, wait: 
             target: resolved.target,
             action,
             bridges: bridges.clone(),
+            outlet: resolved.outlet,
         };
         // Whichever transport takes it, a command that later changes transport must not
         // overtake this one.

@@ -10,7 +10,7 @@
 //! hand device answers to the transport that owns them. The rule that keeps each connection to
 //! one transport across drains, reconnects and rollbacks is stated in [`transport`].
 //!
-//! May import `devices`, `config`, `metrics` and `logging`; must not import `frontends`, `cli`
+//! May import `devices`, `config`, `homes`, `metrics` and `logging`; must not import `frontends`, `cli`
 //! or `serve`.
 
 pub mod canary;
@@ -22,9 +22,10 @@ pub mod transport;
 
 use crate::config::{Config, OffsetCache};
 use crate::devices::Host;
-use crate::devices::auth::AuthStore;
+use crate::devices::auth::{AuthStore, PinSource};
 use crate::devices::link::ConnEvent;
 use crate::devices::registry::Registry;
+use crate::homes::{Homes, HomesCell};
 use crate::logging::LogLimits;
 use crate::metrics::Metrics;
 use cync_proto::ConnId;
@@ -37,6 +38,9 @@ use std::sync::Arc;
 pub struct Context {
     /// Effective configuration.
     pub config: Config,
+    /// The homes (the configuration over the homes file); replaced whole when the page's setup
+    /// screen saves a new export.
+    pub homes: HomesCell,
     /// Device registry.
     pub registry: Registry,
     /// Metrics.
@@ -66,9 +70,43 @@ impl std::fmt::Debug for Context {
     }
 }
 
+/// Pins the auth codes the account gave (unless `[device_auth] account_codes = false`), then
+/// the configuration's, which win for a bridge both name.
+pub fn pin_codes(auth: &AuthStore, config: &Config, homes: &Homes) {
+    if config.device_auth.account_codes {
+        auth.import(PinSource::Account, homes.auth_codes());
+    }
+    auth.import(PinSource::Configured, config.device_auth.pins());
+}
+
+impl Context {
+    /// Reads the homes file again and applies it (a new export was saved, or SIGHUP): the
+    /// merged homes replace the old ones, the account's auth codes are pinned, connected
+    /// bridges move to the homes they now belong to, and every front end is told to look
+    /// again. Returns the notes for the log.
+    pub fn reload_homes(&self) -> Result<Vec<String>, crate::homes::HomesError> {
+        let (homes, mut notes) = Homes::load(&self.config)?;
+        for (home, code, names) in homes.unknown_types() {
+            self.registry.unknown_type(home, code, &names.join(", "));
+        }
+        pin_codes(&self.auth, &self.config, &homes);
+        self.registry.set_named(&homes);
+        for (conn, from, to) in self.registry.place_bridges(&homes) {
+            notes.push(format!("bridge {conn} moved from home {from:?} to {to:?}"));
+        }
+        self.homes.set(homes);
+        self.registry.touch();
+        Ok(notes)
+    }
+}
+
 impl Host for Context {
     fn config(&self) -> &Config {
         &self.config
+    }
+
+    fn homes(&self) -> Arc<Homes> {
+        self.homes.get()
     }
 
     fn registry(&self) -> &Registry {

@@ -212,14 +212,14 @@ impl Commands {
 
     /// Takes back a command legacy could not write (its connection ended first, or its bridge
     /// was gone); it waits for a connection like any other. Gives it back when the service's
-    /// queue is full.
-    pub fn adopt(&self, moving: Moving, gone: Option<ConnId>) -> Result<(), Moving> {
+    /// queue is full (boxed: the refusal is rare and a command is large).
+    pub fn adopt(&self, moving: Moving, gone: Option<ConnId>) -> Result<(), Box<Moving>> {
         match self.submit.try_reserve() {
             Ok(permit) => {
                 permit.send(Msg::Adopt { moving, gone });
                 Ok(())
             }
-            Err(_) => Err(moving),
+            Err(_) => Err(Box::new(moving)),
         }
     }
 

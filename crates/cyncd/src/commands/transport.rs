@@ -162,6 +162,7 @@ mod tests {
             target: Target::Device(device),
             action,
             bridges: Vec::new(),
+            outlet: None,
         }
     }
 

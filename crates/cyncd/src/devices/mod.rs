@@ -17,6 +17,7 @@ pub mod server;
 pub mod tls;
 
 use crate::config::{Config, OffsetCache};
+use crate::homes::Homes;
 use crate::logging::LogLimits;
 use crate::metrics::Metrics;
 use auth::AuthStore;
@@ -33,6 +34,8 @@ use registry::Registry;
 pub trait Host: Send + Sync + 'static {
     /// Effective configuration.
     fn config(&self) -> &Config;
+    /// The homes as they are now (the configuration over the homes file).
+    fn homes(&self) -> std::sync::Arc<Homes>;
     /// Device registry.
     fn registry(&self) -> &Registry;
     /// Metrics.

@@ -15,7 +15,7 @@
 //!
 //! Who may speak for a device: a status is applied only from a registered connection (one whose
 //! hello was admitted), and only for a device that connection vouches for. The devices the
-//! configuration names always pass. Any other device passes when the bridge listed it in its
+//! homes name (the configuration and the homes file, [`Registry::set_named`]) always pass. Any other device passes when the bridge listed it in its
 //! mesh-info answer; before a bridge has listed its mesh (or when it never does), it may speak
 //! for at most [`Limits::per_bridge`] distinct devices per connection. A new device is created
 //! only while its home holds fewer than [`Limits::per_home`] unconfigured devices and the whole
@@ -23,15 +23,24 @@
 //! and reports from bridges of one home never crowd out another home's devices. Every status
 //! refused is reported to the caller ([`Refusal`]), which counts and logs it.
 //!
-//! Bounds: at most [`MAX_DEVICES`] devices (configured ones on top) and `max_connections`
+//! Names, rooms, types and MACs come from [`Homes`] when a view is built: the views list the
+//! devices bridges reported and those the homes name (offline until reported), and leave out
+//! the ones the homes hide. A bridge whose mesh listing places it in another home moves there
+//! with the devices only it reported ([`Registry::rehome`]); a thermostat's sensor report is
+//! kept on its connection and its device ([`Registry::sensors`]).
+//!
+//! Bounds: at most [`MAX_DEVICES`] devices (named ones on top) and `max_connections`
 //! connections; per connection at most [`Limits::per_bridge`] devices spoken for and
-//! [`cync_proto::session::MAX_MESH_RECORDS`] listed.
+//! [`cync_proto::session::MAX_MESH_RECORDS`] listed; [`MAX_UNKNOWN_TYPES`] unknown type codes
+//! reported and [`MAX_LEARNED_HOMES`] learned homes remembered.
 
 use super::link::ConnCommand;
+use crate::homes::Homes;
 use cync_proto::canary::{Policy, Route, Transport};
-use cync_proto::catalog::DeviceType;
+use cync_proto::catalog::{DeviceType, Kind};
 use cync_proto::delivery::Outcome;
 use cync_proto::session::Source;
+use cync_proto::thermostat::SensorReport;
 use cync_proto::{ConnId, DeviceStatus};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -42,6 +51,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
 /// How long a device's own report outranks relayed copies.
 pub const OWN_REPORT_HOLD: Duration = Duration::from_secs(5);
@@ -51,6 +61,11 @@ pub const OFFLINE_AFTER: u8 = 3;
 pub const MAX_DEVICES: usize = 65_536;
 /// Most bridges remembered per device.
 const MAX_BRIDGES_PER_DEVICE: usize = 16;
+/// Most (home, type code) pairs reported as unknown; further unknown codes are not logged.
+pub const MAX_UNKNOWN_TYPES: usize = 1024;
+/// Most bridges whose home was learned from their mesh, remembered across reconnects (an
+/// older one is forgotten first when full).
+pub const MAX_LEARNED_HOMES: usize = 65_536;
 
 /// Who may add what to the registry (see the module documentation).
 #[derive(Debug, Clone)]
@@ -81,12 +96,6 @@ impl Limits {
             per_home: config.max_devices_per_home,
             configured: config.configured_devices(),
         }
-    }
-
-    fn configured(&self, home: &str, mesh: u16) -> bool {
-        self.configured
-            .get(home)
-            .is_some_and(|ids| ids.contains(&mesh))
     }
 }
 
@@ -150,8 +159,22 @@ struct Shared {
 struct State {
     devices: BTreeMap<(String, u16), Device>,
     connections: HashMap<ConnId, Connection>,
+    /// (home, code) pairs already reported as not in the type table.
+    unknown_types: HashSet<(String, u8)>,
+    /// Homes learned from bridges' mesh listings, oldest first.
+    learned: std::collections::VecDeque<(ConnId, String)>,
     /// Unconfigured devices per home.
     unconfigured: HashMap<String, usize>,
+    /// The devices the homes (configuration and homes file) name, by home: always accepted,
+    /// never counted against the caps. Replaced when new homes are loaded.
+    named: HashMap<String, HashSet<u16>>,
+}
+
+impl State {
+    /// Whether the homes name this device (it is always accepted, never counted).
+    fn is_named(&self, home: &str, mesh: u16) -> bool {
+        self.named.get(home).is_some_and(|ids| ids.contains(&mesh))
+    }
 }
 
 /// One mesh device.
@@ -173,6 +196,65 @@ pub struct Device {
     pub bridges: BTreeSet<ConnId>,
     /// A bridge's mesh listing named it (sticky).
     pub listed: bool,
+    /// A thermostat's sensor readings, when it sent some.
+    pub sensors: Option<Arc<[Reading]>>,
+}
+
+/// One sensor of a thermostat's report (its own, or a remote one), as the API shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Reading {
+    /// Position in the thermostat's report (0 = first slot).
+    pub slot: usize,
+    /// What the thermostat calls it (`internal`, `savant sensor`).
+    pub kind: String,
+    /// The sensor the thermostat follows now.
+    pub active: Option<bool>,
+    /// Temperature in `unit`.
+    pub temperature: Option<f64>,
+    /// `F` or `C`.
+    pub unit: Option<&'static str>,
+    /// Relative humidity, %.
+    pub humidity: Option<u8>,
+    /// Battery voltage of a remote sensor.
+    pub battery_volts: Option<f64>,
+}
+
+impl Reading {
+    /// The fitted sensors of a report.
+    pub fn all(report: &SensorReport) -> Vec<Self> {
+        report
+            .sensors
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.present())
+            .map(|(slot, s)| {
+                let t = s.temperature();
+                Self {
+                    slot,
+                    kind: s.kind().unwrap_or_default().to_string(),
+                    active: s.active(),
+                    temperature: t.map(|t| f64::from(t.tenths) / 10.0),
+                    unit: t.map(|t| match t.unit {
+                        cync_proto::thermostat::TemperatureUnit::Fahrenheit => "F",
+                        cync_proto::thermostat::TemperatureUnit::Celsius => "C",
+                    }),
+                    humidity: s.humidity(),
+                    battery_volts: s.battery_millivolts().map(|mv| f64::from(mv) / 1000.0),
+                }
+            })
+            .collect()
+    }
+}
+
+/// One outlet of a multi-outlet plug, as the API shows it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct OutletView {
+    /// Outlet number (1 = left, 2 = right on the dual outdoor plug).
+    pub outlet: u8,
+    /// Name from the account, or "Left outlet"/"Right outlet"/"Outlet N".
+    pub name: String,
+    /// On.
+    pub on: bool,
 }
 
 /// Per-connection counters, updated without a lock.
@@ -225,6 +307,8 @@ pub struct Connection {
     pub firmware: BTreeMap<&'static str, String>,
     /// Mesh devices it reported in its mesh-info answer.
     pub mesh: Vec<u16>,
+    /// Sensor readings it sent (a thermostat).
+    pub sensors: Option<Arc<[Reading]>>,
     /// The same as a set, once it listed its mesh: it speaks only for these then.
     listing: Option<BTreeSet<u16>>,
     /// Unconfigured devices this connection spoke for (at most [`Limits::per_bridge`]).
@@ -245,19 +329,29 @@ pub struct DeviceView {
     pub home: String,
     /// Mesh id.
     pub mesh_id: u16,
-    /// Name from the config, or `device <id>`.
+    /// Name from the homes (configuration or account), or `device <id>`.
     pub name: String,
+    /// Room (from the account's rooms or the configuration), when it has one.
+    pub room: Option<String>,
     /// Cync type code.
     #[serde(rename = "type")]
     pub type_code: Option<u8>,
-    /// `light`, `plug`, `switch` or `fan` (from the device-type table; unknown types are lights).
+    /// `light`, `plug`, `switch`, `fan`, `thermostat`, `sensor`, `remote` or `camera` (from the
+    /// device-type table; unknown types are lights).
     pub kind: &'static str,
-    /// Model description from the device-type table.
+    /// The product as people know it, from the device-type table.
     pub model: &'static str,
-    /// What it can do: `on_off`, `brightness`, `color_temp`, `rgb`, `effects`, `fan_speed`.
+    /// The product's SKU, when known.
+    pub sku: Option<&'static str>,
+    /// What it can do: `on_off`, `brightness`, `color_temp`, `rgb`, `effects`, `fan_speed`
+    /// (empty for kinds that take no command).
     pub capabilities: Vec<&'static str>,
     /// Fan speed step (0 off, 1–4 low–max) for fan controllers, else null.
     pub fan_speed: Option<u8>,
+    /// Each outlet of a multi-outlet plug, else null.
+    pub outlets: Option<Vec<OutletView>>,
+    /// A thermostat's sensors (empty until it reports), else null.
+    pub sensors: Option<Vec<Reading>>,
     /// Online.
     pub online: bool,
     /// On.
@@ -272,27 +366,40 @@ pub struct DeviceView {
     pub bridges: Vec<String>,
     /// Whether one of those bridges is connected now.
     pub reachable: bool,
-    /// RFC 3339 time of the last report.
-    pub last_seen: String,
-    /// Firmware, when known.
+    /// RFC 3339 time of the last report; null when no bridge has reported it yet.
+    pub last_seen: Option<String>,
+    /// Bluetooth MAC, when the homes file has it.
+    pub mac: Option<String>,
+    /// Firmware, when known (its bridge's report, else the account's).
     pub firmware: Option<String>,
 }
 
 impl DeviceView {
-    /// A configured device no bridge has reported yet: offline, off, type from the
-    /// configuration.
-    pub fn configured(home: &str, d: &crate::config::DeviceConfig) -> Self {
+    /// A device the homes name that no bridge has reported yet: offline, off.
+    pub fn configured(home: &str, d: &crate::homes::Device) -> Self {
         let t = DeviceType::of(d.kind);
+        let blank = DeviceStatus {
+            id: cync_proto::MeshId(d.id),
+            online: false,
+            on: false,
+            brightness: 0,
+            temperature: 0,
+            rgb: [0; 3],
+        };
         Self {
             id: format!("{home}:{}", d.id),
             home: home.to_string(),
             mesh_id: d.id,
             name: d.name.clone(),
+            room: d.room.clone(),
             type_code: d.kind,
             kind: t.kind.name(),
-            model: t.model,
+            model: t.product,
+            sku: t.sku,
             capabilities: t.capabilities(),
             fan_speed: (t.fan_speeds > 0).then_some(0),
+            outlets: outlets(&t, Some(d), &blank),
+            sensors: (t.kind == Kind::Thermostat).then(Vec::new),
             online: false,
             on: false,
             brightness: shows_brightness(&t).then_some(0),
@@ -300,9 +407,43 @@ impl DeviceView {
             rgb: None,
             bridges: Vec::new(),
             reachable: false,
-            last_seen: String::new(),
-            firmware: None,
+            last_seen: None,
+            mac: d.mac.clone(),
+            firmware: d.firmware.clone(),
         }
+    }
+}
+
+/// The outlets of a multi-outlet plug in `status`, named from the homes when they name them.
+fn outlets(
+    t: &DeviceType,
+    named: Option<&crate::homes::Device>,
+    status: &DeviceStatus,
+) -> Option<Vec<OutletView>> {
+    if t.outlets < 2 {
+        return None;
+    }
+    Some(
+        (1..=t.outlets)
+            .map(|n| OutletView {
+                outlet: n,
+                name: named
+                    .and_then(|d| d.outlets.get(usize::from(n) - 1))
+                    .filter(|s| !s.is_empty())
+                    .cloned()
+                    .unwrap_or_else(|| outlet_name(t.outlets, n)),
+                on: t.outlet_on(status, n).unwrap_or(false),
+            })
+            .collect(),
+    )
+}
+
+/// The default name of outlet `n` of `count`: left and right on a two-outlet plug.
+pub fn outlet_name(count: u8, n: u8) -> String {
+    match (count, n) {
+        (2, 1) => "Left outlet".into(),
+        (2, 2) => "Right outlet".into(),
+        _ => format!("Outlet {n}"),
     }
 }
 
@@ -329,6 +470,8 @@ pub struct ConnectionView {
     pub firmware: BTreeMap<&'static str, String>,
     /// Mesh ids learned from this bridge.
     pub mesh: Vec<u16>,
+    /// Sensor readings it sent (a thermostat), else null.
+    pub sensors: Option<Vec<Reading>>,
     /// Outcomes of the commands sent through this bridge (this session), by outcome name.
     pub commands: BTreeMap<&'static str, u64>,
     /// `legacy` or `reliable`: the transport that owns its commands.
@@ -354,9 +497,13 @@ impl Registry {
 
     /// An empty registry with these limits.
     pub fn with_limits(limits: Limits) -> Self {
+        let state = State {
+            named: limits.configured.clone(),
+            ..State::default()
+        };
         Self {
             inner: Arc::new(Shared {
-                state: Mutex::default(),
+                state: Mutex::new(state),
                 changed: watch::Sender::new(0),
                 rejected_devices: AtomicU64::new(0),
                 generation: AtomicU64::new(0),
@@ -409,6 +556,7 @@ impl Registry {
             stats,
             firmware: BTreeMap::new(),
             mesh: Vec::new(),
+            sensors: None,
             listing: None,
             spoken: BTreeSet::new(),
             generation,
@@ -458,7 +606,7 @@ impl Registry {
     ) -> Result<(), Refusal> {
         let limits = &self.inner.limits;
         let mesh = status.id.0;
-        let configured = limits.configured(home, mesh);
+        let configured = state.is_named(home, mesh);
         if !configured {
             let c = state
                 .connections
@@ -501,6 +649,7 @@ impl Registry {
                     device_type: None,
                     firmware: None,
                     bridges: BTreeSet::new(),
+                    sensors: None,
                     listed: false,
                 })
             }
@@ -537,12 +686,54 @@ impl Registry {
     /// Whether a device is one to show people and Home Assistant: the configuration names it,
     /// or a bridge's mesh listing did (a device only ever seen in reports is not).
     pub fn listed(&self, home: &str, mesh: u16) -> bool {
-        self.inner.limits.configured(home, mesh)
-            || self
-                .lock()
+        let state = self.lock();
+        state.is_named(home, mesh)
+            || state
                 .devices
                 .get(&(home.to_string(), mesh))
                 .is_some_and(|d| d.listed)
+    }
+
+    /// Whether a bridge's mesh listing named this device (since the start), whatever the homes
+    /// say: an entity that exists only because the homes name the device goes when they stop
+    /// naming it.
+    pub fn listed_by_bridge(&self, home: &str, mesh: u16) -> bool {
+        self.lock()
+            .devices
+            .get(&(home.to_string(), mesh))
+            .is_some_and(|d| d.listed)
+    }
+
+    /// Takes the devices the homes name (configuration and homes file) as the ones always
+    /// accepted and never counted against the caps; called at start and when new homes load.
+    pub fn set_named(&self, homes: &Homes) {
+        let named = homes.named();
+        let mut state = self.lock();
+        // Devices that were named and no longer are count against their home from now on.
+        let newly_unnamed: Vec<String> = state
+            .devices
+            .keys()
+            .filter(|(h, m)| {
+                state.is_named(h, *m) && !named.get(h).is_some_and(|ids| ids.contains(m))
+            })
+            .map(|(h, _)| h.clone())
+            .collect();
+        let newly_named: Vec<String> = state
+            .devices
+            .keys()
+            .filter(|(h, m)| {
+                !state.is_named(h, *m) && named.get(h).is_some_and(|ids| ids.contains(m))
+            })
+            .map(|(h, _)| h.clone())
+            .collect();
+        for h in newly_unnamed {
+            *state.unconfigured.entry(h).or_default() += 1;
+        }
+        for h in newly_named {
+            let count = state.unconfigured.entry(h).or_default();
+            *count = count.saturating_sub(1);
+        }
+        state.named = named;
     }
 
     /// Records a bridge's mesh (from its mesh-info answer) and its own device type.
@@ -600,25 +791,48 @@ impl Registry {
             .is_some()
     }
 
-    /// Every device, sorted by home and mesh id, with names from `config`.
-    pub fn devices(&self, config: &crate::config::Config) -> Vec<DeviceView> {
+    /// Every device to show, sorted by home and mesh id: those bridges reported and those the
+    /// homes name (offline until reported), named from `homes`; devices the homes hide
+    /// (`enabled = false`) are left out.
+    pub fn devices(&self, homes: &Homes) -> Vec<DeviceView> {
         let state = self.lock();
-        state
+        let mut out: Vec<DeviceView> = state
             .devices
             .iter()
-            .map(|((home, id), d)| view(config, &state, home, *id, d))
-            .collect()
+            .filter(|((home, id), _)| homes.device(home, *id).is_none_or(|d| d.enabled))
+            .map(|((home, id), d)| view(homes, &state, home, *id, d))
+            .collect();
+        let mut unseen = false;
+        for h in homes.homes() {
+            for d in &h.devices {
+                if d.enabled && !state.devices.contains_key(&(h.name.clone(), d.id)) {
+                    out.push(DeviceView::configured(&h.name, d));
+                    unseen = true;
+                }
+            }
+        }
+        if unseen {
+            out.sort_by(|a, b| (&a.home, a.mesh_id).cmp(&(&b.home, b.mesh_id)));
+        }
+        out
     }
 
     /// One device by `home:mesh_id`, or by a bare mesh id when only one home has it.
-    pub fn device(&self, config: &crate::config::Config, id: &str) -> Result<DeviceView, Lookup> {
-        let (home, mesh) = self.resolve(id)?;
+    pub fn device(&self, homes: &Homes, id: &str) -> Result<DeviceView, Lookup> {
+        let (home, mesh) = self.resolve(homes, id)?;
         let state = self.lock();
-        let device = state
-            .devices
-            .get(&(home.clone(), mesh))
-            .ok_or(Lookup::NotFound)?;
-        Ok(view(config, &state, &home, mesh, device))
+        match state.devices.get(&(home.clone(), mesh)) {
+            Some(device) => Ok(view(homes, &state, &home, mesh, device)),
+            None => homes
+                .device(&home, mesh)
+                .map(|d| DeviceView::configured(&home, d))
+                .ok_or(Lookup::NotFound),
+        }
+    }
+
+    /// Devices bridges have reported (over all homes).
+    pub fn device_count(&self) -> usize {
+        self.lock().devices.len()
     }
 
     /// Every connection, sorted by id.
@@ -641,6 +855,7 @@ impl Registry {
                     errors: c.stats.errors.load(Ordering::Relaxed),
                     firmware: c.firmware.clone(),
                     mesh: c.mesh.clone(),
+                    sensors: c.sensors.as_deref().map(<[Reading]>::to_vec),
                     commands: c.stats.outcome_counts(),
                     transport: c.route.transport.name(),
                     shadow: c.route.shadow,
@@ -753,29 +968,242 @@ impl Registry {
             .and_then(|d| d.device_type)
     }
 
-    /// Resolves an API device id (`home:mesh` or a bare mesh id) to its home and mesh id.
-    pub fn resolve(&self, id: &str) -> Result<(String, u16), Lookup> {
+    /// Resolves an API device id (`home:mesh` or a bare mesh id) to its home and mesh id,
+    /// among the devices bridges reported and those the homes name; a hidden device
+    /// (`enabled = false`) is not found.
+    pub fn resolve(&self, homes: &Homes, id: &str) -> Result<(String, u16), Lookup> {
         let state = self.lock();
-        let found: Vec<&(String, u16)> = match id.split_once(':') {
+        let shown = |home: &str, mesh: u16| homes.device(home, mesh).is_none_or(|d| d.enabled);
+        let mut found: BTreeSet<(String, u16)> = BTreeSet::new();
+        match id.split_once(':') {
             Some((home, mesh)) => {
                 let mesh: u16 = mesh.parse().map_err(|_| Lookup::BadId)?;
-                state
-                    .devices
-                    .get_key_value(&(home.to_string(), mesh))
-                    .map(|(k, _)| k)
-                    .into_iter()
-                    .collect()
+                let key = (home.to_string(), mesh);
+                if state.devices.contains_key(&key) || homes.device(home, mesh).is_some() {
+                    found.insert(key);
+                }
             }
             None => {
                 let mesh: u16 = id.parse().map_err(|_| Lookup::BadId)?;
-                state.devices.keys().filter(|(_, m)| *m == mesh).collect()
+                found.extend(state.devices.keys().filter(|(_, m)| *m == mesh).cloned());
+                for h in homes.homes() {
+                    if h.devices.iter().any(|d| d.id == mesh) {
+                        found.insert((h.name.clone(), mesh));
+                    }
+                }
             }
-        };
-        match found.as_slice() {
-            [key] => Ok((*key).clone()),
-            [] => Err(Lookup::NotFound),
-            _ => Err(Lookup::Ambiguous),
         }
+        found.retain(|(h, m)| shown(h, *m));
+        let mut found = found.into_iter();
+        match (found.next(), found.next()) {
+            (Some(key), None) => Ok(key),
+            (None, _) => Err(Lookup::NotFound),
+            (Some(_), Some(_)) => Err(Lookup::Ambiguous),
+        }
+    }
+
+    /// Moves a connection to another home (its mesh listing showed where it belongs), with the
+    /// devices only it reported; remembers the home for its next connections. Returns the home
+    /// it left, or `None` when it was already there or is not registered.
+    pub fn rehome(&self, conn: ConnId, to: &str) -> Option<String> {
+        let mut state = self.lock();
+        let c = state.connections.get_mut(&conn)?;
+        if c.home == to {
+            return None;
+        }
+        let from = std::mem::replace(&mut c.home, to.to_string());
+        let keys: Vec<(String, u16)> = state
+            .devices
+            .iter()
+            .filter(|((h, _), d)| *h == from && d.bridges.contains(&conn))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in keys {
+            let Some(mut d) = state.devices.remove(&key) else {
+                continue;
+            };
+            if d.bridges.len() > 1 {
+                // Other bridges of the old home report it too: it stays there, without this one.
+                let mut copy = d.clone();
+                d.bridges.remove(&conn);
+                state.devices.insert(key.clone(), d);
+                copy.bridges = BTreeSet::from([conn]);
+                d = copy;
+            }
+            if !state.devices.contains_key(&key) && !state.is_named(&from, key.1) {
+                let count = state.unconfigured.entry(from.clone()).or_default();
+                *count = count.saturating_sub(1);
+            }
+            let arriving = !state.devices.contains_key(&(to.to_string(), key.1));
+            if arriving && !state.is_named(to, key.1) {
+                *state.unconfigured.entry(to.to_string()).or_default() += 1;
+            }
+            match state.devices.entry((to.to_string(), key.1)) {
+                std::collections::btree_map::Entry::Occupied(mut e) => {
+                    e.get_mut().bridges.insert(conn);
+                }
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(d);
+                }
+            }
+        }
+        state.learned.retain(|(b, _)| *b != conn);
+        if state.learned.len() >= MAX_LEARNED_HOMES {
+            state.learned.pop_front();
+        }
+        state.learned.push_back((conn, to.to_string()));
+        drop(state);
+        self.notify();
+        Some(from)
+    }
+
+    /// Puts every connected bridge in the home `homes` give it now (new homes were loaded): the
+    /// home that lists it, else the one its mesh listing matches, else the home it is in when
+    /// that still exists, else the default home. Returns the moves made, as (bridge, from, to).
+    pub fn place_bridges(&self, homes: &Homes) -> Vec<(ConnId, String, String)> {
+        let wanted: Vec<(ConnId, String)> = {
+            let state = self.lock();
+            state
+                .connections
+                .iter()
+                .filter_map(|(conn, c)| {
+                    let home = match homes.home_of_bridge(*conn) {
+                        Some((h, _)) => h.to_string(),
+                        None => {
+                            let own_type = c.mesh.first().and_then(|m| {
+                                state
+                                    .devices
+                                    .get(&(c.home.clone(), *m))
+                                    .and_then(|d| d.device_type)
+                            });
+                            match homes.match_mesh(own_type, &c.mesh) {
+                                crate::homes::MeshMatch::One(h) => h.to_string(),
+                                // Nothing better known: a home that still exists stays.
+                                _ if homes.home(&c.home).is_some_and(|h| !h.closed) => {
+                                    c.home.clone()
+                                }
+                                _ => homes.home_at_hello(*conn).to_string(),
+                            }
+                        }
+                    };
+                    (home != c.home).then_some((*conn, home))
+                })
+                .collect()
+        };
+        wanted
+            .into_iter()
+            .filter_map(|(conn, to)| self.rehome(conn, &to).map(|from| (conn, from, to)))
+            .collect()
+    }
+
+    /// Tells every watcher to look again (the homes changed: names, rooms, types).
+    pub fn touch(&self) {
+        self.notify();
+    }
+
+    /// The home a bridge's mesh listing showed on an earlier connection.
+    pub fn learned_home(&self, conn: ConnId) -> Option<String> {
+        self.lock()
+            .learned
+            .iter()
+            .find(|(b, _)| *b == conn)
+            .map(|(_, h)| h.clone())
+    }
+
+    /// Records a thermostat's sensor report sent on `conn` of `home`, on the connection and on
+    /// its device: the device the homes name with this bridge id, else the bridge's own device
+    /// from its mesh listing, else the home's only thermostat.
+    pub fn sensors(&self, homes: &Homes, home: &str, conn: ConnId, report: &SensorReport) {
+        let readings: Arc<[Reading]> = Arc::from(Reading::all(report));
+        let mut state = self.lock();
+        let Some(c) = state.connections.get_mut(&conn) else {
+            return;
+        };
+        c.sensors = Some(readings.clone());
+        let own = c.mesh.first().copied();
+        let named = homes.home(home).and_then(|h| {
+            let by_bridge = h.devices.iter().find(|d| d.bridge == Some(conn));
+            let thermostats: Vec<u16> = h
+                .devices
+                .iter()
+                .filter(|d| DeviceType::of(d.kind).kind == Kind::Thermostat)
+                .map(|d| d.id)
+                .collect();
+            by_bridge
+                .map(|d| d.id)
+                .or(own)
+                .or(match thermostats.as_slice() {
+                    [only] => Some(*only),
+                    _ => None,
+                })
+        });
+        let Some(mesh) = named.or(own) else {
+            drop(state);
+            self.notify();
+            return;
+        };
+        // A device the homes do not name is created under the same caps as any report.
+        let named_here = state.is_named(home, mesh);
+        if !named_here && !state.devices.contains_key(&(home.to_string(), mesh)) {
+            let len = state.devices.len();
+            let count = state.unconfigured.entry(home.to_string()).or_default();
+            if *count >= self.inner.limits.per_home || len >= MAX_DEVICES {
+                self.inner.rejected_devices.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            *count += 1;
+        }
+        let device = match state.devices.entry((home.to_string(), mesh)) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => e.insert(Device {
+                status: DeviceStatus {
+                    id: cync_proto::MeshId(mesh),
+                    online: true,
+                    on: false,
+                    brightness: 0,
+                    temperature: 0,
+                    rgb: [0; 3],
+                },
+                online: true,
+                offline_reports: 0,
+                last_own: None,
+                last_seen: SystemTime::now(),
+                device_type: None,
+                firmware: None,
+                bridges: BTreeSet::new(),
+                listed: false,
+                sensors: None,
+            }),
+        };
+        device.online = true;
+        device.last_seen = SystemTime::now();
+        device.sensors = Some(readings);
+        if device.bridges.len() < MAX_BRIDGES_PER_DEVICE {
+            device.bridges.insert(conn);
+        }
+        drop(state);
+        self.notify();
+    }
+
+    /// Reports a device-type code the table does not know, once per (home, code): the device
+    /// keeps working as an on/off light, and the log asks people to tell us what it is.
+    /// Returns whether it was reported now.
+    pub fn unknown_type(&self, home: &str, code: u8, what: &str) -> bool {
+        let mut state = self.lock();
+        if state.unknown_types.len() >= MAX_UNKNOWN_TYPES
+            || !state.unknown_types.insert((home.to_string(), code))
+        {
+            return false;
+        }
+        drop(state);
+        warn!(
+            home,
+            type_code = code,
+            device = what,
+            "device type {code} is not in cyncd's table: it is shown and commanded as a plain on/off light. \
+             Please report the code with the product's name and what it does, so it can be supported"
+        );
+        true
     }
 
     /// Number of registered connections.
@@ -839,14 +1267,8 @@ impl Drop for Registration {
     }
 }
 
-fn view(
-    config: &crate::config::Config,
-    state: &State,
-    home: &str,
-    id: u16,
-    d: &Device,
-) -> DeviceView {
-    let configured = config.device(home, id);
+fn view(homes: &Homes, state: &State, home: &str, id: u16, d: &Device) -> DeviceView {
+    let named = homes.device(home, id);
     let s = d.status;
     let (color_temp, rgb) = match s.mode() {
         cync_proto::ColorMode::White(t) => (Some(t), None),
@@ -860,19 +1282,28 @@ fn view(
         .filter_map(|b| state.connections.get(b))
         .find(|c| c.mesh.first() == Some(&id))
         .and_then(|c| c.firmware.get("device").cloned());
-    let type_code = configured.and_then(|c| c.kind).or(d.device_type);
+    let type_code = named.and_then(|c| c.kind).or(d.device_type);
     let device_type = DeviceType::of(type_code);
     DeviceView {
         id: format!("{home}:{id}"),
         home: home.to_string(),
         mesh_id: id,
-        name: configured.map_or_else(|| format!("device {id}"), |c| c.name.clone()),
+        name: named.map_or_else(|| format!("device {id}"), |c| c.name.clone()),
+        room: named.and_then(|c| c.room.clone()),
         type_code,
         kind: device_type.kind.name(),
-        model: device_type.model,
+        model: device_type.product,
+        sku: device_type.sku,
         capabilities: device_type.capabilities(),
         fan_speed: (device_type.fan_speeds > 0)
             .then(|| DeviceType::fan_step(if s.on { s.brightness } else { 0 })),
+        outlets: outlets(&device_type, named, &s),
+        sensors: (device_type.kind == Kind::Thermostat || d.sensors.is_some()).then(|| {
+            d.sensors
+                .as_deref()
+                .map(<[Reading]>::to_vec)
+                .unwrap_or_default()
+        }),
         online: d.online,
         on: s.on,
         // Devices report a stale brightness while off; show 0 then.
@@ -882,8 +1313,11 @@ fn view(
         rgb: rgb.filter(|_| device_type.rgb || !device_type.known),
         bridges: d.bridges.iter().map(ConnId::to_string).collect(),
         reachable: d.bridges.iter().any(|b| state.connections.contains_key(b)),
-        last_seen: rfc3339(d.last_seen),
-        firmware: firmware.or_else(|| d.firmware.clone()),
+        last_seen: Some(rfc3339(d.last_seen)),
+        mac: named.and_then(|c| c.mac.clone()),
+        firmware: firmware
+            .or_else(|| d.firmware.clone())
+            .or_else(|| named.and_then(|c| c.firmware.clone())),
     }
 }
 
@@ -945,7 +1379,7 @@ mod tests {
             .unwrap();
         r.apply("b", B, status(5, false, 0, true), Source::Own, now)
             .unwrap();
-        let config = crate::config::Config::default();
+        let config = Homes::default();
         let all = r.devices(&config);
         assert_eq!(all.len(), 2);
         assert!(all[0].on && !all[1].on);
@@ -960,7 +1394,7 @@ mod tests {
         let r = Registry::new();
         let _a = connect(&r, A, "h");
         let _b = connect(&r, B, "h");
-        let config = crate::config::Config::default();
+        let config = Homes::default();
         let t0 = Instant::now();
         r.apply("h", A, status(7, true, 80, true), Source::Own, t0)
             .unwrap();
@@ -990,31 +1424,35 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_plug_has_no_brightness_or_white_and_an_unknown_type_shows_what_it_reports() {
         let r = Registry::new();
-        let mut config = crate::config::Config::default();
-        config.homes = vec![crate::config::Home {
+        let config = vec![crate::config::Home {
             name: "h".into(),
             bridges: Vec::new(),
             devices: vec![
                 crate::config::DeviceConfig {
                     id: 4,
-                    name: "Plug".into(),
+                    name: Some("Plug".into()),
                     kind: Some(68),
+                    room: None,
+                    enabled: None,
                 },
                 crate::config::DeviceConfig {
                     id: 9,
-                    name: "Not seen yet".into(),
+                    name: Some("Not seen yet".into()),
                     kind: Some(68),
+                    room: None,
+                    enabled: None,
                 },
             ],
             groups: Vec::new(),
         }];
+        let (homes, _) = Homes::merge(&config, None);
         let _a = connect(&r, A, "h");
         let now = Instant::now();
         r.apply("h", A, status(4, true, 50, true), Source::Own, now)
             .unwrap();
         r.apply("h", A, status(5, true, 50, true), Source::Own, now)
             .unwrap();
-        let plug = r.device(&config, "h:4").unwrap();
+        let plug = r.device(&homes, "h:4").unwrap();
         assert_eq!(
             (plug.brightness, plug.color_temp, plug.rgb),
             (None, None, None)
@@ -1024,9 +1462,9 @@ mod tests {
             json["brightness"].is_null() && json["color_temp"].is_null(),
             "{json}"
         );
-        let unseen = DeviceView::configured("h", &config.homes[0].devices[1]);
+        let unseen = DeviceView::configured("h", homes.device("h", 9).unwrap());
         assert_eq!(unseen.brightness, None);
-        let unknown = r.device(&config, "h:5").unwrap();
+        let unknown = r.device(&homes, "h:5").unwrap();
         assert_eq!(
             (unknown.brightness, unknown.color_temp),
             (Some(50), Some(50))
@@ -1037,7 +1475,7 @@ mod tests {
     async fn offline_needs_three_reports() {
         let r = Registry::new();
         let _a = connect(&r, A, "h");
-        let config = crate::config::Config::default();
+        let config = Homes::default();
         let t = Instant::now();
         r.apply("h", A, status(3, true, 1, true), Source::Relayed, t)
             .unwrap();
@@ -1078,6 +1516,191 @@ mod tests {
         assert_eq!(r.connections()[0].peer, "127.0.0.1:2");
         assert!(second.release());
         assert_eq!(r.connection_count(), 0);
+    }
+
+    fn homes() -> Homes {
+        use crate::homes::file::{DeviceRecord, GroupRecord, HomeRecord, HomesFile};
+        let device = |id: u16, name: &str, kind: u8, enabled: bool| DeviceRecord {
+            id,
+            name: name.into(),
+            kind: Some(kind),
+            mac: Some(format!("A4C1380D1E{id:02X}")),
+            wifi_mac: None,
+            firmware: Some("1.0.1".into()),
+            enabled,
+            outlets: vec![],
+            bridge: None,
+            auth_code: None,
+            extra: serde_json::Map::new(),
+        };
+        let mut file = HomesFile::new("test");
+        file.homes = vec![
+            HomeRecord {
+                name: "Main".into(),
+                id: None,
+                bridges: vec![],
+                devices: vec![
+                    device(1, "Lamp", 137, true),
+                    device(2, "Plug", 68, true),
+                    device(3, "Old", 68, false),
+                    device(6, "Patio", 67, true),
+                    device(9, "Thermostat", 224, true),
+                ],
+                groups: vec![GroupRecord {
+                    id: 32769,
+                    name: "Kitchen".into(),
+                    members: vec![1, 2],
+                    subgroup: false,
+                    extra: serde_json::Map::new(),
+                }],
+                extra: serde_json::Map::new(),
+            },
+            HomeRecord {
+                name: "Cabin".into(),
+                id: None,
+                bridges: vec![],
+                devices: vec![device(1, "Porch", 68, true)],
+                groups: vec![],
+                extra: serde_json::Map::new(),
+            },
+        ];
+        Homes::merge(&[], Some(&file)).0
+    }
+
+    fn peer() -> SocketAddr {
+        "127.0.0.1:1".parse().unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn views_name_every_device_of_the_homes_and_hide_the_hidden() {
+        let r = Registry::new();
+        let homes = homes();
+        // Named devices are taken from any connection.
+        r.set_named(&homes);
+        let now = Instant::now();
+        r.apply("Main", A, status(2, true, 100, true), Source::Own, now)
+            .unwrap();
+        r.apply("Main", A, status(3, true, 100, true), Source::Own, now)
+            .unwrap();
+        let all = r.devices(&homes);
+        let ids: Vec<&str> = all.iter().map(|d| d.id.as_str()).collect();
+        // Reported or not; the hidden one (3) left out although it reported.
+        assert_eq!(ids, ["Cabin:1", "Main:1", "Main:2", "Main:6", "Main:9"]);
+        let plug = r.device(&homes, "Main:2").unwrap();
+        assert_eq!(
+            (plug.name.as_str(), plug.room.as_deref(), plug.model),
+            ("Plug", Some("Kitchen"), "Indoor Smart Plug")
+        );
+        assert_eq!(plug.mac.as_deref(), Some("A4C1380D1E02"));
+        assert_eq!(plug.firmware.as_deref(), Some("1.0.1"));
+        assert!(plug.last_seen.is_some());
+        let lamp = r.device(&homes, "Main:1").unwrap();
+        assert!(
+            !lamp.online && lamp.last_seen.is_none(),
+            "named, not seen yet"
+        );
+        assert_eq!(r.device(&homes, "Main:3"), Err(Lookup::NotFound));
+        assert_eq!(r.device(&homes, "1"), Err(Lookup::Ambiguous));
+        assert_eq!(r.resolve(&homes, "6"), Ok(("Main".into(), 6)));
+        let patio = r.device(&homes, "Main:6").unwrap();
+        let outlets = patio.outlets.unwrap();
+        assert_eq!(
+            outlets.iter().map(|o| o.name.as_str()).collect::<Vec<_>>(),
+            ["Left outlet", "Right outlet"]
+        );
+        assert_eq!(r.device(&homes, "Main:9").unwrap().sensors, Some(vec![]));
+        assert_eq!(r.device_count(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bridge_moves_to_its_home_with_the_devices_only_it_reported() {
+        let r = Registry::new();
+        let homes = homes();
+        let _a = r.register(
+            A,
+            peer(),
+            "default",
+            Arc::default(),
+            CancellationToken::new(),
+            None,
+            ROUTE,
+        );
+        let _b = r.register(
+            B,
+            peer(),
+            "default",
+            Arc::default(),
+            CancellationToken::new(),
+            None,
+            ROUTE,
+        );
+        let now = Instant::now();
+        r.apply("default", A, status(1, true, 50, true), Source::Own, now)
+            .unwrap();
+        r.apply(
+            "default",
+            A,
+            status(2, true, 50, true),
+            Source::Relayed,
+            now,
+        )
+        .unwrap();
+        r.apply("default", B, status(2, true, 50, true), Source::Own, now)
+            .unwrap();
+        assert_eq!(r.rehome(A, "Main").as_deref(), Some("default"));
+        assert_eq!(r.rehome(A, "Main"), None, "already there");
+        assert!(r.status("Main", 1).is_some() && r.status("default", 1).is_none());
+        // Device 2 is reported by B too: it stays, and a copy goes along with A.
+        assert!(r.status("default", 2).is_some() && r.status("Main", 2).is_some());
+        assert_eq!(r.learned_home(A).as_deref(), Some("Main"));
+        assert_eq!(r.connections()[0].home, "Main");
+        // New homes: B's mesh (own device 1, a plug) matches only the cabin.
+        r.learn_mesh(B, "default", Some(68), &[1]);
+        let moves = r.place_bridges(&homes);
+        assert_eq!(moves, [(B, "default".to_string(), "Cabin".to_string())]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_thermostat_report_lands_on_its_device() {
+        let r = Registry::new();
+        let homes = homes();
+        let _t = r.register(
+            A,
+            peer(),
+            "Main",
+            Arc::default(),
+            CancellationToken::new(),
+            None,
+            ROUTE,
+        );
+        let report = SensorReport::parse(
+            br#"sensorsData:[{"Type":"internal","Temperature":"75.9F","Humidity":50,"Active":true},{"Type":"None","Temperature":null}]"#,
+        )
+        .unwrap();
+        // No mesh listing yet: the home's only thermostat.
+        r.sensors(&homes, "Main", A, &report);
+        let t = r.device(&homes, "Main:9").unwrap();
+        let readings = t.sensors.unwrap();
+        assert_eq!(readings.len(), 1, "the empty slot is left out");
+        assert_eq!(
+            (
+                readings[0].temperature,
+                readings[0].unit,
+                readings[0].humidity
+            ),
+            (Some(75.9), Some("F"), Some(50))
+        );
+        assert!(t.online);
+        assert_eq!(r.connections()[0].sensors.as_ref().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn an_unknown_type_is_reported_once_per_home_and_code() {
+        let r = Registry::new();
+        assert!(r.unknown_type("Main", 250, "Mystery"));
+        assert!(!r.unknown_type("Main", 250, "Mystery 2"));
+        assert!(r.unknown_type("Cabin", 250, "Mystery"));
+        assert!(r.unknown_type("Main", 251, "Other"));
     }
 
     #[test]
@@ -1138,6 +1761,7 @@ mod tests {
             .unwrap();
         assert!(r.listed("cabin", 2) && r.listed("cabin", 5));
         assert!(!r.listed("cabin", 1), "seen in reports only");
+        assert!(r.listed_by_bridge("cabin", 2) && !r.listed_by_bridge("cabin", 5));
         // The home cap: another bridge of the home adds one more, then no more.
         let _b = connect(&r, B, "cabin");
         r.apply("cabin", B, status(6, true, 1, true), Source::Own, t)
@@ -1170,7 +1794,6 @@ mod tests {
         let _b = connect(&r, B, "cabin");
         r.apply("cabin", B, status(5, true, 50, true), Source::Own, t)
             .unwrap();
-        let config = crate::config::Config::default();
-        assert!(r.device(&config, "cabin:5").unwrap().on);
+        assert!(r.device(&Homes::default(), "cabin:5").unwrap().on);
     }
 }

@@ -29,8 +29,10 @@ use super::Host;
 use super::auth::Check;
 use super::link::{ConnCommand, ConnEvent, WRITE_QUEUE};
 use super::registry::{ConnStats, Registration};
+use crate::homes::{Listed, MeshMatch};
 use crate::logging::{PeerLog, corr_id, redacted_hex};
 use cync_proto::canary::{Route, Transport};
+use cync_proto::catalog::DeviceType;
 use cync_proto::session::{CloseReason, Event, Session, SessionConfig, Step};
 use cync_proto::{AuthCode, ConnId, DecodeError, LocalTime, Packet};
 use std::collections::HashMap;
@@ -315,6 +317,9 @@ struct Conn<H> {
     queue: mpsc::Receiver<ConnCommand>,
     /// Decided at the hello.
     route: Option<Route>,
+    /// The last sensor report (a thermostat's), applied again once the mesh listing tells
+    /// which device and home the connection is.
+    sensors: Option<cync_proto::SensorReport>,
     /// This connection's limit on the warnings its peer causes.
     log: PeerLog,
 }
@@ -347,6 +352,7 @@ impl<H: Host> Conn<H> {
             writer,
             queue,
             route: None,
+            sensors: None,
             log: PeerLog::default(),
         }
     }
@@ -392,7 +398,7 @@ impl<H: Host> Conn<H> {
 
     fn verdict(&self, conn: ConnId, auth: &AuthCode) -> Result<(), HelloRefusal> {
         let config = self.ctx.config();
-        if config.refuse_unknown_bridges && !config.knows_bridge(conn) {
+        if config.refuse_unknown_bridges && self.ctx.homes().home_of_bridge(conn).is_none() {
             return Err(HelloRefusal::UnknownBridge);
         }
         let store = self.ctx.auth();
@@ -508,6 +514,7 @@ impl<H: Host> Conn<H> {
                     self.decide(now, local, &mut steps);
                     for step in &steps {
                         self.log_step(step);
+                        self.sensor_report(step);
                     }
                     if let Err(reason) = self.flush(stream).await {
                         return reason;
@@ -715,11 +722,63 @@ impl<H: Host> Conn<H> {
         );
     }
 
+    /// The home of this bridge from its mesh listing, when no home lists the bridge: moves the
+    /// connection (and the devices it reported) there, or says why it stays.
+    fn find_home(&mut self, conn: ConnId, own_type: Option<u8>, ids: &[u16]) {
+        let homes = self.ctx.homes();
+        let listed = homes.home_of_bridge(conn);
+        match (homes.match_mesh(own_type, ids), listed) {
+            (MeshMatch::One(home), None) => {
+                if let Some(from) = self.ctx.registry().rehome(conn, home) {
+                    if self.ctx.log_limits().lifecycle() {
+                        info!(conn_id = %conn, home, from = %from, "bridge home found from its mesh listing");
+                    }
+                    self.home = home.to_string();
+                }
+            }
+            // Peer-caused (any bridge can send any listing): rate-limited like other warnings.
+            (MeshMatch::One(home), Some((listed, how))) if home != listed && self.may_warn() => {
+                warn!(conn_id = %conn, home = listed, matches = home, "bridge listed in {listed:?} ({}) has a mesh that matches {home:?}; it stays in {listed:?} (the listing decides)", match how {
+                    Listed::Configuration => "configuration",
+                    Listed::Account => "account",
+                });
+            }
+            (MeshMatch::Several(candidates), None) if self.may_warn() => {
+                warn!(conn_id = %conn, home = %self.home, candidates = ?candidates, "bridge mesh matches several homes equally; it stays in {:?}. Add \"{conn}\" to the bridges of the right home in the configuration", self.home);
+            }
+            _ => {}
+        }
+    }
+
+    /// A thermostat's sensor report (a 0x43 entry or its 0xAB) goes to the registry.
+    fn sensor_report(&mut self, step: &Step) {
+        let Ok(packet) = &step.packet else { return };
+        if !matches!(packet.kind(), 0x43 | 0xab) {
+            return;
+        }
+        let (Some(report), Some(conn)) = (packet.sensors(), self.session.conn_id()) else {
+            return;
+        };
+        debug!(conn_id = %conn, sensors = report.sensors.len(), "sensor report");
+        self.ctx
+            .registry()
+            .sensors(&self.ctx.homes(), &self.home, conn, &report);
+        self.sensors = Some(report);
+    }
+
     fn drain_events(&mut self) {
         while let Some(event) = self.session.poll_event() {
             match event {
                 Event::Hello(conn) => {
-                    self.home = self.ctx.config().home_of(conn).to_string();
+                    let homes = self.ctx.homes();
+                    self.home = self
+                        .ctx
+                        .registry()
+                        .learned_home(conn)
+                        // Learned from its mesh: still a home open to it, and not listed elsewhere.
+                        .filter(|h| homes.home(h).is_some_and(|h| !h.closed))
+                        .filter(|_| homes.home_of_bridge(conn).is_none())
+                        .unwrap_or_else(|| homes.home_at_hello(conn).to_string());
                     tracing::Span::current().record("conn_id", tracing::field::display(conn));
                     self.ctx.metrics().hellos.inc();
                     let route = self.ctx.route(conn);
@@ -812,9 +871,25 @@ impl<H: Host> Conn<H> {
                         if self.ctx.log_limits().lifecycle() {
                             info!(peer = %self.peer, conn_id = %conn, devices = ?ids, device_type, "mesh learned");
                         }
+                        self.find_home(conn, device_type, &ids);
                         self.ctx
                             .registry()
                             .learn_mesh(conn, &self.home, device_type, &ids);
+                        if let Some(report) = &self.sensors {
+                            // Now the registry knows the bridge's own device and home.
+                            self.ctx.registry().sensors(
+                                &self.ctx.homes(),
+                                &self.home,
+                                conn,
+                                report,
+                            );
+                        }
+                        if let Some(code) =
+                            device_type.filter(|c| !DeviceType::of(Some(*c)).is_known())
+                        {
+                            let what = format!("the Wi-Fi device {conn}");
+                            self.ctx.registry().unknown_type(&self.home, code, &what);
+                        }
                     }
                 }
                 Event::DecodeError(_) => {}

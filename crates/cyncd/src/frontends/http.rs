@@ -6,11 +6,11 @@
 //! | `GET /` | the web page ([`super::web`]; also `/app.js`, `/style.css`, `/favicon.svg`) |
 //! | `GET /healthz` | `ok` |
 //! | `GET /metrics` | Prometheus text |
-//! | `GET /api/devices` | `[{id, home, mesh_id, name, type, kind, model, capabilities, fan_speed, online, on, brightness, color_temp, rgb, bridges, last_seen, firmware}]` |
+//! | `GET /api/devices` | `[{id, home, mesh_id, name, room, type, kind, model, sku, capabilities, fan_speed, outlets, sensors, online, on, brightness, color_temp, rgb, bridges, reachable, last_seen, mac, firmware}]` |
 //! | `GET /api/devices/{id}` | one device; `id` is `home:mesh_id`, or a bare mesh id when one home has it |
 //! | `GET /api/connections` | `[{conn_id, peer, home, since, last_packet, packets_in, packets_out, errors, firmware, mesh, commands}]`; `commands` counts the outcomes of commands sent through that bridge |
 //! | `GET /api/events` | Server-Sent Events: `snapshot` then `update` events ([`super::live`]); 503 over the client cap |
-//! | `POST /api/devices/{id}/state` | body any of `{"on", "brightness", "color_temp", "rgb", "effect", "fan_speed"}`; answers `{command_id, outcome, attempts, latency_ms, commands}` when done, or 202 `{command_id}` with `?wait=false` |
+//! | `POST /api/devices/{id}/state` | body any of `{"on", "brightness", "color_temp", "rgb", "effect", "fan_speed"}`, and `"outlet": n` to switch one outlet of a multi-outlet plug; answers `{command_id, outcome, attempts, latency_ms, commands}` when done, or 202 `{command_id}` with `?wait=false` |
 //! | `POST /api/devices/{id}/toggle` | the opposite of the registry's on/off, as an absolute command |
 //! | `POST /api/groups/{id}/state` | as for a device; `id` is `home:group_id` or a group id from the configuration |
 //! | `GET /api/canary` | `{mode, percent, kill, latched, last_rollback, connections: {legacy, reliable}}` |
@@ -69,6 +69,7 @@ pub fn router(api: Api) -> axum::Router {
         )
         .with_state(api.clone())
         .merge(super::live::routes(api.ctx.clone()))
+        .merge(super::account::routes(api.ctx.clone()))
         .merge(command_routes(api.clone()))
         .merge(super::web::routes())
         .merge(
@@ -158,11 +159,11 @@ async fn metrics(State(api): State<Api>) -> Response {
 }
 
 async fn devices(State(api): State<Api>) -> Response {
-    off_loop(move || serde_json::to_vec(&api.ctx.registry.devices(&api.ctx.config))).await
+    off_loop(move || serde_json::to_vec(&api.ctx.registry.devices(&api.ctx.homes.get()))).await
 }
 
 async fn device(State(api): State<Api>, Path(id): Path<String>) -> Response {
-    match api.ctx.registry.device(&api.ctx.config, &id) {
+    match api.ctx.registry.device(&api.ctx.homes.get(), &id) {
         Ok(view) => Json(view).into_response(),
         Err(e) => lookup_error(e),
     }
@@ -207,6 +208,8 @@ pub struct StateBody {
     pub effect: Option<String>,
     /// 0–100.
     pub fan_speed: Option<u8>,
+    /// The outlet (1, 2, …) of a multi-outlet plug that `on` switches; devices only.
+    pub outlet: Option<u8>,
 }
 
 impl StateBody {
@@ -289,9 +292,16 @@ async fn device_state(
     axum::extract::Query(q): axum::extract::Query<WaitQuery>,
     body: axum::body::Bytes,
 ) -> Response {
-    match parse_body(&body) {
-        Ok(steps) => command_device(&api, &id, |_| steps, q.wait).await,
-        Err(e) => error(StatusCode::BAD_REQUEST, &e),
+    let (steps, outlet) = match parse_body(&body) {
+        Ok(parsed) => parsed,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+    };
+    match outlet {
+        None => command_device(&api, &id, |_| steps, q.wait).await,
+        Some(n) => match control::outlet(&api.ctx, &id, n) {
+            Ok(resolved) => run_commands(&api, &resolved, steps, q.wait).await,
+            Err(e) => control_error(&e),
+        },
     }
 }
 
@@ -327,7 +337,13 @@ async fn group_state(
     body: axum::body::Bytes,
 ) -> Response {
     let steps = match parse_body(&body) {
-        Ok(a) => a,
+        Ok((steps, None)) => steps,
+        Ok((_, Some(_))) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "outlet is for a device's outlets, not a group",
+            );
+        }
         Err(e) => return error(StatusCode::BAD_REQUEST, &e),
     };
     match control::group(&api.ctx, &id) {
@@ -336,10 +352,11 @@ async fn group_state(
     }
 }
 
-fn parse_body(body: &[u8]) -> Result<Vec<control::Step>, String> {
+/// The steps of a state body and the outlet they address, if any.
+fn parse_body(body: &[u8]) -> Result<(Vec<control::Step>, Option<u8>), String> {
     let parsed: StateBody =
         serde_json::from_slice(body).map_err(|e| format!("invalid body: {e}"))?;
-    parsed.actions()
+    Ok((parsed.actions()?, parsed.outlet))
 }
 
 fn lookup_error(e: Lookup) -> Response {

@@ -7,11 +7,12 @@
 //!
 //! Events, each a JSON object with a `seq` that grows by one per frame:
 //! - `snapshot` — sent first on every connection, and again whenever a client missed a frame:
-//!   `{seq, at, meta: {version, homes: [{name, groups: [{id, name, members}]}], effects, kelvin,
+//!   `{seq, at, meta: {version, homes: [{name, groups: [{id, name, members, room}]}], effects, kelvin,
 //!   fan_steps, fan_presets, heartbeat_secs, silence_multiple}, devices: [...], connections: [...]}`
 //!   with devices and connections as in `GET /api/devices` and `GET /api/connections`.
 //! - `update` — what changed since the previous frame: `{seq, at, devices: [changed devices],
-//!   removed: [ids], connections: [all of them, when any changed]}`.
+//!   removed: [ids], connections: [all of them, when any changed], meta: {…, when new homes were
+//!   saved}}`.
 //!
 //! Bounds and policies:
 //! - Triggers: a registry change or a command outcome (both are `watch` channels, which already
@@ -72,8 +73,6 @@ struct Live {
     /// A client arrived: build a frame even when nothing changed.
     wake: Notify,
     hub: OnceLock<()>,
-    /// The configuration-derived part of every snapshot, built once.
-    meta: String,
 }
 
 /// One published state.
@@ -88,14 +87,12 @@ struct Frame {
 
 impl Live {
     fn new(ctx: Arc<Context>) -> Self {
-        let meta = meta(&ctx);
         Self {
             ctx,
             frames: watch::Sender::new(Arc::default()),
             clients: Arc::new(Semaphore::new(MAX_CLIENTS)),
             wake: Notify::new(),
             hub: OnceLock::new(),
-            meta,
         }
     }
 
@@ -234,10 +231,9 @@ async fn hub(live: Arc<Live>) {
         // At 10,000 devices a build takes milliseconds: not on the devices' event loop.
         let state = diff.take().unwrap_or_default();
         let ctx2 = ctx.clone();
-        let meta = live.meta.clone();
         match tokio::task::spawn_blocking(move || {
             let mut state = state;
-            let frame = state.next(&ctx2, &meta);
+            let frame = state.next(&ctx2);
             (state, frame)
         })
         .await
@@ -263,11 +259,14 @@ struct Diff {
     devices: HashMap<String, String>,
     /// The connections' JSON.
     connections: String,
+    /// The meta JSON (it changes when new homes are saved).
+    meta: String,
 }
 
 impl Diff {
-    fn next(&mut self, ctx: &Context, meta: &str) -> Frame {
-        let devices = ctx.registry.devices(&ctx.config);
+    fn next(&mut self, ctx: &Context) -> Frame {
+        let meta = meta(ctx);
+        let devices = ctx.registry.devices(&ctx.homes.get());
         let connections = json(&ctx.registry.connections());
         let mut all = Vec::with_capacity(devices.len());
         let mut changed = Vec::new();
@@ -288,6 +287,7 @@ impl Diff {
         removed.sort();
         let removed = json(&removed);
         let connections_changed = connections != self.connections;
+        let meta_changed = meta != self.meta;
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
         let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
@@ -295,19 +295,26 @@ impl Diff {
             r#"{{"seq":{seq},"at":"{at}","meta":{meta},"devices":[{}],"connections":{connections}}}"#,
             all.join(",")
         );
-        let update = (!changed.is_empty() || removed != "[]" || connections_changed).then(|| {
-            let mut u = format!(
-                r#"{{"seq":{seq},"at":"{at}","devices":[{}],"removed":{removed}"#,
-                changed.join(",")
+        let update =
+            (!changed.is_empty() || removed != "[]" || connections_changed || meta_changed).then(
+                || {
+                    let mut u = format!(
+                        r#"{{"seq":{seq},"at":"{at}","devices":[{}],"removed":{removed}"#,
+                        changed.join(",")
+                    );
+                    if connections_changed {
+                        let _ = write!(u, r#","connections":{connections}"#);
+                    }
+                    if meta_changed {
+                        let _ = write!(u, r#","meta":{meta}"#);
+                    }
+                    u.push('}');
+                    u
+                },
             );
-            if connections_changed {
-                let _ = write!(u, r#","connections":{connections}"#);
-            }
-            u.push('}');
-            u
-        });
         self.devices = current;
         self.connections = connections;
+        self.meta = meta;
         Frame {
             seq,
             snapshot,
@@ -321,12 +328,12 @@ fn json<T: Serialize + ?Sized>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "null".into())
 }
 
-/// The part of the snapshot that only the configuration decides.
+/// The part of the snapshot that only the configuration and the homes decide.
 fn meta(ctx: &Context) -> String {
     use cync_proto::catalog::{DEFAULT_KELVIN, FAN_PRESETS, FAN_STEPS};
-    let homes: Vec<serde_json::Value> = ctx
-        .config
-        .homes
+    let all = ctx.homes.get();
+    let homes: Vec<serde_json::Value> = all
+        .homes()
         .iter()
         .map(|h| {
             serde_json::json!({
@@ -335,6 +342,7 @@ fn meta(ctx: &Context) -> String {
                     "id": g.id,
                     "name": g.name,
                     "members": g.members,
+                    "room": g.room,
                 })).collect::<Vec<_>>(),
             })
         })

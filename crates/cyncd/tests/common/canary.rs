@@ -35,7 +35,7 @@ pub fn homes(ids: &[u32]) -> Vec<Home> {
 /// Waits until every bridge's `DEVICES` devices are reachable.
 pub async fn all_connected(server: &Running, ids: &[u32]) {
     until(server, || {
-        let devices = server.ctx.registry.devices(&server.ctx.config);
+        let devices = server.ctx.registry.devices(&server.ctx.homes.get());
         ids.iter().all(|id| {
             let home = format!("b{id:08x}");
             devices

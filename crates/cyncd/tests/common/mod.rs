@@ -8,7 +8,9 @@
     clippy::panic
 )]
 
+pub mod broker;
 pub mod canary;
+pub mod cync_api;
 
 use cyncd::config::Config;
 use cyncd::serve::Running;
@@ -162,14 +164,8 @@ pub async fn post(server: &Running, path: &str, body: &str) -> (u16, String) {
 
 /// A plain HTTP/1.1 DELETE with the API token; returns (status, body).
 pub async fn delete(server: &Running, path: &str) -> (u16, String) {
-    http(
-        server,
-        &format!(
-            "DELETE {path} HTTP/1.1\r\nHost: localhost\r\n{}Connection: close\r\n\r\n",
-            auth(server)
-        ),
-    )
-    .await
+    // With the token and a JSON content type, as every write to the API needs.
+    send_json(server, "DELETE", path, "").await
 }
 
 /// A plain HTTP/1.1 PUT with a JSON body; returns (status, body).

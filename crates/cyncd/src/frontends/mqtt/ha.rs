@@ -11,10 +11,17 @@
 //! | `<base>/<object_id>/availability` | `online` / `offline` for a mesh device (retained) |
 //! | `<base>/<object_id>/set` | commands from Home Assistant |
 //!
-//! Object ids: `<home>_<mesh_id>` for a device, `<home>_group_<group_id>` for a group,
-//! `bridge_<conn_id>` for a Wi-Fi bridge's diagnostics; the home name is lower-cased with
-//! anything but letters, digits, `-` and `_` replaced by `_`. Unique ids are the object ids
-//! prefixed with `cyncd_`.
+//! Object ids: `<home>_<mesh_id>` for a device, `<home>_<mesh_id>_outlet<n>` for each outlet of
+//! a multi-outlet plug, `<home>_<mesh_id>_temperature` and `_humidity` for a thermostat's
+//! readings, `<home>_group_<group_id>` for a group, `bridge_<conn_id>` for a Wi-Fi bridge's
+//! diagnostics; the home name is lower-cased with anything but letters, digits, `-` and `_`
+//! replaced by `_`. Unique ids are the object ids prefixed with `cyncd_`.
+//!
+//! What a device becomes follows its kind: lights, switches and fans are commanded; each outlet
+//! of a multi-outlet plug is a switch; a thermostat's readings are read-only sensors; sensors,
+//! remotes and cameras (which take no command) are one connectivity binary sensor, so they are
+//! never offered as controllable. A device's room is its `suggested_area`, and its product name
+//! its `model`.
 
 use crate::commands::control::Step;
 use crate::devices::registry::DeviceView;
@@ -96,6 +103,11 @@ pub fn bridge_object(conn: &str) -> String {
     format!("bridge_{}", slug(conn))
 }
 
+/// The object id of outlet `n` of a multi-outlet plug.
+pub fn outlet_object(home: &str, mesh: u16, outlet: u8) -> String {
+    format!("{}_outlet{outlet}", device_object(home, mesh))
+}
+
 /// How an entity is shown and commanded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
@@ -105,18 +117,32 @@ pub enum Shape {
     Switch,
     /// `fan` with speed steps and presets.
     Fan,
+    /// One `switch` per outlet (a multi-outlet plug), each with its own object id.
+    Outlets(u8),
+    /// Read-only `sensor`s of a thermostat's readings.
+    Readings,
+    /// A read-only connectivity `binary_sensor`: a device that takes no command.
+    Presence,
 }
 
+/// The read-only quantities of a thermostat: (suffix, name, device class).
+pub const READINGS: [(&str, &str, &str); 2] = [
+    ("temperature", "Temperature", "temperature"),
+    ("humidity", "Humidity", "humidity"),
+];
+
 impl Shape {
-    /// The shape of a device type: plugs and on/off switches are switches, fans fans, the rest
-    /// (unknown types included) lights.
+    /// The shape of a device type: plugs and on/off switches are switches (one per outlet on a
+    /// multi-outlet plug), fans fans, thermostats their readings, sensors, remotes and cameras a
+    /// connectivity sensor, the rest (unknown types included) lights.
     pub fn of(t: DeviceType) -> Self {
         match t.kind {
+            Kind::Plug if t.outlets > 1 => Self::Outlets(t.outlets),
             Kind::Plug | Kind::Switch => Self::Switch,
             Kind::Fan => Self::Fan,
             Kind::Light => Self::Light(t),
-            // Never lights; they refuse every command until they get an entity of their own.
-            Kind::Thermostat | Kind::Sensor | Kind::Remote | Kind::Camera => Self::Switch,
+            Kind::Thermostat => Self::Readings,
+            Kind::Sensor | Kind::Remote | Kind::Camera => Self::Presence,
         }
     }
 
@@ -124,8 +150,25 @@ impl Shape {
     pub fn component(self) -> &'static str {
         match self {
             Self::Light(_) => "light",
-            Self::Switch => "switch",
+            Self::Switch | Self::Outlets(_) => "switch",
             Self::Fan => "fan",
+            Self::Readings => "sensor",
+            Self::Presence => "binary_sensor",
+        }
+    }
+
+    /// The (component, object id) of every entity a device of this shape has.
+    pub fn objects(self, home: &str, mesh: u16) -> Vec<(&'static str, String)> {
+        let object = device_object(home, mesh);
+        match self {
+            Self::Outlets(n) => (1..=n)
+                .map(|k| ("switch", outlet_object(home, mesh, k)))
+                .collect(),
+            Self::Readings => READINGS
+                .iter()
+                .map(|(suffix, _, _)| ("sensor", format!("{object}_{suffix}")))
+                .collect(),
+            _ => vec![(self.component(), object)],
         }
     }
 }
@@ -191,6 +234,9 @@ pub fn discovery(
                 c.insert("effect_list".into(), json!(names));
             }
         }
+        Shape::Outlets(_) | Shape::Readings | Shape::Presence => {
+            // Not built here: see `outlet_discovery`, `reading_discovery`, `presence_discovery`.
+        }
         Shape::Switch => {
             c.insert("payload_on".into(), json!("ON"));
             c.insert("payload_off".into(), json!("OFF"));
@@ -239,12 +285,100 @@ pub fn discovery(
     Value::Object(c)
 }
 
-/// The `device` block of a mesh device.
-pub fn device_block(view: &DeviceView, t: &DeviceType, via_bridge: Option<&str>) -> Value {
-    let model = match t.code {
-        Some(code) => format!("{} (type {code})", t.model),
-        None => t.model.to_string(),
+/// The switch of outlet `outlet` of a multi-outlet plug, named after the outlet.
+pub fn outlet_discovery(
+    topics: &Topics,
+    view: &DeviceView,
+    outlet: u8,
+    name: &str,
+    device_block: Value,
+) -> Value {
+    let object = outlet_object(&view.home, view.mesh_id, outlet);
+    let mut c = discovery(topics, &object, Shape::Switch, device_block, false);
+    if let Value::Object(map) = &mut c {
+        map.insert("name".into(), json!(name));
+        // Offline with the plug itself.
+        map.insert(
+            "availability".into(),
+            availability(topics, Some(&device_object(&view.home, view.mesh_id))),
+        );
+    }
+    c
+}
+
+/// A read-only sensor of a thermostat's reading (`temperature` or `humidity`), from the
+/// device's state topic. `unit` is the temperature unit the thermostat reports (`F`/`C`).
+pub fn reading_discovery(
+    topics: &Topics,
+    view: &DeviceView,
+    reading: (&str, &str, &str),
+    unit: Option<&str>,
+    device_block: Value,
+) -> Value {
+    let (suffix, name, class) = reading;
+    let device = device_object(&view.home, view.mesh_id);
+    let object = format!("{device}_{suffix}");
+    let mut c = Map::new();
+    c.insert("name".into(), json!(name));
+    c.insert("unique_id".into(), json!(format!("cyncd_{object}")));
+    c.insert("device".into(), device_block);
+    c.insert("origin".into(), origin());
+    c.insert("availability".into(), availability(topics, Some(&device)));
+    c.insert("availability_mode".into(), json!("all"));
+    c.insert("state_topic".into(), json!(topics.state(&device)));
+    c.insert("device_class".into(), json!(class));
+    c.insert("state_class".into(), json!("measurement"));
+    c.insert(
+        "value_template".into(),
+        json!(format!("{{{{ value_json.{suffix} }}}}")),
+    );
+    let unit = match (suffix, unit) {
+        ("humidity", _) => "%",
+        (_, Some("C")) => "°C",
+        _ => "°F",
     };
+    c.insert("unit_of_measurement".into(), json!(unit));
+    Value::Object(c)
+}
+
+/// The connectivity sensor of a device that takes no command (a battery sensor, a remote, a
+/// camera): on while the mesh reports it online.
+pub fn presence_discovery(topics: &Topics, view: &DeviceView, device_block: Value) -> Value {
+    let object = device_object(&view.home, view.mesh_id);
+    let mut c = Map::new();
+    c.insert("name".into(), json!("Connected"));
+    c.insert("unique_id".into(), json!(format!("cyncd_{object}")));
+    c.insert("device".into(), device_block);
+    c.insert("origin".into(), origin());
+    c.insert("availability".into(), availability(topics, None));
+    c.insert("entity_category".into(), json!("diagnostic"));
+    c.insert("device_class".into(), json!("connectivity"));
+    c.insert("state_topic".into(), json!(topics.state(&object)));
+    c.insert("value_template".into(), json!("{{ value_json.connected }}"));
+    c.insert("payload_on".into(), json!("ON"));
+    c.insert("payload_off".into(), json!("OFF"));
+    Value::Object(c)
+}
+
+/// A thermostat's state payload: the temperature and humidity of its own sensor (the one it
+/// calls `internal`, else the one it follows, else the first), and the unit.
+pub fn readings_state(view: &DeviceView) -> Value {
+    let sensors = view.sensors.as_deref().unwrap_or_default();
+    let main = sensors
+        .iter()
+        .find(|s| s.kind.eq_ignore_ascii_case("internal"))
+        .or_else(|| sensors.iter().find(|s| s.active == Some(true)))
+        .or_else(|| sensors.first());
+    json!({
+        "temperature": main.and_then(|s| s.temperature),
+        "humidity": main.and_then(|s| s.humidity),
+        "unit": main.and_then(|s| s.unit),
+    })
+}
+
+/// The `device` block of a mesh device: its name, product, firmware, area (its room) and the
+/// bridge it is reached through.
+pub fn device_block(view: &DeviceView, t: &DeviceType, via_bridge: Option<&str>) -> Value {
     let mut d = Map::new();
     d.insert(
         "identifiers".into(),
@@ -252,9 +386,12 @@ pub fn device_block(view: &DeviceView, t: &DeviceType, via_bridge: Option<&str>)
     );
     d.insert("name".into(), json!(view.name));
     d.insert("manufacturer".into(), json!("GE Cync"));
-    d.insert("model".into(), json!(model));
+    d.insert("model".into(), json!(t.product));
     if let Some(fw) = &view.firmware {
         d.insert("sw_version".into(), json!(fw));
+    }
+    if let Some(room) = &view.room {
+        d.insert("suggested_area".into(), json!(room));
     }
     if let Some(b) = via_bridge {
         d.insert(
@@ -265,20 +402,29 @@ pub fn device_block(view: &DeviceView, t: &DeviceType, via_bridge: Option<&str>)
     Value::Object(d)
 }
 
-/// The `device` block of a group.
-pub fn group_block(home: &str, gid: u16, name: &str) -> Value {
-    json!({
+/// The `device` block of a group; a room is placed in the area of its name.
+pub fn group_block(home: &str, gid: u16, name: &str, room: bool) -> Value {
+    let mut d = json!({
         "identifiers": [format!("cyncd_{}", group_object(home, gid))],
         "name": name,
         "manufacturer": "GE Cync",
-        "model": "Group",
-    })
+        "model": if room { "Room" } else { "Group" },
+    });
+    if let (true, Value::Object(map)) = (room, &mut d) {
+        map.insert("suggested_area".into(), json!(name));
+    }
+    d
 }
 
 /// The shape of a group from its members' types: a switch when every member is a known plug or
 /// switch, else a light with every capability any member light has (a member without one
-/// ignores it).
+/// ignores it). Members that take no command (thermostats, sensors…) do not count.
 pub fn group_shape(members: &[DeviceType]) -> Shape {
+    let members: Vec<DeviceType> = members
+        .iter()
+        .filter(|t| t.controllable())
+        .copied()
+        .collect();
     let lights: Vec<&DeviceType> = members.iter().filter(|t| t.kind == Kind::Light).collect();
     if !members.is_empty() && members.iter().all(|t| t.known) && lights.is_empty() {
         if members.iter().all(|t| t.kind == Kind::Fan) {
@@ -359,10 +505,13 @@ fn on_off(on: bool) -> &'static str {
     if on { "ON" } else { "OFF" }
 }
 
-/// A device's state payload in its shape.
+/// A device's state payload in its shape (an outlet's is [`outlet_state`]).
 pub fn device_state(view: &DeviceView, shape: Shape) -> Value {
     match shape {
         Shape::Switch => json!({ "state": on_off(view.on) }),
+        Shape::Outlets(_) => json!({ "state": on_off(view.on) }),
+        Shape::Readings => readings_state(view),
+        Shape::Presence => json!({ "connected": on_off(view.online && view.reachable) }),
         Shape::Fan => {
             let step = if view.on {
                 view.fan_speed.unwrap_or(0)
@@ -408,13 +557,20 @@ pub fn device_state(view: &DeviceView, shape: Shape) -> Value {
     }
 }
 
+/// An outlet's state payload.
+pub fn outlet_state(on: bool) -> Value {
+    json!({ "state": on_off(on) })
+}
+
 /// A group's state payload from its members' views: on when any member is on, brightness the
 /// mean of the members that are on.
 pub fn group_state(members: &[&DeviceView], shape: Shape) -> Value {
     let on: Vec<&&DeviceView> = members.iter().filter(|v| v.on).collect();
     let any = !on.is_empty();
     match shape {
-        Shape::Switch => json!({ "state": on_off(any) }),
+        Shape::Switch | Shape::Outlets(_) | Shape::Readings | Shape::Presence => {
+            json!({ "state": on_off(any) })
+        }
         Shape::Fan => {
             json!({ "state": on_off(any), "speed": Value::Null, "preset_mode": Value::Null })
         }
@@ -528,10 +684,13 @@ pub fn parse_command(
                 None => {}
             }
         }
-        Shape::Switch => {
+        Shape::Switch | Shape::Outlets(_) => {
             if obj.keys().any(|k| k != "state") {
                 return Err("a switch takes only ON or OFF".into());
             }
+        }
+        Shape::Readings | Shape::Presence => {
+            return Err("this device takes no command".into());
         }
         Shape::Light(t) => {
             match number("brightness", 100)? {
@@ -650,11 +809,15 @@ mod tests {
             home: "default".into(),
             mesh_id: mesh,
             name: name.into(),
+            room: Some("Kitchen".into()),
             type_code,
             kind: t.kind.name(),
-            model: t.model,
+            model: t.product,
+            sku: t.sku,
             capabilities: t.capabilities(),
             fan_speed: (t.fan_speeds > 0).then_some(2),
+            outlets: None,
+            sensors: None,
             online: true,
             on: true,
             brightness: Some(40),
@@ -662,7 +825,8 @@ mod tests {
             rgb: None,
             bridges: vec!["1a2b3c4d".into()],
             reachable: true,
-            last_seen: "2026-11-26T00:00:00.000Z".into(),
+            last_seen: Some("2026-11-26T00:00:00.000Z".into()),
+            mac: Some("A4C1380D1E2F".into()),
             firmware: Some("1.0.158".into()),
         }
     }
@@ -696,7 +860,7 @@ mod tests {
                 &topics(),
                 &group_object("default", 32769),
                 group_light,
-                group_block("default", 32769, "Whole home"),
+                group_block("default", 32769, "Whole home", false),
                 false,
             )
         );
@@ -708,7 +872,7 @@ mod tests {
                 &topics(),
                 &group_object("My Home", 2),
                 group_switch,
-                group_block("My Home", 2, "Outlets"),
+                group_block("My Home", 2, "Kitchen", true),
                 false,
             )
         );
@@ -719,6 +883,113 @@ mod tests {
         );
         insta::assert_json_snapshot!("bridge_connected", connected.2);
         insta::assert_json_snapshot!("bridge_firmware", firmware.2);
+    }
+
+    #[test]
+    fn kinds_that_take_no_command_and_outlets_get_their_own_entities() {
+        use crate::devices::registry::{OutletView, Reading};
+        assert_eq!(Shape::of(DeviceType::of(Some(67))), Shape::Outlets(2));
+        assert_eq!(Shape::of(DeviceType::of(Some(68))), Shape::Switch);
+        assert_eq!(Shape::of(DeviceType::of(Some(224))), Shape::Readings);
+        for code in [96, 113, 240] {
+            assert_eq!(
+                Shape::of(DeviceType::of(Some(code))),
+                Shape::Presence,
+                "{code}"
+            );
+        }
+        assert_eq!(
+            Shape::Outlets(2).objects("My Home", 6),
+            [
+                ("switch", "my_home_6_outlet1".to_string()),
+                ("switch", "my_home_6_outlet2".to_string())
+            ]
+        );
+        assert_eq!(
+            Shape::Readings.objects("default", 9),
+            [
+                ("sensor", "default_9_temperature".to_string()),
+                ("sensor", "default_9_humidity".to_string())
+            ]
+        );
+        let t = DeviceType::of(Some(67));
+        let mut plug = view(6, Some(67), "Porch plug");
+        plug.outlets = Some(vec![
+            OutletView {
+                outlet: 1,
+                name: "String lights".into(),
+                on: false,
+            },
+            OutletView {
+                outlet: 2,
+                name: "Fountain".into(),
+                on: true,
+            },
+        ]);
+        insta::assert_json_snapshot!(
+            "outlet_switch",
+            outlet_discovery(
+                &topics(),
+                &plug,
+                2,
+                "Fountain",
+                device_block(&plug, &t, Some("1a2b3c4d"))
+            )
+        );
+        let t = DeviceType::of(Some(224));
+        let mut thermostat = view(9, Some(224), "Hallway thermostat");
+        thermostat.sensors = Some(vec![
+            Reading {
+                slot: 0,
+                kind: "savant sensor".into(),
+                active: Some(false),
+                temperature: Some(75.7),
+                unit: Some("F"),
+                humidity: Some(48),
+                battery_volts: Some(2.87),
+            },
+            Reading {
+                slot: 1,
+                kind: "internal".into(),
+                active: Some(true),
+                temperature: Some(75.9),
+                unit: Some("F"),
+                humidity: Some(50),
+                battery_volts: None,
+            },
+        ]);
+        assert_eq!(
+            readings_state(&thermostat),
+            json!({"temperature": 75.9, "humidity": 50, "unit": "F"})
+        );
+        insta::assert_json_snapshot!(
+            "thermostat_temperature",
+            reading_discovery(
+                &topics(),
+                &thermostat,
+                READINGS[0],
+                Some("F"),
+                device_block(&thermostat, &t, None)
+            )
+        );
+        let t = DeviceType::of(Some(113));
+        let remote = view(11, Some(113), "Bedside remote");
+        insta::assert_json_snapshot!(
+            "remote_presence",
+            presence_discovery(&topics(), &remote, device_block(&remote, &t, None))
+        );
+        assert_eq!(
+            device_state(&remote, Shape::Presence),
+            json!({"connected": "ON"})
+        );
+        // Nothing a thermostat or a remote could be told is accepted.
+        assert!(parse_command(b"ON", Shape::Readings, false).is_err());
+        assert!(parse_command(b"ON", Shape::Presence, false).is_err());
+        // A group of a plug and a thermostat is a switch: the thermostat does not count.
+        assert_eq!(
+            group_shape(&[DeviceType::of(Some(68)), DeviceType::of(Some(224))]),
+            Shape::Switch
+        );
     }
 
     #[test]

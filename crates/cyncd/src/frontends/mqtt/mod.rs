@@ -27,8 +27,8 @@
 //! the registry for up to [`OVERLAY_HOLD`] until the device's own report agrees); any other
 //! outcome re-publishes the true state so Home Assistant does not show what did not happen.
 //!
-//! Entities are announced for the devices the configuration names or a bridge's mesh listing
-//! named ([`crate::devices::registry::Registry::listed`]); a report from an id no bridge lists
+//! Entities are announced for the devices the homes (the configuration over the homes file)
+//! name or a bridge's mesh listing named ([`crate::devices::registry::Registry::listed`]); a report from an id no bridge lists
 //! creates nothing in Home Assistant. Every topic ever published is remembered in
 //! `mqtt-entities.json` in the state directory (at most [`MAX_REMEMBERED_TOPICS`]; further ones
 //! are not remembered, with a warning), so stale entities are removed (empty retained
@@ -407,6 +407,7 @@ async fn link(
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Entity {
     Device { home: String, mesh: u16 },
+    Outlet { home: String, mesh: u16, outlet: u8 },
     Group { home: String, gid: u16 },
 }
 
@@ -622,6 +623,17 @@ impl Bridge {
         };
         let resolved = match &entity {
             Entity::Device { home, mesh } => control::device_in(&self.ctx, home, *mesh),
+            Entity::Outlet { home, mesh, outlet } => {
+                match control::outlet_in(&self.ctx, home, *mesh, *outlet) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        warn!(topic = %message.topic, error = %e, "MQTT command refused");
+                        self.metrics.command("invalid");
+                        self.republish(&object).await;
+                        return;
+                    }
+                }
+            }
             Entity::Group { home, gid } => control::group_in(&self.ctx, home, *gid),
         };
         let shape = self.shape_of(&entity, &resolved);
@@ -686,11 +698,12 @@ impl Bridge {
         self.metrics.command("applied");
         let until = Instant::now() + OVERLAY_HOLD;
         match done.entity {
-            Entity::Device { .. } => {
+            Entity::Device { .. } | Entity::Outlet { .. } => {
                 self.overlays.insert(done.object, (done.steps, until));
             }
             Entity::Group { home, gid } => {
-                for m in self.ctx.config.group_members(&home, gid) {
+                let homes = self.ctx.homes.get();
+                for m in homes.group_members(&home, gid) {
                     self.overlays
                         .insert(ha::device_object(&home, *m), (done.steps.clone(), until));
                 }
@@ -706,16 +719,37 @@ impl Bridge {
         self.scan().await;
     }
 
+    /// An outlet's state to publish: an applied command's while its hold lasts and the plug's
+    /// own report has not caught up, else the report's.
+    fn outlet_shown(&mut self, object: &str, reported: bool) -> bool {
+        let asked = self.overlays.get(object).and_then(|(steps, _)| {
+            steps.iter().rev().find_map(|(_, a)| match a {
+                cync_proto::Action::Power(on) => Some(*on),
+                _ => None,
+            })
+        });
+        match asked {
+            Some(on) if on != reported => on,
+            Some(_) => {
+                self.overlays.remove(object);
+                reported
+            }
+            None => reported,
+        }
+    }
+
     fn shape_of(&self, entity: &Entity, resolved: &control::Resolved) -> Shape {
         match entity {
             Entity::Device { .. } => Shape::of(resolved.device_type),
+            Entity::Outlet { .. } => Shape::Switch,
             Entity::Group { home, gid } => ha::group_shape(&self.member_types(home, *gid)),
         }
     }
 
     fn member_types(&self, home: &str, gid: u16) -> Vec<DeviceType> {
         self.ctx
-            .config
+            .homes
+            .get()
             .group_members(home, gid)
             .iter()
             .map(|m| control::type_of(&self.ctx, home, *m))
@@ -757,26 +791,16 @@ impl Bridge {
         self.put(topic, payload, false).await;
     }
 
-    /// Every device view Home Assistant should know: the registry's devices that the
-    /// configuration names or a bridge listed, plus configured devices not seen yet (offline
-    /// until they report).
+    /// Every device view Home Assistant should know: the registry's devices that the homes
+    /// (configuration or homes file) name or a bridge listed, including the named ones no
+    /// bridge reported yet (offline until they report). Hidden devices are not among them.
     fn views(&self) -> Vec<DeviceView> {
         let registry = &self.ctx.registry;
-        let mut views = registry.devices(&self.ctx.config);
+        let homes = self.ctx.homes.get();
+        let mut views = registry.devices(&homes);
         views.retain(|v| {
-            self.ctx.config.device(&v.home, v.mesh_id).is_some()
-                || registry.listed(&v.home, v.mesh_id)
+            homes.device(&v.home, v.mesh_id).is_some() || registry.listed(&v.home, v.mesh_id)
         });
-        let seen: HashSet<(String, u16)> =
-            views.iter().map(|v| (v.home.clone(), v.mesh_id)).collect();
-        for home in &self.ctx.config.homes {
-            for d in &home.devices {
-                if seen.contains(&(home.name.clone(), d.id)) {
-                    continue;
-                }
-                views.push(DeviceView::configured(&home.name, d));
-            }
-        }
         views
     }
 
@@ -802,11 +826,19 @@ impl Bridge {
         for view in views {
             let t = DeviceType::of(view.type_code);
             let object = ha::device_object(&view.home, view.mesh_id);
-            if !t.known
-                && self.warned.len() < crate::devices::registry::MAX_DEVICES
-                && self.warned.insert(object.clone())
-            {
-                warn!(device = %view.id, type_code = ?view.type_code, "device type not in the table: shown as an on/off light (set its type in the configuration)");
+            if !t.known {
+                match view.type_code {
+                    // Reported once per (home, code), with a request to tell us.
+                    Some(code) => {
+                        self.ctx.registry.unknown_type(&view.home, code, &view.name);
+                    }
+                    None if self.warned.len() < crate::devices::registry::MAX_DEVICES
+                        && self.warned.insert(object.clone()) =>
+                    {
+                        warn!(device = %view.id, "device type not known: shown as an on/off light (import the Cync account with `cyncd account export` or `cyncd account import`, or set its type in the configuration)");
+                    }
+                    None => {}
+                }
             }
             let shape = Shape::of(t);
             let shown = match self.overlays.get(&object) {
@@ -821,35 +853,84 @@ impl Bridge {
                 None => view.clone(),
             };
             let via = view.bridges.first().map(String::as_str);
-            let configured_only = !self.ctx.registry.listed(&view.home, view.mesh_id);
-            for topic in [
-                self.topics.discovery(shape.component(), &object),
-                self.topics.state(&object),
-                self.topics.entity_availability(&object),
-            ] {
-                self.scanned.insert(topic, configured_only);
+            let block = ha::device_block(&view, &t, via);
+            let (home, mesh) = (view.home.clone(), view.mesh_id);
+            // Entities only the homes name (no bridge listed them) go when the homes drop them.
+            let configured_only = !self.ctx.registry.listed_by_bridge(&home, mesh);
+            for (component, entity) in shape.objects(&home, mesh) {
+                self.scanned
+                    .insert(self.topics.discovery(component, &entity), configured_only);
+                self.scanned
+                    .insert(self.topics.state(&entity), configured_only);
             }
-            let discovery = ha::discovery(
-                &self.topics,
-                &object,
-                shape,
-                ha::device_block(&view, &t, via),
-                true,
-            );
-            self.entities.insert(
-                object.clone(),
-                Entity::Device {
-                    home: view.home.clone(),
-                    mesh: view.mesh_id,
-                },
-            );
-            self.put_json(
-                self.topics.discovery(shape.component(), &object),
-                &discovery,
-            )
-            .await;
-            self.put_json(self.topics.state(&object), &ha::device_state(&shown, shape))
-                .await;
+            self.scanned
+                .insert(self.topics.state(&object), configured_only);
+            self.scanned
+                .insert(self.topics.entity_availability(&object), configured_only);
+            match shape {
+                Shape::Outlets(_) => {
+                    for o in view.outlets.iter().flatten() {
+                        let outlet = ha::outlet_object(&home, mesh, o.outlet);
+                        let on = self.outlet_shown(&outlet, o.on);
+                        let discovery = ha::outlet_discovery(
+                            &self.topics,
+                            &view,
+                            o.outlet,
+                            &o.name,
+                            block.clone(),
+                        );
+                        self.entities.insert(
+                            outlet.clone(),
+                            Entity::Outlet {
+                                home: home.clone(),
+                                mesh,
+                                outlet: o.outlet,
+                            },
+                        );
+                        self.put_json(self.topics.discovery("switch", &outlet), &discovery)
+                            .await;
+                        self.put_json(self.topics.state(&outlet), &ha::outlet_state(on))
+                            .await;
+                    }
+                }
+                Shape::Readings => {
+                    let state = ha::readings_state(&view);
+                    let unit = state.get("unit").and_then(serde_json::Value::as_str);
+                    for (reading, (_, object)) in
+                        ha::READINGS.iter().zip(shape.objects(&home, mesh))
+                    {
+                        let discovery = ha::reading_discovery(
+                            &self.topics,
+                            &view,
+                            *reading,
+                            unit,
+                            block.clone(),
+                        );
+                        self.put_json(self.topics.discovery("sensor", &object), &discovery)
+                            .await;
+                    }
+                    self.put_json(self.topics.state(&object), &state).await;
+                }
+                Shape::Presence => {
+                    let discovery = ha::presence_discovery(&self.topics, &view, block);
+                    self.put_json(self.topics.discovery("binary_sensor", &object), &discovery)
+                        .await;
+                    self.put_json(self.topics.state(&object), &ha::device_state(&view, shape))
+                        .await;
+                }
+                Shape::Light(_) | Shape::Switch | Shape::Fan => {
+                    let discovery = ha::discovery(&self.topics, &object, shape, block, true);
+                    self.entities
+                        .insert(object.clone(), Entity::Device { home, mesh });
+                    self.put_json(
+                        self.topics.discovery(shape.component(), &object),
+                        &discovery,
+                    )
+                    .await;
+                    self.put_json(self.topics.state(&object), &ha::device_state(&shown, shape))
+                        .await;
+                }
+            }
             let available = if view.online && view.reachable {
                 "online"
             } else {
@@ -863,10 +944,11 @@ impl Bridge {
             .await;
             by_key.insert((view.home.clone(), view.mesh_id), shown);
         }
-        let groups: Vec<(String, crate::config::GroupConfig)> = self
+        let groups: Vec<(String, crate::homes::Group)> = self
             .ctx
-            .config
             .homes
+            .get()
+            .homes()
             .iter()
             .flat_map(|h| h.groups.iter().map(|g| (h.name.clone(), g.clone())))
             .collect();
@@ -886,7 +968,7 @@ impl Bridge {
                 &self.topics,
                 &object,
                 shape,
-                ha::group_block(&home, group.id, &group.name),
+                ha::group_block(&home, group.id, &group.name, group.room),
                 false,
             );
             self.entities.insert(
@@ -910,10 +992,11 @@ impl Bridge {
         for seen in self.bridges_seen.values_mut() {
             seen.connected = false;
         }
-        for home in &self.ctx.config.homes {
+        let homes = self.ctx.homes.get();
+        for home in homes.homes() {
             for b in &home.bridges {
                 self.bridges_seen
-                    .entry(b.to_ascii_lowercase())
+                    .entry(b.to_string())
                     .or_insert(SeenBridge {
                         connected: false,
                         firmware: None,
@@ -973,14 +1056,18 @@ impl Bridge {
         }
     }
 
-    /// The discovery, state and availability topics of the configuration's entities.
+    /// The discovery, state and availability topics of the homes' entities.
     fn config_topics(&self) -> BTreeSet<String> {
         let mut out = BTreeSet::new();
-        for home in &self.ctx.config.homes {
-            for d in &home.devices {
+        let homes = self.ctx.homes.get();
+        for home in homes.homes() {
+            for d in home.devices.iter().filter(|d| d.enabled) {
                 let object = ha::device_object(&home.name, d.id);
                 let shape = Shape::of(DeviceType::of(d.kind));
-                out.insert(self.topics.discovery(shape.component(), &object));
+                for (component, entity) in shape.objects(&home.name, d.id) {
+                    out.insert(self.topics.discovery(component, &entity));
+                    out.insert(self.topics.state(&entity));
+                }
                 out.insert(self.topics.state(&object));
                 out.insert(self.topics.entity_availability(&object));
             }
