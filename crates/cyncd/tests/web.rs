@@ -392,16 +392,46 @@ async fn the_page_controls_a_simulated_home_in_chromium() {
             .await;
     }
 
-    // The colour sheet: a swatch turns the floor lamp red; its chip then says so.
+    // Dark colours, same layout.
+    page.cdp(
+        "Emulation.setEmulatedMedia",
+        json!({"features": [{"name": "prefers-color-scheme", "value": "dark"}]}),
+    )
+    .await;
+    page.viewport(390, 844, true).await;
+    page.until(
+        "dark colours",
+        r#"return getComputedStyle(document.body).backgroundColor === 'rgb(17, 20, 23)';"#,
+    )
+    .await;
+    let fit = page.script_args(FIT, json!(["#view-home"])).await;
+    assert_eq!(fit["problems"], json!([]), "dark: {fit}");
+    page.screenshot(&artifacts.join("household-dark-390x844.png"))
+        .await;
+    page.cdp(
+        "Emulation.setEmulatedMedia",
+        json!({"features": [{"name": "prefers-color-scheme", "value": "light"}]}),
+    )
+    .await;
+
+    // The colour sheet, opened by a tap on the swatch on a phone and by the keyboard (Enter on
+    // the lamp's name) on a desktop: a swatch turns the floor lamp red, and its card says so.
     for (width, height, phone) in [(390, 844, true), (1280, 800, false)] {
         page.viewport(width, height, phone).await;
         page.script("window.scrollTo(0, 0);").await;
-        page.click(
-            &page
-                .find(r#"article.card[data-device="Maple Street:1"] [data-ctl="colour"]"#)
-                .await,
-        )
-        .await;
+        let opener = if phone { "colour" } else { "open" };
+        let opener_css =
+            format!(r#"article.card[data-device="Maple Street:1"] [data-ctl="{opener}"]"#);
+        if phone {
+            page.click(&page.find(&opener_css).await).await;
+        } else {
+            page.script_args(
+                "document.querySelector(arguments[0]).focus();",
+                json!([opener_css]),
+            )
+            .await;
+            page.keys("\u{E007}").await;
+        }
         let sheet = page
             .until(
                 "the sheet opens",
@@ -459,12 +489,14 @@ async fn the_page_controls_a_simulated_home_in_chromium() {
         }
         page.screenshot(&artifacts.join(format!("sheet-{width}x{height}.png")))
             .await;
-        // Escape closes it and gives the focus back to the chip.
+        // Escape closes it and gives the focus back to what opened it.
         page.keys("\u{E00C}").await;
         page.until(
             "the sheet closes",
-            r#"return !document.querySelector('#sheet').open
-                 && document.activeElement.dataset.ctl === 'colour';"#,
+            &format!(
+                r#"return !document.querySelector('#sheet').open
+                     && document.activeElement.dataset.ctl === '{opener}';"#
+            ),
         )
         .await;
     }

@@ -494,7 +494,7 @@ function brightnessSlider(d, onCard) {
   return slider({
     ctl: 'brightness', label: `${d.name} brightness`, glyph: 'sun', min: 0, max: 100, step: 1,
     value: num(d.brightness), show: (v) => `${v} %`, commit: (v) => send(target, { brightness: v }),
-    shown: !onCard, moving: (v) => moving(d.id, { on: true, brightness: v }),
+    shown: !onCard, moving: (v) => previewState(d.id, { on: true, brightness: v }),
   });
 }
 
@@ -506,12 +506,12 @@ function fanSlider(d) {
   return slider({
     ctl: 'fan', label: `${d.name} speed`, glyph: 'fan', min: 1, max: 4, step: 1, value: clamp(num(d.fan_speed, 1), 1, 4),
     show: (v) => names[v] || String(v), commit: (v) => send(target, { fan_speed: steps[v] }),
-    shown: false, moving: (v) => moving(d.id, { on: true, fan_speed: v }),
+    shown: false, moving: (v) => previewState(d.id, { on: true, fan_speed: v }),
   });
 }
 
 /** Shows on a device's cards what a control being dragged will make of it. */
-function moving(id, change) {
+function previewState(id, change) {
   const d = state.devices.get(id);
   if (!d) return;
   for (const c of cardsOf(id)) for (const s of $$('[data-ctl="state"]', c)) s.textContent = stateText({ ...d, ...change });
@@ -815,7 +815,7 @@ function describe(r) {
   const ms = Math.round(num(r.latency_ms));
   if (r.outcome === 'applied') return `Done in ${ms} ms`;
   const n = num(r.attempts);
-  if (r.outcome === 'no_ack') return `No answer after ${plural(n, 'try').replace('trys', 'tries')} (${ms} ms)`;
+  if (r.outcome === 'no_ack') return `No answer after ${n} ${n === 1 ? 'try' : 'tries'} (${ms} ms)`;
   return `${String(r.outcome || 'unknown').replace(/_/g, ' ')} after ${plural(n, 'attempt')} (${ms} ms)`;
 }
 
