@@ -5,7 +5,7 @@ pub mod options;
 
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -86,6 +86,12 @@ pub struct Config {
     /// Host names (besides IP addresses and localhost) the HTTP server answers to, e.g.
     /// `cyncd.lan`; any other `Host` header is refused (DNS rebinding).
     pub http_hosts: Vec<String>,
+    /// Exact addresses of reverse proxies that authenticate people themselves (Home
+    /// Assistant's ingress gateway, `172.30.32.2`, which the add-on sets). A request from one
+    /// of them that carries `X-Ingress-Path` needs no API token and passes the `Host` check;
+    /// every other request still needs the token. Empty by default; at most
+    /// [`MAX_TRUSTED_PROXIES`], no networks.
+    pub http_trusted_proxies: Vec<IpAddr>,
     /// Most HTTP connections at once; further ones are accepted and closed at once.
     pub http_max_connections: usize,
     /// Close an HTTP connection whose request head has not arrived this long after it opened
@@ -123,6 +129,10 @@ impl Default for AccountConfig {
         }
     }
 }
+
+/// Most addresses `http_trusted_proxies` may list (a proxy or two; the list is searched on
+/// every request).
+pub const MAX_TRUSTED_PROXIES: usize = 8;
 
 /// The Cync account API's base URL.
 pub const DEFAULT_ACCOUNT_API: &str = "https://api.gelighting.com/v2/";
@@ -495,6 +505,7 @@ impl Default for Config {
             http_token_file: None,
             http_no_auth: false,
             http_hosts: Vec::new(),
+            http_trusted_proxies: Vec::new(),
             http_max_connections: 256,
             http_header_timeout_secs: 10.0,
             http_request_timeout_secs: 30.0,
@@ -669,6 +680,21 @@ impl Config {
                     "http_hosts: {host:?} is not a host name (letters, digits, - and . only)"
                 ));
             }
+        }
+        if self.http_trusted_proxies.len() > MAX_TRUSTED_PROXIES {
+            return bad(format!(
+                "http_trusted_proxies lists {} addresses; at most {MAX_TRUSTED_PROXIES}",
+                self.http_trusted_proxies.len()
+            ));
+        }
+        if let Some(ip) = self
+            .http_trusted_proxies
+            .iter()
+            .find(|ip| ip.is_unspecified() || ip.is_multicast())
+        {
+            return bad(format!(
+                "http_trusted_proxies: {ip} is not one machine's address (list each proxy's own address)"
+            ));
         }
         if let Some(url) = &self.mqtt.url {
             Broker::parse(url).map_err(ConfigError::Invalid)?;
@@ -1099,6 +1125,27 @@ mod tests {
                     ..Config::default()
                 },
                 "http_hosts",
+            ),
+            (
+                Config {
+                    http_trusted_proxies: vec!["0.0.0.0".parse().unwrap()],
+                    ..Config::default()
+                },
+                "http_trusted_proxies",
+            ),
+            (
+                Config {
+                    http_trusted_proxies: vec!["::".parse().unwrap()],
+                    ..Config::default()
+                },
+                "http_trusted_proxies",
+            ),
+            (
+                Config {
+                    http_trusted_proxies: (1..=9u8).map(|n| IpAddr::from([10, 0, 0, n])).collect(),
+                    ..Config::default()
+                },
+                "at most 8",
             ),
         ] {
             let e = bad.validate().unwrap_err().to_string();

@@ -147,6 +147,11 @@ pub struct Args {
     /// rebinding).
     #[arg(long = "http-host", value_name = "NAME")]
     pub http_hosts: Vec<String>,
+    /// The exact address of a reverse proxy that signs people in itself, e.g. Home Assistant's
+    /// ingress gateway 172.30.32.2 (the add-on sets it); repeat for more. Its requests that
+    /// carry X-Ingress-Path need no API token; everyone else's still do.
+    #[arg(long = "http-trusted-proxy", value_name = "ADDR")]
+    pub http_trusted_proxies: Vec<std::net::IpAddr>,
     /// Most HTTP connections at once [default: 256].
     #[arg(long, value_name = "N")]
     pub http_max_connections: Option<usize>,
@@ -252,6 +257,11 @@ impl Args {
         }
         c.http_no_auth |= self.http_no_auth;
         c.http_hosts.extend(self.http_hosts.iter().cloned());
+        for ip in &self.http_trusted_proxies {
+            if !c.http_trusted_proxies.contains(ip) {
+                c.http_trusted_proxies.push(*ip);
+            }
+        }
         if let Some(v) = self.http_max_connections {
             c.http_max_connections = v;
         }
@@ -490,6 +500,19 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
         None => info!(addr = %running.devices, "listening for devices (plain TCP, no TLS)"),
     }
+    info!(addr = %running.http, "serving the web page and the HTTP API");
+    if !ctx.config.http_trusted_proxies.is_empty() {
+        let proxies: Vec<String> = ctx
+            .config
+            .http_trusted_proxies
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        info!(
+            proxies = %proxies.join(", "),
+            "HTTP requests from these proxies with X-Ingress-Path are signed in by the proxy (http_trusted_proxies)"
+        );
+    }
     tracker.spawn(crate::devices::server::serve(
         devices,
         ctx.clone(),
@@ -507,7 +530,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             auth,
             &ctx.config.http_hosts,
             Duration::from_secs_f64(ctx.config.http_request_timeout_secs),
-        ),
+        )
+        .trusting(&ctx.config.http_trusted_proxies),
         ctx,
         metrics: Arc::new(prom),
     };

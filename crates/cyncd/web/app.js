@@ -1,12 +1,17 @@
 // cyncd's page: live state from GET /api/events (Server-Sent Events), commands through the JSON
 // API. Plain JavaScript, no framework, no build step; everything is served by cyncd itself.
 //
+// Three views, chosen by the address's #fragment: Home (the default: rooms of device cards for
+// the household), Set up (names and rooms from the Cync account) and Operations (bridges,
+// command traces, canary and SLOs, decode errors).
+//
 // Shown state comes only from the server's events: a control sends a command and marks its card
 // pending, and the card changes when the device's report reaches cyncd and is pushed here.
 //
 // Sign-in: the API needs cyncd's token. When GET /api/session answers 401 the page shows a form;
 // the token typed there (or given once in a `#token=…` link) is posted to POST /api/session, which
-// sets an HttpOnly, SameSite=Strict cookie. This script never stores the token itself.
+// sets an HttpOnly, SameSite=Strict cookie. This script never stores the token itself. Behind
+// Home Assistant's ingress the proxy has signed the person in and no token is asked for.
 'use strict';
 
 const state = {
@@ -16,7 +21,11 @@ const state = {
   skewMs: 0, // server clock - browser clock, from each frame's `at`
   layout: '', // signature of the rendered structure; rebuilt when it changes
   last: new Map(), // device or group key -> last command result, shown on its card
+  sheet: null, // id of the device whose sheet is open
 };
+
+/** How long a successful command's outcome stays on its card. */
+const SHOW_DONE_MS = 15000;
 
 // ---------------------------------------------------------------- helpers
 
@@ -41,6 +50,41 @@ const $ = (sel, root = document) => root.querySelector(sel);
 const $$ = (sel, root = document) => Array.from(root.querySelectorAll(sel));
 const has = (d, cap) => Array.isArray(d.capabilities) && d.capabilities.includes(cap);
 const num = (v, fallback = 0) => (typeof v === 'number' && Number.isFinite(v) ? v : fallback);
+const clamp = (v, lo, hi) => Math.max(lo, Math.min(hi, v));
+const plural = (n, word) => `${n} ${word}${n === 1 ? '' : 's'}`;
+
+/** Line icons (24×24, drawn with the text colour). */
+const ICONS = {
+  light: 'M9 18h6M10 21h4M12 3a6 6 0 0 0-3.6 10.8c.7.6 1.1 1.3 1.1 2.2v.5h5V16c0-.9.4-1.6 1.1-2.2A6 6 0 0 0 12 3z',
+  plug: 'M9 3v5M15 3v5M6 8h12v3a6 6 0 0 1-12 0zM12 17v4',
+  switch: 'M8 3h8a2 2 0 0 1 2 2v14a2 2 0 0 1-2 2H8a2 2 0 0 1-2-2V5a2 2 0 0 1 2-2zM10 7h4v6h-4z',
+  fan: 'M12 12m-1.5 0a1.5 1.5 0 1 0 3 0a1.5 1.5 0 1 0-3 0M12 10.5C11 6 12 3 15 3c2.5 0 2.5 4-1.5 6.5M13.5 12c4.5-1 7.5 0 7.5 3 0 2.5-4 2.5-6.5-1.5M12 13.5c1 4.5 0 7.5-3 7.5-2.5 0-2.5-4 1.5-6.5M10.5 12C6 13 3 12 3 9c0-2.5 4-2.5 6.5 1.5',
+  thermostat: 'M14 14.8V5a2 2 0 0 0-4 0v9.8a4 4 0 1 0 4 0zM12 9v8',
+  sensor: 'M12 12m-3 0a3 3 0 1 0 6 0a3 3 0 1 0-6 0M5.6 5.6a9 9 0 0 0 0 12.8M18.4 5.6a9 9 0 0 1 0 12.8',
+  sun: 'M12 12m-4 0a4 4 0 1 0 8 0a4 4 0 1 0-8 0M12 2v2M12 20v2M4.9 4.9l1.4 1.4M17.7 17.7l1.4 1.4M2 12h2M20 12h2M4.9 19.1l1.4-1.4M17.7 6.3l1.4-1.4',
+  close: 'M6 6l12 12M18 6L6 18',
+};
+
+function icon(name) {
+  const ns = 'http://www.w3.org/2000/svg';
+  const svg = document.createElementNS(ns, 'svg');
+  svg.setAttribute('viewBox', '0 0 24 24');
+  svg.setAttribute('fill', 'none');
+  svg.setAttribute('stroke', 'currentColor');
+  svg.setAttribute('stroke-width', '2');
+  svg.setAttribute('stroke-linecap', 'round');
+  svg.setAttribute('stroke-linejoin', 'round');
+  svg.setAttribute('aria-hidden', 'true');
+  const path = document.createElementNS(ns, 'path');
+  path.setAttribute('d', ICONS[name] || ICONS.sensor);
+  svg.append(path);
+  return svg;
+}
+
+function kindIcon(d) {
+  if (d.kind === 'plug' || d.kind === 'switch' || d.kind === 'fan' || d.kind === 'thermostat') return d.kind;
+  return d.kind === 'light' || !d.kind ? 'light' : 'sensor';
+}
 
 function kelvinRange() {
   const k = state.meta && Array.isArray(state.meta.kelvin) ? state.meta.kelvin : [2000, 7000];
@@ -52,24 +96,73 @@ function toKelvin(temp) {
 }
 function fromKelvin(k) {
   const [lo, hi] = kelvinRange();
-  return Math.max(0, Math.min(100, Math.round(((k - lo) * 100) / (hi - lo))));
+  return clamp(Math.round(((k - lo) * 100) / (hi - lo)), 0, 100);
 }
 function fanSteps() {
   const s = state.meta && Array.isArray(state.meta.fan_steps) ? state.meta.fan_steps : null;
   return s && s.length === 5 ? s : [0, 25, 50, 75, 100];
 }
+/** Speed names by step (0 is off), capitalised for buttons. */
 function fanNames() {
   const p = state.meta && Array.isArray(state.meta.fan_presets) ? state.meta.fan_presets : null;
-  return ['off'].concat(p && p.length === 4 ? p : ['low', 'medium', 'high', 'max']);
+  const names = p && p.length === 4 ? p : ['low', 'medium', 'high', 'max'];
+  return ['Off'].concat(names.map((n) => String(n).charAt(0).toUpperCase() + String(n).slice(1)));
 }
 function hex(rgb) {
   if (!Array.isArray(rgb) || rgb.length !== 3) return '#ffffff';
-  return '#' + rgb.map((c) => Math.max(0, Math.min(255, num(c))).toString(16).padStart(2, '0')).join('');
+  return '#' + rgb.map((c) => clamp(Math.round(num(c)), 0, 255).toString(16).padStart(2, '0')).join('');
 }
 function rgbOf(hexText) {
   const m = /^#([0-9a-f]{2})([0-9a-f]{2})([0-9a-f]{2})$/i.exec(hexText);
   return m ? [1, 2, 3].map((i) => parseInt(m[i], 16)) : null;
 }
+/** The colour of white light at `k` kelvin (Tanner Helland's fit of the black-body curve). */
+function kelvinRgb(k) {
+  const t = clamp(k, 1000, 40000) / 100;
+  const r = t <= 66 ? 255 : 329.698727446 * Math.pow(t - 60, -0.1332047592);
+  const g = t <= 66 ? 99.4708025861 * Math.log(t) - 161.1195681661 : 288.1221695283 * Math.pow(t - 60, -0.0755148492);
+  const b = t >= 66 ? 255 : t <= 19 ? 0 : 138.5177312231 * Math.log(t - 10) - 305.0447927307;
+  return [r, g, b].map((c) => clamp(Math.round(c), 0, 255));
+}
+function kelvinName(k) {
+  if (k <= 3200) return 'Warm white';
+  if (k <= 4500) return 'Neutral white';
+  if (k <= 5600) return 'Cool white';
+  return 'Daylight';
+}
+/** A colour's everyday name, from its hue. */
+function colourName(rgb) {
+  const [r, g, b] = rgb.map((c) => clamp(num(c), 0, 255) / 255);
+  const max = Math.max(r, g, b);
+  const min = Math.min(r, g, b);
+  if (max === 0) return 'Black';
+  if ((max - min) / max < 0.18) return 'White';
+  let h;
+  if (max === r) h = ((g - b) / (max - min) + 6) % 6;
+  else if (max === g) h = (b - r) / (max - min) + 2;
+  else h = (r - g) / (max - min) + 4;
+  h *= 60;
+  const names = [[15, 'Red'], [42, 'Orange'], [68, 'Yellow'], [160, 'Green'], [195, 'Cyan'], [255, 'Blue'], [285, 'Purple'], [340, 'Pink'], [361, 'Red']];
+  return (names.find(([limit]) => h < limit) || [0, 'Red'])[1];
+}
+const COLOURS = [
+  ['Red', [255, 0, 0]], ['Orange', [255, 120, 0]], ['Yellow', [255, 210, 0]], ['Green', [0, 200, 70]],
+  ['Cyan', [0, 200, 220]], ['Blue', [0, 80, 255]], ['Purple', [140, 50, 255]], ['Pink', [255, 60, 160]],
+];
+const WHITES = [['Warm', 2700], ['Neutral', 4000], ['Daylight', 6500]];
+const rgbCss = (rgb) => `rgb(${rgb.map((c) => clamp(Math.round(num(c)), 0, 255)).join(' ')})`;
+
+/** What a light shows now: {css, name, rgb | kelvin} for its swatch; null when its colour is
+ * not known (an effect, or no report yet). */
+function lightColour(d) {
+  if (Array.isArray(d.rgb) && has(d, 'rgb')) return { css: rgbCss(d.rgb), name: colourName(d.rgb), rgb: d.rgb };
+  if (typeof d.color_temp === 'number' && has(d, 'color_temp')) {
+    const k = toKelvin(d.color_temp);
+    return { css: rgbCss(kelvinRgb(k)), name: kelvinName(k), kelvin: k };
+  }
+  return null;
+}
+
 /** "3 s ago", "4 min ago" from an RFC 3339 time, on the server's clock. */
 function ago(text) {
   if (!text) return 'never';
@@ -91,6 +184,33 @@ function preciseMs(text) {
 function ageSeconds(text) {
   const t = Date.parse(text || '');
   return Number.isNaN(t) ? Infinity : (Date.now() + state.skewMs - t) / 1000;
+}
+
+// ---------------------------------------------------------------- views
+
+const VIEWS = ['home', 'setup', 'operations'];
+/** Sections of the Operations view that links may name directly. */
+const OPERATIONS = ['bridges', 'trace', 'canary', 'decode'];
+
+/** Shows the view the address names (#home, #setup, #operations or one of its sections). */
+function route() {
+  const name = window.location.hash.replace(/^#/, '');
+  const view = VIEWS.includes(name) ? name : OPERATIONS.includes(name) ? 'operations' : 'home';
+  for (const v of $$('.view')) v.hidden = v.dataset.view !== view;
+  for (const a of $$('.tabs a')) {
+    if (a.dataset.tab === view) a.setAttribute('aria-current', 'page');
+    else a.removeAttribute('aria-current');
+  }
+  if (OPERATIONS.includes(name)) {
+    const target = document.getElementById(name);
+    if (target) target.scrollIntoView({ block: 'start' });
+  } else {
+    window.scrollTo(0, 0);
+  }
+  if (view === 'operations' && started) {
+    loadCanary();
+    loadDecodeErrors();
+  }
 }
 
 // ---------------------------------------------------------------- live stream
@@ -152,8 +272,9 @@ function snapshot(frame) {
   $('#version').textContent = `cyncd ${state.meta.version || ''}`;
   state.devices = new Map((frame.devices || []).map((d) => [d.id, d]));
   state.connections = Array.isArray(frame.connections) ? frame.connections : [];
-  renderDevices();
+  renderHomes();
   renderBridges();
+  refreshSheet();
 }
 
 function update(frame) {
@@ -165,19 +286,18 @@ function update(frame) {
     state.meta = frame.meta;
     state.layout = '';
   }
+  if (Array.isArray(frame.connections)) state.connections = frame.connections;
   if (layoutKey() !== state.layout) {
-    renderDevices();
+    renderHomes();
   } else {
-    for (const d of frame.devices || []) for (const card of cardsOf(d.id)) fillCard(card, d);
-    countGroups();
+    for (const d of frame.devices || []) for (const card of cardsOf(d.id)) fill(card, d);
+    countRooms();
   }
-  if (Array.isArray(frame.connections)) {
-    state.connections = frame.connections;
-    renderBridges();
-  }
+  if (Array.isArray(frame.connections)) renderBridges();
+  refreshSheet();
 }
 
-// ---------------------------------------------------------------- devices
+// ---------------------------------------------------------------- home: rooms of device cards
 
 /** What decides the structure: which devices, in which home and room, with which controls. */
 function layoutKey() {
@@ -194,10 +314,11 @@ function cardsOf(id) {
 }
 
 const byName = (a, b) => String(a.name).localeCompare(String(b.name)) || num(a.mesh_id) - num(b.mesh_id);
+const unnamed = (d) => d.name === `device ${d.mesh_id}`;
 
-/** Devices by home, then by room (rooms as the account or the configuration give them), with
- * each room's group controls; devices in no room under "Other"; subgroups as a row of controls. */
-function renderDevices() {
+/** Devices by home, then by room (rooms as the account or the configuration give them), each
+ * room with its controls; devices in no room under "Other"; other groups as a row of chips. */
+function renderHomes() {
   state.layout = layoutKey();
   const root = $('#homes');
   const homes = new Map(); // name -> {groups, devices}
@@ -207,207 +328,440 @@ function renderDevices() {
     if (!homes.has(d.home)) homes.set(d.home, { groups: [], devices: [] });
     homes.get(d.home).devices.push(d);
   }
-  const unnamed = [...state.devices.values()].some((d) => d.name === `device ${d.mesh_id}`);
-  $('#setup-hint').hidden = !(unnamed || known.length === 0);
+  $('#setup-hint').hidden = !([...state.devices.values()].some(unnamed) || known.length === 0);
+  const titled = homes.size > 1 || (homes.size === 1 && !homes.has('default'));
   const out = [];
   for (const [name, home] of [...homes.entries()].sort((a, b) => a[0].localeCompare(b[0]))) {
     home.devices.sort(byName);
-    const section = el('div', { class: 'home', 'data-home': name },
-      el('h3', { text: homes.size > 1 || name !== 'default' ? `Home: ${name}` : 'Home' }));
+    const section = el('section', { class: 'home', 'data-home': name, 'aria-label': name === 'default' ? 'Home' : name },
+      titled ? el('h2', { class: 'home-title', text: name === 'default' ? 'Home' : name }) : null);
     const rooms = home.groups.filter((g) => g.room !== false);
-    const subgroups = home.groups.filter((g) => g.room === false);
-    if (subgroups.length > 0) {
-      section.append(el('div', { class: 'subgroups', 'aria-label': 'Groups' }, subgroups.map((g) => {
-        const target = { kind: 'group', id: `${name}:${g.id}`, key: `group:${name}:${g.id}` };
-        return el('div', { class: 'subgroup', 'data-group': target.id },
-          el('span', { text: g.name || `group ${g.id}` }),
-          el('button', { type: 'button', text: 'On', onclick: () => send(target, { on: true }) }),
-          el('button', { type: 'button', text: 'Off', onclick: () => send(target, { on: false }) }));
+    const others = home.groups.filter((g) => g.room === false);
+    if (others.length > 0) {
+      section.append(el('div', { class: 'groups', role: 'group', 'aria-label': 'Groups' }, others.map((g) => {
+        const target = groupTarget(name, g);
+        const label = g.name || `Group ${g.id}`;
+        return el('div', { class: 'group-chip', 'data-group': target.id },
+          el('span', { class: 'group-name', text: label }),
+          el('button', { type: 'button', text: 'On', 'data-action': 'group-on', 'aria-label': `${label} on`, onclick: () => send(target, { on: true }) }),
+          el('button', { type: 'button', text: 'Off', 'data-action': 'group-off', 'aria-label': `${label} off`, onclick: () => send(target, { on: false }) }));
       })));
     }
     const placed = new Set();
     for (const g of rooms) {
-      const roomName = g.name || `group ${g.id}`;
+      const roomName = g.name || `Room ${g.id}`;
       const members = home.devices.filter((d) => d.room === roomName && !placed.has(d.id));
       if (members.length === 0) continue;
       members.forEach((d) => placed.add(d.id));
-      section.append(el('div', { class: 'group room', 'data-group': `${name}:${g.id}`, 'data-room': roomName },
-        el('div', { class: 'group-head' },
-          el('h4', { text: roomName }),
-          el('span', { class: 'count', 'data-members': JSON.stringify(members.map((d) => d.id)) }),
-          groupControls(name, g)),
-        el('p', { class: 'last', 'data-last': `group:${name}:${g.id}` }),
-        el('div', { class: 'grid' }, members.map(card))));
+      section.append(room(roomName, members, groupTarget(name, g)));
     }
     const rest = home.devices.filter((d) => !placed.has(d.id));
-    if (rest.length > 0 || placed.size === 0) {
-      section.append(el('div', { class: 'group', 'data-group': `${name}:other` },
-        el('div', { class: 'group-head' }, el('h4', { text: placed.size > 0 ? 'Other' : 'Devices' }),
-          el('span', { class: 'count', text: `${rest.length} device${rest.length === 1 ? '' : 's'}` })),
-        rest.length > 0 ? el('div', { class: 'grid' }, rest.map(card)) : el('p', { class: 'empty', text: 'No device has reported yet.' })));
-    }
+    if (rest.length > 0) section.append(room(placed.size > 0 ? 'Other' : 'Devices', rest, null));
+    if (home.devices.length === 0) section.append(el('p', { class: 'empty', text: 'No device has reported yet.' }));
     out.push(section);
   }
   root.replaceChildren(...(out.length > 0 ? out : [el('p', { class: 'empty', text: 'No device has reported yet.' })]));
   for (const [key, result] of state.last) showLast(key, result);
-  countGroups();
+  countRooms();
 }
 
-/** "12 devices, 3 on" under each room's name. */
-function countGroups() {
+function groupTarget(home, g) {
+  return { kind: 'group', id: `${home}:${g.id}`, key: `group:${home}:${g.id}`, name: g.name || `Group ${g.id}` };
+}
+
+/** A room: its name, how many of its devices are on, its controls (when it is a group), and
+ * its devices' cards. */
+function room(name, members, target) {
+  const dimmable = members.some((d) => has(d, 'brightness'));
+  const switchable = members.some((d) => has(d, 'on_off'));
+  const controls = [];
+  if (target && switchable) {
+    controls.push(
+      el('button', { type: 'button', 'data-action': 'group-on', text: 'All on', 'aria-label': `${name}: all on`, onclick: () => send(target, { on: true }) }),
+      el('button', { type: 'button', 'data-action': 'group-off', text: 'All off', 'aria-label': `${name}: all off`, onclick: () => send(target, { on: false }) }));
+    if (dimmable) {
+      controls.push(slider({
+        ctl: 'group-brightness', label: `${name} brightness`, glyph: 'sun', min: 1, max: 100, step: 1, value: 100,
+        show: (v) => `${v} %`, commit: (v) => send(target, { brightness: v }),
+      }));
+    }
+  }
+  return el('section', { class: 'room group', 'data-group': target ? target.id : null, 'data-room': name, 'aria-label': name },
+    el('div', { class: 'room-head' },
+      el('div', { class: 'room-title' },
+        el('h3', { text: name }),
+        el('span', { class: 'count', 'data-members': JSON.stringify(members.map((d) => d.id)) }),
+        target ? el('span', { class: 'last', 'data-last': target.key }) : null),
+      controls.length > 0 ? el('div', { class: 'room-controls' }, controls) : null),
+    el('div', { class: 'tiles' }, members.map(card)));
+}
+
+/** "3 of 5 on" beside each room's name; a room's brightness follows its lights that are on. */
+function countRooms() {
   for (const span of $$('.count[data-members]')) {
     // Device ids hold home names, which may hold spaces: the list is JSON.
     let ids = [];
     try { ids = JSON.parse(span.dataset.members || '[]'); } catch (err) { ids = []; }
     const devices = ids.map((id) => state.devices.get(id)).filter(Boolean);
-    const on = devices.filter((d) => d.on).length;
+    const switchable = devices.filter((d) => has(d, 'on_off') || Array.isArray(d.outlets));
+    const on = switchable.filter((d) => d.on).length;
     const unseen = devices.filter((d) => !d.last_seen).length;
-    span.textContent = `${ids.length} device${ids.length === 1 ? '' : 's'}, ${on} on${unseen > 0 ? `, ${unseen} not seen yet` : ''}`;
+    const offline = devices.filter((d) => d.last_seen && !d.online).length;
+    const parts = [switchable.length > 0 ? `${on} of ${switchable.length} on` : plural(devices.length, 'device')];
+    if (offline > 0) parts.push(`${offline} offline`);
+    if (unseen > 0) parts.push(`${unseen} not seen yet`);
+    span.textContent = parts.join(', ');
+    const bright = $('[data-ctl="group-brightness"]', span.closest('.room'));
+    const lit = devices.filter((d) => d.on && has(d, 'brightness') && typeof d.brightness === 'number');
+    if (bright && !bright.dataset.editing && lit.length > 0) {
+      setSlider(bright, Math.round(lit.reduce((s, d) => s + d.brightness, 0) / lit.length), (v) => `${v} %`);
+    }
   }
 }
 
-function groupControls(home, g) {
-  const target = { kind: 'group', id: `${home}:${g.id}`, key: `group:${home}:${g.id}` };
-  const bright = el('input', { type: 'range', min: 0, max: 100, value: 100, 'aria-label': `${g.name} brightness` });
-  const shown = el('output', { text: '100 %' });
-  bright.addEventListener('input', () => { shown.textContent = `${bright.value} %`; });
-  bright.addEventListener('change', () => send(target, { brightness: Number(bright.value) }));
-  return el('div', { class: 'group-controls' },
-    el('button', { type: 'button', 'data-action': 'group-on', text: 'All on', onclick: () => send(target, { on: true }) }),
-    el('button', { type: 'button', 'data-action': 'group-off', text: 'All off', onclick: () => send(target, { on: false }) }),
-    el('label', { class: 'group-bright' }, 'Brightness', bright, shown));
+/** A slider with a glyph or a label, and its value beside it (`show`) or not (`shown`: false);
+ * `moving` runs while it is dragged, `commit` when it is let go. */
+function slider({ ctl, label, glyph, text, min, max, step, value, show, commit, kelvin, shown = true, moving }) {
+  const input = el('input', { type: 'range', min, max, step, value, 'data-ctl': ctl, 'aria-label': label,
+    'aria-valuetext': show(value), class: kelvin ? 'kelvin' : null });
+  const out = shown ? el('output', { text: show(value) }) : null;
+  input.addEventListener('input', () => {
+    input.dataset.editing = '1';
+    const v = Number(input.value);
+    input.setAttribute('aria-valuetext', show(v));
+    if (out) out.textContent = show(v);
+    if (moving) moving(v);
+    paintFill(input);
+  });
+  input.addEventListener('change', () => {
+    Promise.resolve(commit(Number(input.value))).finally(() => delete input.dataset.editing);
+  });
+  paintFill(input);
+  return el('label', { class: 'slider' },
+    glyph ? el('span', { class: 'glyph' }, icon(glyph)) : null,
+    text ? el('span', { class: 'label', text }) : null,
+    input, out);
 }
 
-function card(d) {
-  const target = { kind: 'device', id: d.id, key: `device:${d.id}` };
-  const controls = [];
-  if (Array.isArray(d.outlets) && d.outlets.length > 0) {
-    // A multi-outlet plug: one switch per outlet.
-    controls.push(el('div', { class: 'outlets' }, d.outlets.map((o) => {
-      const sw = el('button', { type: 'button', class: 'switch', role: 'switch', 'aria-checked': 'false',
-        'data-outlet': o.outlet, 'aria-label': `${d.name} ${o.name}` });
-      sw.addEventListener('click', () => {
-        const now = state.devices.get(d.id);
-        const cur = now && Array.isArray(now.outlets) ? now.outlets.find((x) => x.outlet === o.outlet) : null;
-        send(target, { outlet: o.outlet, on: !(cur && cur.on) });
-      });
-      return el('div', { class: 'outlet' }, sw, el('span', { class: 'name', text: o.name }));
-    })), el('span', { class: 'state' }));
-  } else if (has(d, 'on_off')) {
-    const power = el('button', { type: 'button', class: 'switch', role: 'switch', 'aria-checked': 'false', 'aria-label': `${d.name} power` });
-    power.addEventListener('click', () => {
+function paintFill(input) {
+  const lo = Number(input.min);
+  const hi = Number(input.max);
+  const pct = hi > lo ? ((Number(input.value) - lo) * 100) / (hi - lo) : 0;
+  input.style.setProperty('--fill', `${clamp(pct, 0, 100)}%`);
+}
+
+function setSlider(input, value, show) {
+  if (!input || input.dataset.editing) return;
+  input.value = value;
+  input.setAttribute('aria-valuetext', show(value));
+  paintFill(input);
+  const out = input.parentElement && $('output', input.parentElement);
+  if (out) out.textContent = show(value);
+}
+
+function deviceTarget(d) {
+  return { kind: 'device', id: d.id, key: `device:${d.id}`, name: d.name };
+}
+
+function powerSwitch(d, label) {
+  const target = deviceTarget(d);
+  const sw = el('button', { type: 'button', class: 'switch', role: 'switch', 'aria-checked': 'false', 'data-ctl': 'power', 'aria-label': label || d.name });
+  sw.addEventListener('click', () => {
+    const now = state.devices.get(d.id);
+    send(target, { on: !(now && now.on) });
+  });
+  return sw;
+}
+
+function outletRows(d) {
+  const target = deviceTarget(d);
+  return el('div', { class: 'outlets' }, d.outlets.map((o) => {
+    const sw = el('button', { type: 'button', class: 'switch', role: 'switch', 'aria-checked': 'false',
+      'data-ctl': 'outlet', 'data-outlet': o.outlet, 'aria-label': `${d.name}: ${o.name}` });
+    sw.addEventListener('click', () => {
       const now = state.devices.get(d.id);
-      send(target, { on: !(now && now.on) });
+      const cur = now && Array.isArray(now.outlets) ? now.outlets.find((x) => x.outlet === o.outlet) : null;
+      send(target, { outlet: o.outlet, on: !(cur && cur.on) });
     });
-    controls.push(el('div', { class: 'power' }, power, el('span', { class: 'state' })));
-  } else {
-    controls.push(el('span', { class: 'state' }));
+    return el('div', { class: 'outlet' }, el('span', { class: 'outlet-name', text: o.name }), sw);
+  }));
+}
+
+/** The brightness slider; on a card it has no number beside it: the card's state line shows
+ * the value, also while it moves. */
+function brightnessSlider(d, onCard) {
+  const target = deviceTarget(d);
+  return slider({
+    ctl: 'brightness', label: `${d.name} brightness`, glyph: 'sun', min: 0, max: 100, step: 1,
+    value: num(d.brightness), show: (v) => `${v} %`, commit: (v) => send(target, { brightness: v }),
+    shown: !onCard, moving: (v) => previewState(d.id, { on: true, brightness: v }),
+  });
+}
+
+/** The fan's speed as a four-stop slider (Low to Max); the sheet has a button for each. */
+function fanSlider(d) {
+  const target = deviceTarget(d);
+  const steps = fanSteps();
+  const names = fanNames();
+  return slider({
+    ctl: 'fan', label: `${d.name} speed`, glyph: 'fan', min: 1, max: 4, step: 1, value: clamp(num(d.fan_speed, 1), 1, 4),
+    show: (v) => names[v] || String(v), commit: (v) => send(target, { fan_speed: steps[v] }),
+    shown: false, moving: (v) => previewState(d.id, { on: true, fan_speed: v }),
+  });
+}
+
+/** Shows on a device's cards what a control being dragged will make of it. */
+function previewState(id, change) {
+  const d = state.devices.get(id);
+  if (!d) return;
+  for (const c of cardsOf(id)) for (const s of $$('[data-ctl="state"]', c)) s.textContent = stateText({ ...d, ...change });
+}
+
+function fanButtons(d) {
+  const target = deviceTarget(d);
+  const steps = fanSteps();
+  const names = fanNames();
+  return el('div', { class: 'segmented fan', role: 'group', 'aria-label': `${d.name} speed` },
+    [1, 2, 3, 4].map((i) => el('button', { type: 'button', 'data-step': i, 'aria-pressed': 'false', text: names[i],
+      onclick: () => send(target, { fan_speed: steps[i] }) })));
+}
+
+function readingsList(d) {
+  return el('ul', { class: 'readings', 'data-ctl': 'readings', 'aria-label': `${d.name} readings` });
+}
+
+/** A device's card: what it is and its state at a glance, with its everyday controls; the
+ * rest (colour, white, effects, details) in its sheet. */
+function card(d) {
+  const outlets = Array.isArray(d.outlets) && d.outlets.length > 0;
+  const open = el('button', { type: 'button', class: 'open', 'data-ctl': 'open', 'aria-label': `${d.name}: all controls and details`, onclick: () => openSheet(d.id) },
+    el('span', { class: 'icon' }, icon(kindIcon(d))),
+    el('span', { class: 'title' },
+      el('span', { class: 'name', text: d.name }),
+      el('span', { class: 'state', 'data-ctl': 'state' })));
+  const body = [];
+  if (outlets) body.push(outletRows(d));
+  if (Array.isArray(d.sensors)) body.push(readingsList(d));
+  const row = [];
+  if (has(d, 'brightness')) row.push(brightnessSlider(d, true));
+  if (has(d, 'fan_speed')) row.push(fanSlider(d));
+  if (has(d, 'rgb') || has(d, 'color_temp')) {
+    row.push(el('button', { type: 'button', class: 'swatch-open', 'data-ctl': 'colour', onclick: () => openSheet(d.id) },
+      el('span', { class: 'swatch' })));
   }
-  if (Array.isArray(d.sensors)) controls.push(el('ul', { class: 'readings', 'aria-label': `${d.name} readings` }));
-  if (has(d, 'brightness')) controls.push(slider(target, 'Brightness', 'brightness', 0, 100, 1, (v) => `${v} %`, (v) => ({ brightness: v })));
+  if (row.length > 0) body.push(el('div', { class: 'card-row' }, row));
+  const c = el('article', { class: 'card', 'data-device': d.id, 'data-kind': d.kind || 'light' },
+    el('div', { class: 'card-head' }, open, has(d, 'on_off') && !outlets ? powerSwitch(d) : null),
+    body.length > 0 ? el('div', { class: 'card-body' }, body) : null,
+    el('p', { class: 'last', 'data-last': `device:${d.id}` }));
+  fill(c, d);
+  return c;
+}
+
+/** "80 % · Warm white" (a light), "Medium" (a fan), "On", "Off", "Offline", "String Lights on ·
+ * Fountain off", "71.6 °F" (a thermostat). */
+function stateText(d) {
+  if (!d.last_seen) return 'Not seen yet';
+  if (!d.online) return 'Offline';
+  if (Array.isArray(d.outlets) && d.outlets.length > 0) {
+    return d.outlets.map((o) => `${o.name} ${o.on ? 'on' : 'off'}`).join(' · ');
+  }
+  if (Array.isArray(d.sensors)) {
+    const own = d.sensors.find((r) => r.kind === 'internal') || d.sensors[0];
+    return own && typeof own.temperature === 'number' ? `${own.temperature} °${own.unit || ''}` : 'No reading yet';
+  }
+  if (!has(d, 'on_off')) return 'Takes no command';
+  if (!d.on) return 'Off';
+  const parts = [];
+  if (has(d, 'brightness')) parts.push(`${num(d.brightness)} %`);
+  if (has(d, 'fan_speed') && typeof d.fan_speed === 'number' && d.fan_speed > 0) parts.push(fanNames()[d.fan_speed] || String(d.fan_speed));
+  const colour = lightColour(d);
+  if (colour) parts.push(colour.name);
+  return parts.length > 0 ? parts.join(' · ') : 'On';
+}
+
+/** Shows a device's state in a card or its sheet (every control carries data-ctl); leaves
+ * alone a control the user is moving. */
+function fill(root, d) {
+  root.dataset.on = String(!!d.on);
+  root.dataset.online = String(!!d.online);
+  const colour = lightColour(d);
+  // The icon and the chip show the light's colour; other things glow amber when on.
+  root.style.setProperty('--swatch', colour ? colour.css : 'var(--on)');
+  for (const sw of $$('[data-ctl="power"]', root)) sw.setAttribute('aria-checked', String(!!d.on));
+  for (const sw of $$('[data-ctl="outlet"]', root)) {
+    const o = Array.isArray(d.outlets) ? d.outlets.find((x) => x.outlet === Number(sw.dataset.outlet)) : null;
+    sw.setAttribute('aria-checked', String(!!(o && o.on)));
+  }
+  for (const s of $$('[data-ctl="state"]', root)) s.textContent = stateText(d);
+  for (const i of $$('[data-ctl="brightness"]', root)) setSlider(i, num(d.brightness), (v) => `${v} %`);
+  for (const i of $$('[data-ctl="fan"]', root)) setSlider(i, clamp(num(d.fan_speed, 1), 1, 4), (v) => fanNames()[v] || String(v));
+  for (const i of $$('[data-ctl="kelvin"]', root)) {
+    if (typeof d.color_temp === 'number') setSlider(i, toKelvin(d.color_temp), (v) => `${v} K`);
+    else if (!i.dataset.editing) $('output', i.parentElement).textContent = '—';
+  }
+  for (const b of $$('[data-ctl="colour"]', root)) {
+    // Not known (an effect, or no report yet): every colour, or every white.
+    $('.swatch', b).classList.toggle('mixed', !colour && has(d, 'rgb'));
+    $('.swatch', b).classList.toggle('whites', !colour && !has(d, 'rgb'));
+    const what = colour ? (colour.kelvin ? `${colour.name}, ${colour.kelvin} K` : colour.name) : 'not known';
+    b.setAttribute('aria-label', `${d.name} colour: ${what}`);
+    b.title = what;
+  }
+  for (const b of $$('[data-rgb]', root)) {
+    b.setAttribute('aria-pressed', String(!!(colour && colour.rgb && hex(colour.rgb) === b.dataset.rgb)));
+  }
+  for (const b of $$('[data-kelvin]', root)) {
+    b.setAttribute('aria-pressed', String(!!(colour && colour.kelvin && Math.abs(colour.kelvin - Number(b.dataset.kelvin)) <= 60)));
+  }
+  for (const p of $$('[data-ctl="rgb-custom"]', root)) {
+    if (!p.dataset.editing && colour && colour.rgb) p.value = hex(colour.rgb);
+  }
+  for (const b of $$('.fan button', root)) b.setAttribute('aria-pressed', String(!!d.on && Number(b.dataset.step) === d.fan_speed));
+  for (const list of $$('[data-ctl="readings"]', root)) fillReadings(list, d);
+  for (const dl of $$('[data-ctl="details"]', root)) fillDetails(dl, d);
+}
+
+function fillReadings(list, d) {
+  const readings = Array.isArray(d.sensors) ? d.sensors : [];
+  list.replaceChildren(...(readings.length > 0 ? readings.map((r) => {
+    const label = r.kind === 'internal' ? 'Here' : (r.kind || `Sensor ${r.slot}`);
+    const extra = [];
+    if (typeof r.humidity === 'number') extra.push(`${r.humidity} % humidity`);
+    if (typeof r.battery_volts === 'number') extra.push(`battery ${r.battery_volts} V`);
+    return el('li', { 'data-slot': r.slot },
+      el('span', { class: 'value', text: typeof r.temperature === 'number' ? `${r.temperature} °${r.unit || ''}` : '—' }),
+      el('span', { class: 'reading-label', text: `${label}${r.active ? ' (in use)' : ''}` }),
+      extra.length > 0 ? el('span', { class: 'extra', text: extra.join(' · ') }) : null);
+  }) : [el('li', { class: 'empty', text: 'no reading yet' })]));
+}
+
+/** A bridge's name for people: its own device's name, else its id. */
+function bridgeName(c) {
+  const own = c.device ? state.devices.get(c.device) : null;
+  if (c.name) return c.name;
+  if (own && !unnamed(own)) return own.name;
+  return `Bridge ${c.conn_id}`;
+}
+
+// ---------------------------------------------------------------- a device's sheet
+
+let sheetOpener = null;
+
+/** Opens the dialog with every control and the details of a device. */
+function openSheet(id) {
+  const d = state.devices.get(id);
+  const dialog = $('#sheet');
+  if (!d) return;
+  sheetOpener = document.activeElement;
+  state.sheet = id;
+  dialog.replaceChildren(...sheetContent(d));
+  dialog.dataset.device = id;
+  fill(dialog, d);
+  if (!dialog.open) dialog.showModal();
+  const first = $('.sheet-body button, .sheet-body input, .sheet-body select', dialog);
+  if (first) first.focus();
+}
+
+function closeSheet() {
+  const dialog = $('#sheet');
+  if (dialog.open) dialog.close();
+}
+
+/** Keeps an open sheet in step with its device; closes it when the device is gone. */
+function refreshSheet() {
+  if (!state.sheet) return;
+  const d = state.devices.get(state.sheet);
+  if (!d) {
+    closeSheet();
+    return;
+  }
+  fill($('#sheet'), d);
+}
+
+function section(title, ...children) {
+  return el('div', { class: 'sheet-section' }, el('h3', { text: title }), children);
+}
+
+function sheetContent(d) {
+  const target = deviceTarget(d);
+  const outlets = Array.isArray(d.outlets) && d.outlets.length > 0;
+  const parts = [];
+  if (has(d, 'on_off') && !outlets) {
+    parts.push(el('div', { class: 'sheet-row' }, el('span', { text: 'Power' }), powerSwitch(d, `${d.name} power`)));
+  }
+  if (outlets) parts.push(section('Outlets', outletRows(d)));
+  if (Array.isArray(d.sensors)) parts.push(section('Readings', readingsList(d)));
+  if (has(d, 'brightness')) parts.push(section('Brightness', brightnessSlider(d)));
+  if (has(d, 'fan_speed')) parts.push(section('Speed', fanButtons(d)));
   if (has(d, 'color_temp')) {
     const [lo, hi] = kelvinRange();
-    controls.push(slider(target, 'White', 'kelvin', lo, hi, 50, (v) => `${v} K`, (v) => ({ color_temp: fromKelvin(v) })));
+    const whites = WHITES.filter(([, k]) => k >= lo && k <= hi).map(([name, k]) => {
+      const b = el('button', { type: 'button', class: 'swatch-button', 'data-kelvin': k, 'aria-pressed': 'false',
+        'aria-label': `${name} white, ${k} K`, text: name, onclick: () => send(target, { color_temp: fromKelvin(k) }) });
+      b.style.setProperty('--swatch', rgbCss(kelvinRgb(k)));
+      return b;
+    });
+    parts.push(section('White',
+      slider({
+        ctl: 'kelvin', label: `${d.name} white temperature in kelvin`, min: lo, max: hi, step: 50, value: Math.round((lo + hi) / 2),
+        show: (v) => `${v} K`, commit: (v) => send(target, { color_temp: fromKelvin(v) }), kelvin: true,
+      }),
+      el('div', { class: 'swatches whites' }, whites)));
   }
   if (has(d, 'rgb')) {
-    const pick = el('input', { type: 'color', value: '#ffffff', 'data-ctl': 'rgb', 'aria-label': `${d.name} colour` });
+    const swatches = COLOURS.map(([name, rgb]) => {
+      const b = el('button', { type: 'button', class: 'swatch-button', 'data-rgb': hex(rgb), 'aria-pressed': 'false',
+        'aria-label': name, title: name, onclick: () => send(target, { rgb }) });
+      b.style.setProperty('--swatch', rgbCss(rgb));
+      return b;
+    });
+    const pick = el('input', { type: 'color', value: '#ff7800', 'data-ctl': 'rgb-custom', 'aria-label': `${d.name}: another colour` });
     pick.addEventListener('input', () => { pick.dataset.editing = '1'; });
     pick.addEventListener('change', () => {
       const rgb = rgbOf(pick.value);
       if (rgb) send(target, { rgb }).finally(() => delete pick.dataset.editing);
     });
-    controls.push(el('label', { class: 'ctl' }, 'Colour', pick));
+    swatches.push(el('label', { class: 'custom-colour' }, el('span', { class: 'swatch mixed' }), pick, 'Other…'));
+    parts.push(section('Colour', el('div', { class: 'swatches' }, swatches)));
   }
   if (has(d, 'effects')) {
     const effects = state.meta && Array.isArray(state.meta.effects) ? state.meta.effects : [];
     const sel = el('select', { 'data-ctl': 'effect', 'aria-label': `${d.name} effect` },
-      el('option', { value: '', text: 'Run an effect…' }), effects.map((e) => el('option', { value: e, text: e })));
+      el('option', { value: '', text: 'Run an effect…' }),
+      effects.map((e) => el('option', { value: e, text: String(e).charAt(0).toUpperCase() + String(e).slice(1).replace(/_/g, ' ') })));
     sel.addEventListener('change', () => {
       if (sel.value) send(target, { effect: sel.value }).finally(() => { sel.value = ''; });
     });
-    controls.push(el('label', { class: 'ctl' }, 'Effect', sel));
+    parts.push(section('Effect', sel));
   }
-  if (has(d, 'fan_speed')) {
-    const steps = fanSteps();
-    controls.push(el('div', { class: 'fan', role: 'group', 'aria-label': `${d.name} fan speed` },
-      fanNames().map((n, i) => el('button', { type: 'button', 'data-step': i, 'aria-pressed': 'false', text: n,
-        onclick: () => send(target, { fan_speed: steps[i] }) }))));
-  }
-  const c = el('article', { class: 'card', 'data-device': d.id },
-    el('div', { class: 'card-head' }, el('h5', { text: d.name }), el('span', { class: 'badge', text: d.kind || 'light' })),
-    el('div', { class: 'sub' }, el('span', { class: 'dot' }), ' ', el('span', { class: 'online' }),
-      d.model ? ` · ${d.model}` : '', ` · ${d.id}`),
-    el('div', { class: 'controls' }, controls),
-    el('p', { class: 'last', 'data-last': target.key }));
-  fillCard(c, d);
-  return c;
+  parts.push(section('About', el('dl', { class: 'details', 'data-ctl': 'details' })));
+  parts.push(el('p', { class: 'last', 'data-last': target.key }));
+  return [
+    el('div', { class: 'sheet-head' },
+      el('span', { class: 'icon' }, icon(kindIcon(d))),
+      el('div', { class: 'title' },
+        el('h2', { id: 'sheet-title', text: d.name }),
+        el('span', { class: 'state', 'data-ctl': 'state' })),
+      el('button', { type: 'button', class: 'close', 'aria-label': 'Close', onclick: closeSheet }, icon('close'))),
+    el('div', { class: 'sheet-body' }, parts),
+  ];
 }
 
-function slider(target, label, ctl, min, max, step, show, body) {
-  const input = el('input', { type: 'range', min, max, step, 'data-ctl': ctl, 'aria-label': label });
-  const out = el('output');
-  if (ctl === 'kelvin') input.classList.add('kelvin');
-  input.addEventListener('input', () => {
-    input.dataset.editing = '1';
-    out.textContent = show(Number(input.value));
+function fillDetails(dl, d) {
+  const via = (Array.isArray(d.bridges) ? d.bridges : []).map((b) => {
+    const c = state.connections.find((x) => x.conn_id === b);
+    return c ? bridgeName(c) : `Bridge ${b}`;
   });
-  input.addEventListener('change', () => {
-    send(target, body(Number(input.value))).finally(() => delete input.dataset.editing);
-  });
-  return el('label', { class: 'ctl' }, label, input, out);
-}
-
-/** Shows a device's state on one of its cards; leaves alone a control the user is moving. */
-function fillCard(c, d) {
-  c.dataset.on = String(!!d.on);
-  c.dataset.online = String(!!d.online);
-  const power = $('.power .switch', c);
-  if (power) power.setAttribute('aria-checked', String(!!d.on));
-  for (const sw of $$('.outlet .switch', c)) {
-    const o = Array.isArray(d.outlets) ? d.outlets.find((x) => x.outlet === Number(sw.dataset.outlet)) : null;
-    sw.setAttribute('aria-checked', String(!!(o && o.on)));
-  }
-  $('.dot', c).classList.toggle('up', !!d.online);
-  $('.online', c).textContent = d.online ? 'online' : (d.last_seen ? 'offline' : 'not seen yet');
-  const readings = $('.readings', c);
-  if (readings) {
-    const list = Array.isArray(d.sensors) ? d.sensors : [];
-    readings.replaceChildren(...(list.length > 0 ? list.map((r) => {
-      const label = r.kind === 'internal' ? 'Here' : (r.kind || `sensor ${r.slot}`);
-      const parts = [];
-      if (typeof r.temperature === 'number') parts.push(`${r.temperature} °${r.unit || ''}`);
-      if (typeof r.humidity === 'number') parts.push(`${r.humidity} %`);
-      if (typeof r.battery_volts === 'number') parts.push(`battery ${r.battery_volts} V`);
-      return el('li', { 'data-slot': r.slot }, `${label}${r.active ? ' (followed)' : ''}: `,
-        el('span', { class: 'value', text: parts.join(' · ') || '—' }));
-    }) : [el('li', { class: 'empty', text: 'no reading yet' })]));
-  }
-  if (!has(d, 'on_off') && !(Array.isArray(d.outlets) && d.outlets.length > 0)) {
-    $('.state', c).textContent = Array.isArray(d.sensors) ? '' : 'takes no command';
-    return;
-  }
-  if (Array.isArray(d.outlets) && d.outlets.length > 0) {
-    $('.state', c).textContent = d.outlets.map((o) => `${o.name} ${o.on ? 'on' : 'off'}`).join(' · ');
-    return;
-  }
-  const parts = [d.on ? 'On' : 'Off'];
-  if (d.on && has(d, 'brightness')) parts.push(`${num(d.brightness)} %`);
-  if (d.on && has(d, 'color_temp') && typeof d.color_temp === 'number') parts.push(`${toKelvin(d.color_temp)} K`);
-  if (d.on && has(d, 'rgb') && Array.isArray(d.rgb)) parts.push(hex(d.rgb));
-  if (has(d, 'fan_speed') && typeof d.fan_speed === 'number') parts.push(`fan ${fanNames()[d.fan_speed] || d.fan_speed}`);
-  $('.state', c).textContent = parts.join(' · ');
-  const set = (ctl, value, text) => {
-    const input = $(`[data-ctl="${ctl}"]`, c);
-    if (!input || input.dataset.editing) return;
-    if (value !== undefined) input.value = value;
-    const out = input.parentElement && $('output', input.parentElement);
-    if (out && text !== undefined) out.textContent = text;
-  };
-  set('brightness', num(d.brightness), `${num(d.brightness)} %`);
-  if (typeof d.color_temp === 'number') set('kelvin', toKelvin(d.color_temp), `${toKelvin(d.color_temp)} K`);
-  else set('kelvin', undefined, '—');
-  if (Array.isArray(d.rgb)) set('rgb', hex(d.rgb));
-  for (const b of $$('.fan button', c)) b.setAttribute('aria-pressed', String(Number(b.dataset.step) === d.fan_speed));
+  const rows = [
+    ['Room', d.room || 'No room'],
+    ['Product', d.model || (typeof d.type === 'number' ? `type ${d.type}` : 'unknown')],
+    ['Status', !d.last_seen ? 'not seen yet' : `${d.online ? 'online' : 'offline'}, last report ${ago(d.last_seen)}`],
+    ['Through', via.length > 0 ? via.join(', ') : '—'],
+    ['Firmware', d.firmware || '—'],
+    ['Id', d.id],
+  ];
+  dl.replaceChildren(...rows.flatMap(([k, v]) => [el('dt', { text: k }), el('dd', { text: v })]));
 }
 
 // ---------------------------------------------------------------- commands
@@ -435,52 +789,68 @@ async function send(target, body) {
   } finally {
     mark(target, -1);
   }
+  result.shown = Date.now();
   state.last.set(target.key, result);
   showLast(target.key, result);
-  toast(result);
+  if (!ok(result)) toast(`${target.name}: ${describe(result)}`, result.command_id);
   return result;
+}
+
+function ok(r) {
+  return !r.error && r.outcome === 'applied';
 }
 
 function mark(target, delta) {
   const n = (pending.get(target.key) || 0) + delta;
   if (n > 0) pending.set(target.key, n); else pending.delete(target.key);
   const nodes = target.kind === 'group'
-    ? $$('.group[data-group]').filter((g) => g.dataset.group === target.id)
+    ? $$('[data-group]').filter((g) => g.dataset.group === target.id)
     : cardsOf(target.id);
   for (const node of nodes) node.classList.toggle('pending', n > 0);
 }
 
-/** "applied in 12 ms", "no_ack after 3 attempts". */
+/** "Done in 12 ms", "No answer after 3 tries (3012 ms)". */
 function describe(r) {
   if (r.error) return r.error;
   const ms = Math.round(num(r.latency_ms));
-  if (r.outcome === 'applied') return `applied in ${ms} ms`;
+  if (r.outcome === 'applied') return `Done in ${ms} ms`;
   const n = num(r.attempts);
-  return `${r.outcome || 'unknown'} after ${n} attempt${n === 1 ? '' : 's'} (${ms} ms)`;
+  if (r.outcome === 'no_ack') return `No answer after ${n} ${n === 1 ? 'try' : 'tries'} (${ms} ms)`;
+  return `${String(r.outcome || 'unknown').replace(/_/g, ' ')} after ${plural(n, 'attempt')} (${ms} ms)`;
 }
 
 function traceLink(id) {
-  return el('button', { type: 'button', class: 'link', 'data-command': id, text: id, onclick: () => openTrace(id) });
+  return el('button', { type: 'button', class: 'link', 'data-command': id, text: 'details', 'aria-label': `details of command ${id}`, onclick: () => openTrace(id) });
 }
 
+/** The outcome under a card or room: a success for a while, a failure until the next command. */
 function showLast(key, r) {
+  const fresh = !ok(r) || Date.now() - num(r.shown) < SHOW_DONE_MS;
   for (const p of $$('[data-last]').filter((n) => n.dataset.last === key)) {
-    p.replaceChildren(el('span', { class: r.outcome === 'applied' ? 'outcome-applied' : 'outcome-bad', text: describe(r) }),
-      r.command_id ? ' · trace ' : '', r.command_id ? traceLink(r.command_id) : '');
+    if (!fresh) {
+      p.replaceChildren();
+      continue;
+    }
+    p.replaceChildren(el('span', { class: ok(r) ? 'outcome-applied' : 'outcome-bad', text: describe(r) }),
+      r.command_id ? ' · ' : '', r.command_id ? traceLink(r.command_id) : '');
+  }
+  if (ok(r)) {
+    setTimeout(() => {
+      if (state.last.get(key) === r) showLast(key, r);
+    }, SHOW_DONE_MS + 50);
   }
 }
 
-function toast(r) {
-  const bad = !!r.error || r.outcome !== 'applied';
-  const t = el('div', { class: `toast${bad ? ' bad' : ''}`, role: 'status' },
-    el('span', { text: describe(r) }),
-    r.command_id ? el('button', { type: 'button', class: 'link', text: 'trace', onclick: () => { openTrace(r.command_id); t.remove(); } }) : null);
+function toast(message, commandId) {
+  const t = el('div', { class: 'toast bad', role: 'status' },
+    el('span', { text: message }),
+    commandId ? el('button', { type: 'button', class: 'link', text: 'details', onclick: () => { openTrace(commandId); t.remove(); } }) : null);
   $('#toasts').append(t);
-  setTimeout(() => t.remove(), bad ? 10000 : 5000);
+  setTimeout(() => t.remove(), 10000);
   while ($('#toasts').childElementCount > 4) $('#toasts').firstElementChild.remove();
 }
 
-// ---------------------------------------------------------------- bridges
+// ---------------------------------------------------------------- operations: bridges
 
 function renderBridges() {
   const root = $('#bridge-list');
@@ -489,7 +859,8 @@ function renderBridges() {
     return;
   }
   const heartbeat = num(state.meta && state.meta.heartbeat_secs, 20);
-  root.replaceChildren(...state.connections.map((c) => {
+  const shown = state.connections.map((c) => [bridgeName(c), c]).sort((a, b) => a[0].localeCompare(b[0]));
+  root.replaceChildren(...shown.map(([name, c]) => {
     const age = ageSeconds(c.last_packet);
     const health = age <= heartbeat * 1.5 ? ['up', 'healthy'] : ['late', `quiet for ${Math.round(age)} s`];
     const fw = c.firmware && typeof c.firmware === 'object'
@@ -497,28 +868,60 @@ function renderBridges() {
     const outcomes = c.commands && typeof c.commands === 'object'
       ? Object.entries(c.commands).filter(([, n]) => num(n) > 0).map(([k, n]) => `${k} ${n}`) : [];
     const sent = outcomes.length > 0 ? outcomes.join(' · ') : 'none yet';
-    return el('article', { class: 'card bridge', 'data-conn': c.conn_id },
-      el('div', { class: 'card-head' }, el('h5', { text: c.conn_id }), el('span', { class: 'badge', text: c.home })),
-      el('div', { class: 'sub' }, el('span', { class: `dot ${health[0]}` }), ` ${health[1]} · ${c.peer}`),
+    return el('article', { class: 'bridge', 'data-conn': c.conn_id },
+      el('h3', { text: name }),
+      el('div', { class: 'sub' }, el('span', { class: 'dot ' + health[0] }), ` ${health[1]} · id ${c.conn_id} · ${c.peer}`),
       el('dl', { class: 'kv' },
+        el('dt', { text: 'home' }), el('dd', { text: c.home === 'default' ? 'Home' : c.home }),
         el('dt', { text: 'connected' }), el('dd', { text: ago(c.since) }),
         el('dt', { text: 'last packet' }), el('dd', { text: ago(c.last_packet) }),
         el('dt', { text: 'packets' }), el('dd', { text: `${num(c.packets_in)} in · ${num(c.packets_out)} out` }),
-        el('dt', { text: 'errors' }), el('dd', { text: String(num(c.errors)) }),
+        el('dt', { text: 'decode errors' }), el('dd', { text: String(num(c.errors)) }),
         el('dt', { text: 'firmware' }), el('dd', { text: fw || 'not reported' }),
-        el('dt', { text: 'mesh' }), el('dd', { text: `${Array.isArray(c.mesh) ? c.mesh.length : 0} devices` }),
+        el('dt', { text: 'mesh' }), el('dd', { text: plural(Array.isArray(c.mesh) ? c.mesh.length : 0, 'device') }),
         el('dt', { text: 'commands' }), el('dd', { class: 'commands', text: sent })));
   }));
 }
 
-// ---------------------------------------------------------------- trace
+// ---------------------------------------------------------------- operations: decode errors
 
-function openTrace(id) {
-  $('#trace-id').value = id;
-  showTrace(id);
-  $('#trace').scrollIntoView({ behavior: 'smooth', block: 'start' });
+/** `tcp_comm_decode_errors_total` by reason, from /metrics. */
+async function loadDecodeErrors() {
+  const out = $('#decode-out');
+  let text = '';
+  try {
+    const r = await fetch('metrics');
+    if (!r.ok) {
+      out.replaceChildren(el('p', { class: 'empty', text: `metrics: HTTP ${r.status}` }));
+      return;
+    }
+    text = await r.text();
+  } catch (err) {
+    out.replaceChildren(el('p', { class: 'empty', text: 'could not reach cyncd' }));
+    return;
+  }
+  const rows = [];
+  for (const line of text.split('\n')) {
+    const m = /^tcp_comm_decode_errors_total\{reason="([^"]*)"\} ([0-9.e+]+)$/.exec(line.trim());
+    if (m && Number(m[2]) > 0) rows.push([m[1].replace(/_/g, ' '), Number(m[2])]);
+  }
+  rows.sort((a, b) => b[1] - a[1]);
+  out.replaceChildren(rows.length === 0
+    ? el('p', { class: 'empty', 'data-decode': 'none', text: 'None: every packet could be read.' })
+    : el('div', { class: 'table-wrap' }, el('table', { 'data-decode': 'reasons' },
+      el('thead', {}, el('tr', {}, el('th', { text: 'reason' }), el('th', { text: 'packets' }))),
+      el('tbody', {}, rows.map(([reason, n]) => el('tr', {}, el('td', { text: reason }), el('td', { class: 'num', text: String(n) })))))));
 }
 
+// ---------------------------------------------------------------- operations: trace
+
+function openTrace(id) {
+  closeSheet();
+  $('#trace-id').value = id;
+  showTrace(id);
+  if (window.location.hash === '#trace') route();
+  else window.location.hash = '#trace';
+}
 async function showTrace(id) {
   const out = $('#trace-out');
   id = String(id).trim().toLowerCase();
@@ -557,7 +960,7 @@ async function showTrace(id) {
       el('tbody', {}, rows))));
 }
 
-// ---------------------------------------------------------------- canary and SLOs
+// ---------------------------------------------------------------- operations: canary and SLOs
 
 async function getJSON(path) {
   try {
@@ -743,10 +1146,12 @@ function setupEvents() {
   });
 }
 
+
 // ---------------------------------------------------------------- sign-in
 
 function showLogin(message) {
   document.body.dataset.auth = 'out';
+  closeSheet();
   $('#login').hidden = false;
   $('#login-error').textContent = message || '';
   setLive('offline', 'signed out');
@@ -792,10 +1197,16 @@ async function start() {
   delete document.body.dataset.auth;
   connect();
   loadCanary();
+  loadDecodeErrors();
   loadSetup();
   if (!started) {
     started = true;
-    setInterval(() => { if (document.visibilityState === 'visible' && $('#login').hidden) loadCanary(); }, 60000);
+    setInterval(() => {
+      if (document.visibilityState === 'visible' && $('#login').hidden && !$('#view-operations').hidden) {
+        loadCanary();
+        loadDecodeErrors();
+      }
+    }, 60000);
   }
 }
 
@@ -806,14 +1217,26 @@ document.addEventListener('DOMContentLoaded', async () => {
     e.preventDefault();
     showTrace($('#trace-id').value);
   });
-  $('#canary-refresh').addEventListener('click', loadCanary);
+  $('#canary-refresh').addEventListener('click', () => { loadCanary(); loadDecodeErrors(); });
   setupEvents();
   $('#login-form').addEventListener('submit', async (e) => {
     e.preventDefault();
     const input = $('#login-token');
-    const ok = await signIn(input.value.trim());
+    const accepted = await signIn(input.value.trim());
     input.value = '';
-    if (ok) start(); else showLogin('Wrong token.');
+    if (accepted) start(); else showLogin('Wrong token.');
+  });
+  const sheet = $('#sheet');
+  sheet.addEventListener('close', () => {
+    state.sheet = null;
+    if (sheetOpener && document.contains(sheetOpener)) sheetOpener.focus();
+    sheetOpener = null;
+  });
+  // A click on the backdrop (outside the sheet's box) closes it.
+  sheet.addEventListener('click', (e) => {
+    if (e.target !== sheet) return;
+    const r = sheet.getBoundingClientRect();
+    if (e.clientX < r.left || e.clientX > r.right || e.clientY < r.top || e.clientY > r.bottom) closeSheet();
   });
   // A login link (`cyncd demo` prints one): use the token once, then drop it from the address.
   const link = /^#token=([^&]+)$/.exec(window.location.hash);
@@ -821,7 +1244,12 @@ document.addEventListener('DOMContentLoaded', async () => {
     history.replaceState(null, '', window.location.pathname + window.location.search);
     await signIn(decodeURIComponent(link[1]));
   }
+  window.addEventListener('hashchange', route);
+  route();
   start();
   // Local only (no request): ages and bridge health move on between server events.
-  setInterval(renderBridges, 5000);
+  setInterval(() => {
+    renderBridges();
+    refreshSheet();
+  }, 5000);
 });

@@ -16,6 +16,12 @@ use std::path::Path;
 /// it).
 pub const ADDON_HTTP: &str = "0.0.0.0:8099";
 
+/// The Supervisor's ingress gateway: every request Home Assistant's ingress forwards to an
+/// add-on comes from this address, after Home Assistant signed the person in. The add-on
+/// trusts it (`http_trusted_proxies`), so the page inside Home Assistant needs no API token.
+pub const INGRESS_GATEWAY: std::net::IpAddr =
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(172, 30, 32, 2));
+
 /// The options file as the Supervisor writes it. Empty strings count as unset (the add-on UI
 /// leaves optional text fields empty).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -173,7 +179,8 @@ impl Options {
 
     /// The configuration: the `config_file` (or the defaults) with the options on top. The
     /// add-on's own defaults: state in `state_dir` (the add-on's `/data`), devices on
-    /// 0.0.0.0:23779, the page on [`ADDON_HTTP`].
+    /// 0.0.0.0:23779, the page on [`ADDON_HTTP`], and [`INGRESS_GATEWAY`] added to
+    /// `http_trusted_proxies`.
     pub fn to_config(
         &self,
         state_dir: &Path,
@@ -250,6 +257,9 @@ impl Options {
         if let Some(v) = set(&self.mqtt_discovery_prefix) {
             c.mqtt.discovery_prefix = v.to_string();
         }
+        if !c.http_trusted_proxies.contains(&INGRESS_GATEWAY) {
+            c.http_trusted_proxies.push(INGRESS_GATEWAY);
+        }
         Ok(c)
     }
 }
@@ -286,6 +296,11 @@ mod tests {
         );
         assert!(!c.discover_mesh);
         assert!(!o.wants_supervisor_mqtt());
+        assert_eq!(c.http_trusted_proxies, [INGRESS_GATEWAY]);
+        assert!(
+            Config::default().http_trusted_proxies.is_empty(),
+            "no proxy is trusted outside the add-on"
+        );
     }
 
     #[test]

@@ -470,6 +470,11 @@ pub struct ConnectionView {
     pub firmware: BTreeMap<&'static str, String>,
     /// Mesh ids learned from this bridge.
     pub mesh: Vec<u16>,
+    /// The bridge's own device (`home:mesh_id`): the device the homes name with this bridge
+    /// id, else the first id of its mesh listing; null until one is known.
+    pub device: Option<String>,
+    /// That device's name from the homes; null when they do not name it.
+    pub name: Option<String>,
     /// Sensor readings it sent (a thermostat), else null.
     pub sensors: Option<Vec<Reading>>,
     /// Outcomes of the commands sent through this bridge (this session), by outcome name.
@@ -835,14 +840,27 @@ impl Registry {
         self.lock().devices.len()
     }
 
-    /// Every connection, sorted by id.
+    /// Every connection, sorted by id; its own device from its mesh listing only, unnamed (see
+    /// [`Registry::connections_named`]).
     pub fn connections(&self) -> Vec<ConnectionView> {
+        self.connections_named(&Homes::default())
+    }
+
+    /// Every connection, sorted by id, with its own device found and named from `homes`.
+    pub fn connections_named(&self, homes: &Homes) -> Vec<ConnectionView> {
         let state = self.lock();
         let mut out: Vec<ConnectionView> = state
             .connections
             .iter()
             .map(|(id, c)| {
                 let last = c.stats.last_packet_ms.load(Ordering::Relaxed);
+                let named = homes.home(&c.home).and_then(|h| {
+                    h.devices
+                        .iter()
+                        .find(|d| d.bridge == Some(*id))
+                        .map(|d| d.id)
+                });
+                let own = named.or_else(|| c.mesh.first().copied());
                 ConnectionView {
                     conn_id: id.to_string(),
                     peer: c.peer.to_string(),
@@ -855,6 +873,10 @@ impl Registry {
                     errors: c.stats.errors.load(Ordering::Relaxed),
                     firmware: c.firmware.clone(),
                     mesh: c.mesh.clone(),
+                    device: own.map(|m| format!("{}:{m}", c.home)),
+                    name: own
+                        .and_then(|m| homes.device(&c.home, m))
+                        .map(|d| d.name.clone()),
                     sensors: c.sensors.as_deref().map(<[Reading]>::to_vec),
                     commands: c.stats.outcome_counts(),
                     transport: c.route.transport.name(),
@@ -1519,6 +1541,10 @@ mod tests {
     }
 
     fn homes() -> Homes {
+        Homes::merge(&[], Some(&homes_file())).0
+    }
+
+    fn homes_file() -> crate::homes::file::HomesFile {
         use crate::homes::file::{DeviceRecord, GroupRecord, HomeRecord, HomesFile};
         let device = |id: u16, name: &str, kind: u8, enabled: bool| DeviceRecord {
             id,
@@ -1564,7 +1590,7 @@ mod tests {
                 extra: serde_json::Map::new(),
             },
         ];
-        Homes::merge(&[], Some(&file)).0
+        file
     }
 
     fn peer() -> SocketAddr {
@@ -1653,11 +1679,48 @@ mod tests {
         // Device 2 is reported by B too: it stays, and a copy goes along with A.
         assert!(r.status("default", 2).is_some() && r.status("Main", 2).is_some());
         assert_eq!(r.learned_home(A).as_deref(), Some("Main"));
-        assert_eq!(r.connections()[0].home, "Main");
+        let conns = r.connections_named(&homes);
+        assert_eq!(conns[0].home, "Main");
+        // No mesh listing yet: A's own device is not known.
+        assert_eq!(
+            (conns[0].device.as_deref(), conns[0].name.as_deref()),
+            (None, None)
+        );
+        // Its listing names its own device first: the lamp.
+        r.learn_mesh(A, "Main", Some(137), &[1, 2]);
+        let conns = r.connections_named(&homes);
+        assert_eq!(conns[0].device.as_deref(), Some("Main:1"));
+        assert_eq!(conns[0].name.as_deref(), Some("Lamp"));
         // New homes: B's mesh (own device 1, a plug) matches only the cabin.
         r.learn_mesh(B, "default", Some(68), &[1]);
         let moves = r.place_bridges(&homes);
         assert_eq!(moves, [(B, "default".to_string(), "Cabin".to_string())]);
+    }
+
+    #[test]
+    fn a_bridge_the_account_names_is_shown_by_its_device_name() {
+        let r = Registry::new();
+        let mut file = homes_file();
+        file.homes[0].devices[3].bridge = Some(A.to_string());
+        let homes = Homes::merge(&[], Some(&file)).0;
+        let _a = r.register(
+            A,
+            peer(),
+            "Main",
+            Arc::default(),
+            CancellationToken::new(),
+            None,
+            ROUTE,
+        );
+        // The account's link wins over the listing's first id.
+        r.learn_mesh(A, "Main", Some(137), &[1, 6]);
+        let conns = r.connections_named(&homes);
+        assert_eq!(conns[0].device.as_deref(), Some("Main:6"));
+        assert_eq!(conns[0].name.as_deref(), Some("Patio"));
+        // Without homes, the listing's own device, unnamed.
+        let conns = r.connections();
+        assert_eq!(conns[0].device.as_deref(), Some("Main:1"));
+        assert_eq!(conns[0].name, None);
     }
 
     #[tokio::test(start_paused = true)]
@@ -1691,7 +1754,14 @@ mod tests {
             (Some(75.9), Some("F"), Some(50))
         );
         assert!(t.online);
-        assert_eq!(r.connections()[0].sensors.as_ref().unwrap().len(), 1);
+        assert_eq!(
+            r.connections_named(&homes)[0]
+                .sensors
+                .as_ref()
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     #[test]

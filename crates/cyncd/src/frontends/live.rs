@@ -266,8 +266,9 @@ struct Diff {
 impl Diff {
     fn next(&mut self, ctx: &Context) -> Frame {
         let meta = meta(ctx);
-        let devices = ctx.registry.devices(&ctx.homes.get());
-        let connections = json(&ctx.registry.connections());
+        let homes = ctx.homes.get();
+        let devices = ctx.registry.devices(&homes);
+        let connections = json(&ctx.registry.connections_named(&homes));
         let mut all = Vec::with_capacity(devices.len());
         let mut changed = Vec::new();
         let mut current = HashMap::with_capacity(devices.len());

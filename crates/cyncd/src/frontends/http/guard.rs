@@ -3,12 +3,18 @@
 //!
 //! In order (the first that fails answers, and nothing is sent to any device):
 //!
+//! 0. A request from an address in `http_trusted_proxies` (exactly; Home Assistant's ingress
+//!    gateway in the add-on) that carries [`INGRESS_HEADER`] was signed in by that proxy: it
+//!    skips the `Host` check (the proxy forwards the browser's own `Host`, e.g.
+//!    `homeassistant.local:8123`) and the token, not the cross-site checks. Any other request,
+//!    including one from the proxy's address without the header, goes through every check.
 //! 1. `Host` must be an IP address, `localhost` (or a name under `.localhost`), this machine's
 //!    host name (also under `.local`) or a name in `http_hosts`; otherwise 403. A web page
 //!    that rebinds its own DNS name to cyncd's address still sends its own name, so it is
 //!    refused (DNS rebinding).
 //! 2. `POST`, `PUT`, `PATCH` and `DELETE` are refused (403) when `Sec-Fetch-Site` says
-//!    `cross-site` or `same-site`, or `Origin` is not this server; those with a body (all but
+//!    `cross-site` or `same-site`, or `Origin` is not this server (for a proxied request: its
+//!    `Host` or `X-Forwarded-Host`); those with a body (all but
 //!    `DELETE`, which carries none) need `Content-Type: application/json` (415 otherwise: a
 //!    cross-site form or `fetch` without a CORS preflight cannot send it).
 //! 3. The token: `Authorization: Bearer <token>` or the page's session cookie ([`COOKIE`],
@@ -43,12 +49,42 @@ pub const COOKIE: &str = "cyncd_session";
 const COOKIE_MAX_AGE: u64 = 365 * 86_400;
 /// Shortest token accepted from `http_token_file`.
 const MIN_TOKEN_LEN: usize = 16;
+/// The header Home Assistant's ingress adds to each request it forwards to an add-on (the
+/// path prefix the page is shown under); with a trusted proxy's address it marks a request the
+/// proxy has signed in.
+pub const INGRESS_HEADER: &str = "x-ingress-path";
 /// Paths served without the token.
 const OPEN_PATHS: [&str; 5] = ["/", "/app.js", "/style.css", "/favicon.svg", "/healthz"];
 
 /// The peer of a request's connection, set by the HTTP server on every request.
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub SocketAddr);
+
+/// How a request got past the token check; set on every request the guard lets through
+/// (`GET /api/session` tells it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// An open path without credentials.
+    Anonymous,
+    /// The token or the page's cookie.
+    Token,
+    /// Forwarded by a trusted proxy (Home Assistant's ingress).
+    Proxy,
+    /// Token-less mode ([`Auth::Open`]).
+    Open,
+}
+
+impl Access {
+    /// The name `GET /api/session` answers.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Anonymous => "anonymous",
+            Self::Token => "token",
+            Self::Proxy => "proxy",
+            Self::Open => "none",
+        }
+    }
+}
 
 /// How requests are authenticated.
 #[derive(Clone)]
@@ -220,6 +256,8 @@ pub struct Guard {
     auth: Auth,
     /// Host names answered besides IP addresses and localhost, lower case.
     hosts: Arc<Vec<String>>,
+    /// Proxies whose ingress requests need no token (`http_trusted_proxies`).
+    trusted_proxies: Arc<Vec<IpAddr>>,
     request_timeout: Duration,
 }
 
@@ -234,8 +272,25 @@ impl Guard {
         Self {
             auth,
             hosts: Arc::new(hosts),
+            trusted_proxies: Arc::default(),
             request_timeout,
         }
+    }
+
+    /// Trusts these exact proxy addresses' ingress requests (`http_trusted_proxies`).
+    pub fn trusting(mut self, proxies: &[IpAddr]) -> Self {
+        self.trusted_proxies = Arc::new(proxies.iter().map(|ip| ip.to_canonical()).collect());
+        self
+    }
+
+    /// Whether the request came through a trusted proxy's ingress: from one of its addresses
+    /// (an IPv4 address also as `::ffff:a.b.c.d`, as a dual-stack listener sees it) and with
+    /// [`INGRESS_HEADER`].
+    fn proxied(&self, peer: Option<IpAddr>, headers: &HeaderMap) -> bool {
+        peer.is_some_and(|ip| self.trusted_proxies.contains(&ip.to_canonical()))
+            && headers
+                .get(INGRESS_HEADER)
+                .is_some_and(|v| !v.as_bytes().is_empty())
     }
 
     fn host_ok(&self, headers: &HeaderMap) -> bool {
@@ -248,6 +303,14 @@ impl Guard {
             || name == "localhost"
             || name.ends_with(".localhost")
             || self.hosts.iter().any(|h| h == name)
+    }
+
+    /// How the request is authenticated, if it is.
+    fn access(&self, headers: &HeaderMap) -> Option<Access> {
+        match &self.auth {
+            Auth::Open => Some(Access::Open),
+            Auth::Token(_) => self.authenticated(headers).then_some(Access::Token),
+        }
     }
 
     fn authenticated(&self, headers: &HeaderMap) -> bool {
@@ -276,8 +339,10 @@ impl Guard {
 
 /// The middleware: runs the checks, then the handler.
 pub async fn check(State(guard): State<Guard>, request: Request, next: Next) -> Response {
-    let (parts, body) = request.into_parts();
-    if !guard.host_ok(&parts.headers) {
+    let (mut parts, body) = request.into_parts();
+    let peer = parts.extensions.get::<Peer>().map(|p| p.0.ip());
+    let proxied = guard.proxied(peer, &parts.headers);
+    if !proxied && !guard.host_ok(&parts.headers) {
         let shown = parts
             .headers
             .get(header::HOST)
@@ -296,7 +361,7 @@ pub async fn check(State(guard): State<Guard>, request: Request, next: Next) -> 
         Method::POST | Method::PUT | Method::PATCH | Method::DELETE
     );
     if writes {
-        if let Some(why) = cross_site(&parts.headers) {
+        if let Some(why) = cross_site(&parts.headers, proxied) {
             return refuse(StatusCode::FORBIDDEN, why);
         }
         if parts.method != Method::DELETE && !json_content(&parts.headers) {
@@ -315,7 +380,12 @@ pub async fn check(State(guard): State<Guard>, request: Request, next: Next) -> 
                 .extensions
                 .get::<Peer>()
                 .is_some_and(|p| p.0.ip().is_loopback()));
-    if !open && !guard.authenticated(&parts.headers) {
+    let access = if proxied {
+        Some(Access::Proxy)
+    } else {
+        guard.access(&parts.headers)
+    };
+    if !open && access.is_none() {
         let mut response = refuse(
             StatusCode::UNAUTHORIZED,
             "this needs the API token: Authorization: Bearer <token> (the token is in api-token in cyncd's state directory)",
@@ -326,6 +396,7 @@ pub async fn check(State(guard): State<Guard>, request: Request, next: Next) -> 
         );
         return response;
     }
+    parts.extensions.insert(access.unwrap_or(Access::Anonymous));
     let body = if writes {
         let declared = parts
             .headers
@@ -361,8 +432,10 @@ pub async fn check(State(guard): State<Guard>, request: Request, next: Next) -> 
     next.run(Request::from_parts(parts, body)).await
 }
 
-/// Why a writing request looks cross-site, if it does.
-fn cross_site(headers: &HeaderMap) -> Option<&'static str> {
+/// Why a writing request looks cross-site, if it does. `Origin` must name the `Host` the
+/// request was sent to; a proxied request's may also name its `X-Forwarded-Host` (the name the
+/// browser used when a proxy in front of Home Assistant changed `Host`).
+fn cross_site(headers: &HeaderMap, proxied: bool) -> Option<&'static str> {
     let site = headers
         .get("sec-fetch-site")
         .and_then(|v| v.to_str().ok())
@@ -375,10 +448,16 @@ fn cross_site(headers: &HeaderMap) -> Option<&'static str> {
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
+    let forwarded = proxied
+        .then(|| headers.get("x-forwarded-host"))
+        .flatten()
+        .and_then(|h| h.to_str().ok());
     let same = origin
         .strip_prefix("http://")
         .or_else(|| origin.strip_prefix("https://"))
-        .is_some_and(|o| o.eq_ignore_ascii_case(host));
+        .is_some_and(|o| {
+            o.eq_ignore_ascii_case(host) || forwarded.is_some_and(|f| o.eq_ignore_ascii_case(f))
+        });
     (!same).then_some("cross-origin request refused")
 }
 
@@ -460,13 +539,12 @@ pub async fn logout() -> Response {
     session_cookie("", 0)
 }
 
-/// `GET /api/session`: 200 when the request is authenticated (the guard let it through).
-pub async fn whoami(State(guard): State<Guard>) -> Response {
-    let auth = match guard.auth {
-        Auth::Token(_) => "token",
-        Auth::Open => "none",
-    };
-    axum::Json(serde_json::json!({ "authenticated": true, "auth": auth })).into_response()
+/// `GET /api/session`: 200 when the request is authenticated (the guard let it through), with
+/// how: `token` (the token or the cookie), `proxy` (a trusted proxy's ingress) or `none`
+/// (token-less mode).
+pub async fn whoami(access: Option<axum::Extension<Access>>) -> Response {
+    let auth = access.map_or(Access::Anonymous, |a| a.0);
+    axum::Json(serde_json::json!({ "authenticated": true, "auth": auth.name() })).into_response()
 }
 
 fn session_cookie(value: &str, max_age: u64) -> Response {
@@ -530,19 +608,59 @@ mod tests {
     #[test]
     fn cross_site_requests() {
         let host = ("host", "127.0.0.1:8080");
-        assert!(cross_site(&headers(&[host])).is_none());
-        assert!(cross_site(&headers(&[host, ("origin", "http://127.0.0.1:8080")])).is_none());
-        assert!(cross_site(&headers(&[host, ("sec-fetch-site", "same-origin")])).is_none());
-        assert!(cross_site(&headers(&[host, ("origin", "http://attacker.test")])).is_some());
-        assert!(cross_site(&headers(&[host, ("origin", "null")])).is_some());
-        assert!(cross_site(&headers(&[host, ("sec-fetch-site", "cross-site")])).is_some());
-        assert!(cross_site(&headers(&[host, ("sec-fetch-site", "same-site")])).is_some());
+        assert!(cross_site(&headers(&[host]), false).is_none());
+        assert!(
+            cross_site(
+                &headers(&[host, ("origin", "http://127.0.0.1:8080")]),
+                false
+            )
+            .is_none()
+        );
+        assert!(cross_site(&headers(&[host, ("sec-fetch-site", "same-origin")]), false).is_none());
+        assert!(cross_site(&headers(&[host, ("origin", "http://attacker.test")]), false).is_some());
+        assert!(cross_site(&headers(&[host, ("origin", "null")]), false).is_some());
+        assert!(cross_site(&headers(&[host, ("sec-fetch-site", "cross-site")]), false).is_some());
+        assert!(cross_site(&headers(&[host, ("sec-fetch-site", "same-site")]), false).is_some());
         assert!(json_content(&headers(&[(
             "content-type",
             "application/json; charset=utf-8"
         )])));
         assert!(!json_content(&headers(&[("content-type", "text/plain")])));
         assert!(!json_content(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn a_trusted_proxy_is_recognised_only_by_its_exact_address_and_the_ingress_header() {
+        let trusted: IpAddr = "172.30.32.2".parse().unwrap();
+        let guard = Guard::new(
+            Auth::Token(Token::new("0123456789abcdef0123")),
+            &[],
+            Duration::from_secs(1),
+        )
+        .trusting(&[trusted]);
+        let ingress = headers(&[("x-ingress-path", "/api/hassio_ingress/abc")]);
+        assert!(guard.proxied(Some(trusted), &ingress));
+        // As a dual-stack listener sees an IPv4 peer.
+        assert!(guard.proxied(Some("::ffff:172.30.32.2".parse().unwrap()), &ingress));
+        assert!(!guard.proxied(Some("172.30.32.1".parse().unwrap()), &ingress));
+        assert!(!guard.proxied(Some("172.30.32.3".parse().unwrap()), &ingress));
+        assert!(!guard.proxied(None, &ingress));
+        assert!(!guard.proxied(Some(trusted), &HeaderMap::new()));
+        assert!(!guard.proxied(Some(trusted), &headers(&[("x-ingress-path", "")])));
+        // Nothing is trusted by default.
+        let plain = Guard::new(Auth::Open, &[], Duration::from_secs(1));
+        assert!(!plain.proxied(Some(trusted), &ingress));
+        // A proxied write may name the browser's host in X-Forwarded-Host; nobody else's may.
+        let forwarded = headers(&[
+            ("host", "172.30.33.4:8099"),
+            ("origin", "https://ha.example.net"),
+            ("x-forwarded-host", "ha.example.net"),
+        ]);
+        assert!(cross_site(&forwarded, true).is_none());
+        assert!(cross_site(&forwarded, false).is_some());
+        let mut cross = forwarded.clone();
+        cross.insert("sec-fetch-site", HeaderValue::from_static("cross-site"));
+        assert!(cross_site(&cross, true).is_some());
     }
 
     #[test]
