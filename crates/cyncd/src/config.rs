@@ -70,7 +70,7 @@ pub struct Config {
     /// Runtime threads: 1 (the default) runs every connection on one event loop, which measured
     /// the least CPU per packet; more spread TLS handshakes (bursts of reconnects) over cores.
     pub threads: usize,
-    /// Offer encrypt-then-MAC to devices (off by default: see the TLS notes in the README).
+    /// Offer encrypt-then-MAC to devices (off by default: see the TLS notes in docs/protocol.md).
     pub tls_encrypt_then_mac: bool,
     /// Command deadline (submit → outcome), in milliseconds.
     pub command_deadline_ms: u64,

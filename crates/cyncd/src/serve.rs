@@ -106,7 +106,7 @@ pub struct Args {
     /// Runtime threads [default: 1, one event loop; more spread TLS handshakes over cores].
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
-    /// Offer encrypt-then-MAC in TLS (costs CPU with OpenSSL 3; see the README).
+    /// Offer encrypt-then-MAC in TLS (costs CPU with OpenSSL 3; see docs/protocol.md).
     #[arg(long)]
     pub tls_encrypt_then_mac: bool,
     /// UTC offset sent to devices, e.g. -06:00 [default: the system's].

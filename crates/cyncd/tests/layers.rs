@@ -1,6 +1,6 @@
 //! The daemon's layers import only downward: `cli → serve → frontends → commands → devices →
 //! homes → {config, metrics, logging, state}`. Read from the sources, so a new upward import fails the tests
-//! (the README and `lib.rs` describe the layers).
+//! (docs/development.md and `lib.rs` describe the layers).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::path::{Path, PathBuf};

@@ -1,8 +1,9 @@
 //! What a new user runs into in the first hour, each checked as they would meet it: a
 //! configuration error said once, the start-up line naming the page, the certificate announced
 //! once, `decode | head` ending quietly, `sim` against a closed port failing with why, `sim`
-//! interrupted still printing its summary, and every metric family the README documents in
-//! `/metrics` from the start.
+//! interrupted still printing its summary, and the metrics documented exactly: every family the
+//! README or `docs/` names is in `/metrics` from the start, and every family there is named in
+//! `docs/metrics.md`.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -178,17 +179,35 @@ async fn sim_interrupted_prints_its_summary() {
     server.shutdown().await;
 }
 
-/// The metric families the README names: backticked names with cyncd's prefixes.
-fn documented_families() -> Vec<String> {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
-    let mut names: Vec<String> = readme
+/// The repository's root.
+fn root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The README and every `docs/*.md`, as one text.
+fn all_docs() -> String {
+    let mut text = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let mut pages: Vec<_> = std::fs::read_dir(root().join("docs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "md"))
+        .collect();
+    pages.sort();
+    for page in pages {
+        text.push_str(&std::fs::read_to_string(page).unwrap());
+    }
+    text
+}
+
+/// The metric families a text names: backticked names with cyncd's prefixes.
+fn documented_families(text: &str) -> Vec<String> {
+    let mut names: Vec<String> = text
         .split('`')
         .skip(1)
         .step_by(2)
         .map(|s| s.split('{').next().unwrap().to_string())
         .filter(|s| {
-            (s.starts_with("tcp_comm_") || s.starts_with("cyncd_") || s.starts_with("cync_"))
+            (s.starts_with("tcp_comm_") || s.starts_with("cync_") || s.starts_with("cyncd_"))
                 && s.len() > "cyncd_".len()
                 && s.chars().all(|c| c.is_ascii_lowercase() || c == '_')
         })
@@ -198,26 +217,44 @@ fn documented_families() -> Vec<String> {
     names
 }
 
+/// The family a sample line belongs to: its name without a histogram's suffixes.
+fn family_of(sample: &str) -> &str {
+    let name = sample.split(['{', ' ']).next().unwrap_or_default();
+    ["_bucket", "_sum", "_count"]
+        .iter()
+        .find_map(|suffix| name.strip_suffix(suffix))
+        .unwrap_or(name)
+}
+
 #[tokio::test]
 async fn every_documented_metric_family_is_there_from_the_start() {
     let server = start(config("metrics-from-start")).await;
     let (status, text) = get(&server, "/metrics").await;
     assert_eq!(status, 200);
     let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
-    let families = documented_families();
+    let families = documented_families(&all_docs());
     assert!(families.len() > 30, "{families:?}");
     let missing: Vec<&String> = families
         .iter()
-        .filter(|f| {
-            !samples.iter().any(|s| {
-                let name = s.split(['{', ' ']).next().unwrap_or_default();
-                name == f.as_str() || name == format!("{f}_bucket")
-            })
-        })
+        .filter(|f| !samples.iter().any(|s| family_of(s) == f.as_str()))
         .collect();
     assert!(
         missing.is_empty(),
         "documented but not in /metrics at start: {missing:?}"
+    );
+    // And the other way: the metrics reference names every family served.
+    let reference =
+        documented_families(&std::fs::read_to_string(root().join("docs/metrics.md")).unwrap());
+    let mut undocumented: Vec<&str> = samples
+        .iter()
+        .map(|s| family_of(s))
+        .filter(|f| !reference.iter().any(|r| r == f))
+        .collect();
+    undocumented.sort_unstable();
+    undocumented.dedup();
+    assert!(
+        undocumented.is_empty(),
+        "in /metrics but not in docs/metrics.md: {undocumented:?}"
     );
     server.shutdown().await;
 }
