@@ -292,15 +292,17 @@ async fn rotation_keeps_every_packet_exactly_once_across_files() {
     let mut d = Device::connect(&server).await;
     d.send(&hello_with(BRIDGE_A, CODE_A)).await;
     for counter in 1..=60u16 {
-        d.send(&report(0x38e8_cf46, 238, counter)).await;
+        // Every report split over two writes, at a different byte each time: a file may end
+        // only once the second half is in.
+        let r = report(0x38e8_cf46, 238, counter);
+        let at = 1 + usize::from(counter * 7) % 40;
+        d.send(&r[..at]).await;
+        d.send(&r[at..]).await;
         if counter % 10 == 0 {
-            // Two packets in one write, and one split over two.
+            // Two packets in one write.
             let mut two = hex("d3 00 00 00 00");
             two.extend(hex("c3 00 00 00 01 0c"));
             d.send(&two).await;
-            let next = report(0x38e8_cf46, 17, counter);
-            d.send(&next[..20]).await;
-            d.send(&next[20..]).await;
         }
     }
     let (sent, received) = d.finish().await;
