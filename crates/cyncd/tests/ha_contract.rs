@@ -1167,10 +1167,13 @@ async fn a_restart_with_homes_added_clears_the_default_entities() {
     let fleet_b = fleet(&second);
     all_reachable(&second, HOME, DEVICES.len()).await;
     let is_default = |t: &str| t.contains("/default_") || t.contains("cyncd/default_");
-    ha.until("default_N cleared, lab_N published", |s| {
+    ha.until("lab_N published", |s| {
+        s.latest
+            .contains_key("homeassistant/light/cyncd/lab_2/config")
+    })
+    .await;
+    ha.until("every default_N topic cleared", |s| {
         !s.latest.keys().any(|t| is_default(t))
-            && s.latest
-                .contains_key("homeassistant/light/cyncd/lab_2/config")
     })
     .await;
     ha.until("every state", |s| check_retained(s).is_ok()).await;
