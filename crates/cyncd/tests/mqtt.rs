@@ -91,6 +91,40 @@ async fn discovery_states_and_commands_through_a_real_broker() {
         all_published,
     )
     .await;
+    // Once both bridges listed their mesh, every device names its bridge's own mesh device
+    // (a bridge is one device in Home Assistant) as the one it is reached through.
+    until(&server, || {
+        server
+            .ctx
+            .registry
+            .connections()
+            .iter()
+            .filter(|c| c.device.is_some())
+            .count()
+            == 2
+    })
+    .await;
+    let own: Vec<String> = server
+        .ctx
+        .registry
+        .connections()
+        .iter()
+        .filter_map(|c| c.device.as_ref())
+        .map(|d| format!("cyncd_{}", d.replace(':', "_")))
+        .collect();
+    ha.until("every device via a bridge's own device", |s| {
+        (1..=12).all(|id| {
+            discovery_topics(s)
+                .iter()
+                .filter(|t| t.ends_with(&format!("/default_{id}/config")))
+                .filter_map(|t| s.json(t))
+                .all(|c| match c["device"].get("via_device") {
+                    Some(via) => own.iter().any(|o| via == o),
+                    None => own.contains(&format!("cyncd_default_{id}")),
+                })
+        })
+    })
+    .await;
     let seen = ha.seen();
     insta::assert_json_snapshot!("demo_home_discovery_topics", discovery_topics(&seen));
 
@@ -114,16 +148,7 @@ async fn discovery_states_and_commands_through_a_real_broker() {
             .unwrap_or_else(|| panic!("device {id} ({kind}) is not a {component}"));
         assert_eq!(config["unique_id"], format!("cyncd_default_{id}"));
         assert_eq!(config["device"]["manufacturer"], "GE Cync");
-        // Reached through a bridge: named by the bridge's own mesh device (a bridge is one
-        // device in Home Assistant), never itself.
-        let own: Vec<String> = server
-            .ctx
-            .registry
-            .connections()
-            .iter()
-            .filter_map(|c| c.device.as_ref())
-            .map(|d| format!("cyncd_{}", d.replace(':', "_")))
-            .collect();
+        // Reached through a bridge: named by the bridge's own mesh device, never itself.
         match config["device"].get("via_device") {
             Some(via) => {
                 assert!(own.iter().any(|o| via == o), "{config} via one of {own:?}");

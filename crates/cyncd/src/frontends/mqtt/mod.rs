@@ -548,9 +548,10 @@ impl Bridge {
                     self.on_message(message, &done_tx).await;
                 }
                 Some(done) = done_rx.recv() => {
+                    // Published at the next turn, with any other outcome that is ready by then
+                    // (a burst of commands is one scan, not one each).
                     self.on_done(done);
-                    gap = self.timed_scan().await;
-                    last_scan = Instant::now();
+                    next_scan = Some(Instant::now());
                 }
                 changed = changes.changed() => {
                     if changed.is_err() {
@@ -795,8 +796,7 @@ impl Bridge {
     async fn put(&mut self, topic: String, payload: Vec<u8>, force: bool) {
         // cyncd's own availability is no entity's: never remembered, never cleared.
         if !payload.is_empty() && topic != self.topics.availability() {
-            let wanted = self.scanned.get(&topic).cloned();
-            self.memory.remember(&topic, wanted.as_ref());
+            self.memory.remember(&topic, self.scanned.get(&topic));
         }
         let h = hash(&payload);
         if !force && self.published.get(&topic) == Some(&h) {
@@ -864,6 +864,13 @@ impl Bridge {
         let mut by_key: HashMap<(String, u16), DeviceView> = HashMap::new();
         // Device blocks by (home, mesh id), for the bridges that are those devices.
         let mut blocks: HashMap<(String, u16), serde_json::Value> = HashMap::new();
+        let owns: Vec<(String, u16)> = self
+            .bridges_seen
+            .values()
+            .filter_map(|b| b.own.clone())
+            .collect();
+        let bridges_own: HashSet<(&str, u16)> =
+            owns.iter().map(|(h, m)| (h.as_str(), *m)).collect();
         for view in views {
             let t = DeviceType::of(view.type_code);
             let object = ha::device_object(&view.home, view.mesh_id);
@@ -900,12 +907,14 @@ impl Bridge {
                 wifi_mac: homes.device(&home, mesh).and_then(|d| d.wifi_mac.clone()),
             };
             let block = ha::device_block(&view, &t, &links);
-            blocks.insert((home.clone(), mesh), block.clone());
+            if bridges_own.contains(&(home.as_str(), mesh)) {
+                blocks.insert((home.clone(), mesh), block.clone());
+            }
             // Entities only the homes name (no bridge listed them) go when the homes drop them.
             let wanted = Wanted {
                 configured_only: !self.ctx.registry.listed_by_bridge(&home, mesh),
-                home: Some(home.clone()),
-                owner: object.clone(),
+                home: Some(Arc::from(home.as_str())),
+                owner: Arc::from(object.as_str()),
             };
             let entities: BTreeSet<String> = shape
                 .objects(&home, mesh)
@@ -1081,8 +1090,8 @@ impl Bridge {
             let reachable = members.iter().any(|m| m.reachable);
             let wanted = Wanted {
                 configured_only: true,
-                home: Some(home.clone()),
-                owner: object.clone(),
+                home: Some(Arc::from(home.as_str())),
+                owner: Arc::from(object.as_str()),
             };
             let discovery_topic = self.topics.discovery(shape.component(), &object);
             for topic in [
@@ -1215,7 +1224,7 @@ impl Bridge {
             let wanted = Wanted {
                 configured_only: false,
                 home: None,
-                owner: object.clone(),
+                owner: Arc::from(object.as_str()),
             };
             self.scanned
                 .insert(self.topics.state(&object), wanted.clone());
@@ -1384,9 +1393,9 @@ struct Wanted {
     /// Only the configuration wants it (no bridge listed the device).
     configured_only: bool,
     /// The home of its device or group (none for a Wi-Fi bridge's).
-    home: Option<String>,
+    home: Option<Arc<str>>,
     /// The object id of the device, group or bridge it belongs to.
-    owner: String,
+    owner: Arc<str>,
 }
 
 /// One remembered topic.
@@ -1487,16 +1496,16 @@ impl Memory {
         if let Some(e) = self.topics.get_mut(topic) {
             // Entries of older files learn their home and owner.
             if let Some(w) = wanted {
-                if e.home != w.home || e.owner.as_deref() != Some(w.owner.as_str()) {
-                    e.home.clone_from(&w.home);
-                    e.owner = Some(w.owner.clone());
+                if e.home.as_deref() != w.home.as_deref() || e.owner.as_deref() != Some(&*w.owner) {
+                    e.home = w.home.as_deref().map(str::to_string);
+                    e.owner = Some(w.owner.to_string());
                     self.dirty = true;
                     if discovery_object(topic).is_some() {
                         for set in self.owners.values_mut() {
                             set.remove(topic);
                         }
                         self.owners
-                            .entry(w.owner.clone())
+                            .entry(w.owner.to_string())
                             .or_default()
                             .insert(topic.to_string());
                     }
@@ -1517,8 +1526,8 @@ impl Memory {
         let entry = Remembered {
             configured_only: wanted.is_some_and(|w| w.configured_only),
             seen: unix_now(),
-            home: wanted.and_then(|w| w.home.clone()),
-            owner: wanted.map(|w| w.owner.clone()),
+            home: wanted.and_then(|w| w.home.as_deref().map(str::to_string)),
+            owner: wanted.map(|w| w.owner.to_string()),
         };
         if let (Some(owner), Some(_)) = (entry.owner_of(topic), discovery_object(topic)) {
             self.owners
