@@ -8,7 +8,8 @@
 //! | `<base>/bridge/availability` | `online` / `offline` (retained; the last will is `offline`) |
 //! | `<prefix>/<component>/cyncd/<object_id>/config` | discovery (retained; empty = removed) |
 //! | `<base>/<object_id>/state` | state JSON (retained, published when it changes) |
-//! | `<base>/<object_id>/availability` | `online` / `offline` for a mesh device (retained) |
+//! | `<base>/<object_id>/availability` | `online` / `offline` for a mesh device or a group (retained) |
+//! | `<base>/<object_id>/attributes` | a mesh device's attributes (retained; `json_attributes_topic`) |
 //! | `<base>/<object_id>/set` | commands from Home Assistant |
 //!
 //! Object ids: `<home>_<mesh_id>` for a device, `<home>_<mesh_id>_outlet<n>` for each outlet of
@@ -20,8 +21,10 @@
 //! What a device becomes follows its kind: lights, switches and fans are commanded; each outlet
 //! of a multi-outlet plug is a switch; a thermostat's readings are read-only sensors; sensors,
 //! remotes and cameras (which take no command) are one connectivity binary sensor, so they are
-//! never offered as controllable. A device's room is its `suggested_area`, and its product name
-//! its `model`.
+//! never offered as controllable. A device's room is its `suggested_area`, its product name its
+//! `model` and its type code its `model_id`; a Wi-Fi bridge's diagnostics belong to its own mesh
+//! device. Lights offer neither flash nor transition (the devices have none), and their states
+//! carry a colour mode only with its value.
 
 use crate::commands::control::Step;
 use crate::devices::registry::DeviceView;

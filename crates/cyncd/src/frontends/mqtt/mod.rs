@@ -23,18 +23,24 @@
 //!
 //! Commands (`<base>/<entity>/set`) are checked against the device type and submitted with
 //! their outcome awaited; at most [`MAX_COMMANDS_IN_FLIGHT`] at once (more are refused, logged
-//! and counted as `busy`). An applied command's new state is published at once (and held over
-//! the registry for up to [`OVERLAY_HOLD`] until the device's own report agrees); any other
-//! outcome re-publishes the true state so Home Assistant does not show what did not happen.
+//! and counted as `busy`). An applied command's new state is published at once (outcomes that
+//! are ready together in one scan; held over the registry for up to [`OVERLAY_HOLD`] until the
+//! device's own report agrees); any other outcome re-publishes the true state so Home Assistant
+//! does not show what did not happen.
 //!
 //! Entities are announced for the devices the homes (the configuration over the homes file)
 //! name or a bridge's mesh listing named ([`crate::devices::registry::Registry::listed`]); a report from an id no bridge lists
 //! creates nothing in Home Assistant. Every topic ever published is remembered in
-//! `mqtt-entities.json` in the state directory (at most [`MAX_REMEMBERED_TOPICS`]; further ones
-//! are not remembered, with a warning), so stale entities are removed (empty retained
-//! payloads): at the next start those only the configuration wanted and it no longer names, and
-//! any not wanted for [`STALE_AFTER`]. Payloads quoted in logs are cut to
-//! [`LOG_PREVIEW`] bytes, with their length.
+//! `mqtt-entities.json` in the state directory with the home and the device, group or bridge
+//! it belongs to (at most [`MAX_REMEMBERED_TOPICS`]; further ones are not remembered, with a
+//! warning; written whole through a temporary file and a rename, mode 0600), so stale entities
+//! are removed (empty retained payloads): at once, a discovery topic its owner no longer has
+//! (an entity that changed shape: cleared before the new one is published, so each unique id
+//! is retained under one discovery topic); at the next start, those only the configuration
+//! wanted and it no longer names, and those of a home that no longer exists (and no scan
+//! wants); at any time, any not wanted for [`STALE_AFTER`]. A device whose type is not known
+//! (yet) keeps the entities it had rather than becoming a placeholder light. Payloads quoted in
+//! logs are cut to [`LOG_PREVIEW`] bytes, with their length.
 
 pub mod ha;
 
