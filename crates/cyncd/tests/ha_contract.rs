@@ -1081,33 +1081,50 @@ async fn a_placeholder_light_becomes_a_switch_without_a_second_entity() {
     let mut ha = Ha::connect(broker.port).await;
     let mut typed = home(true);
     typed.devices[0].kind = None;
+    // A group of the plug alone: a light while its member's type is unknown, then a switch.
+    typed.groups.push(GroupConfig {
+        id: 2,
+        name: "Plug group".into(),
+        members: vec![1],
+        room: Some(false),
+    });
     let server = start(lab_config("ha-shape", &broker, vec![typed])).await;
     let light = "homeassistant/light/cyncd/lab_1/config";
     let switch = "homeassistant/switch/cyncd/lab_1/config";
+    let group_light = "homeassistant/light/cyncd/lab_group_2/config";
+    let group_switch = "homeassistant/switch/cyncd/lab_group_2/config";
     ha.until(
         "the placeholder light, every payload as Home Assistant reads it",
-        |s| s.latest.contains_key(light) && check_retained(s).is_ok(),
+        |s| {
+            s.latest.contains_key(light)
+                && s.latest.contains_key(group_light)
+                && check_retained(s).is_ok()
+        },
     )
     .await;
     let fleet = fleet(&server);
-    ha.until("the switch", |s| s.latest.contains_key(switch))
-        .await;
+    ha.until("the switches", |s| {
+        s.latest.contains_key(switch) && s.latest.contains_key(group_switch)
+    })
+    .await;
     let seen = ha.seen();
-    assert!(
-        !seen.latest.contains_key(light),
-        "the placeholder light is still retained beside the switch"
-    );
-    let cleared = seen
-        .order
-        .iter()
-        .position(|(t, empty)| t == light && *empty)
-        .expect("the light's discovery was never cleared");
-    let published = seen
-        .order
-        .iter()
-        .position(|(t, empty)| t == switch && !*empty)
-        .unwrap();
-    assert!(cleared < published, "the switch came before the light went");
+    for (old, new) in [(light, switch), (group_light, group_switch)] {
+        assert!(
+            !seen.latest.contains_key(old),
+            "{old} is still retained beside {new}"
+        );
+        let cleared = seen
+            .order
+            .iter()
+            .position(|(t, empty)| t == old && *empty)
+            .unwrap_or_else(|| panic!("{old} was never cleared"));
+        let published = seen
+            .order
+            .iter()
+            .position(|(t, empty)| t == new && !*empty)
+            .unwrap();
+        assert!(cleared < published, "{new} came before {old} went");
+    }
     all_reachable(&server, HOME, DEVICES.len()).await;
     ha.until("every state", |s| check_retained(s).is_ok()).await;
     fleet.stop().await;
@@ -1118,19 +1135,31 @@ async fn a_placeholder_light_becomes_a_switch_without_a_second_entity() {
     // switch stays (no placeholder light replaces it).
     let mut again = lab_config("ha-shape-2", &broker, vec![home(true)]);
     again.homes[0].devices[0].kind = None;
+    again.homes[0].groups.push(GroupConfig {
+        id: 2,
+        name: "Plug group".into(),
+        members: vec![1],
+        room: Some(false),
+    });
     again.state_dir = state_dir;
-    let (light_count, state_count) = (ha.seen().count(light), ha.seen().count("cync/lab_1/state"));
+    let seen = ha.seen();
+    let counts = (
+        seen.count(light),
+        seen.count(group_light),
+        seen.count("cync/lab_group_2/state"),
+    );
     let second = start(again).await;
-    // Everything is published again at a start; the device's discovery goes before its state.
-    ha.until("lab_1 published again", |s| {
-        s.count("cync/lab_1/state") > state_count
+    // Everything is published again at a start, groups after devices, each discovery before
+    // its state.
+    ha.until("the group published again", |s| {
+        s.count("cync/lab_group_2/state") > counts.2
     })
     .await;
     let seen = ha.seen();
-    assert!(seen.latest.contains_key(switch));
+    assert!(seen.latest.contains_key(switch) && seen.latest.contains_key(group_switch));
     assert_eq!(
-        seen.count(light),
-        light_count,
+        (seen.count(light), seen.count(group_light)),
+        (counts.0, counts.1),
         "a placeholder light came back"
     );
     second.shutdown().await;

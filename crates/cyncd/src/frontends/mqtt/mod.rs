@@ -1084,7 +1084,8 @@ impl Bridge {
         drop(homes);
         for (home, group) in groups {
             let object = ha::group_object(&home, group.id);
-            let shape = ha::group_shape(&self.member_types(&home, group.id));
+            let types = self.member_types(&home, group.id);
+            let shape = ha::group_shape(&types);
             let members: Vec<&DeviceView> = group
                 .members
                 .iter()
@@ -1101,14 +1102,32 @@ impl Bridge {
             };
             let discovery_topic = self.topics.discovery(shape.component(), &object);
             for topic in [
-                discovery_topic.clone(),
                 self.topics.state(&object),
                 self.topics.entity_availability(&object),
             ] {
                 self.scanned.insert(topic, wanted.clone());
             }
-            self.retire(&object, &BTreeSet::from([discovery_topic.clone()]))
-                .await;
+            // As for a device: a shape that rests on a member of unknown type does not
+            // replace the entity the group had.
+            let keep = BTreeSet::from([discovery_topic.clone()]);
+            let keep_old = types.iter().any(|t| !t.known && t.code.is_none())
+                && self
+                    .memory
+                    .discovery_of(&object)
+                    .is_some_and(|old| !old.is_empty() && *old != keep);
+            if keep_old {
+                for topic in self
+                    .memory
+                    .discovery_of(&object)
+                    .cloned()
+                    .unwrap_or_default()
+                {
+                    self.scanned.insert(topic, wanted.clone());
+                }
+            } else {
+                self.scanned.insert(discovery_topic.clone(), wanted.clone());
+                self.retire(&object, &keep).await;
+            }
             let discovery = ha::discovery(
                 &self.topics,
                 &object,
@@ -1123,7 +1142,9 @@ impl Bridge {
                     gid: group.id,
                 },
             );
-            self.put_json(discovery_topic, &discovery).await;
+            if !keep_old {
+                self.put_json(discovery_topic, &discovery).await;
+            }
             self.put_json(self.topics.state(&object), &state).await;
             let available = if reachable { "online" } else { "offline" };
             self.put(
@@ -1297,8 +1318,17 @@ impl Bridge {
             }
             for g in &home.groups {
                 let object = ha::group_object(&home.name, g.id);
-                let shape = ha::group_shape(&self.member_types(&home.name, g.id));
+                let types = self.member_types(&home.name, g.id);
+                let shape = ha::group_shape(&types);
                 out.insert(self.topics.discovery(shape.component(), &object));
+                if types.iter().any(|t| !t.known && t.code.is_none()) {
+                    out.extend(
+                        self.memory
+                            .discovery_of(&object)
+                            .cloned()
+                            .unwrap_or_default(),
+                    );
+                }
                 out.insert(self.topics.state(&object));
                 out.insert(self.topics.entity_availability(&object));
             }
