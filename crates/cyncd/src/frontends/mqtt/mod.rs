@@ -867,6 +867,19 @@ impl Bridge {
         let homes = self.ctx.homes.get();
         let page = self.page.clone();
         let views = self.views();
+        // A bridge whose own device Home Assistant is not shown (hidden) stays a device of
+        // its own.
+        let visible: HashSet<(&str, u16)> =
+            views.iter().map(|v| (v.home.as_str(), v.mesh_id)).collect();
+        for b in self.bridges_seen.values_mut() {
+            if b.own
+                .as_ref()
+                .is_some_and(|(h, m)| !visible.contains(&(h.as_str(), *m)))
+            {
+                b.own = None;
+            }
+        }
+        drop(visible);
         let mut by_key: HashMap<(String, u16), DeviceView> = HashMap::new();
         // Device blocks by (home, mesh id), for the bridges that are those devices.
         let mut blocks: HashMap<(String, u16), serde_json::Value> = HashMap::new();
