@@ -1242,3 +1242,51 @@ async fn group_availability_follows_the_members_bridges() {
     .await;
     server.shutdown().await;
 }
+
+/// A bridge whose own device the homes hide is a device of its own in Home Assistant, and the
+/// devices it reaches name that device: nothing points at a device Home Assistant is not told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridge_whose_own_device_is_hidden_keeps_a_device_of_its_own() {
+    let Some(broker) = Mosquitto::start(None).await else {
+        return;
+    };
+    let mut lab = home(true);
+    lab.devices[0].enabled = Some(false);
+    let server = start(lab_config("ha-hidden", &broker, vec![lab])).await;
+    let fleet = fleet(&server);
+    all_reachable(&server, HOME, DEVICES.len() - 1).await;
+    until(&server, || {
+        server
+            .ctx
+            .registry
+            .connections()
+            .iter()
+            .any(|c| c.device.is_some())
+    })
+    .await;
+    let mut ha = Ha::connect(broker.port).await;
+    let bridge = "homeassistant/binary_sensor/cyncd/bridge_67000001_connected/config";
+    ha.until("the bridge and the colour light", |s| {
+        s.json(bridge).is_some()
+            && s.json("homeassistant/light/cyncd/lab_2/config")
+                .is_some_and(|c| c["device"]["via_device"].is_string())
+            && check_retained(s).is_ok()
+    })
+    .await;
+    let seen = ha.seen();
+    assert!(
+        !seen
+            .latest
+            .contains_key("homeassistant/switch/cyncd/lab_1/config")
+    );
+    assert_eq!(
+        seen.json(bridge).unwrap()["device"]["identifiers"],
+        json!(["cyncd_bridge_67000001"])
+    );
+    assert_eq!(
+        seen.json("homeassistant/light/cyncd/lab_2/config").unwrap()["device"]["via_device"],
+        "cyncd_bridge_67000001"
+    );
+    fleet.stop().await;
+    server.shutdown().await;
+}
