@@ -333,27 +333,28 @@ async fn lowering_the_percentage_with_drain_moves_exactly_the_expected_connectio
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_shadow_counts_where_legacy_calls_a_refusal_applied() {
-    // Devices that refuse every command answer with a bare 0x7B: legacy calls that applied,
-    // the reliable transport would call it rejected.
+async fn the_shadow_counts_where_legacy_reads_a_lost_result_as_a_refusal() {
+    // Devices whose f9 results are all lost: legacy reads only results, so each bare 0x7B is a
+    // refusal to it; the reliable transport reads the status report that follows and calls
+    // the command applied, as it was.
     let mut config = fast_config("canary-shadow-diff", "shadow", 0.0);
     let ids = [0x7e00_0000u32];
     config.homes = homes(&ids);
     let server = start(config).await;
-    let fleet = fleets(&server, &ids, &Chaos::parse("reject=1.0").unwrap(), 5);
+    let fleet = fleets(&server, &ids, &Chaos::parse("drop_result=1.0").unwrap(), 5);
     all_connected(&server, &ids).await;
     let outcomes = round(&server, &ids, true).await;
     assert!(
-        outcomes.values().flatten().all(|o| *o == "applied"),
+        outcomes.values().flatten().all(|o| *o == "rejected"),
         "{outcomes:?}"
     );
     assert!(
-        fleet[0].1.devices().iter().all(|d| !d.on),
-        "nothing was applied"
+        fleet[0].1.devices().iter().all(|d| d.on),
+        "every command was applied at the device"
     );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let want =
-        format!("tcp_comm_shadow_diff_total{{legacy=\"applied\",reliable=\"rejected\"}} {DEVICES}");
+        format!("tcp_comm_shadow_diff_total{{legacy=\"rejected\",reliable=\"applied\"}} {DEVICES}");
     loop {
         let (_, metrics) = get(&server, "/metrics").await;
         if metrics.contains(&want) {
@@ -449,8 +450,9 @@ async fn commands_sent_across_a_drain_are_written_once_by_the_owner_of_the_new_c
     for (id, events) in &traces {
         eprintln!("{id}: {}", serde_json::to_string(events).unwrap());
     }
-    // Each command was written once, by legacy (zero message id) on its own connection, and
-    // the simulator received exactly the four commands (one before the drain), refusing each.
+    // Each command was written once, by legacy (zero message id) on its own connection, ended
+    // `rejected`, and the simulator received exactly the four commands (one before the drain),
+    // refusing each.
     assert_eq!(summary.commands, 1 + DEVICES as u64, "{summary:?}");
     assert_eq!(summary.faults.get("reject"), Some(&(1 + DEVICES as u64)));
     for (id, events) in &traces {
@@ -460,8 +462,8 @@ async fn commands_sent_across_a_drain_are_written_once_by_the_owner_of_the_new_c
         assert_eq!(sent[0]["owner"], "legacy", "{id}: {events:?}");
         let outcomes: Vec<_> = events.iter().filter(|e| e["event"] == "outcome").collect();
         assert_eq!(outcomes.len(), 1, "{id}: {events:?}");
-        // Legacy's own reading of a bare 0x7B ("0x7B seen"), as for any legacy command.
-        assert_eq!(outcomes[0]["outcome"], "applied", "{id}: {events:?}");
+        // A bare 0x7B is a refusal on either transport.
+        assert_eq!(outcomes[0]["outcome"], "rejected", "{id}: {events:?}");
     }
     let (_, metrics) = get(&server, "/metrics").await;
     eprintln!(

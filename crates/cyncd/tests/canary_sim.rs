@@ -527,6 +527,38 @@ async fn next_command(device: &mut tokio::io::DuplexStream) -> [u8; 3] {
     [packet[9], packet[10], packet[11]]
 }
 
+/// The next command packet (0x73) the server writes, whole.
+async fn next_command_packet(device: &mut tokio::io::DuplexStream) -> Vec<u8> {
+    read_packets(device, 1, |p| p[0] == 0x73).await.remove(0)
+}
+
+/// The device's `f9` result with `code` for the command packet `command` (its seq and opcode),
+/// under the device's own message id, as in the cloud trace.
+fn result(id: u32, command: &[u8], code: u8) -> Vec<u8> {
+    let (seq, opcode) = (command[13], command[18]);
+    let frame = [
+        0x7e,
+        seq,
+        0,
+        0,
+        0,
+        0xf9,
+        opcode,
+        1,
+        0,
+        code,
+        opcode.wrapping_add(1).wrapping_add(code),
+        0x7e,
+    ];
+    [
+        &[0x73, 0, 0, 0, 0x13][..],
+        &id.to_be_bytes(),
+        &[0, 2, 0],
+        &frame,
+    ]
+    .concat()
+}
+
 /// The device's 0x7B echoing `msg`.
 fn ack(id: u32, msg: [u8; 3]) -> Vec<u8> {
     [&[0x7b, 0, 0, 0, 7][..], &id.to_be_bytes(), &msg].concat()
@@ -580,10 +612,12 @@ async fn legacy_credits_a_0x7b_only_to_a_command_it_wrote_on_that_connection() {
         "credited to the command"
     );
     assert_eq!(unmatched(&server, "legacy"), 1);
-    // Its own 0x7B (all-zero id) is.
+    // Its own 0x7B (all-zero id) is: with no result after it, a refusal, 500 ms later (not the
+    // 2 s of a command nothing answered).
     write(&mut device, &ack(id, [0, 0, 0])).await;
     let done = pending.await.unwrap();
-    assert_eq!((done.outcome, done.attempts), ("applied", 1), "{done:?}");
+    assert_eq!((done.outcome, done.attempts), ("rejected", 1), "{done:?}");
+    assert!(done.latency_ms < 1600.0, "{done:?}");
     // A zero-id 0x7B with nothing written is counted too.
     write(&mut device, &ack(id, [0, 0, 0])).await;
     tokio::time::sleep(Duration::from_millis(1)).await;
@@ -664,8 +698,10 @@ async fn a_bridge_reconnecting_over_a_live_connection_ends_what_legacy_wrote_on_
     let mut device = raw_device(&server, id).await;
     // The 0x7B on the new connection is the new command's, not the old one's.
     let second = power(&server, id);
-    assert_eq!(next_command(&mut device).await, [0, 0, 0]);
+    let packet = next_command_packet(&mut device).await;
+    assert_eq!(packet[9..12], [0, 0, 0]);
     write(&mut device, &ack(id, [0, 0, 0])).await;
+    write(&mut device, &result(id, &packet, 0)).await;
     let second = second.await.unwrap();
     assert_eq!(
         (second.outcome, second.attempts),
@@ -678,5 +714,49 @@ async fn a_bridge_reconnecting_over_a_live_connection_ends_what_legacy_wrote_on_
     assert_eq!((first.outcome, first.attempts), ("no_ack", 1), "{first:?}");
     assert!(first.latency_ms < 100.0, "{first:?}");
     expect_closed(&mut old, Duration::from_secs(5)).await;
+    server.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn legacy_reads_the_result_in_either_order_and_a_bare_0x7b_as_a_refusal() {
+    let mut config = canary_config("sim-legacy-results", "legacy", 0.0, &[]);
+    config.discover_mesh = false;
+    let server = start(config).await;
+    let id = 0x7600_0003;
+    let mut device = raw_device(&server, id).await;
+    // The 0x7B, then a successful result: applied at once.
+    let pending = power(&server, id);
+    let packet = next_command_packet(&mut device).await;
+    write(&mut device, &ack(id, [0, 0, 0])).await;
+    write(&mut device, &result(id, &packet, 0)).await;
+    let done = pending.await.unwrap();
+    assert_eq!(done.outcome, "applied", "{done:?}");
+    assert!(done.latency_ms < 100.0, "{done:?}");
+    // The result first, then the 0x7B (one segment, as devices often send them): applied.
+    let pending = power(&server, id);
+    let packet = next_command_packet(&mut device).await;
+    write(
+        &mut device,
+        &[result(id, &packet, 0), ack(id, [0, 0, 0])].concat(),
+    )
+    .await;
+    let done = pending.await.unwrap();
+    assert_eq!(done.outcome, "applied", "{done:?}");
+    assert!(done.latency_ms < 100.0, "{done:?}");
+    // A failing result: rejected at once.
+    let pending = power(&server, id);
+    let packet = next_command_packet(&mut device).await;
+    write(&mut device, &ack(id, [0, 0, 0])).await;
+    write(&mut device, &result(id, &packet, 1)).await;
+    let done = pending.await.unwrap();
+    assert_eq!(done.outcome, "rejected", "{done:?}");
+    assert!(done.latency_ms < 100.0, "{done:?}");
+    // A bare 0x7B: rejected once the result is overdue.
+    let pending = power(&server, id);
+    next_command_packet(&mut device).await;
+    write(&mut device, &ack(id, [0, 0, 0])).await;
+    let done = pending.await.unwrap();
+    assert_eq!(done.outcome, "rejected", "{done:?}");
+    assert!((500.0..1000.0).contains(&done.latency_ms), "{done:?}");
     server.shutdown().await;
 }

@@ -1,11 +1,17 @@
 //! The legacy transport: commands sent the way the controllers cyncd replaces send them, for
 //! connections the canary routes to `legacy`, so the two can be compared on the same homes.
 //!
-//! Faithfully: one write with a drain timeout ([`crate::config::CanaryConfig::legacy_timeout_ms`],
-//! 2 s), no retry, no dedup, all-zero message ids (so a 0x7B cannot be matched to its command:
-//! the oldest command written on that connection takes it), and the outcome is `applied` when a
-//! 0x7B is seen in time, else `no_ack` (`failed` when the write did not happen in time). A bare
-//! 0x7B — a device refusing — counts as applied, as it did there.
+//! Faithfully in what it writes: one write with a drain timeout
+//! ([`crate::config::CanaryConfig::legacy_timeout_ms`], 2 s), no retry, no dedup, all-zero
+//! message ids (so a 0x7B cannot be matched to its command: the oldest command written on that
+//! connection takes it). Truthfully in what it reports: a 0x7B proves the packet arrived, and the
+//! device's `f9` result for the command's seq (before or after the 0x7B, as devices send them in
+//! either order) says what it did — code 0 `applied`, any other `rejected`. A bare 0x7B with no
+//! result within [`RESULT_WAIT`] is a refusal (`rejected`), as it is for the reliable transport;
+//! a result whose 0x7B never came counts by its code at the deadline; nothing at all is
+//! `no_ack` (`failed` when the write did not happen in time). The controllers cyncd replaces
+//! called every 0x7B `applied`; cyncd does not, so a refused command never reads as applied on
+//! either transport, and the SLOs compare like with like.
 //!
 //! Ownership (the rule is in [`super::transport`]): legacy writes only on connections it owns.
 //! Only a 0x7B echoing the all-zero id can answer a legacy command, and only one written on
@@ -60,6 +66,11 @@ pub const MAX_PENDING: usize = 4096;
 pub const QUEUE: usize = 16_384;
 /// The message id every legacy command carries.
 const ZERO_ID: MsgId = MsgId([0; 3]);
+
+/// How long after its 0x7B a legacy command waits for the device's `f9` result before the bare
+/// 0x7B reads as a refusal. Devices send the result with the 0x7B, often in the same TCP segment
+/// (14–77 ms after the command in the cloud trace).
+pub const RESULT_WAIT: Duration = Duration::from_millis(500);
 /// The legacy outcome of a shadowed command that went back to the command service: its
 /// shadow outcome is not compared.
 const MOVED: &str = "moved";
@@ -122,7 +133,14 @@ pub struct LegacyMetrics {
 }
 
 /// Every outcome the legacy transport reports.
-pub const OUTCOMES: [&str; 5] = ["applied", "no_ack", "failed", "queue_full", "superseded"];
+pub const OUTCOMES: [&str; 6] = [
+    "applied",
+    "rejected",
+    "no_ack",
+    "failed",
+    "queue_full",
+    "superseded",
+];
 
 impl LegacyMetrics {
     /// Creates and registers the metrics; the count of unmatched answers is `metrics`'.
@@ -280,6 +298,12 @@ struct Pending {
     /// The command's own deadline, wherever it has been.
     limit: Instant,
     written: bool,
+    /// The seq it was written with.
+    seq: Option<Seq>,
+    /// Its 0x7B came (it then waits [`RESULT_WAIT`] for its result).
+    acked: bool,
+    /// The device's `f9` result code, when it came before the 0x7B.
+    result: Option<u8>,
     /// Attempts made (and whether one was written) before it reached legacy.
     attempts: u8,
     lost: u8,
@@ -374,6 +398,7 @@ impl Service {
             } => {
                 if let Some(p) = self.pending.get_mut(&command) {
                     p.written = true;
+                    p.seq = Some(seq);
                     p.deadline = (Instant::now() + self.timeout).min(p.limit);
                     self.written.entry(conn).or_default().push_back(command);
                     self.commands.trace_event(
@@ -424,7 +449,16 @@ impl Service {
                         if let Some(private) = self.shadow_ids.get(&command).copied() {
                             let _ = self.shadow.ack(conn, private, now);
                         }
-                        self.finish(command, "applied");
+                        let result = self.pending.get(&command).and_then(|p| p.result);
+                        match result {
+                            Some(code) => self.finish(command, reading(code)),
+                            None => {
+                                if let Some(p) = self.pending.get_mut(&command) {
+                                    p.acked = true;
+                                    p.deadline = (Instant::now() + RESULT_WAIT).min(p.limit);
+                                }
+                            }
+                        }
                     }
                     None => {
                         self.metrics.unmatched.inc();
@@ -433,20 +467,47 @@ impl Service {
             }
             LegacyEvent::Device(ConnEvent::Result { conn, seq, code }) => {
                 self.shadow.result(conn, seq, code, now);
+                // The newest command written on that bridge with that seq (an older one could
+                // only be from a connection before, whose seqs started over).
+                let command = self
+                    .pending
+                    .iter()
+                    .filter(|(_, p)| p.written && p.conn == Some(conn) && p.seq == Some(seq))
+                    .max_by_key(|(_, p)| p.deadline)
+                    .map(|(id, p)| (*id, p.acked));
+                match command {
+                    // Its 0x7B came first: the result ends it.
+                    Some((id, true)) => self.finish(id, reading(code)),
+                    // The 0x7B is still to come (and is credited to it, oldest first).
+                    Some((id, false)) => {
+                        if let Some(p) = self.pending.get_mut(&id) {
+                            p.result = Some(code);
+                        }
+                    }
+                    None => {}
+                }
             }
             LegacyEvent::Device(ConnEvent::Status { home, status }) => {
                 self.shadow.status(&home, &status, now);
             }
             LegacyEvent::Device(ConnEvent::Lost(conn)) => {
                 self.shadow.connection_lost(conn, now);
-                // Their 0x7B can no longer be read, and legacy never resends.
+                // Their 0x7B (or result) can no longer be read, and legacy never resends: what
+                // had its result ends by it, the rest `no_ack`.
                 let written: Vec<CommandId> = self
                     .written
                     .remove(&conn)
                     .map(Vec::from)
                     .unwrap_or_default();
-                for command in written {
-                    self.finish(command, "no_ack");
+                let acked: Vec<CommandId> = self
+                    .pending
+                    .iter()
+                    .filter(|(_, p)| p.acked && p.conn == Some(conn))
+                    .map(|(id, _)| *id)
+                    .collect();
+                for command in written.into_iter().chain(acked) {
+                    let result = self.pending.get(&command).and_then(|p| p.result);
+                    self.finish(command, result.map_or("no_ack", reading));
                 }
             }
             LegacyEvent::Device(_) => {}
@@ -485,6 +546,9 @@ impl Service {
                 deadline: (now + self.timeout * 2).min(limit),
                 limit,
                 written: false,
+                seq: None,
+                acked: false,
+                result: None,
                 attempts: 0,
                 lost: 0,
                 written_before: false,
@@ -522,6 +586,9 @@ impl Service {
                 deadline: (now + self.timeout * 2).min(moving.deadline),
                 limit: moving.deadline,
                 written: false,
+                seq: None,
+                acked: false,
+                result: None,
                 attempts: moving.attempts,
                 lost: moving.lost,
                 written_before: moving.written,
@@ -649,14 +716,23 @@ impl Service {
 
     fn expire(&mut self) {
         let now = Instant::now();
-        let due: Vec<(CommandId, bool)> = self
+        let due: Vec<(CommandId, &'static str)> = self
             .pending
             .iter()
             .filter(|(_, p)| p.deadline <= now)
-            .map(|(id, p)| (*id, p.written || p.written_before))
+            .map(|(id, p)| {
+                let outcome = match (p.acked, p.result) {
+                    (_, Some(code)) => reading(code),
+                    // A bare 0x7B: the device refused it.
+                    (true, None) => "rejected",
+                    (false, None) if p.written || p.written_before => "no_ack",
+                    (false, None) => "failed",
+                };
+                (*id, outcome)
+            })
             .collect();
-        for (id, written) in due {
-            self.finish(id, if written { "no_ack" } else { "failed" });
+        for (id, outcome) in due {
+            self.finish(id, outcome);
         }
     }
 
@@ -793,6 +869,11 @@ impl Service {
 
 /// Inserts into a set bounded by [`MAX_PENDING`] (cleared when full: the entries only matter
 /// for commands still in flight, and at most `MAX_PENDING` are).
+/// What a device's `f9` result code says of a command.
+fn reading(code: u8) -> &'static str {
+    if code == 0 { "applied" } else { "rejected" }
+}
+
 fn bounded_insert(set: &mut HashSet<CommandId>, id: CommandId) {
     if set.len() >= MAX_PENDING {
         set.clear();
