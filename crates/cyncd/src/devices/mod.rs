@@ -1,8 +1,8 @@
 //! The device side: TLS, the accept loop, one task per device connection, and the registry of
 //! what every device and connection is.
 //!
-//! Owns: sockets and TLS towards devices ([`tls`], [`server`]), the sans-IO session of each
-//! connection, who a device is ([`auth`]: auth-code pins), device state and connections
+//! Owns: sockets and TLS towards devices ([`tls`], [`server`]) and towards the upstream cloud
+//! in relay mode ([`relay`]), the sans-IO session of each connection, who a device is ([`auth`]: auth-code pins), device state and connections
 //! ([`registry`]), and the messages exchanged with the command transports ([`link`]).
 //!
 //! Must not import: `commands`, `frontends`, `cli` or `serve` (the layers above). What a
@@ -13,6 +13,7 @@
 pub mod auth;
 pub mod link;
 pub mod registry;
+pub mod relay;
 pub mod server;
 pub mod tls;
 
@@ -54,4 +55,6 @@ pub trait Host: Send + Sync + 'static {
     fn packet(&self, transport: Transport, bad: bool);
     /// Hands an event to the transport `to` (never waits; a full queue drops and counts).
     fn deliver(&self, to: Transport, event: ConnEvent);
+    /// The upstream of relay mode; `None` when relay mode is off.
+    fn relay(&self) -> Option<&std::sync::Arc<relay::RelayClient>>;
 }
