@@ -16,6 +16,10 @@
 //! 3. **Direct** (the same, without the relay): the devices connect straight to the upstream,
 //!    which shows what the client and the loopback cost on their own.
 //!
+//! Also printed: each ping → cyncd's 0x48 answer back at the device, during the relay run.
+//! It crosses cyncd's process once, as the relayed ping does, so it separates what relaying
+//! adds from what any wake-up of the cyncd process costs on a busy machine.
+//!
 //! Memory: VmRSS of the cyncd process before the ramp and at the end of the window; their
 //! difference over N is the memory per relayed connection (its device side and its upstream
 //! side together). The client and the upstream run on one tokio worker in this process and
@@ -120,6 +124,8 @@ struct Clock {
     base: std::time::Instant,
     sent: HashMap<[u8; 4], AtomicU64>,
     latencies: Mutex<Vec<u32>>,
+    /// Ping → cyncd's 0x48 answer back at the device, in µs (relay run only).
+    answers: Mutex<Vec<u32>>,
     upstream_conns: AtomicUsize,
 }
 
@@ -220,21 +226,47 @@ async fn pinger(
     end: Instant,
 ) -> u64 {
     let (mut rd, mut wr) = tokio::io::split(stream);
-    let reader = tokio::spawn(async move {
-        let mut buf = [0u8; 1024];
-        while let Ok(n) = rd.read(&mut buf).await {
-            if n == 0 {
-                break;
+    let asked = Arc::new(AtomicU64::new(0));
+    let reader = {
+        let (asked, clock) = (asked.clone(), clock.clone());
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let mut framer = cync_proto::Framer::default();
+            while let Ok(n) = rd.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                let arrived = clock.now();
+                let mut input = &buf[..n];
+                while !input.is_empty() {
+                    let taken = framer.push(input);
+                    input = &input[taken..];
+                    while let Some(Ok(p)) = framer.next_packet() {
+                        if p.first() != Some(&0x48) {
+                            continue;
+                        }
+                        let sent = asked.swap(0, Ordering::Relaxed);
+                        if sent > 0 && arrived >= sent {
+                            let us = u32::try_from((arrived - sent) / 1000).unwrap_or(u32::MAX);
+                            clock.answers.lock().unwrap().push(us);
+                        }
+                    }
+                    if taken == 0 {
+                        break;
+                    }
+                }
             }
-        }
-    });
+        })
+    };
     let probe = ping(id);
     let slot = &clock.sent[&id.to_be_bytes()];
     let mut next = first;
     let mut sent = 0;
     while next < end {
         sleep_until(next).await;
-        slot.store(clock.now().max(1), Ordering::Relaxed);
+        let at = clock.now().max(1);
+        slot.store(at, Ordering::Relaxed);
+        asked.store(at, Ordering::Relaxed);
         if wr.write_all(&probe).await.is_err() {
             break;
         }
@@ -254,6 +286,7 @@ async fn window(
     o: &Options,
 ) -> (u64, Vec<u32>) {
     clock.latencies.lock().unwrap().clear();
+    clock.answers.lock().unwrap().clear();
     let start = Instant::now() + Duration::from_millis(200);
     let end = start + o.window;
     let mut set = JoinSet::new();
@@ -389,6 +422,7 @@ fn main() -> anyhow::Result<()> {
             base: std::time::Instant::now(),
             sent: ids.map(|id| (id, AtomicU64::new(0))).collect(),
             latencies: Mutex::new(Vec::new()),
+            answers: Mutex::new(Vec::new()),
             upstream_conns: AtomicUsize::new(0),
         });
         tokio::spawn(upstream(listener, acceptor, clock.clone()));
@@ -419,6 +453,7 @@ fn main() -> anyhow::Result<()> {
         }
         eprintln!("relay: {} relayed in {:.1} s; window…", o.n, t.elapsed().as_secs_f64());
         let (sent, lat) = window(devices, &clock, &o).await;
+        let answers = std::mem::take(&mut *clock.answers.lock().unwrap());
         let rss1 = rss_kib(pid)?;
         drop(server);
         while clock.upstream_conns.load(Ordering::Relaxed) > 0 {
@@ -437,6 +472,7 @@ fn main() -> anyhow::Result<()> {
             o.period.as_secs_f64()
         );
         report("device → relay → upstream", sent, lat);
+        report("device → cyncd → device (0x48)", sent, answers);
         report("device → upstream (direct)", dsent, dlat);
         println!(
             "cyncd RSS {:.1} MiB before, {:.1} MiB with {} relayed connections: {:.1} KiB per relayed connection",
