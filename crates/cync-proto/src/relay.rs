@@ -1024,7 +1024,7 @@ mod tests {
             "a8 00 00 00 08 37 96 24 69 15 2b 0a 00",
             "d8 00 00 00 00",
         ] {
-            assert_eq!(r.from_cloud(&hex(p), MS).down, true, "{p}");
+            assert!(r.from_cloud(&hex(p), MS).down, "{p}");
         }
         assert_eq!(r.ledger_len(), 0);
     }

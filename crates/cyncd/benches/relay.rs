@@ -16,6 +16,9 @@
 //! 3. **Direct** (the same, without the relay): the devices connect straight to the upstream,
 //!    which shows what the client and the loopback cost on their own.
 //!
+//! Before all that, the same devices and pings against cyncd in normal mode (no relay): its
+//! memory per connection and its 0x48 answer times, for comparison.
+//!
 //! Also printed: each ping → cyncd's 0x48 answer back at the device, during the relay run.
 //! It crosses cyncd's process once, as the relayed ping does, so it separates what relaying
 //! adds from what any wake-up of the cyncd process costs on a busy machine.
@@ -356,7 +359,7 @@ impl Drop for Server {
     }
 }
 
-async fn start_relay(upstream: SocketAddr) -> anyhow::Result<Server> {
+async fn start_server(upstream: Option<SocketAddr>) -> anyhow::Result<Server> {
     let dir = std::env::temp_dir().join(format!("cyncd-relay-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -364,7 +367,13 @@ async fn start_relay(upstream: SocketAddr) -> anyhow::Result<Server> {
         .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
         .arg("--state-dir")
         .arg(&dir)
-        .args(["--log-level", "warn", "--relay", &upstream.to_string()])
+        .args(["--log-level", "warn"])
+        .args(
+            upstream
+                .map(|u| ["--relay".to_string(), u.to_string()])
+                .into_iter()
+                .flatten(),
+        )
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -433,7 +442,19 @@ fn main() -> anyhow::Result<()> {
         builder.set_cipher_list(CIPHERS)?;
         let connector = Arc::new(builder.build());
 
-        let server = start_relay(up_addr).await?;
+        // Normal mode first, the same devices and pings: what relaying adds to it.
+        let server = start_server(None).await?;
+        let pid = server.child.id();
+        sleep(Duration::from_millis(300)).await;
+        let base_rss0 = rss_kib(pid)?;
+        eprintln!("normal mode: ramping up {} connections…", o.n);
+        let devices = ramp(server.devices, o.n, true, &connector).await?;
+        let _ = window(devices, &clock, &o).await;
+        let base_answers = std::mem::take(&mut *clock.answers.lock().unwrap());
+        let base_rss1 = rss_kib(pid)?;
+        drop(server);
+
+        let server = start_server(Some(up_addr)).await?;
         let pid = server.child.id();
         sleep(Duration::from_millis(300)).await;
         let rss0 = rss_kib(pid)?;
@@ -473,6 +494,7 @@ fn main() -> anyhow::Result<()> {
         );
         report("device → relay → upstream", sent, lat);
         report("device → cyncd → device (0x48)", sent, answers);
+        report("normal mode: 0x48", sent, base_answers);
         report("device → upstream (direct)", dsent, dlat);
         println!(
             "cyncd RSS {:.1} MiB before, {:.1} MiB with {} relayed connections: {:.1} KiB per relayed connection",
@@ -480,6 +502,13 @@ fn main() -> anyhow::Result<()> {
             rss1 as f64 / 1024.0,
             o.n,
             (rss1 as f64 - rss0 as f64) / o.n as f64
+        );
+        println!(
+            "normal mode: {:.1} MiB before, {:.1} MiB with {} connections: {:.1} KiB per connection",
+            base_rss0 as f64 / 1024.0,
+            base_rss1 as f64 / 1024.0,
+            o.n,
+            (base_rss1 as f64 - base_rss0 as f64) / o.n as f64
         );
         let _ = std::fs::remove_dir_all(&dir);
         Ok(())
