@@ -74,8 +74,13 @@ async fn upstreams(relay: &Running) -> Vec<Option<String>> {
         .collect()
 }
 
-/// Sends `{"on": on}` through a server's API and returns the outcome.
-async fn set_on(server: &Running, id: u16, on: bool) -> String {
+/// Sends `{"on": on}` through a server's API and returns the outcome. With `answered`, an
+/// `applied` command must also have had both of the device's answers, its 0x7B and its `f9`
+/// result, delivered to the server that sent it (an answer routed to the other side would be
+/// missing). Only for a device one bridge reaches, with no other command for it under way: a
+/// report of a change (another bridge's, or another command's) can complete a command before
+/// its own answers arrive.
+async fn set_on_with(server: &Running, id: u16, on: bool, answered: bool) -> String {
     let (status, body) = post(
         server,
         &format!("/api/devices/default:{id}/state"),
@@ -84,7 +89,24 @@ async fn set_on(server: &Running, id: u16, on: bool) -> String {
     .await;
     assert_eq!(status, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    v["outcome"].as_str().unwrap().to_string()
+    let outcome = v["outcome"].as_str().unwrap().to_string();
+    if answered && outcome == "applied" {
+        let command =
+            cync_proto::delivery::CommandId::parse(v["command_id"].as_str().unwrap()).unwrap();
+        let trace = server.ctx.commands.trace(command).unwrap();
+        let events: Vec<&str> = trace.iter().map(|r| r.event).collect();
+        assert!(
+            events.contains(&"ack") && events.contains(&"result"),
+            "device {id}: the device's answers did not all come back: {events:?}"
+        );
+    }
+    outcome
+}
+
+/// [`set_on_with`], checking the answers when one bridge reaches the device.
+async fn set_on(server: &Running, id: u16, on: bool) -> String {
+    let one_bridge = server.ctx.registry.bridges_for("default", id).len() == 1;
+    set_on_with(server, id, on, one_bridge).await
 }
 
 /// Every packet type's `tcp_comm_packet_sent_total`, summed.
@@ -144,8 +166,8 @@ async fn cloud_and_local_commands_reach_the_devices_once_and_the_relay_survives_
         let mut tasks = Vec::new();
         for (i, id) in ids.iter().copied().enumerate() {
             let on = (i + round) % 2 == 0;
-            tasks.push(set_on(&cloud, id, on));
-            tasks.push(set_on(&relay, id, !on));
+            tasks.push(set_on_with(&cloud, id, on, false));
+            tasks.push(set_on_with(&relay, id, !on, false));
             *sent.entry(id).or_default() += 2;
         }
         for outcome in futures_util::future::join_all(tasks).await {
