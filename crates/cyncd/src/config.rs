@@ -111,6 +111,8 @@ pub struct Config {
     pub account: AccountConfig,
     /// Relay mode: each device connection also relayed to the cloud (docs/relay.md).
     pub relay: RelayConfig,
+    /// Captures of the device connections' traffic; off until a directory is set.
+    pub capture: CaptureConfig,
 }
 
 /// The `[relay]` section: relay mode, off until `upstream` is set.
@@ -196,7 +198,9 @@ impl RelayConfig {
         if let Some(up) = &self.upstream {
             if up.parse::<SocketAddr>().is_err() {
                 return Err(format!(
-                    "relay upstream must be an IP address and port such as 35.196.85.236:23779,                      got {up:?} (not a host name: local DNS points the cloud's names at cyncd;                      docs/relay.md shows how to find the address)"
+                    "relay upstream must be an IP address and port such as 35.196.85.236:23779, \
+                     got {up:?} (not a host name: local DNS points the cloud's names at cyncd; \
+                     docs/relay.md shows how to find the address)"
                 ));
             }
         }
@@ -238,6 +242,36 @@ pub fn parse_fingerprint(text: &str) -> Option<[u8; 32]> {
         *slot = u8::from_str_radix(pair, 16).ok()?;
     }
     Some(out)
+}
+
+/// The `[capture]` section: every device connection's traffic written to files in the
+/// captures' text format (see `docs/captures.md`).
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CaptureConfig {
+    /// The directory for the capture files (created mode 0700). Unset: no capture.
+    pub dir: Option<PathBuf>,
+    /// Keep the auth codes of the devices' hellos in the files (masked with `*` otherwise).
+    pub secrets: bool,
+    /// A connection's file is ended, and its next part started, at the first packet boundary
+    /// past this size, in bytes.
+    pub max_file_bytes: u64,
+    /// Most bytes of capture files in the directory; past it the oldest files are deleted.
+    pub max_total_bytes: u64,
+    /// Most capture files in the directory; past it the oldest files are deleted.
+    pub max_files: usize,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            secrets: false,
+            max_file_bytes: 1 << 20,
+            max_total_bytes: 256 << 20,
+            max_files: 1000,
+        }
+    }
 }
 
 /// The `[account]` section: where the Cync account API is.
@@ -644,6 +678,7 @@ impl Default for Config {
             homes: Vec::new(),
             account: AccountConfig::default(),
             relay: RelayConfig::default(),
+            capture: CaptureConfig::default(),
         }
     }
 }
@@ -846,6 +881,26 @@ impl Config {
         }
         if !(1..=600).contains(&self.account.timeout_secs) {
             return bad("account timeout_secs must be 1..=600".into());
+        }
+        let cap = &self.capture;
+        if !(1024..=1 << 30).contains(&cap.max_file_bytes) {
+            return bad(format!(
+                "capture max_file_bytes must be 1024..=1073741824, got {}",
+                cap.max_file_bytes
+            ));
+        }
+        if cap.max_total_bytes < cap.max_file_bytes.saturating_mul(2) {
+            return bad(format!(
+                "capture max_total_bytes must be at least twice max_file_bytes ({}), got {}",
+                cap.max_file_bytes.saturating_mul(2),
+                cap.max_total_bytes
+            ));
+        }
+        if !(2..=1_000_000).contains(&cap.max_files) {
+            return bad(format!(
+                "capture max_files must be 2..=1000000, got {}",
+                cap.max_files
+            ));
         }
         if self.mqtt.client_id.is_empty() || self.mqtt.client_id.len() > 64 {
             return bad("mqtt client_id must be 1-64 characters".into());

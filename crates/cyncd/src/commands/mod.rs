@@ -61,6 +61,8 @@ pub struct Context {
     pub log_limits: LogLimits,
     /// The upstream of relay mode; `None` when it is off.
     pub relay: Option<Arc<crate::devices::relay::RelayClient>>,
+    /// Captures of the device connections, when on.
+    pub captures: Option<crate::devices::capture::Captures>,
 }
 
 impl std::fmt::Debug for Context {
@@ -133,6 +135,10 @@ impl Host for Context {
 
     fn log_limits(&self) -> &LogLimits {
         &self.log_limits
+    }
+
+    fn capture(&self) -> Option<&crate::devices::capture::Captures> {
+        self.captures.as_ref()
     }
 
     fn route(&self, conn: ConnId) -> Route {

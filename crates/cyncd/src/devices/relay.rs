@@ -29,6 +29,7 @@
 //!   reading the cloud and TCP pushes back: no cloud packet is dropped or reordered. A device
 //!   that stops reading is closed by the connection task's write timeout, as in normal mode.
 
+use super::capture::{Capture, Dir};
 use crate::metrics::Metrics;
 use cync_proto::{ConnId, Framer};
 use openssl::hash::MessageDigest;
@@ -36,7 +37,7 @@ use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -178,15 +179,22 @@ impl Link {
         cancel: CancellationToken,
         stats: Arc<super::registry::ConnStats>,
         core: cync_proto::relay::Relay,
+        capture: Option<Capture>,
     ) -> Self {
         let (to_up, up_rx) = mpsc::channel(UP_QUEUE);
         let (events_tx, events) = mpsc::channel(DOWN_QUEUE);
         let cancel = cancel.child_token();
         let task_metrics = metrics.clone();
         let task_cancel = cancel.clone();
-        tokio::spawn(async move {
-            upstream(client, conn, up_rx, events_tx, task_cancel, task_metrics).await;
-        });
+        let side = Side {
+            conn,
+            up_rx,
+            events: events_tx,
+            cancel: task_cancel,
+            metrics: task_metrics,
+            capture,
+        };
+        tokio::spawn(upstream(client, side));
         let state = cync_proto::relay::Upstream::Connecting;
         metrics.relay.state(None, Some(state.label()));
         stats.set_upstream(Some(state));
@@ -308,43 +316,38 @@ impl Drop for Link {
     }
 }
 
-/// The upstream task: connect, pump, reconnect with backoff, until `cancel` or the
-/// connection task is gone.
-async fn upstream(
-    client: Arc<RelayClient>,
+/// What the upstream task owns.
+struct Side {
     conn: ConnId,
-    mut up_rx: mpsc::Receiver<(u64, Vec<u8>)>,
+    up_rx: mpsc::Receiver<(u64, Vec<u8>)>,
     events: mpsc::Sender<UpEvent>,
     cancel: CancellationToken,
     metrics: Metrics,
-) {
+    /// The connection's capture (shared with its device side), when capture is on.
+    capture: Option<Capture>,
+}
+
+/// The upstream task: connect, pump, reconnect with backoff, until `cancel` or the
+/// connection task is gone.
+async fn upstream(client: Arc<RelayClient>, mut side: Side) {
     let mut backoff = BACKOFF_MIN;
     let mut epoch = 0u64;
     loop {
         let attempt = tokio::select! {
-            _ = cancel.cancelled() => return,
+            _ = side.cancel.cancelled() => return,
             a = client.connect() => a,
         };
         let failure = match attempt {
             Err(reason) => reason,
             Ok(mut stream) => {
                 epoch += 1;
-                metrics.relay.connects.inc();
-                debug!(conn_id = %conn, upstream = %client.addr, epoch, "relay: upstream connected");
-                if events.send(UpEvent::Connected(epoch)).await.is_err() {
+                side.metrics.relay.connects.inc();
+                debug!(conn_id = %side.conn, upstream = %client.addr, epoch, "relay: upstream connected");
+                if side.events.send(UpEvent::Connected(epoch)).await.is_err() {
                     return;
                 }
                 let started = Instant::now();
-                let end = pump(
-                    &client,
-                    &mut *stream,
-                    epoch,
-                    &mut up_rx,
-                    &events,
-                    &cancel,
-                    &metrics,
-                )
-                .await;
+                let end = pump(&client, &mut *stream, epoch, &mut side).await;
                 let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
                 let Some(reason) = end else { return };
                 if started.elapsed() >= STABLE {
@@ -353,9 +356,9 @@ async fn upstream(
                 reason
             }
         };
-        metrics.relay.failure(failure);
-        debug!(conn_id = %conn, upstream = %client.addr, reason = failure, "relay: upstream lost");
-        if events.send(UpEvent::Lost(failure)).await.is_err() {
+        side.metrics.relay.failure(failure);
+        debug!(conn_id = %side.conn, upstream = %client.addr, reason = failure, "relay: upstream lost");
+        if side.events.send(UpEvent::Lost(failure)).await.is_err() {
             return;
         }
         let wait = Duration::from_millis(fastrand::u64(
@@ -367,11 +370,11 @@ async fn upstream(
         tokio::pin!(sleep);
         loop {
             tokio::select! {
-                _ = cancel.cancelled() => return,
+                _ = side.cancel.cancelled() => return,
                 () = &mut sleep => break,
-                item = up_rx.recv() => match item {
+                item = side.up_rx.recv() => match item {
                     // Queued for a connection that is gone.
-                    Some(_) => metrics.relay.dropped("up", "stale", 1),
+                    Some(_) => side.metrics.relay.dropped("up", "stale", 1),
                     None => return,
                 },
             }
@@ -385,31 +388,28 @@ async fn pump(
     client: &RelayClient,
     stream: &mut dyn Stream,
     epoch: u64,
-    up_rx: &mut mpsc::Receiver<(u64, Vec<u8>)>,
-    events: &mpsc::Sender<UpEvent>,
-    cancel: &CancellationToken,
-    metrics: &Metrics,
+    side: &mut Side,
 ) -> Option<&'static str> {
     let mut framer = Framer::new(client.max_packet);
     let mut buf = vec![0u8; READ_BUFFER];
     let mut out = Vec::new();
     loop {
         tokio::select! {
-            _ = cancel.cancelled() => return None,
-            item = up_rx.recv() => {
+            _ = side.cancel.cancelled() => return None,
+            item = side.up_rx.recv() => {
                 let (e, bytes) = item?;
                 out.clear();
                 if e == epoch {
                     out.extend_from_slice(&bytes);
                 } else {
-                    metrics.relay.dropped("up", "stale", 1);
+                    side.metrics.relay.dropped("up", "stale", 1);
                 }
                 // Whatever else is queued goes in the same write.
-                while let Ok((e, more)) = up_rx.try_recv() {
+                while let Ok((e, more)) = side.up_rx.try_recv() {
                     if e == epoch {
                         out.extend_from_slice(&more);
                     } else {
-                        metrics.relay.dropped("up", "stale", 1);
+                        side.metrics.relay.dropped("up", "stale", 1);
                     }
                     if out.len() >= 16 * 1024 {
                         break;
@@ -419,7 +419,11 @@ async fn pump(
                     continue;
                 }
                 match tokio::time::timeout(client.write_timeout, stream.write_all(&out)).await {
-                    Ok(Ok(())) => {}
+                    Ok(Ok(())) => {
+                        if let Some(capture) = &side.capture {
+                            capture.record(Dir::CyncdToCloud, SystemTime::now(), &out);
+                        }
+                    }
                     Ok(Err(_)) => return Some("write"),
                     Err(_) => return Some("write_stalled"),
                 }
@@ -431,13 +435,16 @@ async fn pump(
                     Err(_) => return Some("read"),
                 };
                 let mut input = buf.get(..n).unwrap_or_default();
+                if let Some(capture) = &side.capture {
+                    capture.record(Dir::CloudToCyncd, SystemTime::now(), input);
+                }
                 while !input.is_empty() {
                     let taken = framer.push(input);
                     input = input.get(taken..).unwrap_or_default();
                     while let Some(next) = framer.next_packet() {
                         let Ok(packet) = next else { return Some("oversize") };
                         // Waits for room: the cloud's packets are never dropped.
-                        if events.send(UpEvent::Packet(packet.to_vec())).await.is_err() {
+                        if side.events.send(UpEvent::Packet(packet.to_vec())).await.is_err() {
                             return None;
                         }
                     }

@@ -27,6 +27,7 @@
 
 use super::Host;
 use super::auth::Check;
+use super::capture::{Capture, Dir};
 use super::link::{ConnCommand, ConnEvent, WRITE_QUEUE};
 use super::registry::{ConnStats, Registration};
 use super::relay::{Link, UpEvent};
@@ -339,6 +340,8 @@ struct Conn<H> {
     foreign: bool,
     /// A phone-app connection relayed untouched (relay mode), and when it last sent.
     app: Option<Instant>,
+    /// Where this connection's reads and writes are recorded, when capture is on.
+    capture: Option<Capture>,
 }
 
 impl<H: Host> Conn<H> {
@@ -362,6 +365,7 @@ impl<H: Host> Conn<H> {
         Self {
             peer,
             session: Session::new(config, Duration::ZERO, fastrand::u16(..)),
+            capture: ctx.capture().map(|c| c.open(peer)),
             ctx,
             cancel,
             start,
@@ -553,6 +557,15 @@ impl<H: Host> Conn<H> {
                     } else {
                         self.session.receive(data, now, local, &mut steps);
                         self.decide(now, local, &mut steps);
+                    }
+                    if let Some(capture) = &self.capture {
+                        // After the verdict, so an admitted hello names the file at once.
+                        if let Some(conn) = self.session.conn_id() {
+                            capture.bridge(conn);
+                        }
+                        capture.record(Dir::DeviceToCyncd, SystemTime::now(), data);
+                    }
+                    if !relayed {
                         for step in &steps {
                             self.log_step(step);
                             self.sensor_report(step);
@@ -707,8 +720,14 @@ impl<H: Host> Conn<H> {
             return Ok(());
         }
         let limit = Duration::from_secs(self.ctx.config().write_timeout_secs);
-        match tokio::time::timeout(limit, stream.write_all(&out)).await {
-            Ok(Ok(())) => Ok(()),
+        let written = tokio::time::timeout(limit, stream.write_all(&out)).await;
+        match written {
+            Ok(Ok(())) => {
+                if let Some(capture) = &self.capture {
+                    capture.record_vec(Dir::CyncdToDevice, SystemTime::now(), out);
+                }
+                Ok(())
+            }
             Ok(Err(e)) => {
                 debug!(error = %e, "write failed");
                 Err("write_error")
@@ -1118,6 +1137,7 @@ impl<H: Host> Conn<H> {
             self.cancel.clone(),
             self.stats.clone(),
             cync_proto::relay::Relay::new(),
+            self.capture.clone(),
         );
         if let Some(hello) = self.hello_bytes.take() {
             let verdict = link
@@ -1152,6 +1172,7 @@ impl<H: Host> Conn<H> {
             self.cancel.clone(),
             self.stats.clone(),
             cync_proto::relay::Relay::app(),
+            self.capture.clone(),
         );
         if self.ctx.log_limits().lifecycle() {
             info!(peer = %self.peer, app_id = %id, upstream = %client.addr, "phone-app connection: relayed to the upstream");
