@@ -6,6 +6,9 @@
 //!   relay's registry; the page's API shows each bridge's upstream state.
 //! - The cloud killed and restarted mid-test costs no device ACK (the simulator counts every
 //!   answer it waits for) and the relay resumes: the new cloud's commands reach the devices.
+//! - The relay's capture of that run decodes with `cyncd decode` (both sides of each
+//!   connection, the upstream's too), holds no auth code, and played with `cyncd replay` into a
+//!   fresh server gives the same device states.
 //! - Device-side chaos (`mixed`) over 10 seeds: every local command ends with one outcome,
 //!   no device applies more changes than it was sent commands, and no cloud packet is lost
 //!   (every packet the cloud wrote is relayed down or consumed as an answer) or reordered
@@ -26,6 +29,7 @@ use cync_sim::{Chaos, Fleet, FleetConfig};
 use cyncd::config::Config;
 use cyncd::serve::Running;
 use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// A relaying cyncd's configuration, towards `upstream`.
@@ -139,7 +143,10 @@ async fn cloud_and_local_commands_reach_the_devices_once_and_the_relay_survives_
     // The restarted cloud listens where the first one did, with the same state (its
     // certificate, its pins).
     cloud_config.listen = cloud.devices;
-    let relay = start(relay_config("relay-local", cloud.devices)).await;
+    let capture_dir = temp_dir("relay-capture");
+    let mut relayed = relay_config("relay-local", cloud.devices);
+    relayed.capture.dir = Some(capture_dir.clone());
+    let relay = start(relayed).await;
     let fleet = fleet(&relay, 7, "none", 0x7200_0000);
     // Both learn the whole mesh: the relay from the bridges, the cloud through the relay.
     until(&relay, || relay.ctx.registry.device_count() == 6).await;
@@ -261,9 +268,141 @@ async fn cloud_and_local_commands_reach_the_devices_once_and_the_relay_survives_
             + m.failures.get_or_create(&[("reason", "connect")]).get()
             > 0
     );
+    let expected = device_states(&relay).await;
+    assert_eq!(expected.len(), 6);
     fleet.stop().await;
     relay.shutdown().await;
     cloud.shutdown().await;
+
+    // The relay's capture of all this: it decodes, both sides of every connection...
+    let files: Vec<PathBuf> = std::fs::read_dir(&capture_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 2, "one file per bridge: {files:?}");
+    let lines = decode(&files);
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.get("error").is_none() && l.get("trailing").is_none())
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["upstream"] == true && l["dir"] == "dev")
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["upstream"] == true && l["dir"] == "srv")
+    );
+    // ...holds no auth code: every hello, to cyncd and replayed to both clouds, is masked.
+    let mut hellos = 0;
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        let mut streams: BTreeMap<(bool, bool), Vec<u8>> = BTreeMap::new();
+        for record in cync_proto::capture::parse(&text) {
+            let record = record.unwrap();
+            let device = record.dir == cync_proto::capture::Direction::Device;
+            streams
+                .entry((device, record.upstream))
+                .or_default()
+                .extend(record.bytes);
+        }
+        for ((device, _), bytes) in streams.iter().filter(|((device, _), _)| *device) {
+            assert!(device);
+            let mut framer = cync_proto::Framer::default();
+            let mut rest = &bytes[..];
+            while !rest.is_empty() {
+                let taken = framer.push(rest);
+                rest = &rest[taken..];
+                while let Some(p) = framer.next_packet() {
+                    let p = p.unwrap();
+                    if p[0] == 0x23 {
+                        hellos += 1;
+                        assert!(p[12..28].iter().all(|b| *b == b'*'), "{file:?}: {p:02x?}");
+                    }
+                }
+            }
+            assert!(framer.remainder().is_empty());
+        }
+    }
+    // Each bridge's hello to cyncd, and its two replays (one per cloud).
+    assert_eq!(hellos, 6);
+    // ...and played into a fresh server, gives the same device states.
+    let fresh = start(config("relay-replayed")).await;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cyncd"))
+        .arg("replay")
+        .arg(&capture_dir)
+        .args(["--to", &fresh.devices.to_string(), "--hold"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (said_tx, mut said) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if said_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), said.recv())
+            .await
+            .expect("replay did not finish")
+            .expect("replay ended before holding");
+        if line.contains("holding") {
+            break;
+        }
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut changes = fresh.ctx.registry.watch();
+    let mut got = device_states(&fresh).await;
+    while got != expected
+        && tokio::time::timeout_at(deadline, changes.changed())
+            .await
+            .is_ok()
+    {
+        got = device_states(&fresh).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(got, expected);
+    fresh.shutdown().await;
+}
+
+/// `cyncd decode --no-redact FILE…`: its JSON lines.
+fn decode(files: &[PathBuf]) -> Vec<serde_json::Value> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cyncd"))
+        .arg("decode")
+        .arg("--no-redact")
+        .args(files)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// `/api/devices` by id, without the time each was last seen.
+async fn device_states(server: &Running) -> BTreeMap<String, serde_json::Value> {
+    let (status, body) = get(server, "/api/devices").await;
+    assert_eq!(status, 200, "{body}");
+    let list: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    list.into_iter()
+        .map(|mut d| {
+            d.as_object_mut().unwrap().remove("last_seen");
+            (d["id"].as_str().unwrap().to_string(), d)
+        })
+        .collect()
 }
 
 #[tokio::test]
