@@ -124,7 +124,7 @@ fn ping(id: u32) -> Vec<u8> {
 
 /// When each device last wrote its ping, in nanoseconds since `base` (0: none pending).
 struct Clock {
-    base: std::time::Instant,
+    base: Instant,
     sent: HashMap<[u8; 4], AtomicU64>,
     latencies: Mutex<Vec<u32>>,
     /// Ping → cyncd's 0x48 answer back at the device, in µs (relay run only).
@@ -428,7 +428,7 @@ fn main() -> anyhow::Result<()> {
         let up_addr = listener.local_addr()?;
         let ids = (0..o.n).map(|i| (0x2000_0000 + u32::try_from(i).unwrap()).to_be_bytes());
         let clock = Arc::new(Clock {
-            base: std::time::Instant::now(),
+            base: Instant::now(),
             sent: ids.map(|id| (id, AtomicU64::new(0))).collect(),
             latencies: Mutex::new(Vec::new()),
             answers: Mutex::new(Vec::new()),
