@@ -449,7 +449,7 @@ fn main() -> anyhow::Result<()> {
         let base_rss0 = rss_kib(pid)?;
         eprintln!("normal mode: ramping up {} connections…", o.n);
         let devices = ramp(server.devices, o.n, true, &connector).await?;
-        let _ = window(devices, &clock, &o).await;
+        let (base_sent, _) = window(devices, &clock, &o).await;
         let base_answers = std::mem::take(&mut *clock.answers.lock().unwrap());
         let base_rss1 = rss_kib(pid)?;
         drop(server);
@@ -494,7 +494,7 @@ fn main() -> anyhow::Result<()> {
         );
         report("device → relay → upstream", sent, lat);
         report("device → cyncd → device (0x48)", sent, answers);
-        report("normal mode: 0x48", sent, base_answers);
+        report("normal mode: 0x48", base_sent, base_answers);
         report("device → upstream (direct)", dsent, dlat);
         println!(
             "cyncd RSS {:.1} MiB before, {:.1} MiB with {} relayed connections: {:.1} KiB per relayed connection",
