@@ -168,6 +168,29 @@ struct State {
     /// The devices the homes (configuration and homes file) name, by home: always accepted,
     /// never counted against the caps. Replaced when new homes are loaded.
     named: HashMap<String, HashSet<u16>>,
+    /// What the last command through cyncd did to each device in the table (bounded by it).
+    commanded: HashMap<(String, u16), Commanded>,
+}
+
+/// What cyncd's own commands left on a device: the last command's outcome, and the factory
+/// effect it started (the devices report only that an effect runs, not which one).
+#[derive(Debug, Clone, Default)]
+struct Commanded {
+    effect: Option<cync_proto::Effect>,
+    last: Option<LastCommand>,
+}
+
+/// The last command sent to a device (or to a group it is in) and how it ended.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct LastCommand {
+    /// RFC 3339 time of its outcome.
+    pub at: String,
+    /// `applied` when every attribute was applied, else the first other outcome.
+    pub outcome: &'static str,
+    /// The attributes it set (`on`, `brightness`, `color_temp`, `rgb`, `effect`, `fan_speed`).
+    pub attributes: Vec<&'static str>,
+    /// The group it was sent to, when it was a group command.
+    pub group: Option<u16>,
 }
 
 impl State {
@@ -397,6 +420,11 @@ pub struct DeviceView {
     pub mac: Option<String>,
     /// Firmware, when known (its bridge's report, else the account's).
     pub firmware: Option<String>,
+    /// The factory effect running, when the device reports one and cyncd started it (null
+    /// otherwise, also for an effect started elsewhere).
+    pub effect: Option<&'static str>,
+    /// The last command cyncd sent it (directly or to a group it is in), null before one.
+    pub last_command: Option<LastCommand>,
 }
 
 impl DeviceView {
@@ -435,6 +463,8 @@ impl DeviceView {
             last_seen: None,
             mac: d.mac.clone(),
             firmware: d.firmware.clone(),
+            effect: None,
+            last_command: None,
         }
     }
 }
@@ -1258,6 +1288,43 @@ impl Registry {
         true
     }
 
+    /// Records a command's end on the devices it was for (`members`: the device, or a group's
+    /// members): its outcome, and when applied, the effect it started or the colour that
+    /// ended one. Devices not in the table are skipped.
+    pub fn commanded(
+        &self,
+        home: &str,
+        members: &[u16],
+        last: &LastCommand,
+        actions: &[cync_proto::Action],
+    ) {
+        let mut state = self.lock();
+        let State {
+            devices, commanded, ..
+        } = &mut *state;
+        for m in members {
+            let key = (home.to_string(), *m);
+            if !devices.contains_key(&key) {
+                continue;
+            }
+            let entry = commanded.entry(key).or_default();
+            entry.last = Some(last.clone());
+            if last.outcome == "applied" {
+                for a in actions {
+                    match a {
+                        cync_proto::Action::Effect(e) => entry.effect = Some(*e),
+                        cync_proto::Action::ColorTemp(_) | cync_proto::Action::Rgb(_) => {
+                            entry.effect = None;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        drop(state);
+        self.notify();
+    }
+
     /// Number of registered connections.
     pub fn connection_count(&self) -> usize {
         self.lock().connections.len()
@@ -1336,6 +1403,7 @@ fn view(homes: &Homes, state: &State, home: &str, id: u16, d: &Device) -> Device
         .and_then(|c| c.firmware.get("device").cloned());
     let type_code = named.and_then(|c| c.kind).or(d.device_type);
     let device_type = DeviceType::of(type_code);
+    let commanded = state.commanded.get(&(home.to_string(), id));
     DeviceView {
         id: format!("{home}:{id}"),
         home: home.to_string(),
@@ -1370,6 +1438,14 @@ fn view(homes: &Homes, state: &State, home: &str, id: u16, d: &Device) -> Device
         firmware: firmware
             .or_else(|| d.firmware.clone())
             .or_else(|| named.and_then(|c| c.firmware.clone())),
+        effect: (s.mode() == cync_proto::ColorMode::Effect)
+            .then(|| {
+                commanded
+                    .and_then(|c| c.effect)
+                    .map(cync_proto::Effect::name)
+            })
+            .flatten(),
+        last_command: commanded.and_then(|c| c.last.clone()),
     }
 }
 
