@@ -392,7 +392,8 @@ fn decode(files: &[PathBuf]) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// `/api/devices` by id, without the time each was last seen.
+/// `/api/devices` by id, without the time each was last seen and the last command sent
+/// through that server (a replay sends none).
 async fn device_states(server: &Running) -> BTreeMap<String, serde_json::Value> {
     let (status, body) = get(server, "/api/devices").await;
     assert_eq!(status, 200, "{body}");
@@ -400,6 +401,7 @@ async fn device_states(server: &Running) -> BTreeMap<String, serde_json::Value> 
     list.into_iter()
         .map(|mut d| {
             d.as_object_mut().unwrap().remove("last_seen");
+            d.as_object_mut().unwrap().remove("last_command");
             (d["id"].as_str().unwrap().to_string(), d)
         })
         .collect()
