@@ -305,10 +305,12 @@ const ESCAPE: u8 = 0x7d;
 
 /// Picks command seqs: +1 per command (the first is 1), wrapping 255 → 0, and never the mesh
 /// request's or mesh ACK's fixed 0x1F/0x1E (a command's result could be taken for theirs) nor
-/// 0x7D/0x7E (the seq sits inside the frame twice).
+/// 0x7D/0x7E (the seq sits inside the frame twice). In relay mode it also skips the seqs the
+/// cloud uses ([`SeqCounter::set_avoid`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SeqCounter {
     last: u8,
+    avoid: crate::relay::SeqSet,
 }
 
 impl SeqCounter {
@@ -319,17 +321,34 @@ impl SeqCounter {
 
     /// A counter whose next seq is the first usable one after `last`.
     pub fn starting_after(last: Seq) -> Self {
-        Self { last: last.0 }
+        Self {
+            last: last.0,
+            avoid: crate::relay::SeqSet::EMPTY,
+        }
+    }
+
+    /// Seqs to skip besides the fixed ones (the cloud's, on a relayed connection); replaces
+    /// the previous set.
+    pub fn set_avoid(&mut self, avoid: crate::relay::SeqSet) {
+        self.avoid = avoid;
     }
 
     /// The next seq.
     pub fn next_seq(&mut self) -> Seq {
-        // At most 3 values in a row are skipped (0x7D, 0x7E; 0x1E, 0x1F), so this ends.
-        loop {
+        let usable = |s: u8| s != MESH_REQUEST_SEQ.0 && s != MESH_ACK_SEQ.0 && !is_flag_byte(s);
+        // One full turn at most: if the set to avoid left nothing usable, it is ignored.
+        for _ in 0..=u8::MAX {
             self.last = self.last.wrapping_add(1);
             let s = self.last;
-            if s != MESH_REQUEST_SEQ.0 && s != MESH_ACK_SEQ.0 && !is_flag_byte(s) {
+            if usable(s) && !self.avoid.contains(s) {
                 return Seq(s);
+            }
+        }
+        // At most 3 values in a row are fixed-unusable (0x7D, 0x7E; 0x1E, 0x1F), so this ends.
+        loop {
+            self.last = self.last.wrapping_add(1);
+            if usable(self.last) {
+                return Seq(self.last);
             }
         }
     }

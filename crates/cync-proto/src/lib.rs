@@ -30,6 +30,7 @@ mod frame;
 mod framer;
 mod ids;
 mod packet;
+pub mod relay;
 pub mod reply;
 pub mod session;
 mod status;

@@ -254,6 +254,8 @@ pub struct Session {
     mesh_open: bool,
     /// Our own requests' message ids, whose 0x7B is ours to consume.
     own_requests: VecDeque<MsgId>,
+    /// Message ids not to use (the cloud's, on a relayed connection; see [`crate::relay`]).
+    avoid_msgs: Vec<MsgId>,
     closed: Option<CloseReason>,
 }
 
@@ -286,8 +288,16 @@ impl Session {
             mesh_done: false,
             mesh_open: false,
             own_requests: VecDeque::with_capacity(OWN_REQUESTS),
+            avoid_msgs: Vec::new(),
             closed: None,
         }
+    }
+
+    /// The seqs and message ids the next requests must not use (on a relayed connection, the
+    /// cloud's: [`crate::relay::Relay::avoid`]); replaces the previous ones.
+    pub fn set_avoid(&mut self, avoid: crate::relay::Avoid) {
+        self.seqs.set_avoid(avoid.seqs);
+        self.avoid_msgs = avoid.msgs;
     }
 
     /// The device id from the hello, once admitted.
@@ -548,11 +558,21 @@ impl Session {
 
     /// The next message id: the counter, moved past zero and past values with a 0x7D/0x7E byte.
     fn next_msg_id(&mut self) -> MsgId {
-        if self.next_msg == 0 {
-            // 00 00 00 is the legacy commands' id.
-            self.next_msg = 1;
+        // The ids to avoid are few (at most `relay::CLOUD_IDS`), so this ends after at most
+        // that many skips.
+        for _ in 0..=self.avoid_msgs.len() {
+            if self.next_msg == 0 {
+                // 00 00 00 is the legacy commands' id.
+                self.next_msg = 1;
+            }
+            let counter = command::clean_msg_counter(self.next_msg);
+            self.next_msg = counter.wrapping_add(1);
+            let msg = MsgId::from_counter(counter);
+            if !self.avoid_msgs.contains(&msg) {
+                return msg;
+            }
         }
-        let counter = command::clean_msg_counter(self.next_msg);
+        let counter = command::clean_msg_counter(self.next_msg.max(1));
         self.next_msg = counter.wrapping_add(1);
         MsgId::from_counter(counter)
     }

@@ -26,6 +26,12 @@ use tracing::debug;
 pub const MAX_DELAYED: usize = 1024;
 /// Mesh ids per home (status records carry a 1-byte id).
 pub const MAX_DEVICES_PER_HOME: usize = 250;
+/// How long a bridge waits for the server's answer to one of its packets (0x28, 0xC8, 0xD8,
+/// 0x48, 0x88, or the 0x7B of its own 0x73) before counting an ACK gap. The cloud answers in
+/// about 43 ms (p99 under 250 ms, PROTOCOL.md §11.2).
+pub const ACK_DEADLINE: Duration = Duration::from_secs(3);
+/// Answers a bridge waits for at once; beyond, the oldest is given up and counted as a gap.
+pub const MAX_AWAITED: usize = 1024;
 
 /// How to build and run a fleet.
 #[derive(Debug, Clone)]
@@ -168,6 +174,16 @@ pub struct Stats {
     pub commands: AtomicU64,
     /// Commands applied by a device.
     pub applied: AtomicU64,
+    /// Device packets that needed an answer from the server (see [`ACK_DEADLINE`]).
+    pub acks_expected: AtomicU64,
+    /// Answers received for them.
+    pub acks_received: AtomicU64,
+    /// Answers that did not come within [`ACK_DEADLINE`] while the connection was up: ACK gaps.
+    pub ack_gaps: AtomicU64,
+    /// Answers received that answer nothing the bridge sent (a second answer to one packet).
+    pub acks_unexpected: AtomicU64,
+    /// Answers still awaited when a connection ended (not gaps: the connection is gone).
+    pub acks_lost_at_close: AtomicU64,
     faults: Mutex<BTreeMap<&'static str, u64>>,
 }
 
@@ -206,6 +222,16 @@ pub struct Summary {
     pub commands: u64,
     /// Commands applied.
     pub applied: u64,
+    /// Device packets that needed an answer.
+    pub acks_expected: u64,
+    /// Answers received for them.
+    pub acks_received: u64,
+    /// Answers that did not come within the deadline while connected.
+    pub ack_gaps: u64,
+    /// Answers to nothing (a packet answered twice).
+    pub acks_unexpected: u64,
+    /// Answers still awaited when a connection ended.
+    pub acks_lost_at_close: u64,
     /// Faults injected, by kind.
     pub faults: BTreeMap<&'static str, u64>,
 }
@@ -270,6 +296,7 @@ impl Fleet {
                 rng: fastrand::Rng::with_seed(
                     config.seed.wrapping_mul(0x9e37_79b9).wrapping_add(i as u64),
                 ),
+                awaited: Mutex::default(),
             };
             tracker.spawn(run_bridge(Bridge::new(spec), ctx));
         }
@@ -342,6 +369,11 @@ impl Fleet {
             packets_out: get(&s.packets_out),
             commands: get(&s.commands),
             applied: get(&s.applied),
+            acks_expected: get(&s.acks_expected),
+            acks_received: get(&s.acks_received),
+            ack_gaps: get(&s.ack_gaps),
+            acks_unexpected: get(&s.acks_unexpected),
+            acks_lost_at_close: get(&s.acks_lost_at_close),
             faults: s
                 .faults
                 .lock()
@@ -497,6 +529,8 @@ struct BridgeCtx {
     storm: watch::Receiver<u64>,
     ramp: Arc<tokio::sync::Semaphore>,
     rng: fastrand::Rng,
+    /// The answers this bridge waits for on its current connection.
+    awaited: Mutex<Awaited>,
 }
 
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -527,6 +561,19 @@ async fn run_bridge(mut bridge: Bridge, mut ctx: BridgeCtx) {
                 backoff = Duration::from_millis(100);
                 let end = session(&mut bridge, &mut ctx, &mut stream, &mut changes).await;
                 ctx.stats.connected.fetch_sub(1, Ordering::Relaxed);
+                {
+                    let mut awaited = ctx
+                        .awaited
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let left = u64::try_from(awaited.queue.len()).unwrap_or(u64::MAX);
+                    awaited.queue.clear();
+                    if !matches!(end, End::Cancelled) {
+                        ctx.stats
+                            .acks_lost_at_close
+                            .fetch_add(left, Ordering::Relaxed);
+                    }
+                }
                 let _ = tokio::time::timeout(Duration::from_millis(200), stream.shutdown()).await;
                 if let End::Cancelled = end {
                     return;
@@ -575,7 +622,106 @@ async fn connect(ctx: &BridgeCtx) -> Option<Box<dyn Stream>> {
     Some(Box::new(tls))
 }
 
+/// The answers a bridge waits for, in the order its packets went out.
+#[derive(Debug, Default)]
+struct Awaited {
+    /// (answer type, `[5:12]` echoed by a 0x7B, sent at).
+    queue: std::collections::VecDeque<(u8, Option<[u8; 7]>, Instant)>,
+    /// `[5:12]` of the bridge's last answered 0x73s, to recognise a second 0x7B for one.
+    answered: std::collections::VecDeque<[u8; 7]>,
+}
+
+impl Awaited {
+    /// Records the answers `bytes` (whole packets) call for.
+    fn sent(&mut self, mut bytes: &[u8], stats: &Stats) {
+        let now = Instant::now();
+        while let Some([kind, _, _, hi, lo]) = bytes.first_chunk::<5>().copied() {
+            let size = 5 + usize::from(u16::from_be_bytes([hi, lo]));
+            let Some(packet) = bytes.get(..size) else {
+                break;
+            };
+            bytes = bytes.get(size..).unwrap_or_default();
+            if Packet::decode(packet).is_err() {
+                continue;
+            }
+            let answer = match kind {
+                0x23 => 0x28,
+                0xc3 => 0xc8,
+                0xd3 => 0xd8,
+                0x43 => 0x48,
+                0x83 => 0x88,
+                0x73 => 0x7b,
+                _ => continue,
+            };
+            let echo = (kind == 0x73)
+                .then(|| packet.get(5..12).and_then(|k| <[u8; 7]>::try_from(k).ok()))
+                .flatten();
+            if self.queue.len() >= MAX_AWAITED {
+                self.queue.pop_front();
+                stats.ack_gaps.fetch_add(1, Ordering::Relaxed);
+            }
+            self.queue.push_back((answer, echo, now));
+            stats.acks_expected.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A packet from the server: an answer takes the oldest packet of the bridge's it fits.
+    fn received(&mut self, packet: &[u8], stats: &Stats) {
+        let kind = packet.first().copied().unwrap_or_default();
+        if !matches!(kind, 0x28 | 0xc8 | 0xd8 | 0x48 | 0x88 | 0x7b) {
+            return;
+        }
+        let echo = packet.get(5..12).and_then(|k| <[u8; 7]>::try_from(k).ok());
+        let fits = |(answer, want, _): &(u8, Option<[u8; 7]>, Instant)| {
+            *answer == kind && (kind != 0x7b || *want == echo)
+        };
+        match self.queue.iter().position(fits) {
+            Some(i) => {
+                if let Some((_, Some(key), _)) = self.queue.remove(i) {
+                    if self.answered.len() >= 64 {
+                        self.answered.pop_front();
+                    }
+                    self.answered.push_back(key);
+                }
+                stats.acks_received.fetch_add(1, Ordering::Relaxed);
+            }
+            // A 0x7B that echoes none of the bridge's 0x73s is the server's own business (the
+            // cloud relays some for reports); one that echoes an answered 0x73 is a second
+            // answer.
+            None if kind == 0x7b => {
+                if echo.is_some_and(|e| self.answered.contains(&e)) {
+                    stats.acks_unexpected.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            None => {
+                stats.acks_unexpected.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Counts the answers overdue at `now` as gaps and forgets them.
+    fn expire(&mut self, now: Instant, stats: &Stats) {
+        while self
+            .queue
+            .front()
+            .is_some_and(|(_, _, at)| now >= *at + ACK_DEADLINE)
+        {
+            self.queue.pop_front();
+            stats.ack_gaps.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// When the oldest awaited answer is overdue.
+    fn deadline(&self) -> Option<Instant> {
+        self.queue.front().map(|(_, _, at)| *at + ACK_DEADLINE)
+    }
+}
+
 async fn send(stream: &mut Box<dyn Stream>, bytes: &[u8], ctx: &BridgeCtx) -> std::io::Result<()> {
+    ctx.awaited
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .sent(bytes, &ctx.stats);
     if ctx.chaos.byte_at_a_time {
         for b in bytes {
             stream.write_all(std::slice::from_ref(b)).await?;
@@ -615,16 +761,31 @@ async fn session(
     let mut stalled_until: Option<Instant> = None;
     loop {
         let next_delayed = delayed.peek().map(|Reverse((t, _, _))| *t);
-        let wake = [Some(next_beat), firmware_at, next_delayed, stalled_until]
-            .into_iter()
-            .flatten()
-            .min();
+        let overdue = ctx
+            .awaited
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .deadline();
+        let wake = [
+            Some(next_beat),
+            firmware_at,
+            next_delayed,
+            stalled_until,
+            overdue,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         let reading = stalled_until.is_none();
         tokio::select! {
             _ = ctx.cancel.cancelled() => return End::Cancelled,
             _ = storm.changed() => return End::Lost,
             () = async { match wake { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {
                 let now = Instant::now();
+                ctx.awaited
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .expire(now, &ctx.stats);
                 if stalled_until.is_some_and(|t| now >= t) {
                     stalled_until = None;
                 }
@@ -672,6 +833,10 @@ async fn session(
                 }
                 for bytes in packets {
                     ctx.stats.packets_in.fetch_add(1, Ordering::Relaxed);
+                    ctx.awaited
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .received(&bytes, &ctx.stats);
                     let Ok(packet) = Packet::decode(&bytes) else { continue };
                     if !greeted && matches!(packet, Packet::HelloAck(_)) {
                         greeted = true;
@@ -749,6 +914,39 @@ async fn emit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn awaited_answers_count_gaps_and_second_answers() {
+        let stats = Stats::default();
+        let mut a = Awaited::default();
+        let result = [
+            0x73, 0, 0, 0, 0x13, 1, 2, 3, 4, 0, 2, 0, 0x7e, 1, 0, 0, 0, 0xf9, 0xd0, 1, 0, 0, 0xd1,
+            0x7e,
+        ];
+        // A heartbeat, a ping and a result in one write; an unknown type needs nothing.
+        let mut write = vec![0xd3, 0, 0, 0, 0, 0x43, 0, 0, 0, 7, 1, 2, 3, 4, 1, 1, 6];
+        write.extend_from_slice(&result);
+        write.extend_from_slice(&[0x99, 0, 0, 0, 1, 0]);
+        a.sent(&write, &stats);
+        assert_eq!(stats.acks_expected.load(Ordering::Relaxed), 3);
+        a.received(&[0x48, 0, 0, 0, 3, 1, 1, 0], &stats);
+        a.received(&[0x7b, 0, 0, 0, 7, 1, 2, 3, 4, 0, 2, 0], &stats);
+        // A 0x7B for a 0x73 the bridge never sent is the server's business; a second one for
+        // an answered 0x73, or an answer to nothing, is counted.
+        a.received(&[0x7b, 0, 0, 0, 7, 9, 9, 9, 9, 0, 2, 0], &stats);
+        assert_eq!(stats.acks_unexpected.load(Ordering::Relaxed), 0);
+        a.received(&[0x7b, 0, 0, 0, 7, 1, 2, 3, 4, 0, 2, 0], &stats);
+        a.received(&[0x88, 0, 0, 0, 3, 0, 1, 0], &stats);
+        assert_eq!(stats.acks_unexpected.load(Ordering::Relaxed), 2);
+        assert_eq!(stats.acks_received.load(Ordering::Relaxed), 2);
+        // The heartbeat's answer never came: a gap once the deadline passes, not before.
+        let now = Instant::now();
+        a.expire(now, &stats);
+        assert_eq!(stats.ack_gaps.load(Ordering::Relaxed), 0);
+        a.expire(now + ACK_DEADLINE, &stats);
+        assert_eq!(stats.ack_gaps.load(Ordering::Relaxed), 1);
+        assert!(a.deadline().is_none());
+    }
 
     #[test]
     fn layout_spreads_devices_and_overlaps_bridges() {

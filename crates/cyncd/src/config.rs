@@ -109,8 +109,139 @@ pub struct Config {
     pub homes: Vec<Home>,
     /// The Cync account API (`cyncd account`, the page's setup screen).
     pub account: AccountConfig,
+    /// Relay mode: each device connection also relayed to the cloud (docs/relay.md).
+    pub relay: RelayConfig,
     /// Captures of the device connections' traffic; off until a directory is set.
     pub capture: CaptureConfig,
+}
+
+/// The `[relay]` section: relay mode, off until `upstream` is set.
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayConfig {
+    /// The cloud's device endpoint as `IP:PORT` (an address, not a name: local DNS points the
+    /// cloud's names at cyncd). Unset: relay mode is off.
+    pub upstream: Option<String>,
+    /// Which bridges are relayed: `"all"`, `"none"`, or a list of bridge ids.
+    pub bridges: RelayBridges,
+    /// Checking the upstream's certificate: `"off"` (as the devices do), or the SHA-256
+    /// fingerprint of the certificate to accept (64 hex digits, colons allowed).
+    pub verify: String,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            upstream: None,
+            bridges: RelayBridges::Word("all".into()),
+            verify: "off".into(),
+        }
+    }
+}
+
+/// `bridges` of `[relay]`: a word (`all`, `none`) or a list of bridge ids.
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(untagged)]
+pub enum RelayBridges {
+    /// `"all"` or `"none"`.
+    Word(String),
+    /// Only these bridges (8 hex digits each).
+    List(Vec<String>),
+}
+
+impl RelayBridges {
+    /// Parses the command-line form: `all`, `none` or ids separated by commas.
+    pub fn parse(text: &str) -> Self {
+        match text.trim() {
+            w @ ("all" | "none") => Self::Word(w.into()),
+            list => Self::List(
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect(),
+            ),
+        }
+    }
+}
+
+impl RelayConfig {
+    /// The upstream address, when relay mode is on (validated: see [`Config::validate`]).
+    pub fn upstream_addr(&self) -> Option<SocketAddr> {
+        self.upstream.as_deref().and_then(|u| u.parse().ok())
+    }
+
+    /// Whether the connection of bridge `conn` is relayed.
+    pub fn relays(&self, conn: cync_proto::ConnId) -> bool {
+        if self.upstream_addr().is_none() {
+            return false;
+        }
+        match &self.bridges {
+            RelayBridges::Word(w) => w == "all",
+            RelayBridges::List(ids) => ids
+                .iter()
+                .any(|id| cync_proto::ConnId::from_hex(id) == Some(conn)),
+        }
+    }
+
+    /// Whether phone-app connections are relayed: whenever relay mode relays any bridge.
+    pub fn relays_apps(&self) -> bool {
+        self.upstream_addr().is_some() && self.bridges != RelayBridges::Word("none".into())
+    }
+
+    /// The pinned certificate fingerprint, when `verify` gives one.
+    pub fn pin(&self) -> Option<[u8; 32]> {
+        parse_fingerprint(&self.verify)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if let Some(up) = &self.upstream {
+            if up.parse::<SocketAddr>().is_err() {
+                return Err(format!(
+                    "relay upstream must be an IP address and port such as 35.196.85.236:23779, \
+                     got {up:?} (not a host name: local DNS points the cloud's names at cyncd; \
+                     docs/relay.md shows how to find the address)"
+                ));
+            }
+        }
+        match &self.bridges {
+            RelayBridges::Word(w) if w == "all" || w == "none" => {}
+            RelayBridges::Word(w) => {
+                return Err(format!(
+                    "relay bridges must be \"all\", \"none\" or a list of bridge ids, got {w:?}"
+                ));
+            }
+            RelayBridges::List(ids) => {
+                if let Some(bad) = ids
+                    .iter()
+                    .find(|id| cync_proto::ConnId::from_hex(id).is_none())
+                {
+                    return Err(format!("relay bridges: {bad:?} is not 8 hex digits"));
+                }
+            }
+        }
+        if self.verify != "off" && self.pin().is_none() {
+            return Err(format!(
+                "relay verify must be \"off\" or a SHA-256 fingerprint (64 hex digits, colons allowed), got {:?}",
+                self.verify
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A SHA-256 fingerprint: 64 hex digits, colons or spaces between pairs allowed.
+pub fn parse_fingerprint(text: &str) -> Option<[u8; 32]> {
+    let digits: Vec<u8> = text.bytes().filter(|b| !matches!(b, b':' | b' ')).collect();
+    if digits.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (slot, pair) in out.iter_mut().zip(digits.chunks(2)) {
+        let pair = std::str::from_utf8(pair).ok()?;
+        *slot = u8::from_str_radix(pair, 16).ok()?;
+    }
+    Some(out)
 }
 
 /// The `[capture]` section: every device connection's traffic written to files in the
@@ -551,6 +682,7 @@ impl Default for Config {
             canary: CanaryConfig::default(),
             homes: Vec::new(),
             account: AccountConfig::default(),
+            relay: RelayConfig::default(),
             capture: CaptureConfig::default(),
         }
     }
@@ -791,6 +923,7 @@ impl Config {
         if self.mqtt.client_id.is_empty() || self.mqtt.client_id.len() > 64 {
             return bad("mqtt client_id must be 1-64 characters".into());
         }
+        self.relay.validate().map_err(ConfigError::Invalid)?;
         let mut names = std::collections::HashSet::new();
         let mut bridges = std::collections::HashSet::new();
         for home in &self.homes {
@@ -1061,6 +1194,59 @@ mod tests {
             let config: Config = toml::from_str(bad).unwrap();
             assert!(config.validate().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn relay_section_parses_and_is_checked() {
+        let c: Config = toml::from_str(
+            r#"
+[relay]
+upstream = "35.196.85.236:23779"
+bridges = ["3d546de6", "60B17437"]
+verify = "AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89"
+"#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let id = |h: &str| cync_proto::ConnId::from_hex(h).unwrap();
+        assert_eq!(
+            c.relay.upstream_addr(),
+            Some("35.196.85.236:23779".parse().unwrap())
+        );
+        assert!(c.relay.relays(id("3d546de6")) && c.relay.relays(id("60b17437")));
+        assert!(!c.relay.relays(id("00000001")));
+        assert_eq!(
+            c.relay.pin().map(|p| p[..3].to_vec()),
+            Some(vec![0xab, 0xcd, 0xef])
+        );
+        // Off by default, and "none" relays nothing.
+        let off = Config::default();
+        off.validate().unwrap();
+        assert!(!off.relay.relays(id("3d546de6")));
+        let none: Config =
+            toml::from_str("[relay]\nupstream = \"10.0.0.1:23779\"\nbridges = \"none\"").unwrap();
+        assert!(!none.relay.relays(id("3d546de6")));
+        // A host name, an unknown word, a bad id or fingerprint are refused with the reason.
+        for (bad, says) in [
+            ("upstream = \"cm.gelighting.com:23779\"", "not a host name"),
+            (
+                "upstream = \"10.0.0.1:23779\"\nbridges = \"some\"",
+                "\"all\", \"none\"",
+            ),
+            (
+                "upstream = \"10.0.0.1:23779\"\nbridges = [\"xyz\"]",
+                "8 hex digits",
+            ),
+            ("verify = \"on\"", "SHA-256"),
+        ] {
+            let c: Config = toml::from_str(&format!("[relay]\n{bad}")).unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        assert_eq!(
+            RelayBridges::parse("3d546de6, 60b17437"),
+            RelayBridges::List(vec!["3d546de6".into(), "60b17437".into()])
+        );
     }
 
     #[test]

@@ -87,6 +87,170 @@ pub struct Metrics {
     pub web_clients: Gauge,
     /// `cyncd_web_clients_refused_total`: event streams refused over the cap.
     pub web_refused: Counter,
+    /// Relay mode (`tcp_comm_relay_*`).
+    pub relay: RelayMetrics,
+}
+
+/// The relay-mode families (`tcp_comm_relay_*`); `direction` is `up` (device → cloud) or
+/// `down` (cloud → device).
+#[derive(Debug, Clone, Default)]
+pub struct RelayMetrics {
+    /// `tcp_comm_relay_packets_total{direction}`: packets forwarded.
+    pub packets: Family<Labels1, Counter>,
+    /// `tcp_comm_relay_bytes_total{direction}`: bytes forwarded.
+    pub bytes: Family<Labels1, Counter>,
+    /// `tcp_comm_relay_kept_total{direction, reason}`: packets not forwarded by rule.
+    pub kept: Family<Labels2, Counter>,
+    /// `tcp_comm_relay_dropped_total{direction, reason}`: packets that could not be forwarded.
+    pub dropped: Family<Labels2, Counter>,
+    /// `tcp_comm_relay_upstream_connects_total`.
+    pub connects: Counter,
+    /// `tcp_comm_relay_upstream_failures_total{reason}`.
+    pub failures: Family<Labels1, Counter>,
+    /// `tcp_comm_relay_upstreams{state}`: relayed connections by upstream state.
+    pub upstreams: Family<Labels1, Gauge>,
+    /// `tcp_comm_relay_collisions_total`: requests written while the other writer had one
+    /// with the same id or seq outstanding (told apart by write order).
+    pub collisions: Counter,
+    /// `tcp_comm_relay_unattributed_total`: device answers no request in the ledger matches
+    /// (sent up, never credited to cyncd).
+    pub unattributed: Counter,
+}
+
+/// Every `(direction, reason)` of `tcp_comm_relay_kept_total`.
+pub const RELAY_KEPT: [(&str, &str); 3] = [
+    ("up", "local_answer"),
+    ("up", "hello"),
+    ("down", "cloud_answer"),
+];
+/// Every `(direction, reason)` of `tcp_comm_relay_dropped_total`.
+pub const RELAY_DROPPED: [(&str, &str); 4] = [
+    ("up", "upstream_down"),
+    ("up", "pending_full"),
+    ("up", "queue_full"),
+    ("up", "stale"),
+];
+/// Every `reason` of `tcp_comm_relay_upstream_failures_total`.
+pub const RELAY_FAILURES: [&str; 8] = [
+    "connect",
+    "tls",
+    "fingerprint",
+    "closed",
+    "read",
+    "write",
+    "write_stalled",
+    "oversize",
+];
+/// Every `state` of `tcp_comm_relay_upstreams`.
+pub const RELAY_STATES: [&str; 3] = ["connecting", "up", "down"];
+
+impl RelayMetrics {
+    fn register(&self, tcp: &mut Registry) {
+        tcp.register(
+            "relay_packets",
+            "Packets relayed, by direction",
+            self.packets.clone(),
+        );
+        tcp.register(
+            "relay_bytes",
+            "Bytes relayed, by direction",
+            self.bytes.clone(),
+        );
+        tcp.register(
+            "relay_kept",
+            "Packets not relayed by rule, by direction and reason",
+            self.kept.clone(),
+        );
+        tcp.register(
+            "relay_dropped",
+            "Packets that could not be relayed, by direction and reason",
+            self.dropped.clone(),
+        );
+        tcp.register(
+            "relay_upstream_connects",
+            "Upstream connections made",
+            self.connects.clone(),
+        );
+        tcp.register(
+            "relay_upstream_failures",
+            "Upstream connections failed or lost, by reason",
+            self.failures.clone(),
+        );
+        tcp.register(
+            "relay_upstreams",
+            "Relayed connections by upstream state",
+            self.upstreams.clone(),
+        );
+        tcp.register(
+            "relay_collisions",
+            "Requests written while the other writer had the same id or seq outstanding",
+            self.collisions.clone(),
+        );
+        tcp.register(
+            "relay_unattributed",
+            "Device answers that match no request (sent up, never credited locally)",
+            self.unattributed.clone(),
+        );
+        for direction in ["up", "down"] {
+            let _ = self.packets.get_or_create(&[("direction", direction)]);
+            let _ = self.bytes.get_or_create(&[("direction", direction)]);
+        }
+        for (direction, reason) in RELAY_KEPT {
+            let _ = self
+                .kept
+                .get_or_create(&[("direction", direction), ("reason", reason)]);
+        }
+        for (direction, reason) in RELAY_DROPPED {
+            let _ = self
+                .dropped
+                .get_or_create(&[("direction", direction), ("reason", reason)]);
+        }
+        for reason in RELAY_FAILURES {
+            let _ = self.failures.get_or_create(&[("reason", reason)]);
+        }
+        for state in RELAY_STATES {
+            let _ = self.upstreams.get_or_create(&[("state", state)]);
+        }
+    }
+
+    /// Counts packets relayed (`packets` of them in `bytes`).
+    pub fn relayed(&self, direction: &'static str, packets: u64, bytes: usize) {
+        self.packets
+            .get_or_create(&[("direction", direction)])
+            .inc_by(packets);
+        self.bytes
+            .get_or_create(&[("direction", direction)])
+            .inc_by(u64::try_from(bytes).unwrap_or(u64::MAX));
+    }
+
+    /// Counts a packet kept by rule.
+    pub fn kept(&self, direction: &'static str, reason: &'static str) {
+        self.kept
+            .get_or_create(&[("direction", direction), ("reason", reason)])
+            .inc();
+    }
+
+    /// Counts packets that could not be relayed.
+    pub fn dropped(&self, direction: &'static str, reason: &'static str, n: u64) {
+        self.dropped
+            .get_or_create(&[("direction", direction), ("reason", reason)])
+            .inc_by(n);
+    }
+
+    /// Counts an upstream failure.
+    pub fn failure(&self, reason: &'static str) {
+        self.failures.get_or_create(&[("reason", reason)]).inc();
+    }
+
+    /// Moves one connection between upstream states (`None`: entering or leaving relay mode).
+    pub fn state(&self, from: Option<&'static str>, to: Option<&'static str>) {
+        if let Some(from) = from {
+            self.upstreams.get_or_create(&[("state", from)]).dec();
+        }
+        if let Some(to) = to {
+            self.upstreams.get_or_create(&[("state", to)]).inc();
+        }
+    }
 }
 
 /// Labels of `cyncd_device_refusals_total`.
@@ -167,6 +331,7 @@ impl Metrics {
             in_flight: Gauge::default(),
             web_clients: Gauge::default(),
             web_refused: Counter::default(),
+            relay: RelayMetrics::default(),
         };
         let tcp = registry.sub_registry_with_prefix("tcp_comm");
         tcp.register(
@@ -224,6 +389,7 @@ impl Metrics {
             "0x7Bs that answer no command of the transport owning the connection",
             m.unmatched_answers.clone(),
         );
+        m.relay.register(tcp);
         let cync = registry.sub_registry_with_prefix("cync");
         cync.register("commands", "Commands by outcome", m.commands.clone());
         cync.register(

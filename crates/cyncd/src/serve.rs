@@ -172,6 +172,17 @@ pub struct Args {
     /// [default: https://api.gelighting.com/v2/].
     #[arg(long, value_name = "URL")]
     pub account_api_base: Option<String>,
+    /// Relay mode: also relay every device connection to the cloud at this IP:PORT, so the
+    /// Cync app and voice assistants keep working (docs/relay.md) [default: off].
+    #[arg(long, value_name = "IP:PORT")]
+    pub relay: Option<String>,
+    /// Which bridges are relayed: all, none, or bridge ids separated by commas [default: all].
+    #[arg(long, value_name = "LIST")]
+    pub relay_bridges: Option<String>,
+    /// Accept only the upstream certificate with this SHA-256 fingerprint [default: off, no
+    /// check, as the devices do].
+    #[arg(long, value_name = "SHA256")]
+    pub relay_verify: Option<String>,
     /// Capture every device connection's traffic into this directory (created mode 0700),
     /// one file per connection in the format `cyncd decode` reads, auth codes masked
     /// [default: no capture]. See docs/captures.md.
@@ -323,6 +334,15 @@ impl Args {
         }
         if let Some(v) = &self.account_api_base {
             c.account.api_base = v.clone();
+        }
+        if let Some(v) = &self.relay {
+            c.relay.upstream = Some(v.clone());
+        }
+        if let Some(v) = &self.relay_bridges {
+            c.relay.bridges = crate::config::RelayBridges::parse(v);
+        }
+        if let Some(v) = &self.relay_verify {
+            c.relay.verify = v.clone();
         }
         if let Some(v) = &self.capture {
             c.capture.dir = Some(v.clone());
@@ -527,6 +547,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     for (home, code, names) in homes.unknown_types() {
         registry.unknown_type(home, code, &names.join(", "));
     }
+    let relay = crate::devices::relay::RelayClient::from_config(&config)
+        .context("relay mode: the upstream TLS client")?;
+    if let Some(r) = &relay {
+        warn!(upstream = %r.addr, bridges = ?config.relay.bridges, "relay mode: device connections are also relayed to the cloud, which sees their traffic again");
+    }
     let ctx = Arc::new(Context {
         config,
         homes: crate::homes::HomesCell::new(homes),
@@ -539,6 +564,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         offset: crate::config::OffsetCache::default(),
         auth: auth.clone(),
         log_limits: crate::logging::LogLimits::default(),
+        relay,
         captures,
     });
     tracker.spawn(crate::devices::auth::save_pins(auth, cancel.clone()));

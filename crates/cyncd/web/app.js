@@ -895,8 +895,17 @@ function renderBridges() {
         el('dt', { text: 'decode errors' }), el('dd', { text: String(num(c.errors)) }),
         el('dt', { text: 'firmware' }), el('dd', { text: fw || 'not reported' }),
         el('dt', { text: 'mesh' }), el('dd', { text: plural(Array.isArray(c.mesh) ? c.mesh.length : 0, 'device') }),
-        el('dt', { text: 'commands' }), el('dd', { class: 'commands', text: sent })));
+        el('dt', { text: 'commands' }), el('dd', { class: 'commands', text: sent }),
+        ...upstreamRow(c)));
   }));
+}
+
+/** Relay mode: the bridge's connection to the cloud (nothing when it is not relayed). */
+function upstreamRow(c) {
+  const words = { up: 'relayed to the cloud', connecting: 'connecting to the cloud', down: 'cloud unreachable, retrying (cyncd answers)' };
+  if (typeof c.upstream !== 'string') return [];
+  const text = words[c.upstream] || c.upstream;
+  return [el('dt', { text: 'cloud' }), el('dd', { class: 'upstream upstream-' + c.upstream, text })];
 }
 
 // ---------------------------------------------------------------- operations: decode errors

@@ -7,7 +7,8 @@
 //! the device answered a request of the server's own: a record that followed the server's n-th
 //! 0xA3 or n-th mesh-info request in the capture waits until the server being replayed into has
 //! sent as many (the session takes mesh pages only while its request is open), for at most
-//! `--wait-secs`. Connections of different bridges play at once, those of one bridge one after
+//! `--wait-secs`; in a relay-mode capture the cloud's requests cyncd passed on (seen in its
+//! `[UPSTREAM]` records) are not counted, since the server replayed into sends only its own. Connections of different bridges play at once, those of one bridge one after
 //! the other, the earlier closed first, as a reconnecting device does.
 
 use anyhow::Context as _;
@@ -111,6 +112,15 @@ impl Requests {
     fn reached(self, want: Self) -> bool {
         self.announces >= want.announces && self.mesh >= want.mesh
     }
+
+    /// The requests of `self` not among `relayed` (relay mode: what cyncd asked itself,
+    /// without the cloud's requests it passed on).
+    fn without(self, relayed: Self) -> Self {
+        Self {
+            announces: self.announces.saturating_sub(relayed.announces),
+            mesh: self.mesh.saturating_sub(relayed.mesh),
+        }
+    }
 }
 
 /// Reads capture files into connections, in the order they started.
@@ -157,9 +167,19 @@ pub fn load(paths: &[PathBuf]) -> anyhow::Result<Vec<Connection>> {
         let mut device =
             Framer::new(cync_proto::DEFAULT_MAX_PACKET * 16).with_policy(OversizePolicy::Resync);
         let mut requests = Requests::default();
+        // Relay mode: the cloud's requests, read from it and passed on to the device. The
+        // server replayed into sends only its own, so only those are waited for.
+        let mut cloud =
+            Framer::new(cync_proto::DEFAULT_MAX_PACKET * 16).with_policy(OversizePolicy::Resync);
+        let mut relayed = Requests::default();
         for (_, text) in &texts {
             for record in capture::parse(text).into_iter().filter_map(Result::ok) {
                 if record.upstream {
+                    if record.dir == Direction::Server {
+                        for packet in packets(&mut cloud, &record.bytes) {
+                            relayed.count(&packet);
+                        }
+                    }
                     continue;
                 }
                 match record.dir {
@@ -180,7 +200,7 @@ pub fn load(paths: &[PathBuf]) -> anyhow::Result<Vec<Connection>> {
                         connection.records.push(Sent {
                             ts: record.ts,
                             bytes: record.bytes,
-                            after: requests,
+                            after: requests.without(relayed),
                         });
                     }
                 }

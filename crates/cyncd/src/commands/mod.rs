@@ -59,6 +59,8 @@ pub struct Context {
     pub auth: Arc<AuthStore>,
     /// The limits on log lines peers cause.
     pub log_limits: LogLimits,
+    /// The upstream of relay mode; `None` when it is off.
+    pub relay: Option<Arc<crate::devices::relay::RelayClient>>,
     /// Captures of the device connections, when on.
     pub captures: Option<crate::devices::capture::Captures>,
 }
@@ -145,6 +147,10 @@ impl Host for Context {
 
     fn packet(&self, transport: Transport, bad: bool) {
         self.canary.packet(transport, bad);
+    }
+
+    fn relay(&self) -> Option<&Arc<crate::devices::relay::RelayClient>> {
+        self.relay.as_ref()
     }
 
     fn deliver(&self, to: Transport, event: ConnEvent) {

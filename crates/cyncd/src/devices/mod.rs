@@ -1,10 +1,11 @@
 //! The device side: TLS, the accept loop, one task per device connection, and the registry of
 //! what every device and connection is.
 //!
-//! Owns: sockets and TLS towards devices ([`tls`], [`server`]), the sans-IO session of each
-//! connection, who a device is ([`auth`]: auth-code pins), device state and connections
-//! ([`registry`]), the messages exchanged with the command transports ([`link`]), and the
-//! captures of each connection's traffic ([`capture`]).
+//! Owns: sockets and TLS towards devices ([`tls`], [`server`]) and towards the upstream cloud
+//! in relay mode ([`relay`]), the sans-IO session of each connection, who a device is
+//! ([`auth`]: auth-code pins), device state and connections ([`registry`]), the messages
+//! exchanged with the command transports ([`link`]), and the captures of each connection's
+//! traffic ([`capture`]).
 //!
 //! Must not import: `commands`, `frontends`, `cli` or `serve` (the layers above). What a
 //! connection needs from above — the routing decision at a hello, the SLO feed, handing device
@@ -15,6 +16,7 @@ pub mod auth;
 pub mod capture;
 pub mod link;
 pub mod registry;
+pub mod relay;
 pub mod server;
 pub mod tls;
 
@@ -58,4 +60,6 @@ pub trait Host: Send + Sync + 'static {
     fn packet(&self, transport: Transport, bad: bool);
     /// Hands an event to the transport `to` (never waits; a full queue drops and counts).
     fn deliver(&self, to: Transport, event: ConnEvent);
+    /// The upstream of relay mode; `None` when relay mode is off.
+    fn relay(&self) -> Option<&std::sync::Arc<relay::RelayClient>>;
 }

@@ -294,9 +294,34 @@ pub struct ConnStats {
     /// Outcomes of the commands last sent through this connection, in [`Outcome::ALL`] order
     /// (counted by the command service when it decides one).
     pub outcomes: [AtomicU64; Outcome::ALL.len()],
+    /// Relay mode: the upstream's state (0 = not relayed, then connecting, up, down).
+    pub upstream: std::sync::atomic::AtomicU8,
 }
 
 impl ConnStats {
+    /// Records the relay's upstream state (`None`: not relayed).
+    pub fn set_upstream(&self, state: Option<cync_proto::relay::Upstream>) {
+        use cync_proto::relay::Upstream;
+        let code = match state {
+            None => 0,
+            Some(Upstream::Connecting) => 1,
+            Some(Upstream::Up) => 2,
+            Some(Upstream::Down) => 3,
+        };
+        self.upstream.store(code, Ordering::Relaxed);
+    }
+
+    /// The relay's upstream state's label, when the connection is relayed.
+    pub fn upstream(&self) -> Option<&'static str> {
+        use cync_proto::relay::Upstream;
+        match self.upstream.load(Ordering::Relaxed) {
+            1 => Some(Upstream::Connecting.label()),
+            2 => Some(Upstream::Up.label()),
+            3 => Some(Upstream::Down.label()),
+            _ => None,
+        }
+    }
+
     /// Counts an outcome of a command last sent through this connection.
     pub fn count_outcome(&self, outcome: Outcome) {
         let slot = Outcome::ALL.iter().position(|o| *o == outcome);
@@ -513,6 +538,10 @@ pub struct ConnectionView {
     pub transport: &'static str,
     /// Whether the reliable transport shadows it.
     pub shadow: bool,
+    /// Relay mode: the state of its upstream connection (`connecting`, `up`, `down`); absent
+    /// when it is not relayed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<&'static str>,
 }
 
 /// A registered connection: drop it (or call [`Registration::release`]) when the session ends.
@@ -911,6 +940,7 @@ impl Registry {
                     commands: c.stats.outcome_counts(),
                     transport: c.route.transport.name(),
                     shadow: c.route.shadow,
+                    upstream: c.stats.upstream(),
                 }
             })
             .collect();

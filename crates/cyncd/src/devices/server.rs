@@ -30,10 +30,12 @@ use super::auth::Check;
 use super::capture::{Capture, Dir};
 use super::link::{ConnCommand, ConnEvent, WRITE_QUEUE};
 use super::registry::{ConnStats, Registration};
+use super::relay::{Link, UpEvent};
 use crate::homes::{Listed, MeshMatch};
 use crate::logging::{PeerLog, corr_id, redacted_hex};
 use cync_proto::canary::{Route, Transport};
 use cync_proto::catalog::DeviceType;
+use cync_proto::relay::Answer;
 use cync_proto::session::{CloseReason, Event, Session, SessionConfig, Step};
 use cync_proto::{AuthCode, ConnId, DecodeError, LocalTime, Packet};
 use std::collections::HashMap;
@@ -54,7 +56,7 @@ pub const READ_BUFFER: usize = 512;
 
 /// Every `reason` of `cyncd_connections_closed_total`: the connection task's own endings, the
 /// session's close reasons and a failed TLS handshake.
-pub const CLOSE_REASONS: [&str; 10] = [
+pub const CLOSE_REASONS: [&str; 11] = [
     "peer_closed",
     "read_error",
     "write_error",
@@ -65,6 +67,7 @@ pub const CLOSE_REASONS: [&str; 10] = [
     "replaced_or_shutdown",
     "shutdown",
     "tls_failure",
+    "upstream_lost",
 ];
 
 /// Every `reason` of `tcp_comm_decode_errors_total`: [`error_label`]'s, an oversize header and a
@@ -323,6 +326,20 @@ struct Conn<H> {
     sensors: Option<cync_proto::SensorReport>,
     /// This connection's limit on the warnings its peer causes.
     log: PeerLog,
+    /// Relay mode is configured: device bytes are framed here, packet by packet, so each can
+    /// be routed (see [`super::relay`]).
+    relay_mode: Option<cync_proto::Framer>,
+    /// The relay, once the hello of a relayed bridge is admitted.
+    relay: Option<Link>,
+    /// Bytes for the device not yet written, in stream order (relay mode: cyncd's and the
+    /// cloud's interleaved as they were decided).
+    out: Vec<u8>,
+    /// The admitted hello's bytes, for the relay.
+    hello_bytes: Option<Vec<u8>>,
+    /// The packet being handled answers the cloud: its 0x7B/result events are not cyncd's.
+    foreign: bool,
+    /// A phone-app connection relayed untouched (relay mode), and when it last sent.
+    app: Option<Instant>,
     /// Where this connection's reads and writes are recorded, when capture is on.
     capture: Option<Capture>,
 }
@@ -341,6 +358,10 @@ impl<H: Host> Conn<H> {
         };
         let start = Instant::now();
         let (writer, queue) = mpsc::channel(WRITE_QUEUE);
+        let relay_mode = c
+            .relay
+            .upstream_addr()
+            .map(|_| cync_proto::Framer::new(c.max_packet));
         Self {
             peer,
             session: Session::new(config, Duration::ZERO, fastrand::u16(..)),
@@ -358,6 +379,12 @@ impl<H: Host> Conn<H> {
             route: None,
             sensors: None,
             log: PeerLog::default(),
+            relay_mode,
+            relay: None,
+            out: Vec::new(),
+            hello_bytes: None,
+            foreign: false,
+            app: None,
         }
     }
 
@@ -472,7 +499,14 @@ impl<H: Host> Conn<H> {
             // Re-arm only when the deadline comes earlier than the armed one. Every packet
             // pushes the silence deadline later; the armed timer then fires early, finds
             // nothing due, and is re-armed: once per silence period instead of per packet.
-            match (self.session.next_deadline().map(|d| self.start + d), armed) {
+            let deadline = match self.app {
+                // A relayed phone app: only its silence (the session never sees it).
+                Some(last) => {
+                    Some(last + self.ctx.config().heartbeat() * self.ctx.config().silence_multiple)
+                }
+                None => self.session.next_deadline().map(|d| self.start + d),
+            };
+            match (deadline, armed) {
                 (Some(at), Some(current)) if at >= current => {}
                 (Some(at), _) => {
                     sleep.as_mut().reset(at);
@@ -514,18 +548,28 @@ impl<H: Host> Conn<H> {
                     let now = read_at.duration_since(self.start);
                     let local = self.local_time();
                     steps.clear();
-                    self.session.receive(buf.get(..n).unwrap_or_default(), now, local, &mut steps);
-                    self.decide(now, local, &mut steps);
+                    let data = buf.get(..n).unwrap_or_default();
+                    let relayed = self.relay_mode.is_some();
+                    if relayed {
+                        if let Err(reason) = self.receive_relayed(data, now, local, &mut steps) {
+                            return reason;
+                        }
+                    } else {
+                        self.session.receive(data, now, local, &mut steps);
+                        self.decide(now, local, &mut steps);
+                    }
                     if let Some(capture) = &self.capture {
                         // After the verdict, so an admitted hello names the file at once.
                         if let Some(conn) = self.session.conn_id() {
                             capture.bridge(conn);
                         }
-                        capture.record(Dir::DeviceToCyncd, SystemTime::now(), buf.get(..n).unwrap_or_default());
+                        capture.record(Dir::DeviceToCyncd, SystemTime::now(), data);
                     }
-                    for step in &steps {
-                        self.log_step(step);
-                        self.sensor_report(step);
+                    if !relayed {
+                        for step in &steps {
+                            self.log_step(step);
+                            self.sensor_report(step);
+                        }
                     }
                     if let Err(reason) = self.flush(stream).await {
                         return reason;
@@ -535,11 +579,34 @@ impl<H: Host> Conn<H> {
                         let kind = step.bytes.first().copied().unwrap_or_default();
                         self.ctx.metrics().of_type(kind).latency.observe(elapsed);
                     }
-                    self.drain_events();
+                    if !relayed {
+                        self.drain_events();
+                    }
+                }
+                Some(event) = next_upstream(&mut self.relay) => {
+                    self.on_upstream(event);
+                    // Whatever else the cloud sent goes in the same write.
+                    for _ in 0..64 {
+                        let Some(event) = self.relay.as_mut().and_then(Link::try_next) else {
+                            break;
+                        };
+                        self.on_upstream(event);
+                    }
+                    if let Err(reason) = self.flush(stream).await {
+                        return reason;
+                    }
                 }
                 () = &mut sleep, if armed.is_some() => {
                     armed = None;
+                    if let Some(last) = self.app {
+                        let silence = self.ctx.config().heartbeat() * self.ctx.config().silence_multiple;
+                        if Instant::now() >= last + silence {
+                            return "silent";
+                        }
+                        continue;
+                    }
                     let now = Instant::now().duration_since(self.start);
+                    self.avoid_cloud(now);
                     for p in self.session.on_timeout(now) {
                         let corr = if tracing::enabled!(tracing::Level::DEBUG) { corr_id() } else { String::new() };
                         self.log_out(&p, &corr);
@@ -548,6 +615,10 @@ impl<H: Host> Conn<H> {
                         return reason;
                     }
                 }
+            }
+            if self.app.is_some() && self.relay.as_ref().is_some_and(|l| l.state() == "down") {
+                // Nothing answers an app but the cloud: without it, the app should reconnect.
+                return "upstream_lost";
             }
             if let Some(reason) = self.session.close_reason() {
                 match reason {
@@ -583,6 +654,7 @@ impl<H: Host> Conn<H> {
     /// Builds queued commands into the transmit buffer (this one and any others waiting, so
     /// they go out in one write) and returns the events to report once written.
     fn write_command(&mut self, first: ConnCommand) -> Vec<Written> {
+        self.avoid_cloud(Instant::now().duration_since(self.start));
         let mut events = Vec::new();
         let mut next = Some(first);
         while let Some(queued) = next.take() {
@@ -638,7 +710,12 @@ impl<H: Host> Conn<H> {
     }
 
     async fn flush<S: AsyncWrite + Unpin>(&mut self, stream: &mut S) -> Result<(), &'static str> {
-        let out = self.session.take_transmit();
+        let out = if self.relay.is_none() && self.out.is_empty() {
+            self.session.take_transmit()
+        } else {
+            self.stage_local();
+            std::mem::take(&mut self.out)
+        };
         if out.is_empty() {
             return Ok(());
         }
@@ -827,6 +904,7 @@ impl<H: Host> Conn<H> {
                     // Commands waiting for this bridge go now, through its owner.
                     self.ctx
                         .deliver(Transport::Reliable, ConnEvent::Connected(conn));
+                    self.start_relay(conn);
                 }
                 Event::AppConnection(conn) => {
                     if self.ctx.log_limits().lifecycle() {
@@ -916,6 +994,8 @@ impl<H: Host> Conn<H> {
                         warn!(peer = %self.peer, r#type = kind, "inner frame checksum mismatch");
                     }
                 }
+                // An answer to the cloud's request is never credited to a command of cyncd's.
+                Event::DataAck(_) | Event::CommandResult { .. } if self.foreign => {}
                 Event::DataAck(msg) => {
                     if let Some(conn) = self.session.conn_id() {
                         self.answer(ConnEvent::Ack { conn, msg });
@@ -944,6 +1024,242 @@ impl<H: Host> Conn<H> {
                 .events_dropped
                 .inc_by(dropped - self.dropped_reported);
             self.dropped_reported = dropped;
+        }
+    }
+}
+
+/// The next event from a relay's upstream task; never, without a relay.
+async fn next_upstream(relay: &mut Option<Link>) -> Option<UpEvent> {
+    match relay {
+        Some(link) => link.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Relay mode (see [`super::relay`] and [`cync_proto::relay`]).
+impl<H: Host> Conn<H> {
+    /// Frames a read into whole packets and handles each: routed by the relay (once there is
+    /// one), then handled by the session as in normal mode.
+    fn receive_relayed(
+        &mut self,
+        mut data: &[u8],
+        now: Duration,
+        local: LocalTime,
+        steps: &mut Vec<Step>,
+    ) -> Result<(), &'static str> {
+        loop {
+            let Some(framer) = self.relay_mode.as_mut() else {
+                return Ok(());
+            };
+            let taken = framer.push(data);
+            data = data.get(taken..).unwrap_or_default();
+            let mut packets = Vec::new();
+            while let Some(next) = framer.next_packet() {
+                match next {
+                    Ok(p) => packets.push(p.to_vec()),
+                    Err(e) => {
+                        self.ctx.metrics().decode_error("oversize");
+                        if self.may_warn() {
+                            warn!(peer = %self.peer, error = %e, "closing: oversize packet header");
+                        }
+                        return Err("oversize");
+                    }
+                }
+            }
+            for packet in packets {
+                self.relayed_packet(&packet, now, local, steps);
+                if self.session.close_reason().is_some() {
+                    return Ok(());
+                }
+            }
+            if data.is_empty() || taken == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    /// One whole device packet in relay mode.
+    fn relayed_packet(
+        &mut self,
+        packet: &[u8],
+        now: Duration,
+        local: LocalTime,
+        steps: &mut Vec<Step>,
+    ) {
+        if self.app.is_some() || (packet.first() == Some(&0x13) && self.start_app(packet)) {
+            self.pipe_app(packet, now);
+            return;
+        }
+        let answer = match self.relay.as_mut() {
+            Some(link) => {
+                let verdict = link.core.from_device(packet, now);
+                if verdict.up {
+                    link.send_up(packet.to_vec(), 1);
+                }
+                link.report(verdict.kept, verdict.dropped, "up");
+                debug!(dir = "up", r#type = packet.first().copied().unwrap_or_default(), up = verdict.up, kept = verdict.kept.map(|k| k.label()), dropped = verdict.dropped.map(|d| d.label()), hex = %redacted_hex(packet), "relay");
+                verdict.answer
+            }
+            None => Answer::None,
+        };
+        if answer == Answer::Cloud && matches!(packet.first(), Some(0x7b | 0xab)) {
+            // The device acknowledging the cloud: nothing to answer, no state, not cyncd's.
+            self.stats.packets_in.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let first = steps.len();
+        self.session.receive(packet, now, local, steps);
+        self.decide(now, local, steps);
+        for step in steps.get(first..).unwrap_or_default() {
+            self.log_step(step);
+            self.sensor_report(step);
+            if matches!(step.packet, Ok(Packet::Hello(_))) && !step.sent.is_empty() {
+                self.hello_bytes = Some(step.bytes.clone());
+            }
+        }
+        self.foreign = answer == Answer::Cloud;
+        self.drain_events();
+        self.foreign = false;
+    }
+
+    /// Starts relaying bridge `conn` when relay mode is on and the bridge is chosen.
+    fn start_relay(&mut self, conn: ConnId) {
+        let Some(client) = self.ctx.relay() else {
+            return;
+        };
+        if self.relay_mode.is_none() || !self.ctx.config().relay.relays(conn) {
+            return;
+        }
+        let mut link = Link::start(
+            client.clone(),
+            conn,
+            self.ctx.metrics().clone(),
+            self.cancel.clone(),
+            self.stats.clone(),
+            cync_proto::relay::Relay::new(),
+            self.capture.clone(),
+        );
+        if let Some(hello) = self.hello_bytes.take() {
+            let verdict = link
+                .core
+                .from_device(&hello, Instant::now().duration_since(self.start));
+            link.report(verdict.kept, verdict.dropped, "up");
+        }
+        if self.ctx.log_limits().lifecycle() {
+            info!(peer = %self.peer, conn_id = %conn, upstream = %client.addr, "relaying to the upstream");
+        }
+        self.relay = Some(link);
+        self.ctx.registry().touch();
+    }
+
+    /// A connection whose first packet is a phone app's `0x13`: relayed untouched when relay
+    /// mode relays anything, instead of being closed. Returns whether it is.
+    fn start_app(&mut self, first: &[u8]) -> bool {
+        if self.relay.is_some() || self.session.conn_id().is_some() {
+            return false;
+        }
+        let Some(client) = self.ctx.relay() else {
+            return false;
+        };
+        if !self.ctx.config().relay.relays_apps() {
+            return false;
+        }
+        let id = ConnId::read(first, 6).unwrap_or_default();
+        let link = Link::start(
+            client.clone(),
+            id,
+            self.ctx.metrics().clone(),
+            self.cancel.clone(),
+            self.stats.clone(),
+            cync_proto::relay::Relay::app(),
+            self.capture.clone(),
+        );
+        if self.ctx.log_limits().lifecycle() {
+            info!(peer = %self.peer, app_id = %id, upstream = %client.addr, "phone-app connection: relayed to the upstream");
+        }
+        self.relay = Some(link);
+        self.app = Some(Instant::now());
+        true
+    }
+
+    /// One packet of a relayed phone app: up, untouched.
+    fn pipe_app(&mut self, packet: &[u8], now: Duration) {
+        self.app = Some(Instant::now());
+        self.stats.packets_in.fetch_add(1, Ordering::Relaxed);
+        if let Some(link) = self.relay.as_mut() {
+            let verdict = link.core.from_device(packet, now);
+            if verdict.up {
+                link.send_up(packet.to_vec(), 1);
+            }
+            link.report(verdict.kept, verdict.dropped, "up");
+            debug!(dir = "up", app = true, r#type = packet.first().copied().unwrap_or_default(), up = verdict.up, hex = %redacted_hex(packet), "relay");
+        }
+    }
+
+    /// What the upstream task reports.
+    fn on_upstream(&mut self, event: UpEvent) {
+        match event {
+            UpEvent::Connected(epoch) => {
+                if let Some(link) = self.relay.as_mut() {
+                    link.connected(epoch);
+                }
+                if self.ctx.log_limits().lifecycle() {
+                    info!(peer = %self.peer, conn_id = self.id_text(), epoch, "relay: upstream connected");
+                }
+                self.ctx.registry().touch();
+            }
+            UpEvent::Lost(reason) => {
+                let was_up = self.relay.as_ref().is_some_and(|l| l.state() == "up");
+                if let Some(link) = self.relay.as_mut() {
+                    link.lost();
+                }
+                // Caused by the upstream, not the device, but it repeats as fast as the backoff
+                // allows: limited like a peer's warnings.
+                if self.may_warn() {
+                    warn!(peer = %self.peer, conn_id = self.id_text(), reason, "relay: upstream {}; cyncd answers the device and retries", if was_up { "lost" } else { "unreachable" });
+                }
+                if was_up {
+                    self.ctx.registry().touch();
+                }
+            }
+            UpEvent::Packet(bytes) => {
+                // What cyncd wrote before this packet goes before it.
+                self.stage_local();
+                let now = Instant::now().duration_since(self.start);
+                let Some(link) = self.relay.as_mut() else {
+                    return;
+                };
+                let verdict = link.core.from_cloud(&bytes, now);
+                link.report(verdict.kept, None, "down");
+                debug!(dir = "down", r#type = bytes.first().copied().unwrap_or_default(), down = verdict.down, kept = verdict.kept.map(|k| k.label()), hex = %redacted_hex(&bytes), "relay");
+                if verdict.down {
+                    self.ctx.metrics().relay.relayed("down", 1, bytes.len());
+                    self.stats.packets_out.fetch_add(1, Ordering::Relaxed);
+                    self.out.extend_from_slice(&bytes);
+                }
+            }
+        }
+    }
+
+    /// Moves what the session wrote into the outgoing bytes, recording its requests with the
+    /// relay (their answers are cyncd's).
+    fn stage_local(&mut self) {
+        let local = self.session.take_transmit();
+        if local.is_empty() {
+            return;
+        }
+        if let Some(link) = self.relay.as_mut() {
+            link.core
+                .local_to_device(&local, Instant::now().duration_since(self.start));
+            link.report(None, None, "up");
+        }
+        self.out.extend_from_slice(&local);
+    }
+
+    /// Keeps the session's next seqs and message ids clear of the cloud's.
+    fn avoid_cloud(&mut self, now: Duration) {
+        if let Some(link) = self.relay.as_mut() {
+            self.session.set_avoid(link.core.avoid(now));
         }
     }
 }
