@@ -3,7 +3,7 @@
 //!
 //! Owns: sockets and TLS towards devices ([`tls`], [`server`]), the sans-IO session of each
 //! connection, who a device is ([`auth`]: auth-code pins), device state and connections
-//! ([`registry`]), and the messages exchanged with the command transports ([`link`]).
+//! ([`registry`]; the effects lights run are kept across restarts by [`effects`]), and the messages exchanged with the command transports ([`link`]).
 //!
 //! Must not import: `commands`, `frontends`, `cli` or `serve` (the layers above). What a
 //! connection needs from above — the routing decision at a hello, the SLO feed, handing device
@@ -11,6 +11,7 @@
 //! implemented by the `commands` layer.
 
 pub mod auth;
+pub mod effects;
 pub mod link;
 pub mod registry;
 pub mod server;

@@ -823,6 +823,7 @@ mod tests {
             brightness: Some(40),
             color_temp: Some(50),
             rgb: None,
+            effect: None,
             bridges: vec!["1a2b3c4d".into()],
             reachable: true,
             last_seen: Some("2026-11-26T00:00:00.000Z".into()),
