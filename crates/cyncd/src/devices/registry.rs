@@ -309,17 +309,20 @@ impl Claim {
         self
     }
 
-    /// Whether a report agrees: the power claimed, and while on the level and colour claimed
-    /// (a device that is off reports whatever level it last had).
+    /// Whether the two claim a part of the state in common.
+    fn overlaps(&self, other: &Self) -> bool {
+        (self.on && other.on) || (self.level && other.level) || (self.color && other.color)
+    }
+
+    /// Whether a report agrees: the power and colour claimed, and while on the level claimed
+    /// (a device that is off keeps its colour but reports whatever level: capture A's 0x83
+    /// says 24 where its 0x43 record says 0).
     fn agrees(&self, s: &DeviceStatus) -> bool {
         let e = &self.expected;
         if self.on && s.on != e.on {
             return false;
         }
-        if !s.on {
-            return true;
-        }
-        if self.level && s.brightness != e.brightness {
+        if self.level && s.on && s.brightness != e.brightness {
             return false;
         }
         !self.color
@@ -1049,6 +1052,13 @@ impl Registry {
                 }
                 Settled::Applied => {
                     let p = d.pending.remove(i);
+                    // Older commands for the same parts of the state, still without an
+                    // outcome or with an unknown one, are overtaken: a report cannot tell one
+                    // effect (or an old value) from the other, so they no longer count.
+                    let parts = Claim::from(d.status).then(&p);
+                    d.pending.retain(|q| {
+                        q.command > command || !parts.overlaps(&Claim::from(d.status).then(q))
+                    });
                     let base = d
                         .held
                         .filter(|h| h.until > now)
@@ -2083,6 +2093,32 @@ mod tests {
         r.apply("h", B, status(2, true, 50, true), Source::Own, until)
             .unwrap();
         assert_eq!(r.device(&homes, "h:2").unwrap().effect, None);
+        // A group's effect with no known outcome, then the light's own newer one applied: a
+        // report of "an effect" is the newer one's.
+        let t1 = until + Duration::from_secs(5);
+        let (group, own) = (CommandId(2), CommandId(3));
+        r.expect(
+            group,
+            "h",
+            &[(2, 0)],
+            Action::Effect(Effect::Vegas),
+            None,
+            t1,
+            t1 + Duration::from_secs(11),
+        );
+        r.settle(group, Settled::Unknown, t1);
+        r.expect(
+            own,
+            "h",
+            &[(2, 0)],
+            Action::Effect(Effect::Candle),
+            None,
+            t1,
+            t1 + Duration::from_secs(11),
+        );
+        r.settle(own, Settled::Applied, t1);
+        r.apply("h", B, running, Source::Relayed, t1).unwrap();
+        assert_eq!(r.device(&homes, "h:2").unwrap().effect, Some("candle"));
     }
 
     #[tokio::test(start_paused = true)]
