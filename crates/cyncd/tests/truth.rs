@@ -802,3 +802,74 @@ async fn a_reconnected_bridge_shows_its_devices_only_with_fresh_state() {
     );
     site.stop().await;
 }
+
+/// The same defect as `cyncd demo` showed it: its home (two bridges of six devices, the whole
+/// home one group), each device switched off, then "All on" on the page — every member is
+/// shown on, in the API the page reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_home_shows_every_member_on_after_all_on() {
+    let fleet_config = FleetConfig {
+        bridges: 2,
+        devices_per_bridge: 6,
+        homes: Some(1),
+        seed: 11,
+        heartbeat: Duration::from_secs(10),
+        firmware_delay: Duration::from_millis(50),
+        id_base: 0x7700_0000,
+        ..FleetConfig::default()
+    };
+    let mut config = config("demo-all-on");
+    config.homes = vec![cyncd::cli::sim::demo_home(&fleet_config).unwrap()];
+    let server = start(config).await;
+    let fleet = Fleet::start(FleetConfig {
+        server: server.devices.to_string(),
+        ..fleet_config
+    })
+    .unwrap();
+    until(&server, || {
+        let devices = server.ctx.registry.devices(&server.ctx.homes.get());
+        devices.len() == 12 && devices.iter().all(|d| d.reachable)
+    })
+    .await;
+    for d in fleet.devices() {
+        let (status, body) = post(
+            &server,
+            &format!("/api/devices/default:{}/state", d.id),
+            r#"{"on":false}"#,
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, body) = post(
+        &server,
+        &format!("/api/groups/default:{ALL}/state"),
+        r#"{"on":true}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        fleet.devices().iter().all(|d| d.on),
+        "the simulator applied All on"
+    );
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let (_, body) = get(&server, "/api/devices").await;
+        let devices: Vec<Value> = serde_json::from_str(&body).unwrap();
+        let off: Vec<&Value> = devices
+            .iter()
+            .filter(|d| d["on"] != true)
+            .map(|d| &d["id"])
+            .collect();
+        if off.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after All on, the page shows {off:?} off"
+        );
+        let mut changes = server.ctx.registry.watch();
+        let _ = tokio::time::timeout_at(deadline, changes.changed()).await;
+    }
+    fleet.stop().await;
+    server.shutdown().await;
+}
