@@ -852,6 +852,7 @@ async fn the_demo_home_shows_every_member_on_after_all_on() {
         "the simulator applied All on"
     );
     let deadline = Instant::now() + Duration::from_secs(1);
+    let mut changes = server.ctx.registry.watch();
     loop {
         let (_, body) = get(&server, "/api/devices").await;
         let devices: Vec<Value> = serde_json::from_str(&body).unwrap();
@@ -867,7 +868,6 @@ async fn the_demo_home_shows_every_member_on_after_all_on() {
             Instant::now() < deadline,
             "after All on, the page shows {off:?} off"
         );
-        let mut changes = server.ctx.registry.watch();
         let _ = tokio::time::timeout_at(deadline, changes.changed()).await;
     }
     fleet.stop().await;
