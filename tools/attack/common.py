@@ -22,6 +22,10 @@ DEVICE_CIPHERS = "AES256-SHA256:AES128-SHA256:AES256-SHA:AES128-SHA"
 # `cyncd sim` numbers its bridges from this id.
 SIM_BASE = 0x51000000
 
+# The API token of the server started last (builds with an API token write it to `api-token`
+# in their state directory); used when a call is given no token of its own.
+SERVER_TOKEN = None
+
 REPORT = bytes.fromhex(
     "83 00 00 00 25 38 e8 cf 46 00 09 00 7e 1f 00 00 00 fa db 13 00 87 25 11 ee 00 ee 00 db"
     " 11 02 01 01 0a 0a ff ff ff 00 00 88 7e")
@@ -139,6 +143,12 @@ class Server:
         self.devices = (host, int(port))
         self.http = next(w for w in words if w.startswith("http://")).rstrip(",")
         self.pid = self.proc.pid
+        global SERVER_TOKEN
+        SERVER_TOKEN = None
+        token_path = os.path.join(self.dir, "state", "api-token")
+        if os.path.exists(token_path):
+            with open(token_path) as f:
+                SERVER_TOKEN = f.read().strip()
 
     def log_bytes(self):
         self.log.flush()
@@ -200,6 +210,7 @@ def api(method, url, body=None, token=None):
     req = urllib.request.Request(url, data=data, method=method)
     if data is not None:
         req.add_header("Content-Type", "application/json")
+    token = token or SERVER_TOKEN
     if token:
         req.add_header("Authorization", f"Bearer {token}")
     try:

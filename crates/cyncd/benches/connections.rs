@@ -23,8 +23,11 @@
 //! Run (needs `ulimit -n` of at least N + 100):
 //!
 //! ```text
-//! cargo bench -p cyncd --bench connections -- [--sizes 1000,10000] [--window 20] [--hb 2]
+//! cargo bench -p cyncd --bench connections -- [--sizes 1000,10000] [--window 20] [--hb 2] [--capture]
 //! ```
+//!
+//! `--capture` runs the server with `--capture` into a directory beside its state, to measure
+//! what writing every connection's traffic costs.
 //!
 //! Prints a table and writes `target/connections-bench.json`.
 #![allow(
@@ -74,6 +77,8 @@ struct Options {
     sizes: Vec<usize>,
     window: Duration,
     hb: Duration,
+    /// Run the server with `--capture` (every connection's traffic written to files).
+    capture: bool,
 }
 
 /// Parses our flags from the command line; cargo's own (`--bench`) and unknown ones are ignored.
@@ -82,9 +87,14 @@ fn options() -> anyhow::Result<Options> {
         sizes: vec![1000, 10_000],
         window: Duration::from_secs(20),
         hb: Duration::from_secs(2),
+        capture: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
+        if arg == "--capture" {
+            o.capture = true;
+            continue;
+        }
         let (name, inline) = match arg.split_once('=') {
             Some((n, v)) => (n.to_string(), Some(v.to_string())),
             None => (arg, None),
@@ -353,7 +363,7 @@ struct Server {
 }
 
 impl Server {
-    async fn start(n: usize) -> anyhow::Result<Self> {
+    async fn start(n: usize, capture: bool) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!(
             "cyncd-bench-{}-{n}-{:x}",
             std::process::id(),
@@ -367,6 +377,11 @@ impl Server {
             .arg("--state-dir")
             .arg(&dir)
             .args(["--log-level", "warn"])
+            .args(if capture {
+                vec!["--capture".into(), dir.join("captures").into_os_string()]
+            } else {
+                Vec::new()
+            })
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -499,7 +514,7 @@ async fn run_size(
     ticks: f64,
     seed: u64,
 ) -> anyhow::Result<serde_json::Value> {
-    let mut server = Server::start(n).await?;
+    let mut server = Server::start(n, o.capture).await?;
     let pid = server.pid();
     sleep(Duration::from_millis(300)).await;
     let rss_before = rss_kib(pid)?;
@@ -776,6 +791,7 @@ fn main() -> anyhow::Result<()> {
         "handshakes_in_flight": HANDSHAKES_IN_FLIGHT,
         "window_seconds": o.window.as_secs_f64(),
         "heartbeat_seconds": o.hb.as_secs_f64(),
+        "capture": o.capture,
         "lost_after_seconds": LOST_AFTER.as_secs_f64(),
         "seed": seed,
         "results": results,

@@ -109,6 +109,38 @@ pub struct Config {
     pub homes: Vec<Home>,
     /// The Cync account API (`cyncd account`, the page's setup screen).
     pub account: AccountConfig,
+    /// Captures of the device connections' traffic; off until a directory is set.
+    pub capture: CaptureConfig,
+}
+
+/// The `[capture]` section: every device connection's traffic written to files in the
+/// captures' text format (see `docs/captures.md`).
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CaptureConfig {
+    /// The directory for the capture files (created mode 0700). Unset: no capture.
+    pub dir: Option<PathBuf>,
+    /// Keep the auth codes of the devices' hellos in the files (masked with `*` otherwise).
+    pub secrets: bool,
+    /// A connection's file is ended, and its next part started, at the first packet boundary
+    /// past this size, in bytes.
+    pub max_file_bytes: u64,
+    /// Most bytes of capture files in the directory; past it the oldest files are deleted.
+    pub max_total_bytes: u64,
+    /// Most capture files in the directory; past it the oldest files are deleted.
+    pub max_files: usize,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            secrets: false,
+            max_file_bytes: 1 << 20,
+            max_total_bytes: 256 << 20,
+            max_files: 1000,
+        }
+    }
 }
 
 /// The `[account]` section: where the Cync account API is.
@@ -514,6 +546,7 @@ impl Default for Config {
             canary: CanaryConfig::default(),
             homes: Vec::new(),
             account: AccountConfig::default(),
+            capture: CaptureConfig::default(),
         }
     }
 }
@@ -716,6 +749,26 @@ impl Config {
         }
         if !(1..=600).contains(&self.account.timeout_secs) {
             return bad("account timeout_secs must be 1..=600".into());
+        }
+        let cap = &self.capture;
+        if !(1024..=1 << 30).contains(&cap.max_file_bytes) {
+            return bad(format!(
+                "capture max_file_bytes must be 1024..=1073741824, got {}",
+                cap.max_file_bytes
+            ));
+        }
+        if cap.max_total_bytes < cap.max_file_bytes.saturating_mul(2) {
+            return bad(format!(
+                "capture max_total_bytes must be at least twice max_file_bytes ({}), got {}",
+                cap.max_file_bytes.saturating_mul(2),
+                cap.max_total_bytes
+            ));
+        }
+        if !(2..=1_000_000).contains(&cap.max_files) {
+            return bad(format!(
+                "capture max_files must be 2..=1000000, got {}",
+                cap.max_files
+            ));
         }
         if self.mqtt.client_id.is_empty() || self.mqtt.client_id.len() > 64 {
             return bad("mqtt client_id must be 1-64 characters".into());

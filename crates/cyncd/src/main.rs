@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 /// the server's CPU with the system allocator.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use cyncd::cli::{account, client, decode, devices, doctor, encode, sim};
+use cyncd::cli::{account, client, decode, devices, doctor, encode, replay, sim};
 use cyncd::serve;
 use std::process::ExitCode;
 
@@ -37,6 +37,7 @@ enum Command {
     Demo(sim::DemoArgs),
     Decode(decode::Args),
     Encode(encode::Args),
+    Replay(replay::Args),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +53,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => sim::demo(&args),
         Command::Decode(args) => quiet_on_broken_pipe(decode::run(&args)),
         Command::Encode(args) => encode::run(&args),
+        Command::Replay(args) => replay::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -168,6 +168,25 @@ pub struct Args {
     /// [default: https://api.gelighting.com/v2/].
     #[arg(long, value_name = "URL")]
     pub account_api_base: Option<String>,
+    /// Capture every device connection's traffic into this directory (created mode 0700),
+    /// one file per connection in the format `cyncd decode` reads, auth codes masked
+    /// [default: no capture]. See docs/captures.md.
+    #[arg(long, value_name = "DIR")]
+    pub capture: Option<PathBuf>,
+    /// Keep the devices' auth codes in the capture files (they are masked otherwise).
+    #[arg(long)]
+    pub capture_secrets: bool,
+    /// End a capture file and start the connection's next one past this size, in bytes
+    /// [default: 1048576].
+    #[arg(long, value_name = "BYTES")]
+    pub capture_max_file_bytes: Option<u64>,
+    /// Most bytes of capture files in the directory; the oldest are deleted past it
+    /// [default: 268435456].
+    #[arg(long, value_name = "BYTES")]
+    pub capture_max_total_bytes: Option<u64>,
+    /// Most capture files in the directory; the oldest are deleted past it [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub capture_max_files: Option<usize>,
     /// Log format.
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
@@ -298,6 +317,19 @@ impl Args {
         if let Some(v) = &self.account_api_base {
             c.account.api_base = v.clone();
         }
+        if let Some(v) = &self.capture {
+            c.capture.dir = Some(v.clone());
+        }
+        c.capture.secrets |= self.capture_secrets;
+        if let Some(v) = self.capture_max_file_bytes {
+            c.capture.max_file_bytes = v;
+        }
+        if let Some(v) = self.capture_max_total_bytes {
+            c.capture.max_total_bytes = v;
+        }
+        if let Some(v) = self.capture_max_files {
+            c.capture.max_files = v;
+        }
         if let Some(v) = self.log_format {
             c.log_format = v;
         }
@@ -377,6 +409,13 @@ impl Running {
         {
             warn!("shutdown: some connections did not close in time");
         }
+        // Every record of the connections that closed is written before this returns.
+        if let Some(captures) = self.ctx.captures.clone() {
+            let close = tokio::task::spawn_blocking(move || captures.close());
+            if tokio::time::timeout(SHUTDOWN_GRACE, close).await.is_err() {
+                warn!("shutdown: the capture files were not all written in time");
+            }
+        }
     }
 }
 
@@ -422,6 +461,20 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     crate::devices::server::register_labels(&metrics);
     let mqtt_metrics = crate::frontends::mqtt::MqttMetrics::new(&mut prom);
     let http_metrics = crate::frontends::http::server::HttpMetrics::new(&mut prom);
+    let capture_metrics = crate::devices::capture::CaptureMetrics::new(&mut prom);
+    let captures = match crate::devices::capture::Settings::of(&config.capture) {
+        Some(settings) => {
+            let dir = settings.dir.clone();
+            let captures = crate::devices::capture::Captures::start(settings, capture_metrics)
+                .with_context(|| format!("capture directory {}", dir.display()))?;
+            info!(dir = %dir.display(), secrets = captures.secrets(), "capturing every device connection");
+            if captures.secrets() {
+                warn!(dir = %dir.display(), "the capture files keep the devices' auth codes (capture secrets): treat them as passwords");
+            }
+            Some(captures)
+        }
+        None => None,
+    };
     let cert_path = tls.as_ref().map(|(_, f)| f.cert.clone());
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -479,6 +532,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         offset: crate::config::OffsetCache::default(),
         auth: auth.clone(),
         log_limits: crate::logging::LogLimits::default(),
+        captures,
     });
     tracker.spawn(crate::devices::auth::save_pins(auth, cancel.clone()));
     // Ends the registry's holds and fresh waits when they are due.
@@ -782,6 +836,40 @@ mod tests {
     use super::*;
     use crate::commands::canary::{Canary, CanaryMetrics, Update};
     use crate::config::CanaryConfig;
+
+    #[test]
+    fn the_capture_flags_set_the_capture_section() {
+        let args = Args {
+            capture: Some(PathBuf::from("/tmp/caps")),
+            capture_secrets: true,
+            capture_max_file_bytes: Some(2048),
+            capture_max_total_bytes: Some(8192),
+            capture_max_files: Some(7),
+            ..Args::default()
+        };
+        let c = args.config().map(|c| c.capture).map_err(|e| e.to_string());
+        assert_eq!(
+            c,
+            Ok(crate::config::CaptureConfig {
+                dir: Some(PathBuf::from("/tmp/caps")),
+                secrets: true,
+                max_file_bytes: 2048,
+                max_total_bytes: 8192,
+                max_files: 7,
+            })
+        );
+        // A directory bound below two files is refused with why.
+        let small = Args {
+            capture_max_total_bytes: Some(3000),
+            ..args
+        };
+        let e = small.config().map(|_| ()).map_err(|e| e.to_string());
+        assert!(
+            e.as_ref()
+                .is_err_and(|e| e.contains("max_total_bytes must be at least twice")),
+            "{e:?}"
+        );
+    }
 
     #[tokio::test(start_paused = true)]
     async fn an_unchanged_file_keeps_a_rollback_latch_and_an_edited_one_lifts_it() {

@@ -14,8 +14,7 @@ mod common;
 use common::*;
 use cync_sim::{Fleet, FleetConfig};
 use std::net::{Ipv4Addr, UdpSocket};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
@@ -101,68 +100,6 @@ fn reply(query: &[u8], ip: Ipv4Addr) -> Option<Vec<u8>> {
     Some(m)
 }
 
-/// A private mosquitto on a free loopback port; `None` (after saying why) when it is missing.
-struct Mosquitto {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl Mosquitto {
-    async fn start() -> Option<Self> {
-        let Some(bin) = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-            .into_iter()
-            .map(PathBuf::from)
-            .find(|p| p.exists())
-        else {
-            skip(
-                "doctor_passes_on_a_good_setup_and_names_the_dns_fix",
-                "mosquitto is not installed (apt-get install mosquitto)",
-            );
-            return None;
-        };
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = temp_dir("doctor-mosquitto");
-        let conf = dir.join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!("persistence false\nlog_dest none\nlistener {port} 127.0.0.1\nallow_anonymous true\n"),
-        )
-        .unwrap();
-        let child = Command::new(bin)
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "mosquitto did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Some(Self { child, port, dir })
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// The next message the client received.
 async fn next(seen: &mut tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) -> Vec<u8> {
     tokio::time::timeout(Duration::from_secs(15), seen.recv())
@@ -190,7 +127,7 @@ async fn doctor(args: Vec<String>) -> (bool, String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doctor_passes_on_a_good_setup_and_names_the_dns_fix() {
-    let Some(broker) = Mosquitto::start().await else {
+    let Some(broker) = common::broker::Mosquitto::start(None).await else {
         return;
     };
     let url = format!("mqtt://127.0.0.1:{}", broker.port);

@@ -1,9 +1,13 @@
 //! `cyncd decode`: captured traffic to JSON Lines, one object per packet.
 //!
-//! Each record of a capture (one TCP read) is framed on its own, since captures carry no
-//! connection tag. Every packet becomes one line; bytes left at the end of a record that are not
-//! a whole packet become `{record, trailing}`. A per-type summary goes to stderr. The exit status
-//! is 0 whenever the input could be read, whatever it contained.
+//! A capture of many connections carries no connection tag, so each of its records (one TCP
+//! read) is framed on its own. A file `cyncd serve --capture` wrote holds one connection (its
+//! first line says so, [`capture::FileHeader`]): each direction is framed as the stream it was,
+//! so a packet split over two reads is one packet, and the parts of one connection given in
+//! order continue each other. Every packet becomes one line; bytes left that are not a whole
+//! packet (at the end of a record, or of a stream) become `{record, trailing}`. A per-type
+//! summary goes to stderr. The exit status is 0 whenever the input could be read, whatever it
+//! contained.
 //!
 //! A hello's auth code is a device's secret: with `--redact` (the default when standard output
 //! is a terminal) it is masked in `raw`, `detail` and `trailing`.
@@ -19,20 +23,22 @@ use std::io::{BufWriter, Read, Write};
 ///
 /// Reads the capture format (a header line `<UTC timestamp> <DEV→CLOUD|CLOUD→DEV>[ [INJECTED]]
 /// (<n> bytes)`, a line of hex bytes, a blank line) and writes one JSON object per packet with
-/// `record`, `ts`, `dir` ("dev" or "srv"), `type`, `name`, `len`, `conn_id`, `msg_id`,
-/// `checksum_ok` (0x73/0x83), `statuses`, `raw` (hex re-encoded from the decoded packet) or
-/// `error`. A summary per packet type goes to stderr.
+/// `record`, `ts`, `dir` ("dev" or "srv"), `upstream` (relay mode, between cyncd and the
+/// cloud), `type`, `name`, `len`, `conn_id`, `msg_id`, `checksum_ok` (0x73/0x83), `statuses`,
+/// `raw` (hex re-encoded from the decoded packet) or `error`. A summary per packet type goes to
+/// stderr. Files written by `cyncd serve --capture` are one connection each: a packet split
+/// over two reads is decoded whole, and the parts of one connection can be given in order.
 ///
 /// A hello's `detail` shows its auth code (the device's secret, also inside `raw`); --redact
 /// masks it in `raw`, `detail` and `trailing`, and is the default when standard output is a
 /// terminal (--no-redact shows it there).
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Capture file to read; `-` or nothing reads standard input.
+    /// Capture files to read, in order; `-` or nothing reads standard input.
     #[arg(value_name = "FILE|-")]
-    file: Option<String>,
+    files: Vec<String>,
     /// Decode one packet given as hex (spaces optional) instead of a file.
-    #[arg(long, value_name = "BYTES", conflicts_with = "file")]
+    #[arg(long, value_name = "BYTES", conflicts_with = "files")]
     hex: Option<String>,
     /// With --hex: who sent the packet, `dev` (device to server) or `srv`.
     #[arg(long, default_value = "dev", value_parser = ["dev", "srv"], requires = "hex")]
@@ -56,6 +62,11 @@ struct Options {
 }
 
 impl Options {
+    /// A framer for one record or one stream.
+    fn framer(self) -> Framer {
+        Framer::new(self.max_packet).with_policy(OversizePolicy::Resync)
+    }
+
     /// Hex of `bytes`, a hello's auth code masked when redacting.
     fn hex(self, bytes: &[u8]) -> String {
         if self.redact {
@@ -78,35 +89,105 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let mut summary = Summary::default();
     if let Some(hex) = &args.hex {
         let bytes = capture::parse_hex(hex).context("--hex: expected hex byte pairs")?;
-        let record = capture::Record {
-            index: 0,
-            ts: String::new(),
-            dir: if args.dir == "srv" {
-                Direction::Server
-            } else {
-                Direction::Device
-            },
-            injected: false,
-            declared: None,
-            bytes,
+        let dir = if args.dir == "srv" {
+            Direction::Server
+        } else {
+            Direction::Device
         };
-        decode_record(&record, options, &mut out, &mut summary)?;
+        let mut record = capture::Record::new(String::new(), dir, bytes);
+        record.declared = None;
+        let mut framer = options.framer();
+        decode_record(&record, &mut framer, options, &mut out, &mut summary)?;
+        trailing(&record, &framer, options, &mut out, &mut summary)?;
     } else {
-        let text = read_input(args.file.as_deref())?;
-        for record in capture::parse(&text) {
-            match record {
-                Ok(record) => decode_record(&record, options, &mut out, &mut summary)?,
-                Err(e) => {
-                    summary.bad_records += 1;
-                    let line = json!({"record": e.index, "line": e.line, "error": e.reason});
-                    writeln!(out, "{line}")?;
+        let files: Vec<Option<&str>> = if args.files.is_empty() {
+            vec![None]
+        } else {
+            args.files.iter().map(|f| Some(f.as_str())).collect()
+        };
+        let mut streams = Streams::default();
+        let mut offset = 0;
+        for file in files {
+            let text = read_input(file)?;
+            // One connection's file: its directions are streams, continued by its next part.
+            let connection = capture::FileHeader::of(&text).map(|h| h.connection);
+            if connection.is_none() || connection != streams.connection {
+                streams.end(options, &mut out, &mut summary)?;
+                streams.connection = connection;
+            }
+            let mut count = 0;
+            for record in capture::parse(&text) {
+                count += 1;
+                match record {
+                    Ok(mut record) => {
+                        record.index += offset;
+                        streams.decode(record, options, &mut out, &mut summary)?;
+                    }
+                    Err(e) => {
+                        summary.bad_records += 1;
+                        let line =
+                            json!({"record": e.index + offset, "line": e.line, "error": e.reason});
+                        writeln!(out, "{line}")?;
+                    }
                 }
             }
+            offset += count;
         }
+        streams.end(options, &mut out, &mut summary)?;
     }
     out.flush()?;
     summary.print();
     Ok(())
+}
+
+/// The framers of one connection's directions, when the input is one connection's file.
+#[derive(Default)]
+struct Streams {
+    /// The connection (`None`: a capture of many connections, each record framed alone).
+    connection: Option<String>,
+    /// Per direction and leg: its framer and the last record that fed it.
+    framers: BTreeMap<(&'static str, bool), (Framer, capture::Record)>,
+}
+
+impl Streams {
+    fn decode(
+        &mut self,
+        record: capture::Record,
+        options: Options,
+        out: &mut impl Write,
+        summary: &mut Summary,
+    ) -> anyhow::Result<()> {
+        if self.connection.is_none() {
+            let mut framer = options.framer();
+            decode_record(&record, &mut framer, options, out, summary)?;
+            return trailing(&record, &framer, options, out, summary);
+        }
+        if record.gap {
+            // Records were lost before this one: what was pending cannot be completed.
+            self.end(options, out, summary)?;
+        }
+        let key = (record.dir.tag(), record.upstream);
+        let (framer, last) = self
+            .framers
+            .entry(key)
+            .or_insert_with(|| (options.framer(), record.clone()));
+        decode_record(&record, framer, options, out, summary)?;
+        *last = record;
+        Ok(())
+    }
+
+    /// Reports the bytes each stream holds that are not a whole packet, and forgets them.
+    fn end(
+        &mut self,
+        options: Options,
+        out: &mut impl Write,
+        summary: &mut Summary,
+    ) -> anyhow::Result<()> {
+        for (framer, last) in std::mem::take(&mut self.framers).values() {
+            trailing(last, framer, options, out, summary)?;
+        }
+        Ok(())
+    }
 }
 
 fn read_input(file: Option<&str>) -> anyhow::Result<String> {
@@ -125,8 +206,11 @@ fn read_input(file: Option<&str>) -> anyhow::Result<String> {
     Ok(text)
 }
 
+/// Frames a record's bytes with `framer` (which may hold the start of a packet from an earlier
+/// record of the same stream) and writes a line per whole packet.
 fn decode_record(
     record: &capture::Record,
+    framer: &mut Framer,
     options: Options,
     out: &mut impl Write,
     summary: &mut Summary,
@@ -135,8 +219,6 @@ fn decode_record(
     if record.declared.is_some_and(|n| n != record.bytes.len()) {
         summary.size_mismatches += 1;
     }
-    let mut framer = Framer::new(options.max_packet).with_policy(OversizePolicy::Resync);
-    let hex = |bytes: &[u8]| options.hex(bytes);
     let mut input = record.bytes.as_slice();
     loop {
         let taken = framer.push(input);
@@ -155,13 +237,24 @@ fn decode_record(
             break;
         }
     }
+    Ok(())
+}
+
+/// Reports the bytes `framer` holds that are not a whole packet, as left by `record`.
+fn trailing(
+    record: &capture::Record,
+    framer: &Framer,
+    options: Options,
+    out: &mut impl Write,
+    summary: &mut Summary,
+) -> anyhow::Result<()> {
     let trailing = framer.remainder();
     if !trailing.is_empty() {
         summary.trailing += 1;
         writeln!(
             out,
             "{}",
-            json!({"record": record.index, "trailing": hex(trailing)})
+            json!({"record": record.index, "trailing": options.hex(trailing)})
         )?;
     }
     Ok(())
@@ -180,6 +273,9 @@ fn packet_json(
         obj.insert("ts".into(), json!(record.ts));
     }
     obj.insert("dir".into(), json!(record.dir.tag()));
+    if record.upstream {
+        obj.insert("upstream".into(), json!(true));
+    }
     if record.injected {
         obj.insert("injected".into(), json!(true));
     }

@@ -1,5 +1,5 @@
 //! The command-line tools besides `serve`: lab tools over the wire format ([`decode`],
-//! [`encode`]), clients of a running server ([`client`]: `set`, `toggle`, over [`http`];
+//! [`encode`], [`replay`]), clients of a running server ([`client`]: `set`, `toggle`, over [`http`];
 //! [`devices`]: `devices forget`), the setup check ([`doctor`]), the simulator ([`sim`]:
 //! `sim`, `demo`), and the Cync account ([`account`]: `login`, `export`, `import`).
 //!
@@ -12,4 +12,5 @@ pub mod devices;
 pub mod doctor;
 pub mod encode;
 pub mod http;
+pub mod replay;
 pub mod sim;

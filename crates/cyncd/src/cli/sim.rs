@@ -130,7 +130,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 /// Ctrl-C (SIGINT) and SIGTERM, listened for from creation on, so a signal that comes while
 /// the fleet is still starting is not lost to the default action (which would end the process
 /// without its summary).
-struct Interrupts {
+pub(crate) struct Interrupts {
     #[cfg(unix)]
     int: tokio::signal::unix::Signal,
     #[cfg(unix)]
@@ -138,7 +138,7 @@ struct Interrupts {
 }
 
 impl Interrupts {
-    fn install() -> anyhow::Result<Self> {
+    pub(crate) fn install() -> anyhow::Result<Self> {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{SignalKind, signal};
@@ -152,7 +152,7 @@ impl Interrupts {
     }
 
     /// Resolves after `duration` seconds or at an interrupt, whichever comes first.
-    async fn until(&mut self, duration: Option<f64>) {
+    pub(crate) async fn until(&mut self, duration: Option<f64>) {
         let timer = async {
             match duration {
                 Some(secs) => tokio::time::sleep(Duration::from_secs_f64(secs.max(0.0))).await,

@@ -59,6 +59,8 @@ pub struct Context {
     pub auth: Arc<AuthStore>,
     /// The limits on log lines peers cause.
     pub log_limits: LogLimits,
+    /// Captures of the device connections, when on.
+    pub captures: Option<crate::devices::capture::Captures>,
 }
 
 impl std::fmt::Debug for Context {
@@ -131,6 +133,10 @@ impl Host for Context {
 
     fn log_limits(&self) -> &LogLimits {
         &self.log_limits
+    }
+
+    fn capture(&self) -> Option<&crate::devices::capture::Captures> {
+        self.captures.as_ref()
     }
 
     fn route(&self, conn: ConnId) -> Route {

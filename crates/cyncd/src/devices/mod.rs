@@ -3,7 +3,9 @@
 //!
 //! Owns: sockets and TLS towards devices ([`tls`], [`server`]), the sans-IO session of each
 //! connection, who a device is ([`auth`]: auth-code pins), device state and connections
-//! ([`registry`]; the effects lights run are kept across restarts by [`effects`]), and the messages exchanged with the command transports ([`link`]).
+//! ([`registry`]; the effects lights run are kept across restarts by [`effects`]), the
+//! messages exchanged with the command transports ([`link`]), and the captures of each
+//! connection's traffic ([`capture`]).
 //!
 //! Must not import: `commands`, `frontends`, `cli` or `serve` (the layers above). What a
 //! connection needs from above — the routing decision at a hello, the SLO feed, handing device
@@ -11,6 +13,7 @@
 //! implemented by the `commands` layer.
 
 pub mod auth;
+pub mod capture;
 pub mod effects;
 pub mod link;
 pub mod registry;
@@ -49,6 +52,8 @@ pub trait Host: Send + Sync + 'static {
     fn auth(&self) -> &AuthStore;
     /// The process-wide limits on log lines peers cause.
     fn log_limits(&self) -> &LogLimits;
+    /// The captures, when `[capture]` has a directory.
+    fn capture(&self) -> Option<&capture::Captures>;
     /// The transport a new connection gets, decided at its hello.
     fn route(&self, conn: ConnId) -> Route;
     /// A packet received on a connection of `transport`; `bad` when it did not decode (SLOs).

@@ -27,6 +27,7 @@
 
 use super::Host;
 use super::auth::Check;
+use super::capture::{Capture, Dir};
 use super::link::{ConnCommand, ConnEvent, WRITE_QUEUE};
 use super::registry::{ConnStats, Registration};
 use crate::homes::{Listed, MeshMatch};
@@ -322,6 +323,8 @@ struct Conn<H> {
     sensors: Option<cync_proto::SensorReport>,
     /// This connection's limit on the warnings its peer causes.
     log: PeerLog,
+    /// Where this connection's reads and writes are recorded, when capture is on.
+    capture: Option<Capture>,
 }
 
 impl<H: Host> Conn<H> {
@@ -341,6 +344,7 @@ impl<H: Host> Conn<H> {
         Self {
             peer,
             session: Session::new(config, Duration::ZERO, fastrand::u16(..)),
+            capture: ctx.capture().map(|c| c.open(peer)),
             ctx,
             cancel,
             start,
@@ -512,6 +516,13 @@ impl<H: Host> Conn<H> {
                     steps.clear();
                     self.session.receive(buf.get(..n).unwrap_or_default(), now, local, &mut steps);
                     self.decide(now, local, &mut steps);
+                    if let Some(capture) = &self.capture {
+                        // After the verdict, so an admitted hello names the file at once.
+                        if let Some(conn) = self.session.conn_id() {
+                            capture.bridge(conn);
+                        }
+                        capture.record(Dir::DeviceToCyncd, SystemTime::now(), buf.get(..n).unwrap_or_default());
+                    }
                     for step in &steps {
                         self.log_step(step);
                         self.sensor_report(step);
@@ -632,8 +643,14 @@ impl<H: Host> Conn<H> {
             return Ok(());
         }
         let limit = Duration::from_secs(self.ctx.config().write_timeout_secs);
-        match tokio::time::timeout(limit, stream.write_all(&out)).await {
-            Ok(Ok(())) => Ok(()),
+        let written = tokio::time::timeout(limit, stream.write_all(&out)).await;
+        match written {
+            Ok(Ok(())) => {
+                if let Some(capture) = &self.capture {
+                    capture.record_vec(Dir::CyncdToDevice, SystemTime::now(), out);
+                }
+                Ok(())
+            }
             Ok(Err(e)) => {
                 debug!(error = %e, "write failed");
                 Err("write_error")
