@@ -194,6 +194,10 @@ pub struct MqttConfig {
     pub base_topic: String,
     /// Home Assistant's discovery prefix.
     pub discovery_prefix: String,
+    /// The web page's address as people reach it, e.g. `http://cyncd.lan:8080/`: each
+    /// device's "Visit" link in Home Assistant opens its page there. Unset: `http://<http>/`
+    /// when `http` is a definite address (the first of `http_hosts` for a wildcard one).
+    pub page_url: Option<String>,
 }
 
 impl Default for MqttConfig {
@@ -207,6 +211,7 @@ impl Default for MqttConfig {
             client_id: "cyncd".into(),
             base_topic: "cync".into(),
             discovery_prefix: "homeassistant".into(),
+            page_url: None,
         }
     }
 }
@@ -739,6 +744,19 @@ impl Config {
                     .into(),
             );
         }
+        if let Some(page) = self.mqtt.page_url.as_deref().filter(|p| !p.is_empty()) {
+            // Home Assistant refuses a whole discovery payload over a bad configuration_url.
+            let ok = ["http://", "https://", "homeassistant://"]
+                .iter()
+                .any(|s| page.strip_prefix(s).is_some_and(|rest| !rest.is_empty()))
+                && !page.contains(char::is_whitespace);
+            if !ok {
+                return bad(format!(
+                    "mqtt page_url must be an http://, https:// or homeassistant:// address, got {:?}",
+                    page.chars().take(200).collect::<String>()
+                ));
+            }
+        }
         if !(self.account.api_base.starts_with("https://")
             || self.account.api_base.starts_with("http://"))
         {
@@ -1037,6 +1055,8 @@ mod tests {
             "[mqtt]\nbase_topic = \"cync/#\"",
             "[mqtt]\ndiscovery_prefix = \"\"",
             "[mqtt]\nclient_id = \"\"",
+            "[mqtt]\npage_url = \"cyncd.lan:8080\"",
+            "[mqtt]\npage_url = \"http://\"",
         ] {
             let config: Config = toml::from_str(bad).unwrap();
             assert!(config.validate().is_err(), "{bad}");

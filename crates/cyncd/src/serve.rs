@@ -134,6 +134,10 @@ pub struct Args {
     /// Home Assistant discovery prefix [default: homeassistant].
     #[arg(long, value_name = "TOPIC")]
     pub mqtt_discovery_prefix: Option<String>,
+    /// The web page's address as people reach it, for each device's link in Home Assistant
+    /// [default: http://<--http>/ when that is a definite address].
+    #[arg(long, value_name = "URL")]
+    pub mqtt_page_url: Option<String>,
     /// File whose first line is the HTTP API token [default: api-token in the state directory,
     /// generated at the first start]. API clients send it as `Authorization: Bearer <token>`;
     /// the web page asks for it once.
@@ -313,6 +317,9 @@ impl Args {
         }
         if let Some(v) = &self.mqtt_discovery_prefix {
             c.mqtt.discovery_prefix = v.clone();
+        }
+        if let Some(v) = &self.mqtt_page_url {
+            c.mqtt.page_url = Some(v.clone());
         }
         if let Some(v) = &self.account_api_base {
             c.account.api_base = v.clone();

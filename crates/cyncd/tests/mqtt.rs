@@ -91,6 +91,40 @@ async fn discovery_states_and_commands_through_a_real_broker() {
         all_published,
     )
     .await;
+    // Once both bridges listed their mesh, every device names its bridge's own mesh device
+    // (a bridge is one device in Home Assistant) as the one it is reached through.
+    until(&server, || {
+        server
+            .ctx
+            .registry
+            .connections()
+            .iter()
+            .filter(|c| c.device.is_some())
+            .count()
+            == 2
+    })
+    .await;
+    let own: Vec<String> = server
+        .ctx
+        .registry
+        .connections()
+        .iter()
+        .filter_map(|c| c.device.as_ref())
+        .map(|d| format!("cyncd_{}", d.replace(':', "_")))
+        .collect();
+    ha.until("every device via a bridge's own device", |s| {
+        (1..=12).all(|id| {
+            discovery_topics(s)
+                .iter()
+                .filter(|t| t.ends_with(&format!("/default_{id}/config")))
+                .filter_map(|t| s.json(t))
+                .all(|c| match c["device"].get("via_device") {
+                    Some(via) => own.iter().any(|o| via == o),
+                    None => own.contains(&format!("cyncd_default_{id}")),
+                })
+        })
+    })
+    .await;
     let seen = ha.seen();
     insta::assert_json_snapshot!("demo_home_discovery_topics", discovery_topics(&seen));
 
@@ -114,13 +148,17 @@ async fn discovery_states_and_commands_through_a_real_broker() {
             .unwrap_or_else(|| panic!("device {id} ({kind}) is not a {component}"));
         assert_eq!(config["unique_id"], format!("cyncd_default_{id}"));
         assert_eq!(config["device"]["manufacturer"], "GE Cync");
-        assert!(
-            config["device"]["via_device"]
-                .as_str()
-                .unwrap()
-                .starts_with("cyncd_bridge_66"),
-            "{config}"
-        );
+        // Reached through a bridge: named by the bridge's own mesh device, never itself.
+        match config["device"].get("via_device") {
+            Some(via) => {
+                assert!(own.iter().any(|o| via == o), "{config} via one of {own:?}");
+                assert_ne!(via, &config["device"]["identifiers"][0], "{config}");
+            }
+            None => assert!(
+                own.contains(&format!("cyncd_default_{id}")),
+                "only a bridge's own device is via nothing: {config}"
+            ),
+        }
     }
     let bridge = seen.json("cync/bridge_66000000/state").unwrap();
     assert_eq!(bridge["connected"], "ON");
@@ -165,9 +203,10 @@ async fn discovery_states_and_commands_through_a_real_broker() {
     )
     .await;
     let fan_topic = format!("cync/default_{fan}/state");
+    // (A preset is still taken; the speed names are not modes, so the state has none.)
     ha.until("the fan at high", |s| {
         s.json(&fan_topic)
-            .is_some_and(|v| v["speed"] == 3 && v["preset_mode"] == "high")
+            .is_some_and(|v| v["speed"] == 3 && v.get("preset_mode").is_none())
     })
     .await;
     let truth = fleet.device("home0", fan).unwrap();
@@ -595,9 +634,10 @@ async fn a_burst_of_births_republishes_states_once_and_no_discovery() {
     let (_, metrics) = get(&server, "/metrics").await;
     let published = counter(&metrics, "cyncd_mqtt_published_total") - published_before;
     // States and availability of 12 devices and the group, bridge states, cyncd's
-    // availability, and the command's own state: no discovery (17 topics) among them.
+    // availability, and the command's own state and attributes: no discovery (17 topics) and
+    // no other attributes among them.
     eprintln!("50 births cost {published} publishes");
-    assert!(published <= 12 * 2 + 1 + 2 + 1 + 2, "{published}");
+    assert!(published <= 12 * 2 + 2 + 2 + 1 + 2 + 1, "{published}");
     fleet.stop().await;
     server.shutdown().await;
 }

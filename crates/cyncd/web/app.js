@@ -22,6 +22,7 @@ const state = {
   layout: '', // signature of the rendered structure; rebuilt when it changes
   last: new Map(), // device or group key -> last command result, shown on its card
   sheet: null, // id of the device whose sheet is open
+  linked: null, // id of the device a #device= link names, until its sheet opens
 };
 
 /** How long a successful command's outcome stays on its card. */
@@ -194,7 +195,13 @@ const OPERATIONS = ['bridges', 'trace', 'canary', 'decode'];
 
 /** Shows the view the address names (#home, #setup, #operations or one of its sections). */
 function route() {
-  const name = window.location.hash.replace(/^#/, '');
+  // A device's own address (Home Assistant's "Visit" link): the home view with its sheet open.
+  const device = /^#device=(.+)$/.exec(window.location.hash);
+  if (device) {
+    state.linked = decodeURIComponent(device[1]);
+    openLinked();
+  }
+  const name = device ? 'home' : window.location.hash.replace(/^#/, '');
   const view = VIEWS.includes(name) ? name : OPERATIONS.includes(name) ? 'operations' : 'home';
   for (const v of $$('.view')) v.hidden = v.dataset.view !== view;
   for (const a of $$('.tabs a')) {
@@ -275,6 +282,15 @@ function snapshot(frame) {
   renderHomes();
   renderBridges();
   refreshSheet();
+  openLinked();
+}
+
+/** Opens the sheet a #device= link asked for, once that device is known. */
+function openLinked() {
+  if (!state.linked || !state.devices.has(state.linked)) return;
+  const id = state.linked;
+  state.linked = null;
+  openSheet(id);
 }
 
 function update(frame) {

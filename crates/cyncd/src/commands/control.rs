@@ -292,6 +292,7 @@ pub async fn submit(ctx: &Context, resolved: &Resolved, steps: Vec<Step>, wait: 
             }),
         ));
     }
+    record(ctx, resolved, &done);
     Submitted::Done(done)
 }
 
@@ -324,6 +325,34 @@ fn members(ctx: &Context, resolved: &Resolved, action: &cync_proto::Action) -> V
             .map(|(m, t)| (m, t.outlets))
             .collect(),
     }
+}
+
+/// Notes a command's end on the devices it was for (the registry shows it with them).
+fn record(ctx: &Context, resolved: &Resolved, done: &[(&'static str, Completion)]) {
+    let Some(first) = done.first() else {
+        return;
+    };
+    let outcome = done
+        .iter()
+        .map(|(_, c)| c.outcome)
+        .find(|o| *o != "applied")
+        .unwrap_or(first.1.outcome);
+    let (members, group) = match resolved.target {
+        // An outlet's target carries the outlet after the plug's one-byte id.
+        Target::Device(id) if resolved.outlet.is_some() => (vec![id & 0xff], None),
+        Target::Device(id) => (vec![id], None),
+        Target::Group(gid) => (
+            ctx.homes.get().group_members(&resolved.home, gid).to_vec(),
+            Some(gid),
+        ),
+    };
+    let last = crate::devices::registry::LastCommand {
+        at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        outcome,
+        attributes: done.iter().map(|(a, _)| *a).collect(),
+        group,
+    };
+    ctx.registry.commanded(&resolved.home, &members, &last);
 }
 
 /// The transport of a command: the one that owns its best bridge's connection (one stack owns

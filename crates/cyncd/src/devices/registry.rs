@@ -215,6 +215,8 @@ struct State {
     /// Effects saved before a restart, until the device's first report (at most
     /// [`MAX_DEVICES`]).
     remembered: HashMap<(String, u16), Effect>,
+    /// What the last command through cyncd did to each device in the table (bounded by it).
+    commanded: HashMap<(String, u16), Commanded>,
 }
 
 /// A command's target devices, until its outcome.
@@ -406,6 +408,25 @@ fn take(d: &mut Device, s: &DeviceStatus) {
     if s.mode() != ColorMode::Effect {
         d.effect = None;
     }
+}
+
+/// What cyncd's own commands left on a device: the last command's outcome.
+#[derive(Debug, Clone, Default)]
+struct Commanded {
+    last: Option<LastCommand>,
+}
+
+/// The last command sent to a device (or to a group it is in) and how it ended.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct LastCommand {
+    /// RFC 3339 time of its outcome.
+    pub at: String,
+    /// `applied` when every attribute was applied, else the first other outcome.
+    pub outcome: &'static str,
+    /// The attributes it set (`on`, `brightness`, `color_temp`, `rgb`, `effect`, `fan_speed`).
+    pub attributes: Vec<&'static str>,
+    /// The group it was sent to, when it was a group command.
+    pub group: Option<u16>,
 }
 
 impl State {
@@ -610,9 +631,6 @@ pub struct DeviceView {
     pub color_temp: Option<u8>,
     /// `[r, g, b]` in RGB mode, else null.
     pub rgb: Option<[u8; 3]>,
-    /// The factory effect it runs (`candle`, …) when cyncd started it; null otherwise, and
-    /// in any other mode.
-    pub effect: Option<&'static str>,
     /// Bridges that report it.
     pub bridges: Vec<String>,
     /// Whether one of those bridges is connected and gave news of it since it connected (or
@@ -624,6 +642,11 @@ pub struct DeviceView {
     pub mac: Option<String>,
     /// Firmware, when known (its bridge's report, else the account's).
     pub firmware: Option<String>,
+    /// The factory effect running, when the device reports one and cyncd started it (null
+    /// otherwise, also for an effect started elsewhere; kept across restarts).
+    pub effect: Option<&'static str>,
+    /// The last command cyncd sent it (directly or to a group it is in), null before one.
+    pub last_command: Option<LastCommand>,
 }
 
 impl DeviceView {
@@ -657,12 +680,13 @@ impl DeviceView {
             brightness: shows_brightness(&t).then_some(0),
             color_temp: None,
             rgb: None,
-            effect: None,
             bridges: Vec::new(),
             reachable: false,
             last_seen: None,
             mac: d.mac.clone(),
             firmware: d.firmware.clone(),
+            effect: None,
+            last_command: None,
         }
     }
 }
@@ -1702,6 +1726,25 @@ impl Registry {
         true
     }
 
+    /// Records a command's end on the devices it was for (`members`: the device, or a group's
+    /// members): its outcome. Devices not in the table are skipped. (Its effect on their
+    /// state is [`Registry::settle`]'s.)
+    pub fn commanded(&self, home: &str, members: &[u16], last: &LastCommand) {
+        let mut state = self.lock();
+        let State {
+            devices, commanded, ..
+        } = &mut *state;
+        for m in members {
+            let key = (home.to_string(), *m);
+            if !devices.contains_key(&key) {
+                continue;
+            }
+            commanded.entry(key).or_default().last = Some(last.clone());
+        }
+        drop(state);
+        self.notify();
+    }
+
     /// Number of registered connections.
     pub fn connection_count(&self) -> usize {
         self.lock().connections.len()
@@ -1780,6 +1823,7 @@ fn view(homes: &Homes, state: &State, home: &str, id: u16, d: &Device) -> Device
         .and_then(|c| c.firmware.get("device").cloned());
     let type_code = named.and_then(|c| c.kind).or(d.device_type);
     let device_type = DeviceType::of(type_code);
+    let commanded = state.commanded.get(&(home.to_string(), id));
     DeviceView {
         id: format!("{home}:{id}"),
         home: home.to_string(),
@@ -1807,10 +1851,6 @@ fn view(homes: &Homes, state: &State, home: &str, id: u16, d: &Device) -> Device
         // Plugs and switches report a white value too; it means nothing for them.
         color_temp: color_temp.filter(|_| device_type.color_temp || !device_type.known),
         rgb: rgb.filter(|_| device_type.rgb || !device_type.known),
-        effect: d
-            .effect
-            .filter(|_| s.mode() == cync_proto::ColorMode::Effect)
-            .map(Effect::name),
         bridges: d.bridges.iter().map(ConnId::to_string).collect(),
         reachable: reachable(state, d, Instant::now()),
         last_seen: Some(rfc3339(d.last_seen)),
@@ -1818,6 +1858,11 @@ fn view(homes: &Homes, state: &State, home: &str, id: u16, d: &Device) -> Device
         firmware: firmware
             .or_else(|| d.firmware.clone())
             .or_else(|| named.and_then(|c| c.firmware.clone())),
+        effect: d
+            .effect
+            .filter(|_| s.mode() == cync_proto::ColorMode::Effect)
+            .map(Effect::name),
+        last_command: commanded.and_then(|c| c.last.clone()),
     }
 }
 

@@ -114,7 +114,12 @@ impl Drop for Mosquitto {
 pub struct Seen {
     pub latest: BTreeMap<String, Vec<u8>>,
     pub count: BTreeMap<String, usize>,
+    /// Every message in arrival order: (topic, empty payload), at most [`MAX_ORDER`].
+    pub order: Vec<(String, bool)>,
 }
+
+/// Messages [`Seen::order`] keeps (later ones are not recorded there).
+pub const MAX_ORDER: usize = 200_000;
 
 impl Seen {
     pub fn json(&self, topic: &str) -> Option<Value> {
@@ -160,6 +165,9 @@ impl Ha {
                         {
                             let mut s = record.lock().unwrap();
                             *s.count.entry(p.topic.clone()).or_default() += 1;
+                            if s.order.len() < MAX_ORDER {
+                                s.order.push((p.topic.clone(), p.payload.is_empty()));
+                            }
                             if p.payload.is_empty() {
                                 s.latest.remove(&p.topic);
                             } else {

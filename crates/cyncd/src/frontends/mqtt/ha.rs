@@ -8,7 +8,8 @@
 //! | `<base>/bridge/availability` | `online` / `offline` (retained; the last will is `offline`) |
 //! | `<prefix>/<component>/cyncd/<object_id>/config` | discovery (retained; empty = removed) |
 //! | `<base>/<object_id>/state` | state JSON (retained, published when it changes) |
-//! | `<base>/<object_id>/availability` | `online` / `offline` for a mesh device (retained) |
+//! | `<base>/<object_id>/availability` | `online` / `offline` for a mesh device or a group (retained) |
+//! | `<base>/<object_id>/attributes` | a mesh device's attributes (retained; `json_attributes_topic`) |
 //! | `<base>/<object_id>/set` | commands from Home Assistant |
 //!
 //! Object ids: `<home>_<mesh_id>` for a device, `<home>_<mesh_id>_outlet<n>` for each outlet of
@@ -20,8 +21,10 @@
 //! What a device becomes follows its kind: lights, switches and fans are commanded; each outlet
 //! of a multi-outlet plug is a switch; a thermostat's readings are read-only sensors; sensors,
 //! remotes and cameras (which take no command) are one connectivity binary sensor, so they are
-//! never offered as controllable. A device's room is its `suggested_area`, and its product name
-//! its `model`.
+//! never offered as controllable. A device's room is its `suggested_area`, its product name its
+//! `model` and its type code its `model_id`; a Wi-Fi bridge's diagnostics belong to its own mesh
+//! device. Lights offer neither flash nor transition (the devices have none), and their states
+//! carry a colour mode only with its value.
 
 use crate::commands::control::Step;
 use crate::devices::registry::DeviceView;
@@ -58,6 +61,10 @@ impl Topics {
     /// An entity's availability topic.
     pub fn entity_availability(&self, object_id: &str) -> String {
         format!("{}/{object_id}/availability", self.base)
+    }
+    /// An entity's attributes topic (Home Assistant's `json_attributes_topic`).
+    pub fn attributes(&self, object_id: &str) -> String {
+        format!("{}/{object_id}/attributes", self.base)
     }
     /// An entity's command topic.
     pub fn set(&self, object_id: &str) -> String {
@@ -115,7 +122,7 @@ pub enum Shape {
     Light(DeviceType),
     /// `switch`.
     Switch,
-    /// `fan` with speed steps and presets.
+    /// `fan` with speed steps.
     Fan,
     /// One `switch` per outlet (a multi-outlet plug), each with its own object id.
     Outlets(u8),
@@ -177,6 +184,13 @@ fn origin() -> Value {
     json!({ "name": "cyncd", "sw_version": env!("CARGO_PKG_VERSION") })
 }
 
+/// Sets `key` in a discovery payload.
+pub fn set_key(payload: &mut Value, key: &str, value: Value) {
+    if let Value::Object(map) = payload {
+        map.insert(key.into(), value);
+    }
+}
+
 fn availability(topics: &Topics, object_id: Option<&str>) -> Value {
     let mut list = vec![json!({ "topic": topics.availability() })];
     if let Some(id) = object_id {
@@ -208,17 +222,7 @@ pub fn discovery(
     match shape {
         Shape::Light(t) => {
             c.insert("schema".into(), json!("json"));
-            let mut modes = Vec::new();
-            if t.color_temp {
-                modes.push("color_temp");
-            }
-            if t.rgb {
-                modes.push("rgb");
-            }
-            if modes.is_empty() {
-                modes.push(if t.brightness { "brightness" } else { "onoff" });
-            }
-            c.insert("supported_color_modes".into(), json!(modes));
+            c.insert("supported_color_modes".into(), json!(color_modes(&t)));
             if t.brightness || t.color_temp || t.rgb {
                 c.insert("brightness".into(), json!(true));
                 c.insert("brightness_scale".into(), json!(100));
@@ -233,6 +237,10 @@ pub fn discovery(
                 let names: Vec<&str> = Effect::ALL.iter().map(|e| e.name()).collect();
                 c.insert("effect_list".into(), json!(names));
             }
+            // The devices change at once and have no flash: Home Assistant must not offer
+            // either (its JSON schema offers both unless told).
+            c.insert("flash".into(), json!(false));
+            c.insert("transition".into(), json!(false));
         }
         Shape::Outlets(_) | Shape::Readings | Shape::Presence => {
             // Not built here: see `outlet_discovery`, `reading_discovery`, `presence_discovery`.
@@ -269,17 +277,8 @@ pub fn discovery(
             );
             c.insert("speed_range_min".into(), json!(1));
             c.insert("speed_range_max".into(), json!(FAN_PRESETS.len()));
-            c.insert("preset_mode_command_topic".into(), json!(set));
-            c.insert(
-                "preset_mode_command_template".into(),
-                json!("{\"preset_mode\": \"{{ value }}\"}"),
-            );
-            c.insert("preset_mode_state_topic".into(), json!(state));
-            c.insert(
-                "preset_mode_value_template".into(),
-                json!("{{ value_json.preset_mode }}"),
-            );
-            c.insert("preset_modes".into(), json!(FAN_PRESETS));
+            // The speed names are speeds, not modes: no presets (Home Assistant shows the
+            // four steps as 25/50/75/100 %).
         }
     }
     Value::Object(c)
@@ -376,30 +375,125 @@ pub fn readings_state(view: &DeviceView) -> Value {
     })
 }
 
-/// The `device` block of a mesh device: its name, product, firmware, area (its room) and the
-/// bridge it is reached through.
-pub fn device_block(view: &DeviceView, t: &DeviceType, via_bridge: Option<&str>) -> Value {
+/// What a device block links to, besides the device itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Links {
+    /// The identifier of the device it is reached through: its bridge's own mesh device, or
+    /// the bridge ([`bridge_block`]) while that is not known.
+    pub via: Option<String>,
+    /// The web page's address (ending in `/`), for `configuration_url`.
+    pub page: Option<String>,
+    /// The Wi-Fi MAC of a Wi-Fi device, when the homes have it.
+    pub wifi_mac: Option<String>,
+}
+
+/// A device's identifier in Home Assistant.
+pub fn device_identifier(home: &str, mesh: u16) -> String {
+    format!("cyncd_{}", device_object(home, mesh))
+}
+
+/// A MAC as Home Assistant's connections write it (`a4:c1:38:0d:1e:2f`), when it is one.
+pub fn mac_connection(mac: &str) -> Option<String> {
+    let hex: Vec<char> = mac.chars().filter(|c| *c != ':' && *c != '-').collect();
+    if hex.len() != 12 || !hex.iter().all(char::is_ascii_hexdigit) {
+        return None;
+    }
+    let pairs: Vec<String> = hex
+        .chunks(2)
+        .map(|p| p.iter().collect::<String>().to_ascii_lowercase())
+        .collect();
+    Some(pairs.join(":"))
+}
+
+/// The web page's address of one device (its sheet): `<page>#device=<home>:<mesh_id>`.
+pub fn device_page(page: &str, id: &str) -> String {
+    let mut out = format!("{page}#device=");
+    for b in id.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~:".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The `device` block of a mesh device: its name, product (`model`) and type code
+/// (`model_id`), firmware, area (its room), its MACs (`serial_number` and `connections`) once
+/// known, its page and the device it is reached through.
+pub fn device_block(view: &DeviceView, t: &DeviceType, links: &Links) -> Value {
     let mut d = Map::new();
     d.insert(
         "identifiers".into(),
-        json!([format!("cyncd_{}", device_object(&view.home, view.mesh_id))]),
+        json!([device_identifier(&view.home, view.mesh_id)]),
     );
     d.insert("name".into(), json!(view.name));
     d.insert("manufacturer".into(), json!("GE Cync"));
     d.insert("model".into(), json!(t.product));
+    if let Some(code) = view.type_code {
+        d.insert("model_id".into(), json!(code.to_string()));
+    }
     if let Some(fw) = &view.firmware {
         d.insert("sw_version".into(), json!(fw));
     }
     if let Some(room) = &view.room {
         d.insert("suggested_area".into(), json!(room));
     }
-    if let Some(b) = via_bridge {
+    let ble = view.mac.as_deref().and_then(mac_connection);
+    let wifi = links.wifi_mac.as_deref().and_then(mac_connection);
+    if let Some(mac) = &ble {
         d.insert(
-            "via_device".into(),
-            json!(format!("cyncd_{}", bridge_object(b))),
+            "serial_number".into(),
+            json!(mac.replace(':', "").to_ascii_uppercase()),
         );
     }
+    let mut connections = Vec::new();
+    if let Some(mac) = ble {
+        connections.push(json!(["bluetooth", mac]));
+    }
+    if let Some(mac) = wifi {
+        connections.push(json!(["mac", mac]));
+    }
+    if !connections.is_empty() {
+        d.insert("connections".into(), Value::Array(connections));
+    }
+    if let Some(page) = &links.page {
+        d.insert(
+            "configuration_url".into(),
+            json!(device_page(page, &view.id)),
+        );
+    }
+    if let Some(via) = &links.via {
+        d.insert("via_device".into(), json!(via));
+    }
     Value::Object(d)
+}
+
+/// The `device` block of a Wi-Fi bridge whose own mesh device is not known yet.
+pub fn bridge_block(conn: &str) -> Value {
+    json!({
+        "identifiers": [format!("cyncd_{}", bridge_object(conn))],
+        "name": format!("Cync bridge {conn}"),
+        "manufacturer": "GE Cync",
+        "model": "Wi-Fi bridge",
+    })
+}
+
+/// The attributes Home Assistant shows with a device's entities: when it last reported (to the
+/// minute, so the topic changes at most once a minute), whether a bridge reaches it and which,
+/// and the last command cyncd sent it.
+pub fn attributes(view: &DeviceView) -> Value {
+    let minute = view.last_seen.as_deref().map(|t| match t.get(..16) {
+        Some(head) if t.len() > 16 => format!("{head}:00Z"),
+        _ => t.to_string(),
+    });
+    json!({
+        "last_seen": minute,
+        "online": view.online,
+        "reachable": view.reachable,
+        "bridges": view.bridges,
+        "last_command": view.last_command,
+    })
 }
 
 /// The `device` block of a group; a room is placed in the area of its name.
@@ -443,15 +537,15 @@ pub fn group_shape(members: &[DeviceType]) -> Shape {
     Shape::Light(t)
 }
 
-/// The two diagnostic entities of a Wi-Fi bridge: (component, object id, discovery).
-pub fn bridge_discovery(topics: &Topics, conn: &str) -> [(&'static str, String, Value); 2] {
+/// The two diagnostic entities of a Wi-Fi bridge: (component, object id, discovery). They
+/// belong to `device`: the bridge's own mesh device's block once known (a bridge is one device
+/// in Home Assistant), else [`bridge_block`].
+pub fn bridge_discovery(
+    topics: &Topics,
+    conn: &str,
+    device: &Value,
+) -> [(&'static str, String, Value); 2] {
     let object = bridge_object(conn);
-    let device = json!({
-        "identifiers": [format!("cyncd_{object}")],
-        "name": format!("Cync bridge {conn}"),
-        "manufacturer": "GE Cync",
-        "model": "Wi-Fi bridge",
-    });
     let state = topics.state(&object);
     let common = |suffix: &str, name: &str| {
         let mut c = Map::new();
@@ -518,42 +612,58 @@ pub fn device_state(view: &DeviceView, shape: Shape) -> Value {
             } else {
                 0
             };
-            let preset = usize::from(step)
-                .checked_sub(1)
-                .and_then(|i| FAN_PRESETS.get(i));
-            json!({ "state": on_off(view.on), "speed": step, "preset_mode": preset })
+            json!({ "state": on_off(view.on), "speed": step })
         }
         Shape::Light(t) => {
             let mut s = Map::new();
             s.insert("state".into(), json!(on_off(view.on)));
             if view.on {
-                if t.brightness || t.color_temp || t.rgb {
-                    s.insert("brightness".into(), json!(view.brightness.unwrap_or(0)));
-                }
-                if let (true, Some(rgb)) = (t.rgb, view.rgb) {
-                    s.insert("color_mode".into(), json!("rgb"));
-                    s.insert(
-                        "color".into(),
-                        json!({ "r": rgb[0], "g": rgb[1], "b": rgb[2] }),
-                    );
-                } else if let (true, Some(temp)) = (t.color_temp, view.color_temp) {
-                    s.insert("color_mode".into(), json!("color_temp"));
-                    s.insert("color_temp".into(), json!(t.kelvin(temp)));
-                } else {
-                    let mode = if t.color_temp {
-                        "color_temp"
-                    } else if t.rgb {
-                        "rgb"
-                    } else if t.brightness {
-                        "brightness"
-                    } else {
-                        "onoff"
-                    };
-                    s.insert("color_mode".into(), json!(mode));
-                }
+                light_on_state(&mut s, view, &t);
             }
             Value::Object(s)
         }
+    }
+}
+
+/// The color modes of a light in discovery: tunable white and colour as the type has them,
+/// else `brightness` or `onoff` alone (Home Assistant allows those only alone).
+pub fn color_modes(t: &DeviceType) -> Vec<&'static str> {
+    let mut modes = Vec::new();
+    if t.color_temp {
+        modes.push("color_temp");
+    }
+    if t.rgb {
+        modes.push("rgb");
+    }
+    if modes.is_empty() {
+        modes.push(if t.brightness { "brightness" } else { "onoff" });
+    }
+    modes
+}
+
+/// What a light that is on shows: its brightness, a colour mode always with its value (white
+/// with `color_temp`, colour with `color`), and the running effect. While an effect runs the
+/// light has no single colour: the colour mode is left out and Home Assistant keeps the last
+/// one it had.
+fn light_on_state(s: &mut Map<String, Value>, view: &DeviceView, t: &DeviceType) {
+    if t.brightness || t.color_temp || t.rgb {
+        s.insert("brightness".into(), json!(view.brightness.unwrap_or(0)));
+    }
+    let modes = color_modes(t);
+    if let (true, Some(rgb)) = (t.rgb, view.rgb) {
+        s.insert("color_mode".into(), json!("rgb"));
+        s.insert(
+            "color".into(),
+            json!({ "r": rgb[0], "g": rgb[1], "b": rgb[2] }),
+        );
+    } else if let (true, Some(temp)) = (t.color_temp, view.color_temp) {
+        s.insert("color_mode".into(), json!("color_temp"));
+        s.insert("color_temp".into(), json!(t.kelvin(temp)));
+    } else if let [only @ ("brightness" | "onoff")] = modes.as_slice() {
+        s.insert("color_mode".into(), json!(only));
+    }
+    if t.effects {
+        s.insert("effect".into(), json!(view.effect));
     }
 }
 
@@ -572,17 +682,47 @@ pub fn group_state(members: &[&DeviceView], shape: Shape) -> Value {
             json!({ "state": on_off(any) })
         }
         Shape::Fan => {
-            json!({ "state": on_off(any), "speed": Value::Null, "preset_mode": Value::Null })
+            json!({ "state": on_off(any), "speed": Value::Null })
         }
         Shape::Light(t) => {
             let mut s = Map::new();
             s.insert("state".into(), json!(on_off(any)));
-            if any && (t.brightness || t.color_temp || t.rgb) {
-                let sum: usize = on
-                    .iter()
-                    .map(|v| usize::from(v.brightness.unwrap_or(0)))
-                    .sum();
-                s.insert("brightness".into(), json!(sum / on.len()));
+            if any {
+                if t.brightness || t.color_temp || t.rgb {
+                    let sum: usize = on
+                        .iter()
+                        .map(|v| usize::from(v.brightness.unwrap_or(0)))
+                        .sum();
+                    s.insert("brightness".into(), json!(sum / on.len()));
+                }
+                // A colour (and an effect) only when every member that is on shows the same.
+                let same = |f: &dyn Fn(&DeviceView) -> Option<Value>| {
+                    let first = f(on.first()?)?;
+                    on.iter()
+                        .all(|v| f(v).as_ref() == Some(&first))
+                        .then_some(first)
+                };
+                if let (true, Some(color)) = (
+                    t.rgb,
+                    same(&|v| v.rgb.map(|c| json!({ "r": c[0], "g": c[1], "b": c[2] }))),
+                ) {
+                    s.insert("color_mode".into(), json!("rgb"));
+                    s.insert("color".into(), color);
+                } else if let (true, Some(kelvin)) = (
+                    t.color_temp,
+                    same(&|v| v.color_temp.map(|c| json!(t.kelvin(c)))),
+                ) {
+                    s.insert("color_mode".into(), json!("color_temp"));
+                    s.insert("color_temp".into(), kelvin);
+                } else if let [only @ ("brightness" | "onoff")] = color_modes(&t).as_slice() {
+                    s.insert("color_mode".into(), json!(only));
+                }
+                if t.effects {
+                    s.insert(
+                        "effect".into(),
+                        same(&|v| v.effect.map(|e| json!(e))).unwrap_or(Value::Null),
+                    );
+                }
             }
             Value::Object(s)
         }
@@ -591,8 +731,9 @@ pub fn group_state(members: &[&DeviceView], shape: Shape) -> Value {
 
 /// Reads a command payload: `ON`/`OFF`, or a JSON object with any of `state`, `brightness`
 /// (0–100), `color_temp` (kelvin; also `color_temp_kelvin`), `color` (`{r, g, b}`), `effect`,
-/// `speed` (fan step 0–4), `percentage` (0–100), `preset_mode`; `transition` is ignored.
-/// `currently_on` avoids a redundant power command when only attributes change.
+/// `speed` (fan step 0–4), `percentage` (0–100), `preset_mode`, and `transition` only as 0
+/// (the devices change at once; discovery offers no transition, and no flash). `currently_on`
+/// avoids a redundant power command when only attributes change.
 pub fn parse_command(
     payload: &[u8],
     shape: Shape,
@@ -624,6 +765,13 @@ pub fn parse_command(
         .contains(&key.as_str())
         {
             return Err(format!("unknown field {key:?}"));
+        }
+    }
+    if let Some(t) = obj.get("transition") {
+        if t.as_f64() != Some(0.0) {
+            return Err(
+                "transition is not supported: the devices change at once (send none, or 0)".into(),
+            );
         }
     }
     let state = match obj.get("state") {
@@ -768,14 +916,17 @@ pub fn applied_view(view: &DeviceView, t: &DeviceType, steps: &[Step]) -> Device
             Action::ColorTemp(temp) => {
                 v.color_temp = Some(temp);
                 v.rgb = None;
+                v.effect = None;
             }
             Action::Rgb(rgb) => {
                 v.rgb = Some(rgb);
                 v.color_temp = None;
+                v.effect = None;
             }
-            Action::Effect(_) => {
+            Action::Effect(e) => {
                 v.rgb = None;
                 v.color_temp = None;
+                v.effect = Some(e.name());
             }
             Action::FanSpeed(s) => {
                 v.fan_speed = Some(DeviceType::fan_step(s));
@@ -823,12 +974,21 @@ mod tests {
             brightness: Some(40),
             color_temp: Some(50),
             rgb: None,
-            effect: None,
             bridges: vec!["1a2b3c4d".into()],
             reachable: true,
             last_seen: Some("2026-11-26T00:00:00.000Z".into()),
             mac: Some("A4C1380D1E2F".into()),
             firmware: Some("1.0.158".into()),
+            effect: None,
+            last_command: None,
+        }
+    }
+
+    fn links() -> Links {
+        Links {
+            via: Some("cyncd_default_1".into()),
+            page: Some("http://cyncd.lan:8080/".into()),
+            wifi_mac: None,
         }
     }
 
@@ -840,7 +1000,7 @@ mod tests {
             &topics(),
             &id,
             Shape::of(t),
-            device_block(&v, &t, Some("1a2b3c4d")),
+            device_block(&v, &t, &links()),
             true,
         )
     }
@@ -877,7 +1037,8 @@ mod tests {
                 false,
             )
         );
-        let [connected, firmware] = bridge_discovery(&topics(), "1a2b3c4d");
+        let [connected, firmware] =
+            bridge_discovery(&topics(), "1a2b3c4d", &bridge_block("1a2b3c4d"));
         assert_eq!(
             (connected.0, connected.1.as_str()),
             ("binary_sensor", "bridge_1a2b3c4d_connected")
@@ -934,7 +1095,7 @@ mod tests {
                 &plug,
                 2,
                 "Fountain",
-                device_block(&plug, &t, Some("1a2b3c4d"))
+                device_block(&plug, &t, &links())
             )
         );
         let t = DeviceType::of(Some(224));
@@ -970,14 +1131,18 @@ mod tests {
                 &thermostat,
                 READINGS[0],
                 Some("F"),
-                device_block(&thermostat, &t, None)
+                device_block(&thermostat, &t, &Links::default())
             )
         );
         let t = DeviceType::of(Some(113));
         let remote = view(11, Some(113), "Bedside remote");
         insta::assert_json_snapshot!(
             "remote_presence",
-            presence_discovery(&topics(), &remote, device_block(&remote, &t, None))
+            presence_discovery(
+                &topics(),
+                &remote,
+                device_block(&remote, &t, &Links::default())
+            )
         );
         assert_eq!(
             device_state(&remote, Shape::Presence),
@@ -1008,14 +1173,32 @@ mod tests {
         rgb.color_temp = None;
         assert_eq!(
             device_state(&rgb, Shape::of(DeviceType::of(Some(30)))),
-            json!({"state": "ON", "brightness": 40, "color_mode": "rgb", "color": {"r": 255, "g": 0, "b": 10}})
+            json!({"state": "ON", "brightness": 40, "color_mode": "rgb", "color": {"r": 255, "g": 0, "b": 10}, "effect": null})
+        );
+        // An effect: its name, no colour mode (the light has no single colour then), never a
+        // mode without its value.
+        let mut show = rgb.clone();
+        show.rgb = None;
+        show.effect = Some("rainbow");
+        assert_eq!(
+            device_state(&show, Shape::of(DeviceType::of(Some(30)))),
+            json!({"state": "ON", "brightness": 40, "effect": "rainbow"})
+        );
+        let applied = applied_view(
+            &rgb,
+            &DeviceType::of(Some(30)),
+            &[("effect", Action::Effect(Effect::Candle))],
+        );
+        assert_eq!(
+            device_state(&applied, Shape::of(DeviceType::of(Some(30)))),
+            json!({"state": "ON", "brightness": 40, "effect": "candle"})
         );
         let plug = view(5, Some(68), "p");
         assert_eq!(device_state(&plug, Shape::Switch), json!({"state": "ON"}));
         let fan = view(6, Some(81), "f");
         assert_eq!(
             device_state(&fan, Shape::Fan),
-            json!({"state": "ON", "speed": 2, "preset_mode": "medium"})
+            json!({"state": "ON", "speed": 2})
         );
         let unknown = view(7, None, "u");
         assert_eq!(
@@ -1068,13 +1251,23 @@ mod tests {
         let rgb = Shape::of(DeviceType::of(Some(30)));
         assert_eq!(
             steps(
-                r#"{"state":"ON","color":{"r":1,"g":2,"b":3},"transition":2}"#,
+                r#"{"state":"ON","color":{"r":1,"g":2,"b":3},"transition":0}"#,
                 rgb,
                 true
             )
             .unwrap(),
             [("rgb", Action::Rgb([1, 2, 3]))]
         );
+        // Discovery offers neither: a transition or a flash asked anyway is refused.
+        for offered_nowhere in [
+            r#"{"state":"ON","transition":3}"#,
+            r#"{"state":"ON","flash":2}"#,
+        ] {
+            assert!(
+                steps(offered_nowhere, rgb, true).is_err(),
+                "{offered_nowhere}"
+            );
+        }
         assert_eq!(
             steps(r#"{"state":"ON","effect":"rainbow"}"#, rgb, true).unwrap(),
             [("effect", Action::Effect(Effect::Rainbow))]

@@ -23,27 +23,33 @@
 //!
 //! Commands (`<base>/<entity>/set`) are checked against the device type and submitted with
 //! their outcome awaited; at most [`MAX_COMMANDS_IN_FLIGHT`] at once (more are refused, logged
-//! and counted as `busy`). An applied command's new state is in the registry by its outcome
-//! (for a group, every member's: [`crate::devices::registry`]) and published by the next scan;
-//! any other outcome re-publishes the true state so Home Assistant does not show what did not
-//! happen.
+//! and counted as `busy`). An applied command's new state is published at once (outcomes that
+//! are ready together in one scan; held over the registry for up to [`OVERLAY_HOLD`] until the
+//! device's own report agrees); any other outcome re-publishes the true state so Home Assistant
+//! does not show what did not happen.
 //!
 //! Entities are announced for the devices the homes (the configuration over the homes file)
 //! name or a bridge's mesh listing named ([`crate::devices::registry::Registry::listed`]); a report from an id no bridge lists
 //! creates nothing in Home Assistant. Every topic ever published is remembered in
-//! `mqtt-entities.json` in the state directory (at most [`MAX_REMEMBERED_TOPICS`]; further ones
-//! are not remembered, with a warning), so stale entities are removed (empty retained
-//! payloads): at the next start those only the configuration wanted and it no longer names, and
-//! any not wanted for [`STALE_AFTER`]. Payloads quoted in logs are cut to
-//! [`LOG_PREVIEW`] bytes, with their length.
+//! `mqtt-entities.json` in the state directory with the home and the device, group or bridge
+//! it belongs to (at most [`MAX_REMEMBERED_TOPICS`]; further ones are not remembered, with a
+//! warning; written whole through a temporary file and a rename, mode 0600), so stale entities
+//! are removed (empty retained payloads): at once, a discovery topic its owner no longer has
+//! (an entity that changed shape: cleared before the new one is published, so each unique id
+//! is retained under one discovery topic); at the next start, those only the configuration
+//! wanted and it no longer names, and those of a home that no longer exists (and no scan
+//! wants); at any time, any not wanted for [`STALE_AFTER`]. A device whose type is not known
+//! (yet) keeps the entities it had rather than becoming a placeholder light. Payloads quoted in
+//! logs are cut to [`LOG_PREVIEW`] bytes, with their length.
 
 pub mod ha;
 
 use crate::commands::Context;
-use crate::commands::control;
+use crate::commands::control::{self, Step};
 use crate::config::Broker;
+use crate::config::DEFAULT_HOME;
 use crate::devices::registry::DeviceView;
-use cync_proto::catalog::DeviceType;
+use cync_proto::catalog::{DeviceType, Kind};
 use ha::{Shape, Topics};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -69,6 +75,8 @@ pub const MAX_COMMANDS_IN_FLIGHT: usize = 64;
 pub const SCAN_INTERVAL: Duration = Duration::from_millis(100);
 /// Scans wait at least this many times as long as the last scan took.
 pub const SCAN_DUTY: u32 = 20;
+/// How long an applied command's state is shown over an older registry state.
+pub const OVERLAY_HOLD: Duration = Duration::from_secs(5);
 /// Most Wi-Fi bridges remembered after they disconnect (oldest forgotten first).
 pub const MAX_BRIDGES_REMEMBERED: usize = 4096;
 /// Requests queued towards rumqttc's event loop.
@@ -265,6 +273,32 @@ pub fn broker_options(
     Ok(o)
 }
 
+/// The web page's address as Home Assistant links to it (`configuration_url`): `[mqtt]
+/// page_url`, else `http://<http address>/` when that is a definite address (the first of
+/// `http_hosts` instead of a wildcard one); none when neither says where people reach it.
+pub fn page_url(config: &crate::config::Config) -> Option<String> {
+    if let Some(url) = config.mqtt.page_url.as_deref().filter(|u| !u.is_empty()) {
+        return Some(if url.ends_with('/') {
+            url.to_string()
+        } else {
+            format!("{url}/")
+        });
+    }
+    let port = config.http.port();
+    if port == 0 {
+        return None;
+    }
+    let host = if config.http.ip().is_unspecified() {
+        config.http_hosts.first()?.clone()
+    } else {
+        match config.http.ip() {
+            std::net::IpAddr::V4(ip) => ip.to_string(),
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        }
+    };
+    Some(format!("http://{host}:{port}/"))
+}
+
 fn topics(ctx: &Context) -> Topics {
     Topics {
         base: ctx.config.mqtt.base_topic.clone(),
@@ -297,6 +331,7 @@ pub fn start(
         stop_link.clone(),
     ));
     let state_file = ctx.config.state_dir.join("mqtt-entities.json");
+    let page = page_url(&ctx.config);
     let bridge = Bridge {
         topics: topics(&ctx),
         ctx,
@@ -304,12 +339,14 @@ pub fn start(
         metrics,
         published: HashMap::new(),
         entities: HashMap::new(),
+        overlays: HashMap::new(),
         bridges_seen: BTreeMap::new(),
         warned: HashSet::new(),
         connected: false,
         cleaned: false,
         memory: Memory::load(state_file),
         scanned: HashMap::new(),
+        page,
         birth: None,
         births: 0,
         slots: Arc::new(Semaphore::new(MAX_COMMANDS_IN_FLIGHT)),
@@ -415,6 +452,8 @@ struct SeenBridge {
     connected: bool,
     firmware: Option<String>,
     devices: usize,
+    /// Its own mesh device (home, mesh id), once known.
+    own: Option<(String, u16)>,
 }
 
 struct Bridge {
@@ -426,6 +465,8 @@ struct Bridge {
     published: HashMap<String, u64>,
     /// Object id → what its `/set` commands.
     entities: HashMap<String, Entity>,
+    /// Device object id → applied steps shown over the registry, until the deadline.
+    overlays: HashMap<String, (Vec<Step>, Instant)>,
     bridges_seen: BTreeMap<String, SeenBridge>,
     /// Devices already warned about (unknown type).
     warned: HashSet<String>,
@@ -433,8 +474,10 @@ struct Bridge {
     cleaned: bool,
     /// Every topic ever published, in the state directory.
     memory: Memory,
-    /// Topics the last scan wanted → whether only the configuration wanted them.
-    scanned: HashMap<String, bool>,
+    /// Topics the last scan wanted, and why.
+    scanned: HashMap<String, Wanted>,
+    /// The web page's address for `configuration_url`, when known.
+    page: Option<String>,
     /// When the pending re-publication for Home Assistant's birth is due.
     birth: Option<Instant>,
     /// Birth messages folded into it.
@@ -446,6 +489,7 @@ struct Bridge {
 struct Done {
     object: String,
     entity: Entity,
+    steps: Vec<Step>,
     applied: bool,
 }
 
@@ -510,9 +554,10 @@ impl Bridge {
                     self.on_message(message, &done_tx).await;
                 }
                 Some(done) = done_rx.recv() => {
+                    // Published at the next turn, with any other outcome that is ready by then
+                    // (a burst of commands is one scan, not one each).
                     self.on_done(done);
-                    gap = self.timed_scan().await;
-                    last_scan = Instant::now();
+                    next_scan = Some(Instant::now());
                 }
                 changed = changes.changed() => {
                     if changed.is_err() {
@@ -576,7 +621,9 @@ impl Bridge {
         self.put(self.topics.availability(), b"online".to_vec(), true)
             .await;
         let prefix = format!("{}/", self.topics.prefix);
-        self.published.retain(|topic, _| topic.starts_with(&prefix));
+        // Attributes are not needed to show a state: the broker keeps them.
+        self.published
+            .retain(|topic, _| topic.starts_with(&prefix) || topic.ends_with("/attributes"));
         let before = self.metrics.published.get();
         self.scan().await;
         info!(
@@ -655,7 +702,7 @@ impl Bridge {
         let ctx = self.ctx.clone();
         let done = done.clone();
         tokio::spawn(async move {
-            let outcome = control::submit(&ctx, &resolved, steps, true).await;
+            let outcome = control::submit(&ctx, &resolved, steps.clone(), true).await;
             let (applied, summary) = match &outcome {
                 control::Submitted::Done(list) => (
                     !list.is_empty() && list.iter().all(|(_, c)| c.outcome == "applied"),
@@ -675,6 +722,7 @@ impl Bridge {
                 .send(Done {
                     object,
                     entity,
+                    steps,
                     applied,
                 })
                 .await;
@@ -690,15 +738,46 @@ impl Bridge {
             return;
         }
         self.metrics.command("applied");
-        if let Entity::Group { .. } = done.entity {
-            self.published.remove(&self.topics.state(&done.object));
+        let until = Instant::now() + OVERLAY_HOLD;
+        match done.entity {
+            Entity::Device { .. } | Entity::Outlet { .. } => {
+                self.overlays.insert(done.object, (done.steps, until));
+            }
+            Entity::Group { home, gid } => {
+                let homes = self.ctx.homes.get();
+                for m in homes.group_members(&home, gid) {
+                    self.overlays
+                        .insert(ha::device_object(&home, *m), (done.steps.clone(), until));
+                }
+                self.published.remove(&self.topics.state(&done.object));
+            }
         }
     }
 
     /// Publishes an entity's true state again, even when unchanged.
     async fn republish(&mut self, object: &str) {
+        self.overlays.remove(object);
         self.published.remove(&self.topics.state(object));
         self.scan().await;
+    }
+
+    /// An outlet's state to publish: an applied command's while its hold lasts and the plug's
+    /// own report has not caught up, else the report's.
+    fn outlet_shown(&mut self, object: &str, reported: bool) -> bool {
+        let asked = self.overlays.get(object).and_then(|(steps, _)| {
+            steps.iter().rev().find_map(|(_, a)| match a {
+                cync_proto::Action::Power(on) => Some(*on),
+                _ => None,
+            })
+        });
+        match asked {
+            Some(on) if on != reported => on,
+            Some(_) => {
+                self.overlays.remove(object);
+                reported
+            }
+            None => reported,
+        }
     }
 
     fn shape_of(&self, entity: &Entity, resolved: &control::Resolved) -> Shape {
@@ -721,9 +800,9 @@ impl Bridge {
 
     /// Publishes `payload` on `topic` (retained) unless the same payload was published last.
     async fn put(&mut self, topic: String, payload: Vec<u8>, force: bool) {
-        if !payload.is_empty() {
-            let configured_only = self.scanned.get(&topic).copied().unwrap_or(false);
-            self.memory.remember(&topic, configured_only);
+        // cyncd's own availability is no entity's: never remembered, never cleared.
+        if !payload.is_empty() && topic != self.topics.availability() {
+            self.memory.remember(&topic, self.scanned.get(&topic));
         }
         let h = hash(&payload);
         if !force && self.published.get(&topic) == Some(&h) {
@@ -782,8 +861,35 @@ impl Bridge {
             return;
         }
         self.scanned.clear();
+        let now = Instant::now();
+        self.overlays.retain(|_, (_, until)| *until > now);
+        self.refresh_bridges();
+        let homes = self.ctx.homes.get();
+        let page = self.page.clone();
         let views = self.views();
+        // A bridge whose own device Home Assistant is not shown (hidden) stays a device of
+        // its own.
+        let visible: HashSet<(&str, u16)> =
+            views.iter().map(|v| (v.home.as_str(), v.mesh_id)).collect();
+        for b in self.bridges_seen.values_mut() {
+            if b.own
+                .as_ref()
+                .is_some_and(|(h, m)| !visible.contains(&(h.as_str(), *m)))
+            {
+                b.own = None;
+            }
+        }
+        drop(visible);
         let mut by_key: HashMap<(String, u16), DeviceView> = HashMap::new();
+        // Device blocks by (home, mesh id), for the bridges that are those devices.
+        let mut blocks: HashMap<(String, u16), serde_json::Value> = HashMap::new();
+        let owns: Vec<(String, u16)> = self
+            .bridges_seen
+            .values()
+            .filter_map(|b| b.own.clone())
+            .collect();
+        let bridges_own: HashSet<(&str, u16)> =
+            owns.iter().map(|(h, m)| (h.as_str(), *m)).collect();
         for view in views {
             let t = DeviceType::of(view.type_code);
             let object = ha::device_object(&view.home, view.mesh_id);
@@ -802,33 +908,99 @@ impl Bridge {
                 }
             }
             let shape = Shape::of(t);
-            let shown = view.clone();
-            let via = view.bridges.first().map(String::as_str);
-            let block = ha::device_block(&view, &t, via);
+            let shown = match self.overlays.get(&object) {
+                Some((steps, _)) => {
+                    let after = ha::applied_view(&view, &t, steps);
+                    if ha::device_state(&after, shape) == ha::device_state(&view, shape) {
+                        // The device's own report caught up: stop overlaying.
+                        self.overlays.remove(&object);
+                    }
+                    after
+                }
+                None => view.clone(),
+            };
             let (home, mesh) = (view.home.clone(), view.mesh_id);
-            // Entities only the homes name (no bridge listed them) go when the homes drop them.
-            let configured_only = !self.ctx.registry.listed_by_bridge(&home, mesh);
-            for (component, entity) in shape.objects(&home, mesh) {
-                self.scanned
-                    .insert(self.topics.discovery(component, &entity), configured_only);
-                self.scanned
-                    .insert(self.topics.state(&entity), configured_only);
+            let links = ha::Links {
+                via: self.via(&view),
+                page: page.clone(),
+                wifi_mac: homes.device(&home, mesh).and_then(|d| d.wifi_mac.clone()),
+            };
+            let block = ha::device_block(&view, &t, &links);
+            if bridges_own.contains(&(home.as_str(), mesh)) {
+                blocks.insert((home.clone(), mesh), block.clone());
             }
-            self.scanned
-                .insert(self.topics.state(&object), configured_only);
-            self.scanned
-                .insert(self.topics.entity_availability(&object), configured_only);
+            // Entities only the homes name (no bridge listed them) go when the homes drop them.
+            let wanted = Wanted {
+                configured_only: !self.ctx.registry.listed_by_bridge(&home, mesh),
+                home: Some(Arc::from(home.as_str())),
+                owner: Arc::from(object.as_str()),
+            };
+            let entities: BTreeSet<String> = shape
+                .objects(&home, mesh)
+                .iter()
+                .map(|(component, entity)| self.topics.discovery(component, entity))
+                .collect();
+            for (_, entity) in shape.objects(&home, mesh) {
+                self.scanned
+                    .insert(self.topics.state(&entity), wanted.clone());
+            }
+            for topic in [
+                self.topics.state(&object),
+                self.topics.entity_availability(&object),
+                self.topics.attributes(&object),
+            ] {
+                self.scanned.insert(topic, wanted.clone());
+            }
+            // A device whose type is not known yet does not replace the entities a known type
+            // gave it before (at the last start, say): they stay until its type is known.
+            let placeholder = !t.known && view.type_code.is_none();
+            let keep_old = placeholder
+                && self
+                    .memory
+                    .discovery_of(&object)
+                    .is_some_and(|old| !old.is_empty() && *old != entities);
+            if keep_old {
+                for topic in self
+                    .memory
+                    .discovery_of(&object)
+                    .cloned()
+                    .unwrap_or_default()
+                {
+                    self.scanned.insert(topic, wanted.clone());
+                }
+            } else {
+                for topic in &entities {
+                    self.scanned.insert(topic.clone(), wanted.clone());
+                }
+                // One entity per unique id: the old shape's discovery goes before the new one.
+                self.retire(&object, &entities).await;
+            }
+            let attributes = self.topics.attributes(&object);
+            let extras = |mut discovery: serde_json::Value, class: Option<&str>| {
+                ha::set_key(
+                    &mut discovery,
+                    "json_attributes_topic",
+                    serde_json::json!(attributes),
+                );
+                if let Some(class) = class {
+                    ha::set_key(&mut discovery, "device_class", serde_json::json!(class));
+                }
+                discovery
+            };
             match shape {
                 Shape::Outlets(_) => {
                     for o in view.outlets.iter().flatten() {
                         let outlet = ha::outlet_object(&home, mesh, o.outlet);
-                        let on = o.on;
-                        let discovery = ha::outlet_discovery(
-                            &self.topics,
-                            &view,
-                            o.outlet,
-                            &o.name,
-                            block.clone(),
+                        let on = self.outlet_shown(&outlet, o.on);
+                        let discovery = extras(
+                            ha::outlet_discovery(
+                                &self.topics,
+                                &view,
+                                o.outlet,
+                                &o.name,
+                                block.clone(),
+                            ),
+                            Some("outlet"),
                         );
                         self.entities.insert(
                             outlet.clone(),
@@ -838,8 +1010,10 @@ impl Bridge {
                                 outlet: o.outlet,
                             },
                         );
-                        self.put_json(self.topics.discovery("switch", &outlet), &discovery)
-                            .await;
+                        if !keep_old {
+                            self.put_json(self.topics.discovery("switch", &outlet), &discovery)
+                                .await;
+                        }
                         self.put_json(self.topics.state(&outlet), &ha::outlet_state(on))
                             .await;
                     }
@@ -850,34 +1024,52 @@ impl Bridge {
                     for (reading, (_, object)) in
                         ha::READINGS.iter().zip(shape.objects(&home, mesh))
                     {
-                        let discovery = ha::reading_discovery(
-                            &self.topics,
-                            &view,
-                            *reading,
-                            unit,
-                            block.clone(),
+                        let discovery = extras(
+                            ha::reading_discovery(
+                                &self.topics,
+                                &view,
+                                *reading,
+                                unit,
+                                block.clone(),
+                            ),
+                            None,
                         );
-                        self.put_json(self.topics.discovery("sensor", &object), &discovery)
-                            .await;
+                        if !keep_old {
+                            self.put_json(self.topics.discovery("sensor", &object), &discovery)
+                                .await;
+                        }
                     }
                     self.put_json(self.topics.state(&object), &state).await;
                 }
                 Shape::Presence => {
-                    let discovery = ha::presence_discovery(&self.topics, &view, block);
-                    self.put_json(self.topics.discovery("binary_sensor", &object), &discovery)
-                        .await;
+                    let discovery =
+                        extras(ha::presence_discovery(&self.topics, &view, block), None);
+                    if !keep_old {
+                        self.put_json(self.topics.discovery("binary_sensor", &object), &discovery)
+                            .await;
+                    }
                     self.put_json(self.topics.state(&object), &ha::device_state(&view, shape))
                         .await;
                 }
                 Shape::Light(_) | Shape::Switch | Shape::Fan => {
-                    let discovery = ha::discovery(&self.topics, &object, shape, block, true);
+                    let class = match t.kind {
+                        Kind::Plug if shape == Shape::Switch => Some("outlet"),
+                        Kind::Switch => Some("switch"),
+                        _ => None,
+                    };
+                    let discovery = extras(
+                        ha::discovery(&self.topics, &object, shape, block, true),
+                        class,
+                    );
                     self.entities
                         .insert(object.clone(), Entity::Device { home, mesh });
-                    self.put_json(
-                        self.topics.discovery(shape.component(), &object),
-                        &discovery,
-                    )
-                    .await;
+                    if !keep_old {
+                        self.put_json(
+                            self.topics.discovery(shape.component(), &object),
+                            &discovery,
+                        )
+                        .await;
+                    }
                     self.put_json(self.topics.state(&object), &ha::device_state(&shown, shape))
                         .await;
                 }
@@ -893,34 +1085,68 @@ impl Bridge {
                 false,
             )
             .await;
+            self.put_json(self.topics.attributes(&object), &ha::attributes(&shown))
+                .await;
             by_key.insert((view.home.clone(), view.mesh_id), shown);
         }
-        let groups: Vec<(String, crate::homes::Group)> = self
-            .ctx
-            .homes
-            .get()
+        let groups: Vec<(String, crate::homes::Group)> = homes
             .homes()
             .iter()
             .flat_map(|h| h.groups.iter().map(|g| (h.name.clone(), g.clone())))
             .collect();
+        drop(homes);
         for (home, group) in groups {
             let object = ha::group_object(&home, group.id);
-            let shape = ha::group_shape(&self.member_types(&home, group.id));
+            let types = self.member_types(&home, group.id);
+            let shape = ha::group_shape(&types);
             let members: Vec<&DeviceView> = group
                 .members
                 .iter()
                 .filter_map(|m| by_key.get(&(home.clone(), *m)))
                 .collect();
             let state = ha::group_state(&members, shape);
-            self.scanned
-                .insert(self.topics.discovery(shape.component(), &object), true);
-            self.scanned.insert(self.topics.state(&object), true);
+            // A group command goes out through any bridge of the home: it can be carried out
+            // while a bridge that reaches a member is connected.
+            let reachable = members.iter().any(|m| m.reachable);
+            let wanted = Wanted {
+                configured_only: true,
+                home: Some(Arc::from(home.as_str())),
+                owner: Arc::from(object.as_str()),
+            };
+            let discovery_topic = self.topics.discovery(shape.component(), &object);
+            for topic in [
+                self.topics.state(&object),
+                self.topics.entity_availability(&object),
+            ] {
+                self.scanned.insert(topic, wanted.clone());
+            }
+            // As for a device: a shape that rests on a member of unknown type does not
+            // replace the entity the group had.
+            let keep = BTreeSet::from([discovery_topic.clone()]);
+            let keep_old = types.iter().any(|t| !t.known && t.code.is_none())
+                && self
+                    .memory
+                    .discovery_of(&object)
+                    .is_some_and(|old| !old.is_empty() && *old != keep);
+            if keep_old {
+                for topic in self
+                    .memory
+                    .discovery_of(&object)
+                    .cloned()
+                    .unwrap_or_default()
+                {
+                    self.scanned.insert(topic, wanted.clone());
+                }
+            } else {
+                self.scanned.insert(discovery_topic.clone(), wanted.clone());
+                self.retire(&object, &keep).await;
+            }
             let discovery = ha::discovery(
                 &self.topics,
                 &object,
                 shape,
                 ha::group_block(&home, group.id, &group.name, group.room),
-                false,
+                true,
             );
             self.entities.insert(
                 object.clone(),
@@ -929,17 +1155,39 @@ impl Bridge {
                     gid: group.id,
                 },
             );
-            self.put_json(
-                self.topics.discovery(shape.component(), &object),
-                &discovery,
+            if !keep_old {
+                self.put_json(discovery_topic, &discovery).await;
+            }
+            self.put_json(self.topics.state(&object), &state).await;
+            let available = if reachable { "online" } else { "offline" };
+            self.put(
+                self.topics.entity_availability(&object),
+                available.as_bytes().to_vec(),
+                false,
             )
             .await;
-            self.put_json(self.topics.state(&object), &state).await;
         }
-        self.scan_bridges().await;
+        self.publish_bridges(&blocks).await;
     }
 
-    async fn scan_bridges(&mut self) {
+    /// The identifier of the device `view` is reached through: the own mesh device of its
+    /// first bridge that is not the device itself (a bridge is one device in Home Assistant),
+    /// or that bridge while its own device is not known.
+    fn via(&self, view: &DeviceView) -> Option<String> {
+        for conn in &view.bridges {
+            let own = self.bridges_seen.get(conn).and_then(|b| b.own.clone());
+            match own {
+                Some((home, mesh)) if home == view.home && mesh == view.mesh_id => {}
+                Some((home, mesh)) => return Some(ha::device_identifier(&home, mesh)),
+                None => return Some(format!("cyncd_{}", ha::bridge_object(conn))),
+            }
+        }
+        None
+    }
+
+    /// Brings the bridges Home Assistant is told about up to date: the homes' and the
+    /// connected ones, each with its own mesh device when known.
+    fn refresh_bridges(&mut self) {
         for seen in self.bridges_seen.values_mut() {
             seen.connected = false;
         }
@@ -952,10 +1200,18 @@ impl Bridge {
                         connected: false,
                         firmware: None,
                         devices: 0,
+                        own: None,
                     });
             }
+            for d in &home.devices {
+                if let Some(b) = d.bridge {
+                    if let Some(seen) = self.bridges_seen.get_mut(&b.to_string()) {
+                        seen.own = Some((home.name.clone(), d.id));
+                    }
+                }
+            }
         }
-        for c in self.ctx.registry.connections() {
+        for c in self.ctx.registry.connections_named(&homes) {
             let entry = self
                 .bridges_seen
                 .entry(c.conn_id.clone())
@@ -963,12 +1219,18 @@ impl Bridge {
                     connected: true,
                     firmware: None,
                     devices: 0,
+                    own: None,
                 });
             entry.connected = true;
             if let Some(fw) = c.firmware.get("device") {
                 entry.firmware = Some(fw.clone());
             }
             entry.devices = c.mesh.len();
+            if let Some((home, mesh)) = c.device.as_deref().and_then(|d| d.rsplit_once(':')) {
+                if let Ok(mesh) = mesh.parse() {
+                    entry.own = Some((home.to_string(), mesh));
+                }
+            }
         }
         // Bound: forget the disconnected ones beyond the limit.
         let excess = self
@@ -987,23 +1249,58 @@ impl Bridge {
                 self.bridges_seen.remove(&k);
             }
         }
+    }
+
+    /// Publishes each bridge's diagnostic entities, on its own mesh device when Home Assistant
+    /// knows that device (`blocks`), else on a device of the bridge's own.
+    async fn publish_bridges(&mut self, blocks: &HashMap<(String, u16), serde_json::Value>) {
         let list: Vec<(String, SeenBridge)> = self
             .bridges_seen
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         for (conn, seen) in list {
+            let object = ha::bridge_object(&conn);
+            let wanted = Wanted {
+                configured_only: false,
+                home: None,
+                owner: Arc::from(object.as_str()),
+            };
             self.scanned
-                .insert(self.topics.state(&ha::bridge_object(&conn)), false);
-            for (component, object, discovery) in ha::bridge_discovery(&self.topics, &conn) {
-                self.scanned
-                    .insert(self.topics.discovery(component, &object), false);
-                self.put_json(self.topics.discovery(component, &object), &discovery)
+                .insert(self.topics.state(&object), wanted.clone());
+            let block = seen
+                .own
+                .as_ref()
+                .and_then(|key| blocks.get(key))
+                .cloned()
+                .unwrap_or_else(|| ha::bridge_block(&conn));
+            let entities = ha::bridge_discovery(&self.topics, &conn, &block);
+            let topics: BTreeSet<String> = entities
+                .iter()
+                .map(|(component, entity, _)| self.topics.discovery(component, entity))
+                .collect();
+            for topic in &topics {
+                self.scanned.insert(topic.clone(), wanted.clone());
+            }
+            self.retire(&object, &topics).await;
+            for (component, entity, discovery) in entities {
+                self.put_json(self.topics.discovery(component, &entity), &discovery)
                     .await;
             }
             let state = ha::bridge_state(seen.connected, seen.firmware.as_deref(), seen.devices);
-            self.put_json(self.topics.state(&ha::bridge_object(&conn)), &state)
-                .await;
+            self.put_json(self.topics.state(&object), &state).await;
+        }
+    }
+
+    /// Clears the discovery topics `owner` had and no longer has (an entity that changed
+    /// shape, a plug whose outlets became known), before the new ones are published: each
+    /// unique id stays under exactly one discovery topic.
+    async fn retire(&mut self, owner: &str, keep: &BTreeSet<String>) {
+        let gone = self.memory.retire(owner, keep);
+        for topic in gone {
+            info!(topic = %topic, "MQTT: entity changed shape; its old discovery removed");
+            self.put(topic.clone(), Vec::new(), true).await;
+            self.published.remove(&topic);
         }
     }
 
@@ -1019,14 +1316,34 @@ impl Bridge {
                     out.insert(self.topics.discovery(component, &entity));
                     out.insert(self.topics.state(&entity));
                 }
+                // A device whose type only its bridge tells keeps what it had.
+                if d.kind.is_none() {
+                    out.extend(
+                        self.memory
+                            .discovery_of(&object)
+                            .cloned()
+                            .unwrap_or_default(),
+                    );
+                }
                 out.insert(self.topics.state(&object));
                 out.insert(self.topics.entity_availability(&object));
+                out.insert(self.topics.attributes(&object));
             }
             for g in &home.groups {
                 let object = ha::group_object(&home.name, g.id);
-                let shape = ha::group_shape(&self.member_types(&home.name, g.id));
+                let types = self.member_types(&home.name, g.id);
+                let shape = ha::group_shape(&types);
                 out.insert(self.topics.discovery(shape.component(), &object));
+                if types.iter().any(|t| !t.known && t.code.is_none()) {
+                    out.extend(
+                        self.memory
+                            .discovery_of(&object)
+                            .cloned()
+                            .unwrap_or_default(),
+                    );
+                }
                 out.insert(self.topics.state(&object));
+                out.insert(self.topics.entity_availability(&object));
             }
         }
         out
@@ -1034,22 +1351,46 @@ impl Bridge {
 
     /// Marks the last scan's topics as wanted at `now`.
     fn note_scanned(&mut self, now: u64) {
-        for (topic, configured_only) in &self.scanned {
-            self.memory.wanted(topic, *configured_only, now);
+        for (topic, wanted) in &self.scanned {
+            self.memory.wanted(topic, wanted.configured_only, now);
         }
     }
 
-    /// Clears remembered topics that are stale: at the start (`starting`), those only the
-    /// configuration wanted and it no longer names; at any time, those not wanted for
-    /// [`STALE_AFTER`]. The last scan's topics are marked as wanted now first.
+    /// The homes entities may belong to: the homes' names, and [`DEFAULT_HOME`] while no
+    /// home is named (a bridge no home lists is in it).
+    fn known_homes(&self) -> HashSet<String> {
+        let homes = self.ctx.homes.get();
+        let mut known: HashSet<String> = homes.homes().iter().map(|h| h.name.clone()).collect();
+        if known.is_empty() {
+            known.insert(DEFAULT_HOME.to_string());
+        }
+        known
+    }
+
+    /// Clears remembered topics that are stale: those of a home that no longer exists (renamed,
+    /// or `default` once homes are named) and no scan wants; at the start (`starting`), those
+    /// only the configuration wanted and it no longer names; at any time, those not wanted
+    /// for [`STALE_AFTER`]. The last scan's topics are marked as wanted now first.
     async fn sweep(&mut self, starting: bool) {
         let now = unix_now();
         let current = self.config_topics();
+        let known = self.known_homes();
+        let slugs: Vec<String> = known.iter().map(|h| format!("{}_", ha::slug(h))).collect();
+        let own = self.topics.availability();
         self.note_scanned(now);
         let stale = self.memory.stale(|topic, entry| {
-            let wanted = current.contains(topic) || self.scanned.contains_key(topic);
+            let wanted =
+                current.contains(topic) || self.scanned.contains_key(topic) || topic == own;
+            let home_gone = match &entry.home {
+                Some(home) => !known.contains(home),
+                // Files of older versions say no home: the object id starts with its slug.
+                None => object_of(topic).is_some_and(|object| {
+                    !object.starts_with("bridge_") && !slugs.iter().any(|s| object.starts_with(s))
+                }),
+            };
             !wanted
-                && ((starting && entry.configured_only)
+                && (home_gone
+                    || (starting && entry.configured_only)
                     || now.saturating_sub(entry.seen) > STALE_AFTER.as_secs())
         });
         for topic in &stale {
@@ -1077,20 +1418,65 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// The object id in a discovery topic (`…/cyncd/<object>/config`) or another of cyncd's
+/// topics (`<base>/<object>/<kind>`).
+fn object_of(topic: &str) -> Option<&str> {
+    if let Some(rest) = topic.strip_suffix("/config") {
+        let (before, object) = rest.rsplit_once('/')?;
+        return before.ends_with("/cyncd").then_some(object);
+    }
+    topic.rsplit('/').nth(1)
+}
+
+/// The object id of a discovery topic, when it is one.
+fn discovery_object(topic: &str) -> Option<&str> {
+    topic
+        .ends_with("/config")
+        .then(|| object_of(topic))
+        .flatten()
+}
+
+/// Why a scan wants a topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Wanted {
+    /// Only the configuration wants it (no bridge listed the device).
+    configured_only: bool,
+    /// The home of its device or group (none for a Wi-Fi bridge's).
+    home: Option<Arc<str>>,
+    /// The object id of the device, group or bridge it belongs to.
+    owner: Arc<str>,
+}
+
 /// One remembered topic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Remembered {
     /// Only the configuration wanted it (no bridge listed the device) when last wanted.
     configured_only: bool,
     /// Unix seconds when last wanted.
     seen: u64,
+    /// The home of its device or group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    home: Option<String>,
+    /// The object id of the device, group or bridge it belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    owner: Option<String>,
+}
+
+impl Remembered {
+    /// Its owner: as recorded, else (older files) a discovery topic's own object id.
+    fn owner_of<'a>(&'a self, topic: &'a str) -> Option<&'a str> {
+        self.owner.as_deref().or_else(|| discovery_object(topic))
+    }
 }
 
 /// `mqtt-entities.json`: every retained topic cyncd published, so that stale ones can be
-/// cleared later, even after a restart. Bounded by [`MAX_REMEMBERED_TOPICS`].
+/// cleared later, even after a restart. Bounded by [`MAX_REMEMBERED_TOPICS`]. Written whole
+/// (a temporary file and a rename), readable only by cyncd's user (0600).
 struct Memory {
     file: PathBuf,
     topics: BTreeMap<String, Remembered>,
+    /// Owner → its remembered discovery topics (an index of `topics`).
+    owners: HashMap<String, BTreeSet<String>>,
     dirty: bool,
     warned_full: bool,
 }
@@ -1101,11 +1487,20 @@ struct MemoryFile {
     topics: BTreeMap<String, Remembered>,
 }
 
+/// Largest `mqtt-entities.json` read (far above [`MAX_REMEMBERED_TOPICS`] topics).
+const MEMORY_FILE_LIMIT: u64 = 64 * 1024 * 1024;
+
 impl Memory {
     /// Reads the file; an older file (a list of the configuration's topics) counts as topics
-    /// only the configuration wanted.
+    /// only the configuration wanted. An unreadable file is logged and counts as empty.
     fn load(file: PathBuf) -> Self {
-        let bytes = std::fs::read(&file).unwrap_or_default();
+        let bytes = match crate::state::read_bounded(&file, MEMORY_FILE_LIMIT) {
+            Ok(bytes) => bytes.unwrap_or_default(),
+            Err(e) => {
+                warn!(file = %file.display(), error = %e, "could not read the MQTT entities; entities published before will not be removed when stale");
+                Vec::new()
+            }
+        };
         let topics = if let Ok(f) = serde_json::from_slice::<MemoryFile>(&bytes) {
             f.topics
         } else if let Ok(list) = serde_json::from_slice::<Vec<String>>(&bytes) {
@@ -1114,6 +1509,8 @@ impl Memory {
                     let entry = Remembered {
                         configured_only: true,
                         seen: unix_now(),
+                        home: None,
+                        owner: None,
                     };
                     (t, entry)
                 })
@@ -1125,17 +1522,44 @@ impl Memory {
         while topics.len() > MAX_REMEMBERED_TOPICS {
             topics.pop_last();
         }
+        let mut owners: HashMap<String, BTreeSet<String>> = HashMap::new();
+        for (topic, entry) in &topics {
+            if let (Some(owner), Some(_)) = (entry.owner_of(topic), discovery_object(topic)) {
+                owners
+                    .entry(owner.to_string())
+                    .or_default()
+                    .insert(topic.clone());
+            }
+        }
         Self {
             file,
             topics,
+            owners,
             dirty: false,
             warned_full: false,
         }
     }
 
     /// Notes a published topic, wanted now.
-    fn remember(&mut self, topic: &str, configured_only: bool) {
-        if self.topics.contains_key(topic) {
+    fn remember(&mut self, topic: &str, wanted: Option<&Wanted>) {
+        if let Some(e) = self.topics.get_mut(topic) {
+            // Entries of older files learn their home and owner.
+            if let Some(w) = wanted {
+                if e.home.as_deref() != w.home.as_deref() || e.owner.as_deref() != Some(&*w.owner) {
+                    e.home = w.home.as_deref().map(str::to_string);
+                    e.owner = Some(w.owner.to_string());
+                    self.dirty = true;
+                    if discovery_object(topic).is_some() {
+                        for set in self.owners.values_mut() {
+                            set.remove(topic);
+                        }
+                        self.owners
+                            .entry(w.owner.to_string())
+                            .or_default()
+                            .insert(topic.to_string());
+                    }
+                }
+            }
             return;
         }
         if self.topics.len() >= MAX_REMEMBERED_TOPICS {
@@ -1148,14 +1572,44 @@ impl Memory {
             }
             return;
         }
-        self.topics.insert(
-            topic.to_string(),
-            Remembered {
-                configured_only,
-                seen: unix_now(),
-            },
-        );
+        let entry = Remembered {
+            configured_only: wanted.is_some_and(|w| w.configured_only),
+            seen: unix_now(),
+            home: wanted.and_then(|w| w.home.as_deref().map(str::to_string)),
+            owner: wanted.map(|w| w.owner.to_string()),
+        };
+        if let (Some(owner), Some(_)) = (entry.owner_of(topic), discovery_object(topic)) {
+            self.owners
+                .entry(owner.to_string())
+                .or_default()
+                .insert(topic.to_string());
+        }
+        self.topics.insert(topic.to_string(), entry);
         self.dirty = true;
+    }
+
+    /// The remembered discovery topics of `owner`.
+    fn discovery_of(&self, owner: &str) -> Option<&BTreeSet<String>> {
+        self.owners.get(owner)
+    }
+
+    /// Forgets and returns the discovery topics of `owner` that are not in `keep`.
+    fn retire(&mut self, owner: &str, keep: &BTreeSet<String>) -> Vec<String> {
+        let Some(set) = self.owners.get_mut(owner) else {
+            return Vec::new();
+        };
+        let gone: Vec<String> = set.difference(keep).cloned().collect();
+        for topic in &gone {
+            set.remove(topic);
+            self.topics.remove(topic);
+        }
+        if set.is_empty() {
+            self.owners.remove(owner);
+        }
+        if !gone.is_empty() {
+            self.dirty = true;
+        }
+        gone
     }
 
     /// Marks a remembered topic wanted at `now`. The file is rewritten for a changed flag, or
@@ -1179,7 +1633,16 @@ impl Memory {
             .map(|(t, _)| t.clone())
             .collect();
         for t in &gone {
-            self.topics.remove(t);
+            if let Some(e) = self.topics.remove(t) {
+                if let Some(owner) = e.owner_of(t) {
+                    if let Some(set) = self.owners.get_mut(owner) {
+                        set.remove(t);
+                        if set.is_empty() {
+                            self.owners.remove(owner);
+                        }
+                    }
+                }
+            }
         }
         if !gone.is_empty() {
             self.dirty = true;
@@ -1187,7 +1650,8 @@ impl Memory {
         gone
     }
 
-    /// Writes the file when something changed.
+    /// Writes the file when something changed: whole, through a temporary file and a rename,
+    /// mode 0600.
     fn save(&mut self) {
         if !self.dirty {
             return;
@@ -1197,11 +1661,7 @@ impl Memory {
             topics: self.topics.clone(),
         })
         .unwrap_or_default();
-        let tmp = self.file.with_extension("json.tmp");
-        let written = std::fs::create_dir_all(self.file.parent().unwrap_or(&self.file))
-            .and_then(|()| std::fs::write(&tmp, body))
-            .and_then(|()| std::fs::rename(&tmp, &self.file));
-        if let Err(e) = written {
+        if let Err(e) = crate::state::write_atomic(&self.file, &body, 0o600) {
             error!(file = %self.file.display(), error = %e, "could not remember the MQTT entities; stale entities will stay in Home Assistant");
         }
     }
@@ -1209,8 +1669,73 @@ impl Memory {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
+
+    #[test]
+    fn remembered_entities_are_private_whole_and_known_by_their_owner() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("cyncd-mqtt-memory-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("mqtt-entities.json");
+        let light = "homeassistant/light/cyncd/lab_1/config";
+        let switch = "homeassistant/switch/cyncd/lab_1/config";
+        // An older file: a list of topics, readable by anyone.
+        std::fs::write(&file, serde_json::to_vec(&[light]).unwrap()).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let mut memory = Memory::load(file.clone());
+        assert_eq!(
+            memory.discovery_of("lab_1"),
+            Some(&BTreeSet::from([light.to_string()]))
+        );
+        let wanted = Wanted {
+            configured_only: false,
+            home: Some("lab".into()),
+            owner: "lab_1".into(),
+        };
+        memory.remember(switch, Some(&wanted));
+        memory.remember("cync/lab_1/state", Some(&wanted));
+        // The device became a switch: its light goes, nothing else of it.
+        assert_eq!(
+            memory.retire("lab_1", &BTreeSet::from([switch.to_string()])),
+            [light.to_string()]
+        );
+        assert!(
+            memory
+                .retire("lab_1", &BTreeSet::from([switch.to_string()]))
+                .is_empty()
+        );
+        memory.save();
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let again = Memory::load(file.clone());
+        assert_eq!(again.topics.len(), 2);
+        assert_eq!(again.topics[switch].home.as_deref(), Some("lab"));
+        assert_eq!(again.topics[switch].owner.as_deref(), Some("lab_1"));
+        assert_eq!(
+            again.discovery_of("lab_1"),
+            Some(&BTreeSet::from([switch.to_string()]))
+        );
+        assert_eq!(object_of("cync/lab_1/state"), Some("lab_1"));
+        assert_eq!(object_of(light), Some("lab_1"));
+        assert_eq!(discovery_object("cync/lab_1/state"), None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_page_url_comes_from_the_configuration_or_the_http_address() {
+        let mut config = crate::config::Config {
+            http: "127.0.0.1:8080".parse().unwrap(),
+            ..Default::default()
+        };
+        assert_eq!(page_url(&config).as_deref(), Some("http://127.0.0.1:8080/"));
+        config.http = "0.0.0.0:8080".parse().unwrap();
+        assert_eq!(page_url(&config), None);
+        config.http_hosts = vec!["cyncd.lan".into()];
+        assert_eq!(page_url(&config).as_deref(), Some("http://cyncd.lan:8080/"));
+        config.mqtt.page_url = Some("https://cync.example".into());
+        assert_eq!(page_url(&config).as_deref(), Some("https://cync.example/"));
+    }
 
     #[test]
     fn the_password_file_wins_and_only_its_first_line_counts() {
