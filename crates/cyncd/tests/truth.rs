@@ -564,27 +564,43 @@ async fn random_run(
                 *tally.outcomes.entry(outcome).or_default() += 1;
             }
             "mqtt" => {
-                // Home Assistant's way: a power switch, which the device applies.
-                let d = site.fleet.devices()[rng.usize(0..DEVICES.len())].clone();
-                if DeviceType::of(Some(d.type_code)).outlets > 1 {
-                    continue;
-                }
-                let applied =
-                    d.applied_commands.len() + usize::try_from(d.applied_dropped).unwrap();
-                let topic = format!("{}/default_{}/set", site.base, d.id);
+                // Home Assistant's way: a device's power switch, or the whole home's light.
+                let count = |fleet: &Fleet| -> usize {
+                    fleet
+                        .devices()
+                        .iter()
+                        .map(|d| {
+                            d.applied_commands.len() + usize::try_from(d.applied_dropped).unwrap()
+                        })
+                        .sum()
+                };
+                let applied = count(&site.fleet);
+                let (topic, payload) = if rng.bool() {
+                    let d = site.fleet.devices()[rng.usize(0..DEVICES.len())].clone();
+                    if DeviceType::of(Some(d.type_code)).outlets > 1 {
+                        continue;
+                    }
+                    (
+                        format!("{}/default_{}/set", site.base, d.id),
+                        on_off(!d.on).to_string(),
+                    )
+                } else {
+                    let payload = match rng.u8(0..3) {
+                        0 => "OFF".to_string(),
+                        1 => "ON".to_string(),
+                        _ => json!({"state": "ON", "brightness": rng.u8(1..=100)}).to_string(),
+                    };
+                    (format!("{}/default_group_{ALL}/set", site.base), payload)
+                };
                 site.recorder
                     .client
-                    .publish(topic, QoS::AtLeastOnce, false, on_off(!d.on))
+                    .publish(topic, QoS::AtLeastOnce, false, payload)
                     .await
                     .unwrap();
                 let deadline = Instant::now() + Duration::from_secs(10);
                 loop {
-                    let now = site.fleet.device("home", d.id).unwrap();
                     let sizes = site.server().ctx.commands.sizes();
-                    if now.applied_commands.len() + usize::try_from(now.applied_dropped).unwrap()
-                        > applied
-                        && sizes.active == 0
-                    {
+                    if count(&site.fleet) > applied && sizes.active == 0 {
                         break;
                     }
                     if Instant::now() > deadline {

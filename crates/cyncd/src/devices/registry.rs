@@ -24,7 +24,8 @@
 //!
 //! A device is marked offline only after [`OFFLINE_AFTER`] consecutive offline reports. The
 //! factory effect a device runs is known only from the command that started it (a report says
-//! "an effect"); it is forgotten when a report shows another mode.
+//! "an effect"; after an unknown outcome, the effect asked for is what such a report means); it
+//! is forgotten when a report shows another mode.
 //!
 //! Reachable: a device is reachable through a connected bridge once that connection gave news
 //! of it (a report of the device from any bridge, its mesh-info page included, after the
@@ -974,12 +975,12 @@ impl Registry {
         Ok(())
     }
 
-    /// The effects lights run, as `home:mesh_id` → name (for [`super::effects`]).
+    /// The effects lights run (or were last told to run, when that command's outcome is not
+    /// known), as `home:mesh_id` → name (for [`super::effects`]).
     pub fn effects(&self) -> BTreeMap<String, &'static str> {
         self.lock()
             .devices
             .iter()
-            .filter(|(_, d)| d.status.mode() == ColorMode::Effect)
             .filter_map(|((home, mesh), d)| Some((format!("{home}:{mesh}"), d.effect?.name())))
             .collect()
     }
@@ -1072,6 +1073,12 @@ impl Registry {
                 Settled::Unknown => {
                     if let Some(p) = d.pending.get_mut(i) {
                         p.until = now + COMMAND_HOLD;
+                        // Likely carried out: the effect a report of "an effect" will mean,
+                        // even one that comes after a restart.
+                        if let Action::Effect(e) = p.action {
+                            d.effect = Some(e);
+                            changed = true;
+                        }
                     }
                 }
                 Settled::Applied => {
