@@ -1216,6 +1216,48 @@ pub fn satisfies_outlet(action: &Action, outlet: u8, s: &DeviceStatus) -> bool {
     }
 }
 
+/// The status a device shows once it carried out `action` from status `s`, as it then reports
+/// it: power sets the state (a multi-outlet plug, `outlets` > 1, switches every outlet: the
+/// brightness byte is the outlet mask, PROTOCOL.md §8); brightness and fan speed set the
+/// brightness byte and switch on (off at 0); a white sets the temperature byte, a colour sets
+/// it to 254 with the colour, an effect sets it to 129. `outlet` (1–8) switches that outlet's
+/// bit of the mask only. A switch-mode command changes no status.
+pub fn after(action: &Action, outlet: Option<u8>, outlets: u8, s: &DeviceStatus) -> DeviceStatus {
+    let mut next = *s;
+    match (*action, outlet) {
+        (Action::Power(on), Some(n)) => {
+            let mask = if s.on { s.brightness } else { 0 };
+            if let Some(mask) = crate::catalog::outlet_mask(mask, n, on) {
+                next.brightness = mask;
+                next.on = mask != 0;
+            }
+        }
+        (_, Some(_)) => {}
+        (Action::Power(on), None) => {
+            next.on = on;
+            if outlets > 1 {
+                next.brightness = if on {
+                    u8::try_from((1u16 << outlets.min(8)) - 1).unwrap_or(u8::MAX)
+                } else {
+                    0
+                };
+            }
+        }
+        (Action::Brightness(b) | Action::FanSpeed(b), None) => {
+            next.brightness = b;
+            next.on = b > 0;
+        }
+        (Action::ColorTemp(t), None) => next.temperature = t,
+        (Action::Rgb(rgb), None) => {
+            next.temperature = 254;
+            next.rgb = rgb;
+        }
+        (Action::Effect(_), None) => next.temperature = 129,
+        (Action::SwitchMode(_), None) => {}
+    }
+    next
+}
+
 /// Groups the outputs of one call by kind, for tests.
 pub fn drain(
     d: &mut Dispatcher,
@@ -1268,6 +1310,48 @@ mod tests {
             temperature: 20,
             rgb: [0; 3],
         }
+    }
+
+    #[test]
+    fn the_status_after_an_action_shows_it() {
+        use crate::command::Effect;
+        let off = DeviceStatus {
+            on: false,
+            ..status(7, false, 40)
+        };
+        for action in [
+            Action::Power(true),
+            Action::Power(false),
+            Action::Brightness(30),
+            Action::Brightness(0),
+            Action::FanSpeed(75),
+            Action::ColorTemp(80),
+            Action::Rgb([1, 2, 3]),
+            Action::Effect(Effect::Rainbow),
+        ] {
+            let next = after(&action, None, 0, &off);
+            assert!(satisfies(&action, &next), "{action:?}: {next:?}");
+        }
+        assert!(after(&Action::Brightness(30), None, 0, &off).on);
+        // A two-outlet plug: power is every outlet; an outlet is its bit.
+        let plug = after(&Action::Power(true), None, 2, &off);
+        assert_eq!((plug.on, plug.brightness), (true, 0b11));
+        let right_off = after(&Action::Power(false), Some(2), 2, &plug);
+        assert_eq!((right_off.on, right_off.brightness), (true, 0b01));
+        assert!(satisfies_outlet(&Action::Power(false), 2, &right_off));
+        let left_off = after(&Action::Power(false), Some(1), 2, &right_off);
+        assert_eq!((left_off.on, left_off.brightness), (false, 0));
+        // From off, an outlet turns on alone (the stale mask of an off plug does not count).
+        let one = after(
+            &Action::Power(true),
+            Some(1),
+            2,
+            &DeviceStatus {
+                brightness: 3,
+                ..off
+            },
+        );
+        assert_eq!((one.on, one.brightness), (true, 0b01));
     }
 
     #[test]

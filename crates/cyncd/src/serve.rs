@@ -568,6 +568,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         captures,
     });
     tracker.spawn(crate::devices::auth::save_pins(auth, cancel.clone()));
+    // Ends the registry's holds and fresh waits when they are due.
+    tracker.spawn(ctx.registry.clone().run_timers(cancel.clone()));
+    crate::devices::effects::load(&ctx.config.state_dir, &ctx.registry);
+    tracker.spawn(crate::devices::effects::keep(
+        ctx.registry.clone(),
+        ctx.config.state_dir.clone(),
+        cancel.clone(),
+    ));
     tracker.spawn(crate::commands::canary::evaluate_slos(
         ctx.clone(),
         cancel.clone(),

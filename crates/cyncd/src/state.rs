@@ -2,7 +2,7 @@
 //!
 //! Everything cyncd keeps across restarts lives in one directory (`state_dir`): the TLS
 //! certificate and key, the device auth pins (`device-auth.json`), the routing and rollback
-//! latch (`routing.json`) and the MQTT entities. Each file is written whole through a
+//! latch (`routing.json`), the MQTT entities and the effects lights run (`effects.json`). Each file is written whole through a
 //! temporary file and a rename ([`write_atomic`]), so a crash leaves the old content or all of
 //! the new, never half; the directory is created with mode 0700. Reads are bounded
 //! ([`read_bounded`]): a state file is never trusted to be small.

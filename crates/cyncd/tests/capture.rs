@@ -427,8 +427,11 @@ async fn device_states(server: &cyncd::serve::Running) -> BTreeMap<String, Value
         .unwrap_or_else(|| panic!("{body}"));
     list.into_iter()
         .map(|mut d| {
-            d.as_object_mut().unwrap().remove("last_seen");
-            d.as_object_mut().unwrap().remove("last_command");
+            // When it was seen, and the last command this server sent it, are not in a
+            // capture.
+            let d_obj = d.as_object_mut().unwrap();
+            d_obj.remove("last_seen");
+            d_obj.remove("last_command");
             (d["id"].as_str().unwrap().to_string(), d)
         })
         .collect()

@@ -5,7 +5,7 @@
 use super::Context;
 use super::reliable::Completion;
 use super::transport::CommandTransport;
-use crate::devices::registry::Lookup;
+use crate::devices::registry::{Lookup, Settled};
 use cync_proto::canary::{Route, Transport};
 use cync_proto::catalog::DeviceType;
 use cync_proto::delivery::{CommandId, Request};
@@ -231,9 +231,21 @@ pub async fn submit(ctx: &Context, resolved: &Resolved, steps: Vec<Step>, wait: 
     let mut pending = Vec::new();
     let mut done: Vec<(&'static str, Completion)> = Vec::new();
     let (route, bridges) = transport_for(ctx, &resolved.bridges);
-    let actions: Vec<cync_proto::Action> = steps.iter().map(|(_, a)| *a).collect();
+    // How long a command's expectation may wait for its outcome (as long as the waiter below).
+    let limit =
+        std::time::Duration::from_millis(ctx.config.command_deadline_ms.saturating_mul(2) + 1000);
     for (attribute, action) in steps {
         let id = ctx.commands.new_id();
+        let now = tokio::time::Instant::now();
+        ctx.registry.expect(
+            id,
+            &resolved.home,
+            &members(ctx, resolved, &action),
+            action,
+            resolved.outlet,
+            now,
+            now + limit,
+        );
         let req = Request {
             id,
             home: resolved.home.clone(),
@@ -252,14 +264,16 @@ pub async fn submit(ctx: &Context, resolved: &Resolved, steps: Vec<Step>, wait: 
         let submitted = transport.submit_command(req, route, wait);
         match submitted {
             Ok(rx) => pending.push((attribute, id, rx)),
-            Err(c) => done.push((attribute, c)),
+            Err(c) => {
+                ctx.registry
+                    .settle(id, Settled::NotApplied, tokio::time::Instant::now());
+                done.push((attribute, c));
+            }
         }
     }
     if !wait {
         return Submitted::Accepted(pending.into_iter().map(|(_, id, _)| id).collect());
     }
-    let limit =
-        std::time::Duration::from_millis(ctx.config.command_deadline_ms.saturating_mul(2) + 1000);
     for (attribute, id, rx) in pending {
         let completion = match rx {
             Some(rx) => tokio::time::timeout(limit, rx)
@@ -278,17 +292,43 @@ pub async fn submit(ctx: &Context, resolved: &Resolved, steps: Vec<Step>, wait: 
             }),
         ));
     }
-    record(ctx, resolved, &actions, &done);
+    record(ctx, resolved, &done);
     Submitted::Done(done)
 }
 
+/// The devices a command changes, each with its type's outlet count: the device, or the
+/// members of a group whose type can carry the action out. Brightness and fan speed are one
+/// wire command (the brightness byte), so a group's brightness sets a fan's speed too.
+fn members(ctx: &Context, resolved: &Resolved, action: &cync_proto::Action) -> Vec<(u16, u8)> {
+    let home = &resolved.home;
+    match resolved.target {
+        Target::Device(id) => {
+            // An outlet's target carries the outlet after the device id.
+            let mesh = match resolved.outlet {
+                Some(_) => u16::from(id.to_le_bytes()[0]),
+                None => id,
+            };
+            vec![(mesh, type_of(ctx, home, mesh).outlets)]
+        }
+        Target::Group(gid) => ctx
+            .homes
+            .get()
+            .group_members(home, gid)
+            .iter()
+            .map(|m| (*m, type_of(ctx, home, *m)))
+            .filter(|(_, t)| match action {
+                Action::Brightness(_) | Action::FanSpeed(_) => {
+                    !t.known || t.brightness || t.fan_speeds > 0
+                }
+                _ => t.supports(action),
+            })
+            .map(|(m, t)| (m, t.outlets))
+            .collect(),
+    }
+}
+
 /// Notes a command's end on the devices it was for (the registry shows it with them).
-fn record(
-    ctx: &Context,
-    resolved: &Resolved,
-    actions: &[cync_proto::Action],
-    done: &[(&'static str, Completion)],
-) {
+fn record(ctx: &Context, resolved: &Resolved, done: &[(&'static str, Completion)]) {
     let Some(first) = done.first() else {
         return;
     };
@@ -312,8 +352,7 @@ fn record(
         attributes: done.iter().map(|(a, _)| *a).collect(),
         group,
     };
-    ctx.registry
-        .commanded(&resolved.home, &members, &last, actions);
+    ctx.registry.commanded(&resolved.home, &members, &last);
 }
 
 /// The transport of a command: the one that owns its best bridge's connection (one stack owns

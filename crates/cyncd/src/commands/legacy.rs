@@ -45,7 +45,7 @@ use super::canary::Canary;
 use super::reliable::{Commands, Completion};
 use super::transport::Moving;
 use crate::devices::link::{ConnCommand, ConnEvent};
-use crate::devices::registry::Registry;
+use crate::devices::registry::{Registry, Settled};
 use cync_proto::canary::{CommandSample, Transport};
 use cync_proto::delivery::{CommandId, DeliveryConfig, Dispatcher, Outcome, Output, Request};
 use cync_proto::{ConnId, MsgId, Seq};
@@ -607,6 +607,8 @@ impl Service {
 
     /// Refuses a command at once: too many in flight.
     fn refuse(&mut self, id: CommandId, reply: Option<oneshot::Sender<Completion>>) {
+        self.registry
+            .settle(id, Settled::NotApplied, Instant::now());
         let _ = reply.map(|r| r.send(Completion::refused(id)));
         self.metrics
             .commands
@@ -749,6 +751,12 @@ impl Service {
             }
         }
         let latency = p.submitted.elapsed();
+        // A 0x7B is all legacy hears: the command may or may not have been carried out.
+        let settled = match outcome {
+            "superseded" | "queue_full" => Settled::NotApplied,
+            _ => Settled::Unknown,
+        };
+        self.registry.settle(id, settled, Instant::now());
         self.metrics
             .commands
             .get_or_create(&[("outcome", outcome)])

@@ -27,7 +27,7 @@ use super::canary::Canary;
 use super::legacy::{Legacy, LegacyEvent};
 use super::transport::{Latest, Moving};
 use crate::devices::link::{ConnCommand, ConnEvent};
-use crate::devices::registry::Registry;
+use crate::devices::registry::{Registry, Settled};
 use crate::metrics::Metrics;
 use cync_proto::ConnId;
 use cync_proto::canary::Transport;
@@ -525,8 +525,10 @@ impl Service {
         }
     }
 
-    /// Counts, reports and announces a command's outcome.
+    /// Counts, reports and announces a command's outcome; its devices' state learns it.
     fn complete(&mut self, command: CommandId, outcome: Outcome, attempts: u8, latency: Duration) {
+        self.registry
+            .settle(command, settled(outcome), Instant::now());
         self.metrics
             .commands
             .get_or_create(&[("outcome", outcome.name())])
@@ -579,6 +581,20 @@ impl Service {
             detail,
         };
         push_trace(&self.traces, command, record);
+    }
+}
+
+/// What an outcome says about the state of the command's devices: `applied` is the device's
+/// word (an `f9` result, or a report showing it); superseded and refused-at-the-door commands
+/// were never sent; anything else may have been carried out after all (a group's members act
+/// even when the bridge's `f9` result is lost and its bare `0x7B` reads as a refusal).
+pub fn settled(outcome: Outcome) -> Settled {
+    match outcome {
+        Outcome::Applied => Settled::Applied,
+        Outcome::Superseded | Outcome::QueueFull => Settled::NotApplied,
+        Outcome::Rejected | Outcome::NoAck | Outcome::Failed | Outcome::Backpressure => {
+            Settled::Unknown
+        }
     }
 }
 

@@ -3,9 +3,9 @@
 //!
 //! Owns: sockets and TLS towards devices ([`tls`], [`server`]) and towards the upstream cloud
 //! in relay mode ([`relay`]), the sans-IO session of each connection, who a device is
-//! ([`auth`]: auth-code pins), device state and connections ([`registry`]), the messages
-//! exchanged with the command transports ([`link`]), and the captures of each connection's
-//! traffic ([`capture`]).
+//! ([`auth`]: auth-code pins), device state and connections ([`registry`]; the effects lights
+//! run are kept across restarts by [`effects`]), the messages exchanged with the command
+//! transports ([`link`]), and the captures of each connection's traffic ([`capture`]).
 //!
 //! Must not import: `commands`, `frontends`, `cli` or `serve` (the layers above). What a
 //! connection needs from above — the routing decision at a hello, the SLO feed, handing device
@@ -14,6 +14,7 @@
 
 pub mod auth;
 pub mod capture;
+pub mod effects;
 pub mod link;
 pub mod registry;
 pub mod relay;

@@ -4,11 +4,34 @@
 //! each other. Connections are keyed by their connection id; a device that reconnects with the
 //! same id replaces its old session (the old one is cancelled).
 //!
-//! Status convergence: a device's own report (its 0x83 or its index-05 0x43 record) always
-//! applies; a report relayed by another node or read from a mesh-info page applies only when no
-//! own report arrived within [`OWN_REPORT_HOLD`], so a stale relayed copy cannot flip a fresh
-//! state back. A device is marked offline only after [`OFFLINE_AFTER`] consecutive offline
-//! reports.
+//! Status convergence. Reports come as the device's own (its 0x83, or its index-05 0x43
+//! record), as copies relayed by other mesh nodes (other index 0x43 records), and as mesh-info
+//! pages. In the captures (PROTOCOL.md §9.5, capture A) relayed copies of a change trail the
+//! device's own report by up to 1.54 s, a few arrive up to 0.72 s before it, and the one copy
+//! that contradicted a fresh own report came 61 ms after it; after a group command the members
+//! that are nobody's own device are heard of only through relayed copies. So:
+//!
+//! 1. Commands tell the registry what they ask for ([`Registry::expect`]): a report that shows
+//!    what a command still waiting for its outcome asked for is applied whoever sends it.
+//! 2. An `applied` outcome ([`Registry::settle`]) — of a device command or of a group command
+//!    for each member that can carry it out — is the device's own word: its state becomes the
+//!    commanded one at once, and for [`COMMAND_HOLD`] a report that contradicts it (a copy
+//!    older than the command, a report delayed behind a newer one) is not applied but
+//!    remembered; if no report agreed with the command by the end of the hold, the last
+//!    contradicting report applies then (the command was overtaken after all).
+//! 3. Otherwise a device's own report always applies, and a relayed copy or a mesh-info page
+//!    applies unless the device's own report came within [`OWN_REPORT_HOLD`].
+//!
+//! A device is marked offline only after [`OFFLINE_AFTER`] consecutive offline reports. The
+//! factory effect a device runs is known only from the command that started it (a report says
+//! "an effect"; after an unknown outcome, the effect asked for is what such a report means); it
+//! is forgotten when a report shows another mode.
+//!
+//! Reachable: a device is reachable through a connected bridge once that connection gave news
+//! of it (a report of the device from any bridge, its mesh-info page included, after the
+//! bridge connected), or [`FRESH_WAIT`] after the bridge connected without any: a bridge that
+//! reconnects does not make its devices look available with the state from before it left.
+//! The registry's timers ([`Registry::run_timers`]) end holds and these waits.
 //!
 //! The registry sits behind one mutex with short critical sections; it is touched on status
 //! events, hellos and disconnects, never per heartbeat (per-connection counters are atomics).
@@ -30,7 +53,8 @@
 //! kept on its connection and its device ([`Registry::sensors`]).
 //!
 //! Bounds: at most [`MAX_DEVICES`] devices (named ones on top) and `max_connections`
-//! connections; per connection at most [`Limits::per_bridge`] devices spoken for and
+//! connections; [`MAX_EXPECTED`] commands' expectations (and 16 per device), one timer per
+//! device and per recent connection; per connection at most [`Limits::per_bridge`] devices spoken for and
 //! [`cync_proto::session::MAX_MESH_RECORDS`] listed; [`MAX_UNKNOWN_TYPES`] unknown type codes
 //! reported and [`MAX_LEARNED_HOMES`] learned homes remembered.
 
@@ -38,10 +62,10 @@ use super::link::ConnCommand;
 use crate::homes::Homes;
 use cync_proto::canary::{Policy, Route, Transport};
 use cync_proto::catalog::{DeviceType, Kind};
-use cync_proto::delivery::Outcome;
+use cync_proto::delivery::{CommandId, Outcome, after, satisfies, satisfies_outlet};
 use cync_proto::session::Source;
 use cync_proto::thermostat::SensorReport;
-use cync_proto::{ConnId, DeviceStatus};
+use cync_proto::{Action, ColorMode, ConnId, DeviceStatus, Effect};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -53,8 +77,22 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-/// How long a device's own report outranks relayed copies.
-pub const OWN_REPORT_HOLD: Duration = Duration::from_secs(5);
+/// How long a device's own report outranks relayed copies and mesh-info pages that contradict
+/// it: longer than the 1.54 s by which relayed copies trail own reports in the captures.
+pub const OWN_REPORT_HOLD: Duration = Duration::from_secs(2);
+/// How long the state an `applied` command set outranks reports that contradict it.
+pub const COMMAND_HOLD: Duration = Duration::from_secs(2);
+/// How long after a bridge connects its devices are shown reachable through it even without
+/// news of them (its mesh-info answer normally comes about 2 s after the hello).
+pub const FRESH_WAIT: Duration = Duration::from_secs(5);
+/// Commands whose expected state is kept at once; the oldest is forgotten first when full.
+pub const MAX_EXPECTED: usize = 65_536;
+/// Commands waiting for an outcome remembered per device (the per-device command queue's
+/// size); the oldest is forgotten first.
+const MAX_PENDING_PER_DEVICE: usize = 16;
+/// Timers (hold ends and fresh waits) at once; when full, a fresh wait gets no timer (the next
+/// change of the registry shows its end).
+const MAX_TIMERS: usize = 2 * MAX_DEVICES;
 /// Consecutive offline reports before a device is shown offline.
 pub const OFFLINE_AFTER: u8 = 3;
 /// Most devices tracked over all homes.
@@ -150,6 +188,8 @@ struct Shared {
     state: Mutex<State>,
     /// Bumped on every change; receivers never miss one.
     changed: watch::Sender<u64>,
+    /// Told when a timer comes due earlier than the earliest one before.
+    timer_added: tokio::sync::Notify,
     rejected_devices: AtomicU64,
     generation: AtomicU64,
     limits: Limits,
@@ -168,15 +208,212 @@ struct State {
     /// The devices the homes (configuration and homes file) name, by home: always accepted,
     /// never counted against the caps. Replaced when new homes are loaded.
     named: HashMap<String, HashSet<u16>>,
+    /// Commands waiting for their outcome: whose devices expect what (at most
+    /// [`MAX_EXPECTED`]; command ids sort by time, so the first is the oldest).
+    expected: BTreeMap<CommandId, Expectation>,
+    /// When something is due: a hold ends, a connection's fresh wait ends.
+    timers: BTreeSet<(Instant, Timer)>,
+    /// Effects saved before a restart, until the device's first report (at most
+    /// [`MAX_DEVICES`]).
+    remembered: HashMap<(String, u16), Effect>,
     /// What the last command through cyncd did to each device in the table (bounded by it).
     commanded: HashMap<(String, u16), Commanded>,
 }
 
-/// What cyncd's own commands left on a device: the last command's outcome, and the factory
-/// effect it started (the devices report only that an effect runs, not which one).
+/// A command's target devices, until its outcome.
+#[derive(Debug)]
+struct Expectation {
+    home: String,
+    members: Vec<u16>,
+    until: Instant,
+}
+
+/// Something the registry's timer task does when it is due.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    /// A device's command hold ends.
+    Hold(String, u16),
+    /// A connection's wait for news of its devices ends.
+    Fresh(ConnId),
+}
+
+/// What became of a command, for the state of its devices ([`Registry::settle`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// The device (or the group's bridge) said it carried it out.
+    Applied,
+    /// Unknown: it may have been carried out (no answer, or only a bare `0x7B`). Reports that
+    /// show it are still taken as news of it for [`COMMAND_HOLD`].
+    Unknown,
+    /// It was not carried out (superseded, or refused before it was sent).
+    NotApplied,
+}
+
+/// A command sent to a device that has no outcome yet.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    command: CommandId,
+    action: Action,
+    outlet: Option<u8>,
+    /// The device type's outlet count (a multi-outlet plug's power is every outlet).
+    outlets: u8,
+    until: Instant,
+    /// A report showed it.
+    seen: bool,
+}
+
+/// The state commands a device carried out established, while it outranks other reports.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    claim: Claim,
+    until: Instant,
+    /// A report agreed with it.
+    confirmed: bool,
+    /// The last report that contradicted it: applied when the hold ends unconfirmed.
+    disputed: Option<DeviceStatus>,
+}
+
+/// What commands say about a device's state: the status they lead to, and which parts of it
+/// they set.
+#[derive(Debug, Clone, Copy)]
+struct Claim {
+    expected: DeviceStatus,
+    on: bool,
+    level: bool,
+    color: bool,
+}
+
+impl Claim {
+    /// Nothing claimed yet, from the status now.
+    fn from(status: DeviceStatus) -> Self {
+        Self {
+            expected: status,
+            on: false,
+            level: false,
+            color: false,
+        }
+    }
+
+    /// This claim followed by a command.
+    fn then(mut self, p: &Pending) -> Self {
+        self.expected = after(&p.action, p.outlet, p.outlets, &self.expected);
+        match (p.action, p.outlet) {
+            (Action::Power(_), Some(_)) | (Action::Brightness(_) | Action::FanSpeed(_), _) => {
+                self.on = true;
+                self.level = true;
+            }
+            (Action::Power(_), None) => {
+                self.on = true;
+                self.level |= p.outlets > 1;
+            }
+            (Action::ColorTemp(_) | Action::Rgb(_) | Action::Effect(_), _) => self.color = true,
+            (Action::SwitchMode(_), _) => {}
+        }
+        self
+    }
+
+    /// Whether the two claim a part of the state in common.
+    fn overlaps(&self, other: &Self) -> bool {
+        (self.on && other.on) || (self.level && other.level) || (self.color && other.color)
+    }
+
+    /// Whether a report agrees: the power and colour claimed, and while on the level claimed
+    /// (a device that is off keeps its colour but reports whatever level: capture A's 0x83
+    /// says 24 where its 0x43 record says 0).
+    fn agrees(&self, s: &DeviceStatus) -> bool {
+        let e = &self.expected;
+        if self.on && s.on != e.on {
+            return false;
+        }
+        if self.level && s.on && s.brightness != e.brightness {
+            return false;
+        }
+        !self.color
+            || match e.mode() {
+                ColorMode::Rgb => {
+                    s.mode() == ColorMode::Rgb
+                        && (s.rgb == e.rgb || s.rgb == cync_proto::command::nudge_rgb(e.rgb))
+                }
+                mode => s.mode() == mode,
+            }
+    }
+}
+
+/// Whether a report shows what one command asked for.
+fn shows(p: &Pending, s: &DeviceStatus) -> bool {
+    match p.outlet {
+        None => satisfies(&p.action, s),
+        Some(n) => satisfies_outlet(&p.action, n, s),
+    }
+}
+
+/// Whether a report about `d` is applied (see the module documentation): `Some` when it is,
+/// with the effect a command it shows started; `None` when it is not.
+#[allow(clippy::option_option)] // applied or not, and then which effect, if one
+fn judge(d: &mut Device, s: &DeviceStatus, source: Source, now: Instant) -> Option<Option<Effect>> {
+    d.pending.retain(|p| p.until > now);
+    let held = d.held.filter(|h| h.until > now);
+    // The commands waiting for their outcome, in order, on top of what is held: the report
+    // agrees when it shows the held state followed by some of them.
+    let mut claim = held.map_or_else(|| Claim::from(d.status), |h| h.claim);
+    let mut agrees = held.is_some_and(|h| h.claim.agrees(s));
+    let mut shown = 0;
+    let mut effect = None;
+    for (i, p) in d.pending.iter().enumerate() {
+        claim = claim.then(p);
+        if claim.agrees(s) && shows(p, s) {
+            agrees = true;
+            shown = i + 1;
+        }
+    }
+    for p in d.pending.iter_mut().take(shown) {
+        p.seen = true;
+        match p.action {
+            Action::Effect(e) => effect = Some(e),
+            Action::ColorTemp(_) | Action::Rgb(_) => effect = None,
+            _ => {}
+        }
+    }
+    if let Some(h) = d.held.as_mut().filter(|h| h.until > now) {
+        if agrees {
+            h.confirmed = true;
+        } else {
+            h.disputed = Some(*s);
+            return None;
+        }
+    }
+    if agrees || source == Source::Own {
+        return Some(effect);
+    }
+    let fresh_own = d
+        .last_own
+        .is_some_and(|t| now.duration_since(t) < OWN_REPORT_HOLD);
+    (!fresh_own).then_some(None)
+}
+
+/// Applies a report to a device: its online state counts offline reports.
+fn take(d: &mut Device, s: &DeviceStatus) {
+    if s.online {
+        d.offline_reports = 0;
+        d.online = true;
+    } else {
+        d.offline_reports = d.offline_reports.saturating_add(1);
+        if d.offline_reports >= OFFLINE_AFTER {
+            d.online = false;
+        }
+    }
+    d.status = DeviceStatus {
+        online: d.online,
+        ..*s
+    };
+    if s.mode() != ColorMode::Effect {
+        d.effect = None;
+    }
+}
+
+/// What cyncd's own commands left on a device: the last command's outcome.
 #[derive(Debug, Clone, Default)]
 struct Commanded {
-    effect: Option<cync_proto::Effect>,
     last: Option<LastCommand>,
 }
 
@@ -209,6 +446,14 @@ pub struct Device {
     pub online: bool,
     offline_reports: u8,
     last_own: Option<Instant>,
+    /// When the last report of it came (applied or not).
+    heard: Option<Instant>,
+    /// The factory effect it runs, when a command started it.
+    pub effect: Option<Effect>,
+    /// Commands sent to it with no outcome yet, oldest first.
+    pending: Vec<Pending>,
+    /// The state the commands it carried out set, while it outranks other reports.
+    held: Option<Held>,
     /// Wall-clock time of the last report.
     pub last_seen: SystemTime,
     /// Cync device type, when a mesh-info page told it.
@@ -363,6 +608,8 @@ pub struct Connection {
     spoken: BTreeSet<u16>,
     /// The transport that owns its commands (decided at its hello).
     pub route: Route,
+    /// When it registered: its devices are reachable through it once news of them came since.
+    connected_at: Instant,
     generation: u64,
     cancel: CancellationToken,
     writer: Option<mpsc::Sender<ConnCommand>>,
@@ -412,7 +659,8 @@ pub struct DeviceView {
     pub rgb: Option<[u8; 3]>,
     /// Bridges that report it.
     pub bridges: Vec<String>,
-    /// Whether one of those bridges is connected now.
+    /// Whether one of those bridges is connected and gave news of it since it connected (or
+    /// connected [`FRESH_WAIT`] ago).
     pub reachable: bool,
     /// RFC 3339 time of the last report; null when no bridge has reported it yet.
     pub last_seen: Option<String>,
@@ -421,7 +669,7 @@ pub struct DeviceView {
     /// Firmware, when known (its bridge's report, else the account's).
     pub firmware: Option<String>,
     /// The factory effect running, when the device reports one and cyncd started it (null
-    /// otherwise, also for an effect started elsewhere).
+    /// otherwise, also for an effect started elsewhere; kept across restarts).
     pub effect: Option<&'static str>,
     /// The last command cyncd sent it (directly or to a group it is in), null before one.
     pub last_command: Option<LastCommand>,
@@ -569,6 +817,7 @@ impl Registry {
             inner: Arc::new(Shared {
                 state: Mutex::new(state),
                 changed: watch::Sender::new(0),
+                timer_added: tokio::sync::Notify::new(),
                 rejected_devices: AtomicU64::new(0),
                 generation: AtomicU64::new(0),
                 limits,
@@ -612,8 +861,10 @@ impl Registry {
         route: Route,
     ) -> Registration {
         let generation = self.inner.generation.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
         let entry = Connection {
             route,
+            connected_at: now,
             peer,
             home: home.to_string(),
             since: SystemTime::now(),
@@ -627,9 +878,15 @@ impl Registry {
             cancel,
             writer,
         };
-        if let Some(old) = self.lock().connections.insert(conn, entry) {
+        let mut state = self.lock();
+        if let Some(old) = state.connections.insert(conn, entry) {
             old.cancel.cancel();
         }
+        // Its devices become reachable through it by news of them, or when the wait ends.
+        if state.timers.len() < MAX_TIMERS {
+            self.add_timer(&mut state, now + FRESH_WAIT, Timer::Fresh(conn));
+        }
+        drop(state);
         self.notify();
         Registration {
             registry: self.clone(),
@@ -709,6 +966,10 @@ impl Registry {
                     online: status.online,
                     offline_reports: 0,
                     last_own: None,
+                    heard: None,
+                    effect: None,
+                    pending: Vec::new(),
+                    held: None,
                     last_seen: SystemTime::now(),
                     device_type: None,
                     firmware: None,
@@ -722,29 +983,239 @@ impl Registry {
             device.bridges.insert(conn);
         }
         device.last_seen = SystemTime::now();
-        let fresh_own = device
-            .last_own
-            .is_some_and(|t| now.duration_since(t) < OWN_REPORT_HOLD);
-        if source != Source::Own && fresh_own {
+        device.heard = Some(now);
+        let Some(started) = judge(device, &status, source, now) else {
             return Ok(());
-        }
+        };
         if source == Source::Own {
             device.last_own = Some(now);
         }
-        if status.online {
-            device.offline_reports = 0;
-            device.online = true;
-        } else {
-            device.offline_reports = device.offline_reports.saturating_add(1);
-            if device.offline_reports >= OFFLINE_AFTER {
-                device.online = false;
+        take(device, &status);
+        if let Some(effect) = started {
+            device.effect = Some(effect);
+        }
+        if !state.remembered.is_empty() {
+            // Saved before a restart: the effect it still runs.
+            let saved = state.remembered.remove(&(home.to_string(), mesh));
+            if device.effect.is_none() && status.mode() == ColorMode::Effect {
+                device.effect = saved;
             }
         }
-        device.status = DeviceStatus {
-            online: device.online,
-            ..status
-        };
         Ok(())
+    }
+
+    /// The effects lights run (or were last told to run, when that command's outcome is not
+    /// known), as `home:mesh_id` → name (for [`super::effects`]).
+    pub fn effects(&self) -> BTreeMap<String, &'static str> {
+        self.lock()
+            .devices
+            .iter()
+            .filter_map(|((home, mesh), d)| Some((format!("{home}:{mesh}"), d.effect?.name())))
+            .collect()
+    }
+
+    /// Effects saved before a restart: a device whose first report shows an effect runs this
+    /// one.
+    pub fn remember_effects(&self, effects: HashMap<(String, u16), Effect>) {
+        self.lock().remembered = effects;
+    }
+
+    /// Notes what a command asks of its devices (`members`, each with its type's outlet count:
+    /// the device, or the members of a group that can carry it out), before it is sent; its
+    /// outcome is given to [`Registry::settle`]. Devices no bridge reported yet are left out.
+    #[allow(clippy::too_many_arguments)] // one call site; each is a distinct part of the command
+    pub fn expect(
+        &self,
+        command: CommandId,
+        home: &str,
+        members: &[(u16, u8)],
+        action: Action,
+        outlet: Option<u8>,
+        now: Instant,
+        until: Instant,
+    ) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        // The oldest first: those past their time, then any over the bound.
+        loop {
+            let full = state.expected.len() >= MAX_EXPECTED;
+            match state.expected.first_key_value() {
+                Some((id, e)) if full || e.until <= now => {
+                    let id = *id;
+                    state.expected.remove(&id);
+                }
+                _ => break,
+            }
+        }
+        let mut kept = Vec::new();
+        for (mesh, outlets) in members {
+            let Some(d) = state.devices.get_mut(&(home.to_string(), *mesh)) else {
+                continue;
+            };
+            d.pending.retain(|p| p.until > now);
+            if d.pending.len() >= MAX_PENDING_PER_DEVICE {
+                d.pending.remove(0);
+            }
+            d.pending.push(Pending {
+                command,
+                action,
+                outlet,
+                outlets: *outlets,
+                until,
+                seen: false,
+            });
+            kept.push(*mesh);
+        }
+        if !kept.is_empty() {
+            state.expected.insert(
+                command,
+                Expectation {
+                    home: home.to_string(),
+                    members: kept,
+                    until,
+                },
+            );
+        }
+    }
+
+    /// A command's outcome, for the state of its devices (see the module documentation).
+    pub fn settle(&self, command: CommandId, settled: Settled, now: Instant) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let Some(expectation) = state.expected.remove(&command) else {
+            return;
+        };
+        let mut changed = false;
+        let mut holds = Vec::new();
+        for mesh in expectation.members {
+            let key = (expectation.home.clone(), mesh);
+            let Some(d) = state.devices.get_mut(&key) else {
+                continue;
+            };
+            let Some(i) = d.pending.iter().position(|p| p.command == command) else {
+                continue;
+            };
+            match settled {
+                Settled::NotApplied => {
+                    d.pending.remove(i);
+                }
+                Settled::Unknown => {
+                    if let Some(p) = d.pending.get_mut(i) {
+                        p.until = now + COMMAND_HOLD;
+                        // Likely carried out: the effect a report of "an effect" will mean,
+                        // even one that comes after a restart.
+                        if let Action::Effect(e) = p.action {
+                            d.effect = Some(e);
+                            changed = true;
+                        }
+                    }
+                }
+                Settled::Applied => {
+                    let p = d.pending.remove(i);
+                    // Older commands for the same parts of the state, still without an
+                    // outcome or with an unknown one, are overtaken: a report cannot tell one
+                    // effect (or an old value) from the other, so they no longer count.
+                    let parts = Claim::from(d.status).then(&p);
+                    d.pending.retain(|q| {
+                        q.command > command || !parts.overlaps(&Claim::from(d.status).then(q))
+                    });
+                    let base = d
+                        .held
+                        .filter(|h| h.until > now)
+                        .map_or_else(|| Claim::from(d.status), |h| h.claim);
+                    d.status = after(&p.action, p.outlet, p.outlets, &d.status);
+                    d.effect = match p.action {
+                        Action::Effect(e) => Some(e),
+                        Action::ColorTemp(_) | Action::Rgb(_) => None,
+                        _ => d.effect,
+                    };
+                    let old = d.held.replace(Held {
+                        claim: base.then(&p),
+                        until: now + COMMAND_HOLD,
+                        confirmed: p.seen,
+                        disputed: None,
+                    });
+                    holds.push((old.map(|h| h.until), key));
+                    changed = true;
+                }
+            }
+        }
+        for (old, (home, mesh)) in holds {
+            if let Some(old) = old {
+                state.timers.remove(&(old, Timer::Hold(home.clone(), mesh)));
+            }
+            self.add_timer(state, now + COMMAND_HOLD, Timer::Hold(home, mesh));
+        }
+        drop(guard);
+        if changed {
+            self.notify();
+        }
+    }
+
+    fn add_timer(&self, state: &mut State, at: Instant, timer: Timer) {
+        let earliest = state.timers.first().is_none_or(|(t, _)| at < *t);
+        state.timers.insert((at, timer));
+        if earliest {
+            self.inner.timer_added.notify_one();
+        }
+    }
+
+    /// Carries out the timers due at `now`: a hold that no report confirmed gives way to the
+    /// last report that contradicted it; a fresh wait that ended changes what is reachable.
+    pub fn tick(&self, now: Instant) {
+        let mut state = self.lock();
+        let mut changed = false;
+        while let Some((at, _)) = state.timers.first() {
+            if *at > now {
+                break;
+            }
+            let Some((_, timer)) = state.timers.pop_first() else {
+                break;
+            };
+            match timer {
+                Timer::Fresh(_) => changed = true,
+                Timer::Hold(home, mesh) => {
+                    let Some(d) = state.devices.get_mut(&(home, mesh)) else {
+                        continue;
+                    };
+                    let Some(held) = d.held.filter(|h| h.until <= now) else {
+                        continue;
+                    };
+                    d.held = None;
+                    if let (false, Some(report)) = (held.confirmed, held.disputed) {
+                        take(d, &report);
+                        changed = true;
+                    }
+                }
+            }
+        }
+        drop(state);
+        if changed {
+            self.notify();
+        }
+    }
+
+    /// When the next timer is due.
+    pub fn next_timer(&self) -> Option<Instant> {
+        self.lock().timers.first().map(|(at, _)| *at)
+    }
+
+    /// Runs the registry's timers until `cancel` fires (one task per registry).
+    pub async fn run_timers(self, cancel: CancellationToken) {
+        loop {
+            let next = self.next_timer();
+            let due = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = self.inner.timer_added.notified() => {}
+                () = due => self.tick(Instant::now()),
+            }
+        }
     }
 
     /// Whether a device is one to show people and Home Assistant: the configuration names it,
@@ -1249,6 +1720,10 @@ impl Registry {
                 online: true,
                 offline_reports: 0,
                 last_own: None,
+                heard: None,
+                effect: None,
+                pending: Vec::new(),
+                held: None,
                 last_seen: SystemTime::now(),
                 device_type: None,
                 firmware: None,
@@ -1289,15 +1764,9 @@ impl Registry {
     }
 
     /// Records a command's end on the devices it was for (`members`: the device, or a group's
-    /// members): its outcome, and when applied, the effect it started or the colour that
-    /// ended one. Devices not in the table are skipped.
-    pub fn commanded(
-        &self,
-        home: &str,
-        members: &[u16],
-        last: &LastCommand,
-        actions: &[cync_proto::Action],
-    ) {
+    /// members): its outcome. Devices not in the table are skipped. (Its effect on their
+    /// state is [`Registry::settle`]'s.)
+    pub fn commanded(&self, home: &str, members: &[u16], last: &LastCommand) {
         let mut state = self.lock();
         let State {
             devices, commanded, ..
@@ -1307,19 +1776,7 @@ impl Registry {
             if !devices.contains_key(&key) {
                 continue;
             }
-            let entry = commanded.entry(key).or_default();
-            entry.last = Some(last.clone());
-            if last.outcome == "applied" {
-                for a in actions {
-                    match a {
-                        cync_proto::Action::Effect(e) => entry.effect = Some(*e),
-                        cync_proto::Action::ColorTemp(_) | cync_proto::Action::Rgb(_) => {
-                            entry.effect = None;
-                        }
-                        _ => {}
-                    }
-                }
-            }
+            commanded.entry(key).or_default().last = Some(last.clone());
         }
         drop(state);
         self.notify();
@@ -1432,21 +1889,28 @@ fn view(homes: &Homes, state: &State, home: &str, id: u16, d: &Device) -> Device
         color_temp: color_temp.filter(|_| device_type.color_temp || !device_type.known),
         rgb: rgb.filter(|_| device_type.rgb || !device_type.known),
         bridges: d.bridges.iter().map(ConnId::to_string).collect(),
-        reachable: d.bridges.iter().any(|b| state.connections.contains_key(b)),
+        reachable: reachable(state, d, Instant::now()),
         last_seen: Some(rfc3339(d.last_seen)),
         mac: named.and_then(|c| c.mac.clone()),
         firmware: firmware
             .or_else(|| d.firmware.clone())
             .or_else(|| named.and_then(|c| c.firmware.clone())),
-        effect: (s.mode() == cync_proto::ColorMode::Effect)
-            .then(|| {
-                commanded
-                    .and_then(|c| c.effect)
-                    .map(cync_proto::Effect::name)
-            })
-            .flatten(),
+        effect: d
+            .effect
+            .filter(|_| s.mode() == cync_proto::ColorMode::Effect)
+            .map(Effect::name),
         last_command: commanded.and_then(|c| c.last.clone()),
     }
+}
+
+/// Whether a connected bridge vouches for a device's state: it gave news of the device since it
+/// connected, or it connected [`FRESH_WAIT`] ago.
+fn reachable(state: &State, d: &Device, now: Instant) -> bool {
+    d.bridges.iter().any(|b| {
+        state.connections.get(b).is_some_and(|c| {
+            d.heard.is_some_and(|h| h >= c.connected_at) || now >= c.connected_at + FRESH_WAIT
+        })
+    })
 }
 
 /// Whether a device of this type has a brightness to show: a known type only when it dims; an
@@ -1547,6 +2011,269 @@ mod tests {
         )
         .unwrap();
         assert!(!r.device(&config, "7").unwrap().on);
+    }
+
+    fn on_off(id: u16, on: bool) -> DeviceStatus {
+        status(id, on, 80, true)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_group_command_reaches_members_heard_of_only_through_relayed_copies() {
+        let r = Registry::new();
+        let _a = connect(&r, A, "h");
+        let _b = connect(&r, B, "h");
+        let homes = Homes::default();
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        // Both devices just reported their own state (on).
+        for id in [7, 8] {
+            r.apply("h", B, on_off(id, true), Source::Own, t0).unwrap();
+        }
+        // A group command switches them off through bridge A.
+        let group = CommandId(1);
+        r.expect(
+            group,
+            "h",
+            &[(7, 0), (8, 0)],
+            Action::Power(false),
+            None,
+            t0,
+            t0 + ms(11_000),
+        );
+        // B relays 7's new state: it shows what the command asked, so it applies at once.
+        r.apply("h", B, on_off(7, false), Source::Relayed, t0 + ms(300))
+            .unwrap();
+        assert!(!r.device(&homes, "h:7").unwrap().on);
+        // The outcome sets 8, whose copy has not come.
+        r.settle(group, Settled::Applied, t0 + ms(310));
+        assert!(!r.device(&homes, "h:8").unwrap().on);
+        // A copy from before the command does not flip them back …
+        r.apply("h", B, on_off(8, true), Source::Relayed, t0 + ms(400))
+            .unwrap();
+        r.apply("h", B, on_off(7, true), Source::Own, t0 + ms(400))
+            .unwrap();
+        assert!(!r.device(&homes, "h:8").unwrap().on);
+        assert!(!r.device(&homes, "h:7").unwrap().on);
+        // … and once the hold ends, the device that confirmed the command stays as it said;
+        // the one no report confirmed takes the report that contradicted it.
+        r.tick(t0 + ms(310) + COMMAND_HOLD);
+        assert!(
+            !r.device(&homes, "h:7").unwrap().on,
+            "confirmed by its relayed copy"
+        );
+        assert!(
+            r.device(&homes, "h:8").unwrap().on,
+            "contradicted, never confirmed"
+        );
+        // Later news applies as usual.
+        r.apply("h", B, on_off(7, true), Source::Relayed, t0 + ms(5000))
+            .unwrap();
+        assert!(r.device(&homes, "h:7").unwrap().on);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn outcomes_other_than_applied_change_nothing_and_a_refusal_forgets_the_command() {
+        let r = Registry::new();
+        let _b = connect(&r, B, "h");
+        let homes = Homes::default();
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        r.apply("h", B, on_off(7, true), Source::Own, t0).unwrap();
+        let refused = CommandId(1);
+        r.expect(
+            refused,
+            "h",
+            &[(7, 0)],
+            Action::Power(false),
+            None,
+            t0,
+            t0 + ms(11_000),
+        );
+        r.settle(refused, Settled::NotApplied, t0 + ms(10));
+        assert!(r.device(&homes, "h:7").unwrap().on);
+        // Not its command any more: a relayed "off" within the own hold is not taken.
+        r.apply("h", B, on_off(7, false), Source::Relayed, t0 + ms(100))
+            .unwrap();
+        assert!(r.device(&homes, "h:7").unwrap().on);
+        // An unknown outcome (no answer) keeps taking reports that show it, for a while.
+        let silent = CommandId(2);
+        r.expect(
+            silent,
+            "h",
+            &[(7, 0)],
+            Action::Power(false),
+            None,
+            t0,
+            t0 + ms(11_000),
+        );
+        r.settle(silent, Settled::Unknown, t0 + ms(200));
+        assert!(r.device(&homes, "h:7").unwrap().on);
+        r.apply("h", B, on_off(7, false), Source::Relayed, t0 + ms(300))
+            .unwrap();
+        assert!(!r.device(&homes, "h:7").unwrap().on);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_report_delayed_behind_a_newer_command_does_not_undo_it() {
+        let r = Registry::new();
+        let _b = connect(&r, B, "h");
+        let homes = Homes::default();
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        r.apply("h", B, status(7, true, 50, true), Source::Own, t0)
+            .unwrap();
+        for (n, level) in [(1, 30), (2, 60)] {
+            let id = CommandId(n);
+            r.expect(
+                id,
+                "h",
+                &[(7, 0)],
+                Action::Brightness(level),
+                None,
+                t0,
+                t0 + ms(11_000),
+            );
+            r.settle(id, Settled::Applied, t0 + ms(n * 10));
+        }
+        // Command 2's report, then command 1's, late.
+        r.apply("h", B, status(7, true, 60, true), Source::Own, t0 + ms(30))
+            .unwrap();
+        r.apply("h", B, status(7, true, 30, true), Source::Own, t0 + ms(150))
+            .unwrap();
+        assert_eq!(r.device(&homes, "h:7").unwrap().brightness, Some(60));
+        r.tick(t0 + ms(30) + COMMAND_HOLD);
+        assert_eq!(r.device(&homes, "h:7").unwrap().brightness, Some(60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_effect_is_known_from_its_command_until_another_mode_shows() {
+        let r = Registry::new();
+        let _b = connect(&r, B, "h");
+        let homes = Homes::default();
+        let t0 = Instant::now();
+        r.apply("h", B, status(2, true, 50, true), Source::Own, t0)
+            .unwrap();
+        let id = CommandId(1);
+        let until = t0 + Duration::from_secs(11);
+        r.expect(
+            id,
+            "h",
+            &[(2, 0)],
+            Action::Effect(Effect::Rainbow),
+            None,
+            t0,
+            until,
+        );
+        let mut running = status(2, true, 50, true);
+        running.temperature = 129;
+        r.apply("h", B, running, Source::Own, t0).unwrap();
+        let view = r.device(&homes, "h:2").unwrap();
+        assert_eq!((view.effect, view.color_temp), (Some("rainbow"), None));
+        r.settle(id, Settled::Applied, t0);
+        assert_eq!(r.device(&homes, "h:2").unwrap().effect, Some("rainbow"));
+        // Much later the light reports white: the effect is over.
+        r.apply("h", B, status(2, true, 50, true), Source::Own, until)
+            .unwrap();
+        assert_eq!(r.device(&homes, "h:2").unwrap().effect, None);
+        // A group's effect with no known outcome, then the light's own newer one applied: a
+        // report of "an effect" is the newer one's.
+        let t1 = until + Duration::from_secs(5);
+        let (group, own) = (CommandId(2), CommandId(3));
+        r.expect(
+            group,
+            "h",
+            &[(2, 0)],
+            Action::Effect(Effect::Vegas),
+            None,
+            t1,
+            t1 + Duration::from_secs(11),
+        );
+        r.settle(group, Settled::Unknown, t1);
+        r.expect(
+            own,
+            "h",
+            &[(2, 0)],
+            Action::Effect(Effect::Candle),
+            None,
+            t1,
+            t1 + Duration::from_secs(11),
+        );
+        r.settle(own, Settled::Applied, t1);
+        r.apply("h", B, running, Source::Relayed, t1).unwrap();
+        assert_eq!(r.device(&homes, "h:2").unwrap().effect, Some("candle"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_saved_effect_names_the_effect_a_light_still_runs_after_a_restart() {
+        let r = Registry::new();
+        let _b = connect(&r, B, "h");
+        let homes = Homes::default();
+        r.remember_effects(HashMap::from([
+            (("h".to_string(), 2), Effect::Aurora),
+            (("h".to_string(), 3), Effect::Candle),
+        ]));
+        let mut running = status(2, true, 50, true);
+        running.temperature = 129;
+        r.apply("h", B, running, Source::MeshInfo, Instant::now())
+            .unwrap();
+        // Light 3 stopped its effect while cyncd was away.
+        r.apply(
+            "h",
+            B,
+            status(3, true, 50, true),
+            Source::MeshInfo,
+            Instant::now(),
+        )
+        .unwrap();
+        assert_eq!(r.device(&homes, "h:2").unwrap().effect, Some("aurora"));
+        assert_eq!(r.device(&homes, "h:3").unwrap().effect, None);
+        assert_eq!(r.effects(), BTreeMap::from([("h:2".to_string(), "aurora")]));
+        // A saved name is used once: a later effect nobody named here stays unnamed.
+        let mut later = status(3, true, 50, true);
+        later.temperature = 129;
+        r.apply("h", B, later, Source::Own, Instant::now()).unwrap();
+        assert_eq!(r.device(&homes, "h:3").unwrap().effect, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reconnected_bridge_vouches_for_its_devices_once_it_gave_news_of_them() {
+        let r = Registry::new();
+        let homes = Homes::default();
+        let first = connect(&r, A, "h");
+        r.apply("h", A, on_off(5, true), Source::Own, Instant::now())
+            .unwrap();
+        assert!(r.device(&homes, "h:5").unwrap().reachable);
+        drop(first);
+        assert!(!r.device(&homes, "h:5").unwrap().reachable);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        // Back, but no news yet: the old state is not shown as current.
+        let _again = connect(&r, A, "h");
+        assert!(!r.device(&homes, "h:5").unwrap().reachable);
+        // Its mesh-info page tells the state now.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        r.apply("h", A, on_off(5, false), Source::MeshInfo, Instant::now())
+            .unwrap();
+        let view = r.device(&homes, "h:5").unwrap();
+        assert!(view.reachable && !view.on);
+        // A bridge that never says anything about a device vouches for it after the wait,
+        // and the timer tells the watchers.
+        let b = connect(&r, B, "h");
+        r.apply("h", B, on_off(6, true), Source::Own, Instant::now())
+            .unwrap();
+        drop(b);
+        tokio::time::advance(Duration::from_millis(10)).await;
+        let _b = connect(&r, B, "h");
+        assert!(!r.device(&homes, "h:6").unwrap().reachable);
+        let mut watch = r.watch();
+        watch.mark_unchanged();
+        let timers = tokio::spawn(r.clone().run_timers(CancellationToken::new()));
+        tokio::time::advance(FRESH_WAIT).await;
+        tokio::time::timeout(Duration::from_secs(1), watch.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(r.device(&homes, "h:6").unwrap().reachable);
+        timers.abort();
     }
 
     #[tokio::test(start_paused = true)]

@@ -6,7 +6,7 @@
 //! | `GET /` | the web page ([`super::web`]; also `/app.js`, `/style.css`, `/favicon.svg`) |
 //! | `GET /healthz` | `ok` |
 //! | `GET /metrics` | Prometheus text |
-//! | `GET /api/devices` | `[{id, home, mesh_id, name, room, type, kind, model, sku, capabilities, fan_speed, outlets, sensors, online, on, brightness, color_temp, rgb, bridges, reachable, last_seen, mac, firmware}]` |
+//! | `GET /api/devices` | `[{id, home, mesh_id, name, room, type, kind, model, sku, capabilities, fan_speed, outlets, sensors, online, on, brightness, color_temp, rgb, effect, bridges, reachable, last_seen, mac, firmware}]` |
 //! | `GET /api/devices/{id}` | one device; `id` is `home:mesh_id`, or a bare mesh id when one home has it |
 //! | `GET /api/connections` | `[{conn_id, peer, home, since, last_packet, packets_in, packets_out, errors, firmware, mesh, device, name, commands}]`; `device` is the bridge's own device (`home:mesh_id`) and `name` its name, when known; `commands` counts the outcomes of commands sent through that bridge; in relay mode `upstream` is the state of its connection to the cloud |
 //! | `GET /api/events` | Server-Sent Events: `snapshot` then `update` events ([`super::live`]); 503 over the client cap |

@@ -23,10 +23,10 @@
 //!
 //! Commands (`<base>/<entity>/set`) are checked against the device type and submitted with
 //! their outcome awaited; at most [`MAX_COMMANDS_IN_FLIGHT`] at once (more are refused, logged
-//! and counted as `busy`). An applied command's new state is published at once (outcomes that
-//! are ready together in one scan; held over the registry for up to [`OVERLAY_HOLD`] until the
-//! device's own report agrees); any other outcome re-publishes the true state so Home Assistant
-//! does not show what did not happen.
+//! and counted as `busy`). An applied command's new state is in the registry by its outcome
+//! (for a group, every member's that can carry it out: [`crate::devices::registry`]) and
+//! published by the next scan (outcomes that are ready together in one scan); any other outcome
+//! re-publishes the true state so Home Assistant does not show what did not happen.
 //!
 //! Entities are announced for the devices the homes (the configuration over the homes file)
 //! name or a bridge's mesh listing named ([`crate::devices::registry::Registry::listed`]); a report from an id no bridge lists
@@ -45,7 +45,7 @@
 pub mod ha;
 
 use crate::commands::Context;
-use crate::commands::control::{self, Step};
+use crate::commands::control;
 use crate::config::Broker;
 use crate::config::DEFAULT_HOME;
 use crate::devices::registry::DeviceView;
@@ -75,8 +75,6 @@ pub const MAX_COMMANDS_IN_FLIGHT: usize = 64;
 pub const SCAN_INTERVAL: Duration = Duration::from_millis(100);
 /// Scans wait at least this many times as long as the last scan took.
 pub const SCAN_DUTY: u32 = 20;
-/// How long an applied command's state is shown over an older registry state.
-pub const OVERLAY_HOLD: Duration = Duration::from_secs(5);
 /// Most Wi-Fi bridges remembered after they disconnect (oldest forgotten first).
 pub const MAX_BRIDGES_REMEMBERED: usize = 4096;
 /// Requests queued towards rumqttc's event loop.
@@ -339,7 +337,6 @@ pub fn start(
         metrics,
         published: HashMap::new(),
         entities: HashMap::new(),
-        overlays: HashMap::new(),
         bridges_seen: BTreeMap::new(),
         warned: HashSet::new(),
         connected: false,
@@ -465,8 +462,6 @@ struct Bridge {
     published: HashMap<String, u64>,
     /// Object id → what its `/set` commands.
     entities: HashMap<String, Entity>,
-    /// Device object id → applied steps shown over the registry, until the deadline.
-    overlays: HashMap<String, (Vec<Step>, Instant)>,
     bridges_seen: BTreeMap<String, SeenBridge>,
     /// Devices already warned about (unknown type).
     warned: HashSet<String>,
@@ -489,7 +484,6 @@ struct Bridge {
 struct Done {
     object: String,
     entity: Entity,
-    steps: Vec<Step>,
     applied: bool,
 }
 
@@ -702,7 +696,7 @@ impl Bridge {
         let ctx = self.ctx.clone();
         let done = done.clone();
         tokio::spawn(async move {
-            let outcome = control::submit(&ctx, &resolved, steps.clone(), true).await;
+            let outcome = control::submit(&ctx, &resolved, steps, true).await;
             let (applied, summary) = match &outcome {
                 control::Submitted::Done(list) => (
                     !list.is_empty() && list.iter().all(|(_, c)| c.outcome == "applied"),
@@ -722,7 +716,6 @@ impl Bridge {
                 .send(Done {
                     object,
                     entity,
-                    steps,
                     applied,
                 })
                 .await;
@@ -738,46 +731,15 @@ impl Bridge {
             return;
         }
         self.metrics.command("applied");
-        let until = Instant::now() + OVERLAY_HOLD;
-        match done.entity {
-            Entity::Device { .. } | Entity::Outlet { .. } => {
-                self.overlays.insert(done.object, (done.steps, until));
-            }
-            Entity::Group { home, gid } => {
-                let homes = self.ctx.homes.get();
-                for m in homes.group_members(&home, gid) {
-                    self.overlays
-                        .insert(ha::device_object(&home, *m), (done.steps.clone(), until));
-                }
-                self.published.remove(&self.topics.state(&done.object));
-            }
+        if let Entity::Group { .. } = done.entity {
+            self.published.remove(&self.topics.state(&done.object));
         }
     }
 
     /// Publishes an entity's true state again, even when unchanged.
     async fn republish(&mut self, object: &str) {
-        self.overlays.remove(object);
         self.published.remove(&self.topics.state(object));
         self.scan().await;
-    }
-
-    /// An outlet's state to publish: an applied command's while its hold lasts and the plug's
-    /// own report has not caught up, else the report's.
-    fn outlet_shown(&mut self, object: &str, reported: bool) -> bool {
-        let asked = self.overlays.get(object).and_then(|(steps, _)| {
-            steps.iter().rev().find_map(|(_, a)| match a {
-                cync_proto::Action::Power(on) => Some(*on),
-                _ => None,
-            })
-        });
-        match asked {
-            Some(on) if on != reported => on,
-            Some(_) => {
-                self.overlays.remove(object);
-                reported
-            }
-            None => reported,
-        }
     }
 
     fn shape_of(&self, entity: &Entity, resolved: &control::Resolved) -> Shape {
@@ -861,8 +823,6 @@ impl Bridge {
             return;
         }
         self.scanned.clear();
-        let now = Instant::now();
-        self.overlays.retain(|_, (_, until)| *until > now);
         self.refresh_bridges();
         let homes = self.ctx.homes.get();
         let page = self.page.clone();
@@ -908,17 +868,7 @@ impl Bridge {
                 }
             }
             let shape = Shape::of(t);
-            let shown = match self.overlays.get(&object) {
-                Some((steps, _)) => {
-                    let after = ha::applied_view(&view, &t, steps);
-                    if ha::device_state(&after, shape) == ha::device_state(&view, shape) {
-                        // The device's own report caught up: stop overlaying.
-                        self.overlays.remove(&object);
-                    }
-                    after
-                }
-                None => view.clone(),
-            };
+            let shown = view.clone();
             let (home, mesh) = (view.home.clone(), view.mesh_id);
             let links = ha::Links {
                 via: self.via(&view),
@@ -991,7 +941,7 @@ impl Bridge {
                 Shape::Outlets(_) => {
                     for o in view.outlets.iter().flatten() {
                         let outlet = ha::outlet_object(&home, mesh, o.outlet);
-                        let on = self.outlet_shown(&outlet, o.on);
+                        let on = o.on;
                         let discovery = extras(
                             ha::outlet_discovery(
                                 &self.topics,
