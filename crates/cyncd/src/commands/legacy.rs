@@ -751,8 +751,10 @@ impl Service {
             }
         }
         let latency = p.submitted.elapsed();
-        // A 0x7B is all legacy hears: the command may or may not have been carried out.
+        // `applied` is the device's own result; a refusal or silence leaves it unknown (reports
+        // that show it are still news of it), as on the reliable transport.
         let settled = match outcome {
+            "applied" => Settled::Applied,
             "superseded" | "queue_full" => Settled::NotApplied,
             _ => Settled::Unknown,
         };
