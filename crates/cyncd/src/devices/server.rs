@@ -1235,10 +1235,39 @@ impl<H: Host> Conn<H> {
                 if verdict.down {
                     self.ctx.metrics().relay.relayed("down", 1, bytes.len());
                     self.stats.packets_out.fetch_add(1, Ordering::Relaxed);
+                    self.expect_cloud_command(&bytes);
                     self.out.extend_from_slice(&bytes);
                 }
             }
         }
+    }
+
+    /// A command of the cloud's on its way to the device: the registry expects what it asks
+    /// for, so the report showing it applies as for one of cyncd's own commands — also while
+    /// the hold after cyncd's last command to that device lasts.
+    fn expect_cloud_command(&self, bytes: &[u8]) {
+        if bytes.first() != Some(&0x73) {
+            return;
+        }
+        let Ok(packet) = Packet::decode(bytes) else {
+            return;
+        };
+        let Some((cync_proto::command::Target::Device(mesh), action)) =
+            packet.frame().and_then(cync_proto::Action::from_frame)
+        else {
+            return;
+        };
+        let id = CLOUD_COMMANDS.fetch_add(1, Ordering::Relaxed) | CLOUD_COMMAND_BIT;
+        let now = Instant::now();
+        self.ctx.registry().expect(
+            cync_proto::delivery::CommandId(id),
+            &self.home,
+            &[(mesh, 1)],
+            action,
+            None,
+            now,
+            now + CLOUD_COMMAND_EXPECTED,
+        );
     }
 
     /// Moves what the session wrote into the outgoing bytes, recording its requests with the
@@ -1263,6 +1292,13 @@ impl<H: Host> Conn<H> {
         }
     }
 }
+
+/// Ids of the cloud's commands seen passing through the relay, as the registry's expectations
+/// know them: the top bit set, so they never meet cyncd's own (Unix milliseconds << 20).
+static CLOUD_COMMANDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+const CLOUD_COMMAND_BIT: u64 = 1 << 63;
+/// How long the registry expects the report of a cloud command (the cloud trace: 78–1,015 ms).
+const CLOUD_COMMAND_EXPECTED: Duration = Duration::from_secs(5);
 
 /// A bounded metric label for a decode error.
 pub fn error_label(e: &DecodeError) -> &'static str {
