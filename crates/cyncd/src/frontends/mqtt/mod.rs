@@ -904,27 +904,9 @@ impl Bridge {
             // A device whose type is not known yet does not replace the entities a known type
             // gave it before (at the last start, say): they stay until its type is known.
             let placeholder = !t.known && view.type_code.is_none();
-            let keep_old = placeholder
-                && self
-                    .memory
-                    .discovery_of(&object)
-                    .is_some_and(|old| !old.is_empty() && *old != entities);
-            if keep_old {
-                for topic in self
-                    .memory
-                    .discovery_of(&object)
-                    .cloned()
-                    .unwrap_or_default()
-                {
-                    self.scanned.insert(topic, wanted.clone());
-                }
-            } else {
-                for topic in &entities {
-                    self.scanned.insert(topic.clone(), wanted.clone());
-                }
-                // One entity per unique id: the old shape's discovery goes before the new one.
-                self.retire(&object, &entities).await;
-            }
+            let keep_old = self
+                .place_discovery(&object, &entities, placeholder, &wanted)
+                .await;
             let attributes = self.topics.attributes(&object);
             let extras = |mut discovery: serde_json::Value, class: Option<&str>| {
                 ha::set_key(
@@ -1073,24 +1055,10 @@ impl Bridge {
             // As for a device: a shape that rests on a member of unknown type does not
             // replace the entity the group had.
             let keep = BTreeSet::from([discovery_topic.clone()]);
-            let keep_old = types.iter().any(|t| !t.known && t.code.is_none())
-                && self
-                    .memory
-                    .discovery_of(&object)
-                    .is_some_and(|old| !old.is_empty() && *old != keep);
-            if keep_old {
-                for topic in self
-                    .memory
-                    .discovery_of(&object)
-                    .cloned()
-                    .unwrap_or_default()
-                {
-                    self.scanned.insert(topic, wanted.clone());
-                }
-            } else {
-                self.scanned.insert(discovery_topic.clone(), wanted.clone());
-                self.retire(&object, &keep).await;
-            }
+            let placeholder = types.iter().any(|t| !t.known && t.code.is_none());
+            let keep_old = self
+                .place_discovery(&object, &keep, placeholder, &wanted)
+                .await;
             let discovery = ha::discovery(
                 &self.topics,
                 &object,
@@ -1245,6 +1213,39 @@ impl Bridge {
     /// Clears the discovery topics `owner` had and no longer has (an entity that changed
     /// shape, a plug whose outlets became known), before the new ones are published: each
     /// unique id stays under exactly one discovery topic.
+    /// Marks `entities` as the discovery topics `object` wants, clearing the ones of its old
+    /// shape first (one entity per unique id). A `placeholder` shape (it rests on a device of
+    /// unknown type) does not replace a shape remembered from before: those topics stay wanted
+    /// until the type is known. True when the remembered shape was kept.
+    async fn place_discovery(
+        &mut self,
+        object: &str,
+        entities: &BTreeSet<String>,
+        placeholder: bool,
+        wanted: &Wanted,
+    ) -> bool {
+        let remembered = self
+            .memory
+            .discovery_of(object)
+            .filter(|old| !old.is_empty() && *old != entities)
+            .cloned();
+        match remembered {
+            Some(old) if placeholder => {
+                for topic in old {
+                    self.scanned.insert(topic, wanted.clone());
+                }
+                true
+            }
+            _ => {
+                for topic in entities {
+                    self.scanned.insert(topic.clone(), wanted.clone());
+                }
+                self.retire(object, entities).await;
+                false
+            }
+        }
+    }
+
     async fn retire(&mut self, owner: &str, keep: &BTreeSet<String>) {
         let gone = self.memory.retire(owner, keep);
         for topic in gone {
