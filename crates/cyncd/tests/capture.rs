@@ -17,7 +17,6 @@ use cync_proto::capture::{self, Direction, FileHeader};
 use cync_proto::{ConnId, Framer};
 use cync_sim::{Fleet, FleetConfig, Kind};
 use serde_json::Value;
-use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -142,21 +141,6 @@ fn packet_count(bytes: &[u8]) -> usize {
     }
     assert!(framer.remainder().is_empty());
     n
-}
-
-/// `cyncd decode --no-redact FILE…`: its JSON lines.
-fn decode<P: AsRef<std::ffi::OsStr>>(files: &[P]) -> Vec<Value> {
-    let out = Command::new(env!("CARGO_BIN_EXE_cyncd"))
-        .arg("decode")
-        .arg("--no-redact")
-        .args(files)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 /// The decoded packets' bytes of one direction, joined, after checking no line is an error or
@@ -412,29 +396,6 @@ fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
         .unwrap_or_else(|| panic!("{name} not in {text}"))
-}
-
-/// `/api/devices` by id, without the time each was last seen and the last command sent
-/// through that server (a replay sends none).
-async fn device_states(server: &cyncd::serve::Running) -> BTreeMap<String, Value> {
-    let (status, body) = get(server, "/api/devices").await;
-    assert_eq!(status, 200, "{body}");
-    let list: Value = serde_json::from_str(&body).unwrap();
-    let list = list
-        .as_array()
-        .cloned()
-        .or_else(|| list["devices"].as_array().cloned())
-        .unwrap_or_else(|| panic!("{body}"));
-    list.into_iter()
-        .map(|mut d| {
-            // When it was seen, and the last command this server sent it, are not in a
-            // capture.
-            let d_obj = d.as_object_mut().unwrap();
-            d_obj.remove("last_seen");
-            d_obj.remove("last_command");
-            (d["id"].as_str().unwrap().to_string(), d)
-        })
-        .collect()
 }
 
 #[tokio::test]

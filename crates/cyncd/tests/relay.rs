@@ -149,17 +149,7 @@ async fn cloud_and_local_commands_reach_the_devices_once_and_the_relay_survives_
     let relay = start(relayed).await;
     let fleet = fleet(&relay, 7, "none", 0x7200_0000);
     // Both learn the whole mesh: the relay from the bridges, the cloud through the relay.
-    until(&relay, || relay.ctx.registry.device_count() == 6).await;
-    until(&cloud, || {
-        cloud.ctx.registry.device_count() == 6
-            && cloud
-                .ctx
-                .registry
-                .connections()
-                .iter()
-                .all(|c| c.mesh.len() == 4)
-    })
-    .await;
+    mesh_learned(&relay, &cloud).await;
     assert_eq!(
         upstreams(&relay).await,
         [Some("up".into()), Some("up".into())]
@@ -377,34 +367,20 @@ async fn cloud_and_local_commands_reach_the_devices_once_and_the_relay_survives_
     fresh.shutdown().await;
 }
 
-/// `cyncd decode --no-redact FILE…`: its JSON lines.
-fn decode(files: &[PathBuf]) -> Vec<serde_json::Value> {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cyncd"))
-        .arg("decode")
-        .arg("--no-redact")
-        .args(files)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-/// `/api/devices` by id, without the time each was last seen and the last command sent
-/// through that server (a replay sends none).
-async fn device_states(server: &Running) -> BTreeMap<String, serde_json::Value> {
-    let (status, body) = get(server, "/api/devices").await;
-    assert_eq!(status, 200, "{body}");
-    let list: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
-    list.into_iter()
-        .map(|mut d| {
-            d.as_object_mut().unwrap().remove("last_seen");
-            d.as_object_mut().unwrap().remove("last_command");
-            (d["id"].as_str().unwrap().to_string(), d)
-        })
-        .collect()
+/// Both learn the whole mesh (6 devices, each bridge listing 4): the relay from the bridges,
+/// the cloud through the relay.
+async fn mesh_learned(relay: &Running, cloud: &Running) {
+    until(relay, || relay.ctx.registry.device_count() == 6).await;
+    until(cloud, || {
+        cloud.ctx.registry.device_count() == 6
+            && cloud
+                .ctx
+                .registry
+                .connections()
+                .iter()
+                .all(|c| c.mesh.len() == 4)
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -471,17 +447,7 @@ async fn chaos_run(seed: u64) -> String {
         "mixed",
         0x7300_0000 + u32::try_from(seed).unwrap() * 16,
     );
-    until(&relay, || relay.ctx.registry.device_count() == 6).await;
-    until(&cloud, || {
-        cloud.ctx.registry.device_count() == 6
-            && cloud
-                .ctx
-                .registry
-                .connections()
-                .iter()
-                .all(|c| c.mesh.len() == 4)
-    })
-    .await;
+    mesh_learned(&relay, &cloud).await;
     let devices = fleet.devices();
     let deadline = Duration::from_millis(relay.ctx.config.command_deadline_ms);
     // Each bridge has devices commanded only by cyncd and devices commanded only by the

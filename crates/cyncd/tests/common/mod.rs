@@ -413,3 +413,36 @@ pub fn skip(test: &str, why: &str) {
     use std::io::Write as _;
     let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
 }
+
+/// `cyncd decode --no-redact FILE…`: its JSON lines (a capture read back).
+pub fn decode<P: AsRef<std::ffi::OsStr>>(files: &[P]) -> Vec<serde_json::Value> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cyncd"))
+        .arg("decode")
+        .arg("--no-redact")
+        .args(files)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// `/api/devices` by id, without what a replayed capture cannot carry: when each device was
+/// last seen and the last command this server sent it.
+pub async fn device_states(
+    server: &Running,
+) -> std::collections::BTreeMap<String, serde_json::Value> {
+    let (status, body) = get(server, "/api/devices").await;
+    assert_eq!(status, 200, "{body}");
+    let list: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    list.into_iter()
+        .map(|mut d| {
+            let fields = d.as_object_mut().unwrap();
+            fields.remove("last_seen");
+            fields.remove("last_command");
+            (d["id"].as_str().unwrap().to_string(), d)
+        })
+        .collect()
+}
